@@ -1,0 +1,143 @@
+"""Capture: any ``nn.Module`` plus example inputs to a :class:`QGraph`.
+
+Routes, in order:
+
+1. ``torch.fx`` symbolic tracing. A submodule whose ``forward`` cannot be traced (Python control
+   flow on tensor values, unsupported calls) becomes a *leaf*: it stays one opaque
+   ``call_module`` node, the reason is recorded, and tracing is retried. Conv/Linear layers inside
+   leaves are still quantized, by module swapping (see ``passes.insert_quantizers``).
+2. If the root ``forward`` itself cannot be traced, ``torch.export.export`` (non-strict) captures
+   the model as ATen ops with static shapes.
+
+Every route is checked: the graph must reproduce the model's eager outputs on the example inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from qgraph.errors import CaptureError, InputError
+from qgraph.graph import CaptureInfo, QGraph, record_shapes
+
+_MAX_LEAF_ROUNDS = 64
+
+
+def as_input_tuple(example_inputs) -> tuple:
+    """Normalise example inputs to a tuple of positional arguments."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, list):
+        return tuple(example_inputs)
+    if isinstance(example_inputs, tuple):
+        return example_inputs
+    if isinstance(example_inputs, dict):
+        raise InputError("example inputs must be positional (a tensor or a tuple of tensors), got a dict; "
+                         "wrap the model so its forward takes positional tensors")
+    raise InputError(f"example inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
+
+
+def run_eager(model: nn.Module, args: tuple):
+    """Run the model on example inputs, turning a failure into an InputError that says so."""
+    try:
+        with torch.no_grad():
+            return model(*args)
+    except Exception as e:  # the user's model raised: say the inputs do not fit
+        shapes = ", ".join(f"{tuple(a.shape)} {str(a.dtype).replace('torch.', '')}" if isinstance(a, torch.Tensor) else type(a).__name__ for a in args)
+        raise InputError(f"the model fails on the example inputs ({shapes}): {type(e).__name__}: {e}") from e
+
+
+class _AutoLeafTracer(fx.Tracer):
+    """An fx tracer that treats chosen submodules as leaves and reports where tracing failed."""
+
+    def __init__(self, leaves: set[str]) -> None:
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname in self.leaves or super().is_leaf_module(m, qualname)
+
+    def call_module(self, m, forward, args, kwargs):
+        qualname = self.path_of_module(m)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception as e:
+            if not hasattr(e, "_qgraph_failed_in"):
+                e._qgraph_failed_in = qualname  # innermost module being traced
+            raise
+
+
+def _outputs_match(expected, got) -> bool:
+    a, _ = pytree.tree_flatten(expected)
+    b, _ = pytree.tree_flatten(got)
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if isinstance(x, torch.Tensor) != isinstance(y, torch.Tensor):
+            return False
+        if isinstance(x, torch.Tensor):
+            if x.shape != y.shape or not torch.allclose(x.float(), y.float(), atol=1e-4, rtol=1e-4):
+                return False
+    return True
+
+
+def _symbolic(model: nn.Module) -> tuple[fx.GraphModule | None, dict[str, str], str]:
+    leaves: dict[str, str] = {}
+    last_error = ""
+    for _ in range(_MAX_LEAF_ROUNDS):
+        tracer = _AutoLeafTracer(set(leaves))
+        try:
+            graph = tracer.trace(model)
+        except Exception as e:
+            where = getattr(e, "_qgraph_failed_in", "")
+            last_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if not where or where in leaves:
+                return None, leaves, last_error
+            leaves[where] = last_error
+            continue
+        return QGraph(tracer.root, graph, model.__class__.__name__), leaves, ""
+    return None, leaves, f"gave up after {_MAX_LEAF_ROUNDS} leaf rounds"
+
+
+def trace(model: nn.Module, example_inputs) -> QGraph:
+    """Capture ``model`` as a :class:`QGraph` with shapes and dtypes on every node.
+
+    Raises :class:`InputError` when the model fails on ``example_inputs`` and :class:`CaptureError`
+    when no route yields a graph that reproduces the model's outputs.
+    """
+    if not isinstance(model, nn.Module):
+        raise InputError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    args = as_input_tuple(example_inputs)
+    expected = run_eager(model, args)
+    tried: list[str] = []
+
+    gm, leaves, error = _symbolic(model)
+    if gm is not None:
+        try:
+            record_shapes(gm, args)
+            ok = _outputs_match(expected, gm(*args))
+        except Exception as e:
+            ok, error = False, f"{type(e).__name__}: {e}"
+        if ok:
+            gm.meta["qgraph.capture"] = CaptureInfo("symbolic_trace", leaves)
+            return gm
+        tried.append(f"symbolic_trace: graph does not reproduce the model ({error or 'outputs differ'})")
+    else:
+        tried.append(f"symbolic_trace: {error}")
+
+    try:
+        ep = torch.export.export(model, args, strict=False)
+        exported = ep.module()
+        qg = QGraph(exported, exported.graph, model.__class__.__name__)
+        with torch.no_grad():
+            ok = _outputs_match(expected, qg(*args))
+    except Exception as e:
+        tried.append(f"torch.export: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        raise CaptureError(f"no capture route handles {model.__class__.__name__}:\n  " + "\n  ".join(tried)) from e
+    if not ok:
+        tried.append("torch.export: graph does not reproduce the model's outputs")
+        raise CaptureError(f"no capture route handles {model.__class__.__name__}:\n  " + "\n  ".join(tried))
+    qg.meta["qgraph.capture"] = CaptureInfo("torch.export", {}, [f"fell back to torch.export because {tried[0]}"])
+    return qg

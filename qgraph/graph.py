@@ -1,0 +1,87 @@
+"""QGraph: an ``fx.GraphModule`` with shapes on every node, capture notes and a networkx view."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+import torch
+import torch.fx as fx
+
+from qgraph.ops import module_path, tensor_meta
+
+CAPTURE_KEY = "qgraph.capture"
+
+
+@dataclass
+class CaptureInfo:
+    """How a model became a graph: the route taken and what stayed opaque (and why)."""
+
+    route: str  # "symbolic_trace" or "torch.export"
+    leaves: dict[str, str] = field(default_factory=dict)  # module path -> reason it became a leaf
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        lines = [f"captured with {self.route}"]
+        for path, reason in self.leaves.items():
+            lines.append(f"  leaf {path}: {reason}")
+        lines += [f"  {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+class QGraph(fx.GraphModule):
+    """A captured model. Everything ``fx.GraphModule`` offers, plus:
+
+    * ``capture``: a :class:`CaptureInfo` (route, leaves and why);
+    * ``to_networkx()``: the data-flow graph as a ``networkx.DiGraph`` for analyses;
+    * ``table()``: a readable listing of nodes with module paths, shapes and dtypes.
+    """
+
+    def __init__(self, root, graph: fx.Graph, class_name: str = "QGraph", capture: CaptureInfo | None = None):
+        super().__init__(root, graph, class_name)
+        if capture is not None:
+            self.meta[CAPTURE_KEY] = capture
+
+    @property
+    def capture(self) -> CaptureInfo:
+        return self.meta.get(CAPTURE_KEY) or CaptureInfo(route="unknown")
+
+    def to_networkx(self) -> nx.DiGraph:
+        g = nx.DiGraph()
+        for node in self.graph.nodes:
+            tm = tensor_meta(node)
+            g.add_node(
+                node.name,
+                op=node.op,
+                target=str(getattr(node.target, "__name__", node.target)),
+                module_path=module_path(node),
+                shape=tm[0] if tm else None,
+                dtype=str(tm[1]) if tm else None,
+            )
+            for inp in node.all_input_nodes:
+                g.add_edge(inp.name, node.name)
+        return g
+
+    def table(self) -> str:
+        rows = [("node", "op", "target", "module path", "shape", "dtype")]
+        for node in self.graph.nodes:
+            tm = tensor_meta(node)
+            target = getattr(node.target, "__name__", None) or str(node.target)
+            rows.append((node.name, node.op, target, module_path(node), str(list(tm[0])) if tm else "", str(tm[1]).replace("torch.", "") if tm else ""))
+        widths = [min(48, max(len(r[i]) for r in rows)) for i in range(len(rows[0]))]
+        return "\n".join("  ".join(c[:48].ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+    def __str__(self) -> str:
+        return f"QGraph ({self.capture.route}, {len(self.graph.nodes)} nodes)\n{self.table()}"
+
+
+def record_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
+    """Record shape and dtype on every node (``node.meta['val']`` for tensors), by running the graph."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    with torch.no_grad():
+        ShapeProp(gm).propagate(*example_inputs)
+    for node in gm.graph.nodes:
+        tm = node.meta.get("tensor_meta")
+        if "val" not in node.meta and tm is not None and hasattr(tm, "shape"):
+            node.meta["val"] = torch.empty(tm.shape, dtype=tm.dtype, device="meta")

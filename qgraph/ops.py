@@ -1,0 +1,216 @@
+"""One op-semantics table for both graph dialects qgraph sees.
+
+``fx.symbolic_trace`` yields module calls and torch functions; ``torch.export`` yields ATen ops.
+Passes never match raw targets themselves: they ask :func:`classify` "is this a conv, where is its
+weight, which inputs are activations, and what is its module path?".
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+aten = torch.ops.aten
+
+
+def _ops(*names: str) -> set:
+    """ATen overloads by name, skipping ones this torch build lacks."""
+    out = set()
+    for name in names:
+        packet, _, overload = name.partition(".")
+        p = getattr(aten, packet, None)
+        if p is not None and hasattr(p, overload or "default"):
+            out.add(getattr(p, overload or "default"))
+    return out
+
+
+CONV = {F.conv1d, F.conv2d, F.conv3d} | _ops("conv1d.default", "conv2d.default", "conv3d.default", "conv1d.padding", "conv2d.padding", "conv3d.padding")
+CONV_TRANSPOSE = {F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d} | _ops(
+    "conv_transpose1d.default", "conv_transpose2d.input", "conv_transpose3d.input"
+)
+LINEAR = {F.linear} | _ops("linear.default")
+MATMUL = {torch.matmul, operator.matmul, torch.bmm} | _ops("matmul.default", "bmm.default")
+ADD = {operator.add, torch.add, operator.iadd} | _ops("add.Tensor", "add_.Tensor")
+BATCH_NORM = {F.batch_norm} | _ops("batch_norm.default", "_native_batch_norm_legit_no_training.default")
+FUSABLE_ACTIVATION = {F.relu, torch.relu, F.relu6, F.hardtanh} | _ops(
+    "relu.default", "relu_.default", "hardtanh.default", "hardtanh_.default"
+)
+PASSTHROUGH = {
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, torch.flatten, torch.reshape, torch.permute, torch.transpose,
+    torch.squeeze, torch.unsqueeze, F.dropout,
+} | _ops(
+    "max_pool2d.default", "max_pool1d.default", "max_pool3d.default", "flatten.using_ints", "view.default",
+    "reshape.default", "permute.default", "transpose.int", "squeeze.dim", "unsqueeze.default", "dropout.default",
+    "clone.default", "contiguous.default", "_unsafe_view.default",
+)
+PASSTHROUGH_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze", "clone"}
+FUSABLE_METHODS = {"relu", "relu_"}
+MATMUL_METHODS = {"matmul", "bmm"}
+ADD_METHODS = {"add", "add_"}
+
+CONV_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONV_TRANSPOSE_MODULES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+LINEAR_MODULES = (nn.Linear,)
+BN_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+FUSABLE_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
+PASSTHROUGH_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Flatten, nn.Dropout, nn.Identity)
+
+# op kinds a recipe can name
+WEIGHTED_KINDS = ("conv", "conv_transpose", "linear")
+ACTIVATION_KINDS = ("matmul", "add")
+KINDS = WEIGHTED_KINDS + ACTIVATION_KINDS
+
+
+@dataclass
+class OpInfo:
+    """What a pass needs to know about a node."""
+
+    kind: str
+    module_path: str
+    weight: fx.Node | None = None
+    bias: fx.Node | None = None
+    activations: list[fx.Node] = field(default_factory=list)
+    weight_channel_axis: int = 0
+
+
+def _target_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    if node.op != "call_module":
+        return None
+    try:
+        return gm.get_submodule(node.target)
+    except AttributeError:
+        return None
+
+
+def module_path(node: fx.Node) -> str:
+    """The user's module path for a node: the call_module target, or the innermost module on its stack."""
+    if "qgraph.module_path" in node.meta:
+        return node.meta["qgraph.module_path"]
+    if node.op == "call_module":
+        return str(node.target)
+    if node.op == "get_attr":
+        return str(node.target).rpartition(".")[0]
+    stack = node.meta.get("nn_module_stack")
+    if stack:
+        path = list(stack.values())[-1]
+        path = path[0] if isinstance(path, tuple) else path
+        return _clean_path(str(path))
+    return ""
+
+
+def _clean_path(path: str) -> str:
+    # torch.export stacks may read "L['self'].layer1" or "L__self___layer1"
+    for prefix in ("L['self'].", "L__self__."):
+        if path.startswith(prefix):
+            path = path[len(prefix) :]
+    return "" if path in ("L['self']", "L__self__") else path
+
+
+def _arg(node: fx.Node, index: int, name: str):
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name)
+
+
+def _weight_path(weight) -> str | None:
+    if isinstance(weight, fx.Node) and weight.op == "get_attr":
+        return str(weight.target).rpartition(".")[0]
+    return None
+
+
+def is_fusable_activation(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """ReLU-like ops that ONNX Runtime fuses into the integer kernel before them."""
+    if node.op == "call_function":
+        return node.target in FUSABLE_ACTIVATION
+    if node.op == "call_method":
+        return node.target in FUSABLE_METHODS
+    return isinstance(_target_module(gm, node), FUSABLE_MODULES)
+
+
+def is_passthrough(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Ops that move or select values without changing them: they keep their input's quantization."""
+    if node.op == "call_function":
+        return node.target in PASSTHROUGH
+    if node.op == "call_method":
+        return node.target in PASSTHROUGH_METHODS
+    return isinstance(_target_module(gm, node), PASSTHROUGH_MODULES)
+
+
+def is_batch_norm(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op == "call_function":
+        return node.target in BATCH_NORM
+    return isinstance(_target_module(gm, node), BN_MODULES)
+
+
+def classify(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
+    """The quantization-relevant kind of ``node``, or None for ops qgraph leaves alone."""
+    if node.op == "call_function":
+        t = node.target
+        if t in CONV or t in CONV_TRANSPOSE or t in LINEAR:
+            kind = "conv" if t in CONV else "conv_transpose" if t in CONV_TRANSPOSE else "linear"
+            x, w, b = node.args[0], _arg(node, 1, "weight"), _arg(node, 2, "bias")
+            if not isinstance(x, fx.Node) or not isinstance(w, fx.Node):
+                return None
+            path = _weight_path(w) or module_path(node)
+            axis = 1 if kind == "conv_transpose" else 0
+            return OpInfo(kind, path, w, b if isinstance(b, fx.Node) else None, [x], axis)
+        if t in MATMUL:
+            a, b = node.args[0], node.args[1]
+            if isinstance(a, fx.Node) and isinstance(b, fx.Node):
+                return OpInfo("matmul", module_path(node), activations=[a, b])
+        if t in ADD:
+            return _add_info(node)
+        return None
+    if node.op == "call_method":
+        if node.target in MATMUL_METHODS and len(node.args) >= 2:
+            a, b = node.args[0], node.args[1]
+            if isinstance(a, fx.Node) and isinstance(b, fx.Node):
+                return OpInfo("matmul", module_path(node), activations=[a, b])
+        if node.target in ADD_METHODS:
+            return _add_info(node)
+        return None
+    mod = _target_module(gm, node)
+    if mod is None:
+        return None
+    x = node.args[0] if node.args else None
+    if not isinstance(x, fx.Node):
+        return None
+    if isinstance(mod, CONV_MODULES + CONV_TRANSPOSE_MODULES + LINEAR_MODULES):
+        kind = "linear" if isinstance(mod, nn.Linear) else "conv_transpose" if isinstance(mod, CONV_TRANSPOSE_MODULES) else "conv"
+        return OpInfo(kind, str(node.target), None, None, [x], 1 if kind == "conv_transpose" else 0)
+    return None
+
+
+def _add_info(node: fx.Node) -> OpInfo | None:
+    a = node.args[0] if node.args else None
+    b = node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
+    if isinstance(a, fx.Node) and isinstance(b, fx.Node) and "alpha" not in node.kwargs:
+        if _is_float_tensor(a) and _is_float_tensor(b) and _same_shape(a, b):
+            return OpInfo("add", module_path(node), activations=[a, b])
+    return None
+
+
+def tensor_meta(node: fx.Node):
+    """(shape, dtype) recorded on a node by capture, or None."""
+    val = node.meta.get("val")
+    if isinstance(val, torch.Tensor):
+        return tuple(val.shape), val.dtype
+    tm = node.meta.get("tensor_meta")
+    if tm is not None and hasattr(tm, "shape"):
+        return tuple(tm.shape), tm.dtype
+    return None
+
+
+def _is_float_tensor(node: fx.Node) -> bool:
+    tm = tensor_meta(node)
+    return tm is None or tm[1].is_floating_point
+
+
+def _same_shape(a: fx.Node, b: fx.Node) -> bool:
+    ta, tb = tensor_meta(a), tensor_meta(b)
+    return ta is None or tb is None or ta[0] == tb[0]

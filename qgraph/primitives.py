@@ -1,0 +1,203 @@
+"""The one quantization primitive every qgraph quantizer is built on.
+
+Affine integer grids: ``q = clamp(round(x / s) + z, qmin, qmax)`` and ``x̂ = (q - z) * s``, with
+round-half-to-even (as ``torch.round`` and ONNX ``QuantizeLinear`` do). ``s`` and ``z`` are laid
+out by granularity:
+
+* per-tensor: ``scale`` is a 0-d tensor;
+* per-channel: ``scale`` is 1-d with one entry per slice along ``axis``;
+* per-group: ``x`` is ``[..., K]`` and ``scale`` is ``[..., K // group_size]`` (one scale per
+  ``group_size`` consecutive elements of the last axis), matching ONNX blocked quantization.
+
+The public functions below are the documented math; the kernels are ``torch.library`` custom ops
+(``qgraph::fake_quantize``, ``qgraph::dequantize``) so that the ONNX exporter can translate them
+into QuantizeLinear/DequantizeLinear at any bit width (see ``qgraph.backends.onnx_ops``) and so
+that autograd gets straight-through / LSQ gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from qgraph.granularity import Granularity, PerChannel, PerGroup, PerTensor
+
+__all__ = [
+    "integer_range",
+    "choose_qparams",
+    "quantize_affine",
+    "dequantize_affine",
+    "fake_quantize_affine",
+    "granularity_args",
+]
+
+
+def integer_range(bits: int, signed: bool) -> tuple[int, int]:
+    """``(qmin, qmax)`` of a ``bits``-wide integer grid."""
+    if not 1 <= bits <= 16:
+        raise ValueError(f"bits must be in 1..16, got {bits}")
+    if signed:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def choose_qparams(
+    min_val: torch.Tensor, max_val: torch.Tensor, qmin: int, qmax: int, symmetric: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point that map ``[min_val, max_val]`` onto ``[qmin, qmax]``.
+
+    The range is widened to include 0 so that zero is exactly representable. Symmetric grids use
+    ``scale = max|x| / ((qmax - qmin) / 2)`` and a zero point at the grid's centre (0 for signed
+    grids, ``(qmax + 1) / 2`` for unsigned ones).
+    """
+    min_val = torch.minimum(min_val.float(), torch.zeros_like(min_val, dtype=torch.float32))
+    max_val = torch.maximum(max_val.float(), torch.zeros_like(max_val, dtype=torch.float32))
+    eps = torch.finfo(torch.float32).eps
+    if symmetric:
+        amax = torch.maximum(-min_val, max_val)
+        scale = torch.clamp(amax / ((qmax - qmin) / 2), min=eps)
+        zp = torch.full_like(scale, 0.0 if qmin < 0 else float((qmax + 1) // 2))
+    else:
+        scale = torch.clamp((max_val - min_val) / (qmax - qmin), min=eps)
+        zp = torch.clamp(torch.round(qmin - min_val / scale), qmin, qmax)
+    return scale, zp
+
+
+def granularity_args(g: Granularity) -> tuple[int, int]:
+    """``(axis, group_size)`` as the kernels take them; ``axis=-1, group_size=0`` is per-tensor."""
+    if isinstance(g, PerTensor):
+        return -1, 0
+    if isinstance(g, PerChannel):
+        return g.axis, 0
+    if isinstance(g, PerGroup):
+        return -1, g.size
+    raise TypeError(f"unknown granularity {g!r}")
+
+
+def _expand(p: torch.Tensor, x: torch.Tensor, axis: int, group_size: int) -> torch.Tensor:
+    """Broadcast a scale or zero point laid out by granularity to ``x``'s shape."""
+    if group_size > 0:
+        return p.repeat_interleave(group_size, dim=-1)
+    if p.dim() == 0 or p.numel() == 1 and axis < 0:
+        return p.reshape(())
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return p.reshape(shape)
+
+
+def _reduce_to(g: torch.Tensor, p: torch.Tensor, axis: int, group_size: int) -> torch.Tensor:
+    """Sum an elementwise gradient back to the layout of the scale/zero point ``p``."""
+    if group_size > 0:
+        return g.reshape(*g.shape[:-1], -1, group_size).sum(-1).reshape(p.shape)
+    if p.numel() == 1 and axis < 0:
+        return g.sum().reshape(p.shape)
+    dims = [d for d in range(g.dim()) if d != axis % g.dim()]
+    return g.sum(dim=dims).reshape(p.shape)
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@torch.library.custom_op("qgraph::fake_quantize", mutates_args=())
+def _fake_quantize(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    axis: int,
+    group_size: int,
+    grad_factor: float,
+) -> torch.Tensor:
+    s = _expand(scale, x, axis, group_size)
+    z = _expand(zero_point, x, axis, group_size)
+    return (torch.clamp(torch.round(x / s) + z, qmin, qmax) - z) * s
+
+
+@_fake_quantize.register_fake
+def _(x, scale, zero_point, qmin, qmax, axis, group_size, grad_factor):
+    return torch.empty_like(x)
+
+
+def _fq_setup(ctx, inputs, output):
+    x, scale, zero_point, qmin, qmax, axis, group_size, grad_factor = inputs
+    ctx.save_for_backward(x, scale, zero_point)
+    ctx.args = (qmin, qmax, axis, group_size, grad_factor)
+
+
+def _fq_backward(ctx, grad):
+    """Straight-through estimator for x; LSQ gradient for the scale, LSQ+ for the zero point."""
+    x, scale, zero_point = ctx.saved_tensors
+    qmin, qmax, axis, group_size, grad_factor = ctx.args
+    s = _expand(scale, x, axis, group_size)
+    z = _expand(zero_point, x, axis, group_size)
+    v = x / s
+    r = torch.round(v) + z
+    below, above = r < qmin, r > qmax
+    inside = ~(below | above)
+    grad_x = grad * inside
+    grad_s = grad_z = None
+    if ctx.needs_input_grad[1]:
+        local = torch.where(inside, torch.round(v) - v, torch.where(below, qmin - z, qmax - z))
+        grad_s = _reduce_to(grad * local, scale, axis, group_size) * grad_factor
+    if ctx.needs_input_grad[2]:
+        grad_z = _reduce_to(grad * torch.where(inside, 0.0, -s), zero_point, axis, group_size)
+        grad_z = grad_z * grad_factor
+    return grad_x, grad_s, grad_z, None, None, None, None, None
+
+
+_fake_quantize.register_autograd(_fq_backward, setup_context=_fq_setup)
+
+
+@torch.library.custom_op("qgraph::dequantize", mutates_args=())
+def _dequantize(
+    q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, axis: int, group_size: int
+) -> torch.Tensor:
+    s = _expand(scale, q, axis, group_size)
+    z = _expand(zero_point, q, axis, group_size)
+    return (q.to(s.dtype) - z) * s
+
+
+@_dequantize.register_fake
+def _(q, scale, zero_point, qmin, qmax, axis, group_size):
+    return torch.empty(q.shape, dtype=scale.dtype, device=q.device)
+
+
+# --------------------------------------------------------------------------- public math
+
+
+def quantize_affine(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, granularity: Granularity
+) -> torch.Tensor:
+    """Integer codes ``clamp(round(x / s) + z, qmin, qmax)`` as int8 (int16 above 8 bits)."""
+    axis, group_size = granularity_args(granularity)
+    s = _expand(scale, x, axis, group_size)
+    z = _expand(zero_point, x, axis, group_size)
+    q = torch.clamp(torch.round(x / s) + z, qmin, qmax)
+    dtype = torch.int8 if -128 <= qmin and qmax <= 127 else (torch.uint8 if qmin >= 0 and qmax <= 255 else torch.int16)
+    return q.to(dtype)
+
+
+def dequantize_affine(
+    q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, granularity: Granularity
+) -> torch.Tensor:
+    """Float values ``(q - z) * s`` of integer codes."""
+    axis, group_size = granularity_args(granularity)
+    return torch.ops.qgraph.dequantize(q, scale, zero_point, qmin, qmax, axis, group_size)
+
+
+def fake_quantize_affine(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    granularity: Granularity,
+    grad_factor: float = 1.0,
+) -> torch.Tensor:
+    """``dequantize(quantize(x))`` in one op, with straight-through (x) and LSQ (scale) gradients.
+
+    ``grad_factor`` multiplies the scale and zero-point gradients (LSQ uses ``1/sqrt(N * qmax)``).
+    The result equals ``dequantize_affine(quantize_affine(x, ...), ...)`` bit for bit.
+    """
+    axis, group_size = granularity_args(granularity)
+    return torch.ops.qgraph.fake_quantize(x, scale, zero_point, qmin, qmax, axis, group_size, float(grad_factor))

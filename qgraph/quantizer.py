@@ -1,0 +1,145 @@
+"""FakeQuantize: the quantizer module qgraph inserts into graphs.
+
+It is a plain ``nn.Module`` called from the graph with ``call_module``, so ``state_dict``,
+optimizers, ``.to(device)`` and DDP work unchanged. Modes:
+
+* ``observe``: pass values through unchanged and feed the observer (calibration);
+* ``quantize``: fake-quantize with the stored scale / zero point (inference, QAT);
+* ``off``: pass values through unchanged.
+
+Weight quantizers with a fixed (non-learnable) scale follow their weight: in training mode they
+recompute min-max qparams from the current weight on every call, so QAT can move weights freely.
+Learnable quantizers hold the scale as an LSQ parameter.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from qgraph.errors import CalibrationError
+from qgraph.observers import Observer
+from qgraph.primitives import fake_quantize_affine
+from qgraph.qspec import QSpec
+
+MODES = ("observe", "quantize", "off")
+
+
+class FakeQuantize(nn.Module):
+    """Fake-quantizes a tensor on the affine grid of ``spec``; ``role`` is "weight" or "activation"."""
+
+    def __init__(self, spec: QSpec, role: str = "activation", where: str = "") -> None:
+        super().__init__()
+        if role not in ("weight", "activation"):
+            raise ValueError(f"role must be 'weight' or 'activation', got {role!r}")
+        self.spec = spec
+        self.role = role
+        self.where = where  # module path / node name, for messages and reports
+        self.mode = "observe"
+        self.observer: Observer | None = Observer(spec)
+        self.register_buffer("zero_point", torch.zeros(0))
+        if spec.learnable:
+            self.scale = nn.Parameter(torch.zeros(0))
+        else:
+            self.register_buffer("scale", torch.zeros(0))
+
+    # ----------------------------------------------------------------- state
+    @property
+    def initialized(self) -> bool:
+        return self.scale.numel() > 0
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "observe" and self.observer is None:
+            self.observer = Observer(self.spec)
+        self.mode = mode
+
+    @torch.no_grad()
+    def set_qparams(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+        scale = scale.detach().to(torch.float32)
+        if isinstance(self.scale, nn.Parameter):
+            self.scale.data = scale.clone()
+        else:
+            self.scale = scale.clone()
+        self.zero_point = zero_point.detach().to(torch.float32).clone()
+
+    @torch.no_grad()
+    def finish_calibration(self) -> None:
+        """Turn what the observer saw into qparams and switch to ``quantize`` mode."""
+        if self.observer is None or self.observer.min_val is None:
+            if not self.initialized:
+                raise CalibrationError(
+                    f"{self.role} quantizer at {self.where or '?'} saw no data during calibration: "
+                    "the calibration batches never reached this part of the model"
+                )
+        else:
+            self.set_qparams(*self.observer.compute())
+        self.observer = None
+        self.mode = "quantize"
+
+    @torch.no_grad()
+    def init_from(self, x: torch.Tensor) -> None:
+        """Calibrate from one tensor (weights are calibrated from themselves)."""
+        obs = Observer(self.spec)
+        obs.update(x)
+        self.set_qparams(*obs.compute())
+        self.mode = "quantize"
+        self.observer = None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # qparams are created lazily at calibration; adopt the stored shapes when loading
+        for name in ("scale", "zero_point"):
+            key = prefix + name
+            if key in state_dict and getattr(self, name).shape != state_dict[key].shape:
+                current = getattr(self, name)
+                if isinstance(current, nn.Parameter):
+                    current.data = torch.empty_like(state_dict[key], dtype=torch.float32)
+                else:
+                    setattr(self, name, torch.empty_like(state_dict[key], dtype=torch.float32))
+        if prefix + "scale" in state_dict:
+            self.mode = "quantize"
+            self.observer = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ----------------------------------------------------------------- forward
+    def grad_factor(self, x: torch.Tensor) -> float:
+        """LSQ gradient scale ``1 / sqrt(N * Qp)``, N = elements sharing one scale."""
+        n = x.numel() if self.role == "weight" else x.numel() // max(1, x.shape[0] if x.dim() else 1)
+        n_per_scale = max(1, n // max(1, self.scale.numel()))
+        return 1.0 / math.sqrt(n_per_scale * max(1, self.spec.qmax))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "off":
+            return x
+        if self.mode == "observe":
+            if self.observer is None:
+                self.observer = Observer(self.spec)
+            self.observer.update(x)
+            return x
+        if not self.initialized:
+            raise CalibrationError(f"{self.role} quantizer at {self.where or '?'} used before calibration")
+        if self.role == "weight" and self.training and not self.spec.learnable:
+            obs = Observer(self.spec)
+            obs.update(x)
+            self.set_qparams(*obs.compute())
+        spec = self.spec
+        factor = self.grad_factor(x) if spec.learnable else 1.0
+        return fake_quantize_affine(x, self.effective_scale(), self.zero_point, spec.qmin, spec.qmax, spec.granularity, factor)
+
+    def effective_scale(self) -> torch.Tensor:
+        """The scale the grid uses: learnable scales are kept positive by ``abs`` and a floor."""
+        if self.spec.learnable:
+            return self.scale.abs().clamp_min(torch.finfo(torch.float32).eps)
+        return self.scale
+
+    def extra_repr(self) -> str:
+        return f"{self.role} {self.spec.describe()}, mode={self.mode}"
+
+    def scale_range(self) -> tuple[float, float] | None:
+        if not self.initialized:
+            return None
+        s = self.scale.detach().abs()
+        return float(s.min()), float(s.max())
