@@ -7,7 +7,9 @@ out by granularity:
 * per-tensor: ``scale`` is a 0-d tensor;
 * per-channel: ``scale`` is 1-d with one entry per slice along ``axis``;
 * per-group: ``x`` is ``[..., K]`` and ``scale`` is ``[..., K // group_size]`` (one scale per
-  ``group_size`` consecutive elements of the last axis), matching ONNX blocked quantization.
+  ``group_size`` consecutive elements of the last axis), matching ONNX blocked quantization. The
+  ``dequantize`` kernel also takes blocks along another ``axis`` (lowered weight-only linears
+  store ``W^T`` with blocks along axis 0, the layout ONNX Runtime's MatMulNBits wants).
 
 The public functions below are the documented math; the kernels are ``torch.library`` custom ops
 (``qgraph::fake_quantize``, ``qgraph::dequantize``) so that the ONNX exporter can translate them
@@ -76,7 +78,7 @@ def granularity_args(g: Granularity) -> tuple[int, int]:
 def _expand(p: torch.Tensor, x: torch.Tensor, axis: int, group_size: int) -> torch.Tensor:
     """Broadcast a scale or zero point laid out by granularity to ``x``'s shape."""
     if group_size > 0:
-        return p.repeat_interleave(group_size, dim=-1)
+        return p.repeat_interleave(group_size, dim=axis)
     if p.dim() == 0 or p.numel() == 1 and axis < 0:
         return p.reshape(())
     shape = [1] * x.dim()

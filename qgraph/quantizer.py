@@ -38,6 +38,7 @@ class FakeQuantize(nn.Module):
         self.role = role
         self.where = where  # module path / node name, for messages and reports
         self.mode = "observe"
+        self._refresh = False  # a fixed-scale weight quantizer re-reads its weight after training
         self.observer: Observer | None = Observer(spec)
         self.register_buffer("zero_point", torch.zeros(0))
         if spec.learnable:
@@ -104,6 +105,11 @@ class FakeQuantize(nn.Module):
             self.observer = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def train(self, mode: bool = True):
+        if not mode and self.training and self.role == "weight" and not self.spec.learnable and self.initialized:
+            self._refresh = True  # the weight moved since the last training step
+        return super().train(mode)
+
     # ----------------------------------------------------------------- forward
     def grad_factor(self, x: torch.Tensor) -> float:
         """LSQ gradient scale ``1 / sqrt(N * Qp)``, N = elements sharing one scale."""
@@ -121,10 +127,11 @@ class FakeQuantize(nn.Module):
             return x
         if not self.initialized:
             raise CalibrationError(f"{self.role} quantizer at {self.where or '?'} used before calibration")
-        if self.role == "weight" and self.training and not self.spec.learnable:
+        if self.role == "weight" and not self.spec.learnable and (self.training or self._refresh):
             obs = Observer(self.spec)
             obs.update(x)
             self.set_qparams(*obs.compute())
+            self._refresh = False
         spec = self.spec
         factor = self.grad_factor(x) if spec.learnable else 1.0
         return fake_quantize_affine(x, self.effective_scale(), self.zero_point, spec.qmin, spec.qmax, spec.granularity, factor)

@@ -1,0 +1,89 @@
+"""ONNX Runtime: run an exported model, compare it with PyTorch, time it."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch.utils import _pytree as pytree
+
+
+def session(path: str, threads: int = 1, optimized_path: str | None = None, matmulnbits_accuracy_level: int | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session.
+
+    ``matmulnbits_accuracy_level``: how the fused int4 ``MatMulNBits`` kernel computes. ONNX Runtime's
+    default (4) quantizes activations to int8 on the fly (fast, ~0.5% relative error); 0 computes in
+    float and matches the PyTorch model exactly. Verification uses 0.
+    """
+    opts = ort.SessionOptions()
+    if matmulnbits_accuracy_level is not None:
+        opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(matmulnbits_accuracy_level))
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    if optimized_path:
+        opts.optimized_model_filepath = optimized_path
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+def feeds(sess: ort.InferenceSession, args: tuple) -> dict:
+    tensors = [a for a in pytree.tree_leaves(args) if isinstance(a, torch.Tensor)]
+    names = [i.name for i in sess.get_inputs()]
+    if len(names) != len(tensors):
+        raise ValueError(f"the ONNX model takes {len(names)} inputs ({', '.join(names)}), got {len(tensors)} tensors")
+    return {n: t.detach().cpu().numpy() for n, t in zip(names, tensors)}
+
+
+def run(sess: ort.InferenceSession, args: tuple) -> list[np.ndarray]:
+    return sess.run(None, feeds(sess, args))
+
+
+@dataclass
+class Agreement:
+    max_abs_error: float
+    max_abs_reference: float
+    top1_agreement: float | None  # fraction of rows whose argmax matches (classifier-like outputs)
+
+    def __str__(self) -> str:
+        top1 = f", top-1 agreement {self.top1_agreement:.1%}" if self.top1_agreement is not None else ""
+        return f"max abs error {self.max_abs_error:.3g} (outputs up to {self.max_abs_reference:.3g}){top1}"
+
+
+def compare(reference, outputs: list[np.ndarray]) -> Agreement:
+    """Compare PyTorch outputs (any pytree) with ONNX Runtime outputs (a flat list)."""
+    ref = [t.detach().cpu().float().numpy() for t in pytree.tree_leaves(reference) if isinstance(t, torch.Tensor)]
+    if len(ref) != len(outputs):
+        raise ValueError(f"PyTorch gave {len(ref)} outputs, ONNX Runtime {len(outputs)}")
+    max_err = max_ref = 0.0
+    agree, rows = 0, 0
+    for r, o in zip(ref, outputs):
+        o = np.asarray(o, dtype=np.float32)
+        if r.shape != o.shape:
+            raise ValueError(f"output shapes differ: PyTorch {r.shape}, ONNX Runtime {o.shape}")
+        if r.size:
+            max_err = max(max_err, float(np.abs(r - o).max()))
+            max_ref = max(max_ref, float(np.abs(r).max()))
+    first_r, first_o = ref[0], np.asarray(outputs[0])
+    top1 = None
+    if first_r.ndim >= 2 and first_r.shape[-1] > 1:
+        a, b = first_r.reshape(-1, first_r.shape[-1]).argmax(-1), first_o.reshape(-1, first_o.shape[-1]).argmax(-1)
+        agree, rows = int((a == b).sum()), a.size
+        top1 = agree / rows
+    return Agreement(max_err, max_ref, top1)
+
+
+def latency_ms(sess: ort.InferenceSession, args: tuple, runs: int = 50, warmup: int = 5) -> float:
+    """Median wall-clock milliseconds of one ``run`` call."""
+    f = feeds(sess, args)
+    for _ in range(warmup):
+        sess.run(None, f)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, f)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)

@@ -1,0 +1,190 @@
+"""qgraph quickstart: train a small CNN on scikit-learn digits, quantize it to INT8, export, compare.
+
+    python examples/quickstart.py [--out out/quickstart] [--recipe w8a8]
+
+Trains DigitsCNN (~3 s), quantizes it with ``qgraph.quantize`` (W8A8, 8 calibration batches),
+prints the per-node summary, exports verified QDQ ONNX, exports the FP32 model to ONNX as well,
+and compares accuracy, file size and latency (ONNX Runtime and torch on one thread) on the
+540-image digits test set. Exits non-zero if INT8 loses more than 1 accuracy point against FP32
+or ONNX Runtime disagrees with the fake-quantized PyTorch model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+import qgraph  # noqa: E402
+from examples.models import accuracy, calib_batches, load_digits_data, train_digits_cnn  # noqa: E402
+
+MAX_ACC_DROP = 0.01  # INT8 may lose at most 1 accuracy point against FP32
+MIN_AGREEMENT = 0.99  # ONNX Runtime and the fake-quant model must agree on >= 99% of top-1 predictions
+
+
+def median_ms(fn, runs: int, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+class OrtModel:
+    """An ONNX Runtime session on one intra-op thread, callable on torch tensors (any batch size)."""
+
+    def __init__(self, path: Path) -> None:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.inter_op_num_threads = 1
+        self.sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        inp = self.sess.get_inputs()[0]
+        self.name = inp.name
+        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.sess.run(None, {self.name: x})[0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.numpy()
+        b = self.fixed_batch
+        if b is None or len(x) == b:
+            return torch.from_numpy(self.run(x))
+        outs = []  # a static batch size: run in chunks, padding the last one
+        for i in range(0, len(x), b):
+            chunk = x[i:i + b]
+            n = len(chunk)
+            if n < b:
+                chunk = np.concatenate([chunk, np.zeros((b - n, *chunk.shape[1:]), chunk.dtype)])
+            outs.append(self.run(chunk)[:n])
+        return torch.from_numpy(np.concatenate(outs))
+
+
+def state_dict_bytes(model: torch.nn.Module) -> int:
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getbuffer().nbytes
+
+
+def print_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+        line = "  ".join("-" * w for w in widths)
+        print(f"\n{title}\n{line}")
+        print("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths))))
+        print(line)
+        for r in rows:
+            print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        print(line)
+        return
+    table = Table(title=title)
+    for i, h in enumerate(headers):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        table.add_row(*r)
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("out/quickstart"), help="output directory")
+    ap.add_argument("--recipe", default="w8a8")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--runs", type=int, default=50, help="timed runs per latency figure")
+    args = ap.parse_args(argv)
+    t_start = time.perf_counter()
+
+    # 1. Data and a trained FP32 model.
+    x_tr, y_tr, x_te, y_te = load_digits_data(seed=0)
+    t = time.perf_counter()
+    model = train_digits_cnn(epochs=args.epochs, seed=0)
+    print(f"trained DigitsCNN ({sum(p.numel() for p in model.parameters()):,} params) in {time.perf_counter() - t:.1f} s")
+
+    # 2. Quantize: calibrate on 8 training batches of 32, print the per-node table.
+    t = time.perf_counter()
+    qm = qgraph.quantize(model, (x_te[:32],), recipe=args.recipe, calib_data=calib_batches(x_tr, 8, 32))
+    print(f"quantized with recipe {args.recipe!r} in {time.perf_counter() - t:.1f} s\n")
+    print(qm.summary())
+
+    # 3. Export: the quantized model (verified in ONNX Runtime by qgraph) and the FP32 model for comparison.
+    args.out.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    res = qm.export(str(args.out / "digits_cnn"))
+    print(f"\nexported {res.onnx_path} in {time.perf_counter() - t:.1f} s "
+          f"(max abs error vs qgraph {res.max_abs_error:.3g}, top-1 agreement {100 * res.top1_agreement:.2f}%)")
+    fp32_path = args.out / "digits_cnn_fp32.onnx"
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.onnx.export(model, (x_te[:32],), dynamo=True, opset_version=21, external_data=False,
+                      dynamic_shapes=({0: batch},), verbose=False).save(str(fp32_path))
+
+    # 4. Compare on the full test set, one thread everywhere.
+    torch.set_num_threads(1)
+    fp32_ort, int8_ort = OrtModel(fp32_path), OrtModel(Path(res.onnx_path))
+    with torch.no_grad():
+        q_logits = qm(x_te)
+    int8_ort_logits = int8_ort(x_te)
+    agreement = float((q_logits.argmax(-1) == int8_ort_logits.argmax(-1)).float().mean())
+
+    bs = int8_ort.fixed_batch or 1  # a static-batch export is timed at its own batch size
+    xb = x_te[:bs]
+    xb_np = xb.numpy()
+
+    def torch_timer(m):
+        def f():
+            with torch.no_grad():
+                m(xb)
+        return f
+
+    systems = [
+        ("FP32 (PyTorch)", model, state_dict_bytes(model), torch_timer(model)),
+        ("FP32 (ONNX Runtime)", fp32_ort, fp32_path.stat().st_size, lambda: fp32_ort.run(xb_np)),
+        (f"{args.recipe.upper()} fake-quant (PyTorch)", qm, None, torch_timer(qm)),
+        (f"{args.recipe.upper()} (ONNX Runtime)", int8_ort, Path(res.onnx_path).stat().st_size, lambda: int8_ort.run(xb_np)),
+    ]
+    rows, acc, size, lat = [], {}, {}, {}
+    for name, m, nbytes, timer in systems:
+        acc[name] = accuracy(m, x_te, y_te)
+        size[name] = nbytes
+        lat[name] = median_ms(timer, args.runs)
+        rows.append([name, f"{100 * acc[name]:.2f}", "-" if nbytes is None else f"{nbytes / 1024:.1f}", f"{lat[name]:.3f}"])
+    print_table(f"digits test set ({len(x_te)} images), one thread",
+                ["model", "accuracy %", "size KB", f"latency ms (batch {bs}, median of {args.runs})"], rows)
+
+    fp32_name, fp32_ort_name, q_name, q_ort_name = (s[0] for s in systems)
+    drop = acc[fp32_name] - acc[q_ort_name]
+    print(f"size ratio   FP32 ONNX / {args.recipe} ONNX: {size[fp32_ort_name] / size[q_ort_name]:.2f}x smaller")
+    print(f"speed-up     FP32 ORT / {args.recipe} ORT:   {lat[fp32_ort_name] / lat[q_ort_name]:.2f}x")
+    print(f"accuracy     {args.recipe} ORT vs FP32 PyTorch: {-100 * drop:+.2f} points")
+    print(f"top-1 agreement, {args.recipe} ONNX Runtime vs qm: {100 * agreement:.2f}% "
+          f"({int(round(agreement * len(x_te)))}/{len(x_te)})")
+    print(f"total time {time.perf_counter() - t_start:.1f} s")
+
+    failures = []
+    if drop > MAX_ACC_DROP:
+        failures.append(f"{args.recipe} accuracy dropped {100 * drop:.2f} points (> {100 * MAX_ACC_DROP:.0f})")
+    if acc[fp32_name] - acc[q_name] > MAX_ACC_DROP:
+        failures.append(f"fake-quant accuracy dropped {100 * (acc[fp32_name] - acc[q_name]):.2f} points")
+    if agreement < MIN_AGREEMENT:
+        failures.append(f"ONNX Runtime agrees with qm on only {100 * agreement:.2f}% of the test set")
+    for f in failures:
+        print(f"FAIL: {f}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

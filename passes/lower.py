@@ -1,0 +1,95 @@
+"""LowerPass: make weights integer for export.
+
+Rewrite rules (run on a copy of the quantized graph, just before ONNX export):
+
+1. ``get_attr W → weight_quantizer`` becomes ``get_attr W_int → qgraph::dequantize``: the integer
+   codes are computed once and stored as an int8 buffer (``<quantizer>.qweight``) with the
+   quantizer's scale and zero point, so the exporter writes integer initializers. The result is
+   bit-identical to the fake-quantized weight.
+2. Weight-only grouped linear ``linear(x, dequantize(W_int), b)`` becomes
+   ``matmul(x, dequantize(W_intᵀ, blocks along axis 0)) + b``: the ``DequantizeLinear → MatMul``
+   pattern ONNX Runtime fuses into MatMulNBits.
+
+Activation quantizers are left as they are (they export as QuantizeLinear/DequantizeLinear).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+from torch.fx.passes.infra.pass_base import PassResult
+
+from qgraph.granularity import PerGroup
+from qgraph.ops import LINEAR
+from qgraph.passes.base import QPass
+from qgraph.passes.insert_quantizers import is_quantizer_node
+from qgraph.primitives import granularity_args, quantize_affine
+
+
+class LowerPass(QPass):
+    name = "lower"
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        modified = False
+        for node in list(gm.graph.nodes):
+            if not is_quantizer_node(gm, node):
+                continue
+            q = gm.get_submodule(node.target)
+            src = node.args[0]
+            if q.role != "weight" or q.mode != "quantize" or not isinstance(src, fx.Node) or src.op != "get_attr":
+                continue
+            weight = gm.get_parameter(src.target) if _is_param(gm, src.target) else gm.get_buffer(src.target)
+            spec = q.spec
+            with torch.no_grad():
+                scale = q.effective_scale().detach().clone()
+                zp = q.zero_point.detach().clone()
+                codes = quantize_affine(weight.detach().float(), scale, zp, spec.qmin, spec.qmax, spec.granularity)
+            axis, group = granularity_args(spec.granularity)
+            users = list(node.users)
+            transpose = (
+                isinstance(spec.granularity, PerGroup)
+                and q.spec.learnable is False
+                and len(users) == 1
+                and users[0].op == "call_function"
+                and users[0].target in LINEAR
+                and codes.dim() == 2
+                and _weight_only(gm, users[0])
+            )
+            if transpose:
+                codes, scale, zp, axis = codes.t().contiguous(), scale.t().contiguous(), zp.t().contiguous(), 0
+            q.register_buffer("qweight", codes, persistent=False)
+            q.register_buffer("lowered_scale", scale, persistent=False)
+            q.register_buffer("lowered_zero_point", zp, persistent=False)
+            with gm.graph.inserting_before(node):
+                args = [gm.graph.get_attr(f"{node.target}.{n}") for n in ("qweight", "lowered_scale", "lowered_zero_point")]
+                dq = gm.graph.call_function(torch.ops.qgraph.dequantize.default, (*args, spec.qmin, spec.qmax, axis, group))
+            dq.meta = dict(node.meta)
+            node.replace_all_uses_with(dq)
+            gm.graph.erase_node(node)
+            detail = f"{tuple(codes.shape)} {spec.describe()}"
+            if transpose:
+                lin = users[0]
+                x, b = lin.args[0], (lin.args[2] if len(lin.args) > 2 else lin.kwargs.get("bias"))
+                with gm.graph.inserting_before(lin):
+                    mm = gm.graph.call_function(torch.matmul, (x, dq))
+                    out = gm.graph.call_function(torch.add, (mm, b)) if b is not None else mm
+                out.meta = dict(lin.meta)
+                lin.replace_all_uses_with(out)
+                gm.graph.erase_node(lin)
+                detail += ", linear as MatMul on Wᵀ (blocked along K)"
+            self.record("lowered", dq, q.where, detail)
+            modified = True
+        return self.finish(gm, modified)
+
+
+def _is_param(gm, target: str) -> bool:
+    try:
+        gm.get_parameter(target)
+        return True
+    except AttributeError:
+        return False
+
+
+def _weight_only(gm, linear: fx.Node) -> bool:
+    x = linear.args[0]
+    return not (isinstance(x, fx.Node) and is_quantizer_node(gm, x))

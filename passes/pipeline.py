@@ -1,0 +1,49 @@
+"""The default pipeline: canonicalize → fold_bn → annotate → insert quantizers (→ calibrate)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch.fx as fx
+
+from qgraph.errors import QGraphError
+from qgraph.passes.annotate import AnnotatePass
+from qgraph.passes.base import Change, QPass
+from qgraph.passes.calibrate import CalibratePass
+from qgraph.passes.canonicalize import CanonicalizePass
+from qgraph.passes.fold_bn import FoldBatchNormPass
+from qgraph.passes.insert_quantizers import InsertQuantizersPass
+from qgraph.recipes import Recipe
+
+
+def prepare_passes(recipe: Recipe, leaves: set[str], fold_bn: bool = True) -> list[QPass]:
+    passes: list[QPass] = [CanonicalizePass(leaves)]
+    if fold_bn:
+        passes.append(FoldBatchNormPass())
+    passes += [AnnotatePass(recipe), InsertQuantizersPass(recipe, leaves)]
+    return passes
+
+
+def run_passes(gm: fx.GraphModule, passes: list[QPass]) -> list[Change]:
+    """Run passes in order, in place; return every recorded change.
+
+    (torch.fx's ``PassManager`` re-raises every failure as a bare ``Exception``; qgraph's own
+    errors must reach the user with their type, so they pass through here, naming the passes
+    already run.)
+    """
+    done: list[str] = []
+    for p in passes:
+        try:
+            p.run(gm)
+        except QGraphError as e:
+            if done:
+                e.args = (f"{e.args[0] if e.args else e} (in pass {p.name}, after {', '.join(done)})", *e.args[1:])
+            raise
+        done.append(p.name)
+    return [c for p in passes for c in p.changes]
+
+
+def calibrate(gm: fx.GraphModule, batches: Iterable) -> list[Change]:
+    p = CalibratePass(batches)
+    p.run(gm)
+    return p.changes

@@ -1,0 +1,58 @@
+"""The one call: ``qgraph.quantize(model, example_inputs, recipe, calib_data)``."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+from torch import nn
+
+from qgraph.capture import as_input_tuple, trace
+from qgraph.errors import InputError
+from qgraph.model import QModel
+from qgraph.recipes import Override, Recipe, build_recipe
+
+
+def quantize(
+    model: nn.Module,
+    example_inputs,
+    recipe: str | Recipe = "w8a8",
+    calib_data: Iterable | None = None,
+    *,
+    overrides: Iterable[Override] | None = None,
+    skip: Iterable[str] | str | None = None,
+    qat: bool = False,
+    fold_bn: bool = True,
+) -> QModel:
+    """Quantize ``model`` and return a :class:`QModel`.
+
+    ``example_inputs``: a tensor or tuple of positional tensors the model accepts.
+    ``recipe``: a name (``qgraph.list_recipes()``) or a :class:`Recipe`; ``overrides`` refine it
+    (:class:`Override`), ``skip`` lists module-path globs that stay float.
+    ``calib_data``: an iterable of batches (a tensor or a tuple of tensors each) for post-training
+    calibration; without it the example inputs calibrate. ``qat=True`` makes scales learnable
+    (LSQ) so the returned model can be trained. The input model is not modified.
+    """
+    from qgraph.passes.pipeline import calibrate, prepare_passes, run_passes
+
+    r = build_recipe(recipe, overrides, skip)
+    if qat:
+        r = r.with_learnable_scales()
+    args = as_input_tuple(example_inputs)
+    model = copy.deepcopy(model).eval()
+    qg = trace(model, args)
+    leaves = set(qg.capture.leaves)
+    passes = prepare_passes(r, leaves, fold_bn=fold_bn)
+    split = 1 + int(fold_bn)  # canonicalize (+ fold_bn) give the float reference graph
+    changes = run_passes(qg, passes[:split])
+    float_graph = copy.deepcopy(qg)
+    changes += run_passes(qg, passes[split:])
+    batches = list(calib_data) if calib_data is not None else [args]
+    if not batches:
+        raise InputError("calib_data is empty")
+    changes += calibrate(qg, batches)
+    qm = QModel(qg, float_graph, r, args, changes)
+    qm.eval()
+    if qat:
+        qm.train()
+    return qm

@@ -1,0 +1,166 @@
+"""The ``qgraph`` command line: quantize a model from a factory function, list recipes, print versions.
+
+A *factory* is a function that takes no arguments and returns ``(model, example_inputs)`` or
+``(model, example_inputs, calib_batches)``; name it as ``MODULE:FACTORY``, e.g.
+``qgraph quantize examples.models:digits_cnn --recipe w8a8 --out out/``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="qgraph: quantize PyTorch models and export verified QDQ ONNX.",
+)
+
+EXIT_QGRAPH_ERROR = 1  # qgraph refused the model / recipe / export
+EXIT_USAGE = 2  # the command line or the factory is wrong
+
+
+class FactoryError(Exception):
+    """The MODULE:FACTORY string or what the factory returned is unusable."""
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def load_factory(spec: str):
+    """Resolve ``MODULE:FACTORY`` (the current directory is on the import path) to ``(name, callable)``."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise FactoryError(f"expected MODULE:FACTORY (e.g. examples.models:digits_cnn), got {spec!r}")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise FactoryError(f"module {module_name!r} not found (looked in {cwd} and sys.path)") from None
+        raise FactoryError(f"importing {module_name!r} failed: {type(e).__name__}: {e}") from None
+    except Exception as e:  # the user's module raised while importing
+        raise FactoryError(f"importing {module_name!r} failed: {type(e).__name__}: {e}") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise FactoryError(f"module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise FactoryError(f"{spec} is a {type(obj).__name__}, not a callable factory")
+    return attr.rsplit(".", 1)[-1], obj
+
+
+def call_factory(spec: str, factory):
+    """Call the factory and check it returned ``(model, example_inputs[, calib_batches])``."""
+    from torch import nn
+
+    from qgraph.errors import QGraphError
+
+    try:
+        out = factory()
+    except QGraphError:
+        raise
+    except Exception as e:
+        raise FactoryError(f"factory {spec} raised {type(e).__name__}: {e}") from None
+    if not isinstance(out, (tuple, list)) or len(out) not in (2, 3):
+        got = f"a {len(out)}-tuple" if isinstance(out, (tuple, list)) else f"a {type(out).__name__}"
+        raise FactoryError(f"factory {spec} must return (model, example_inputs) or "
+                           f"(model, example_inputs, calib_batches), got {got}")
+    model, example_inputs = out[0], out[1]
+    if not isinstance(model, nn.Module):
+        raise FactoryError(f"factory {spec} returned a {type(model).__name__} as the model, not a torch.nn.Module")
+    calib = out[2] if len(out) == 3 else None
+    if calib is not None and not hasattr(calib, "__iter__"):
+        raise FactoryError(f"factory {spec} returned a {type(calib).__name__} as calib_batches, not an iterable")
+    return model, example_inputs, calib
+
+
+def _human_size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    return f"{n / 1024:.1f} KB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.2f} MB"
+
+
+@app.command("quantize")
+def quantize_cmd(
+    factory: str = typer.Argument(..., metavar="MODULE:FACTORY", help="function returning (model, example_inputs[, calib_batches])"),
+    recipe: str = typer.Option("w8a8", "--recipe", "-r", help="quantization recipe (see `qgraph recipes`)"),
+    out: str = typer.Option("out", "--out", "-o", help="output directory"),
+    name: str | None = typer.Option(None, "--name", "-n", help="file stem of the outputs (default: the factory's name)"),
+    calib_batches: int | None = typer.Option(None, "--calib-batches", min=1, help="use at most N calibration batches"),
+    summary: bool = typer.Option(True, "--summary/--no-summary", help="print the per-node table"),
+) -> None:
+    """Quantize the model a factory returns, print its summary, export verified QDQ ONNX to OUT/NAME.onnx."""
+    import qgraph
+    from qgraph.errors import QGraphError
+
+    try:
+        fname, fn = load_factory(factory)
+        model, example_inputs, calib = call_factory(factory, fn)
+    except FactoryError as e:
+        raise _fail(str(e), EXIT_USAGE) from None
+    except QGraphError as e:
+        raise _fail(f"{type(e).__name__}: {e}", EXIT_QGRAPH_ERROR) from None
+    if calib is None:
+        calib = [example_inputs]
+    if calib_batches is not None:
+        calib = list(itertools.islice(calib, calib_batches))
+    stem = Path(out) / (name or fname)
+    try:
+        qm = qgraph.quantize(model, example_inputs, recipe=recipe, calib_data=calib)
+        if summary:
+            typer.echo(qm.summary())
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        res = qm.export(str(stem))
+    except QGraphError as e:
+        raise _fail(f"{type(e).__name__}: {e}", EXIT_QGRAPH_ERROR) from None
+    typer.echo(f"recipe          {recipe}")
+    typer.echo(f"onnx            {getattr(res, 'onnx_path', '?')}  ({_human_size(getattr(res, 'onnx_bytes', None))})")
+    typer.echo(f"report          {getattr(res, 'report_path', '?')}")
+    typer.echo(f"max abs error   {getattr(res, 'max_abs_error', float('nan')):.3g}  (ONNX Runtime vs qgraph)")
+    agree = getattr(res, "top1_agreement", None)
+    typer.echo(f"top-1 agreement {'n/a' if agree is None else f'{100 * agree:.2f}%'}")
+
+
+@app.command("recipes")
+def recipes_cmd() -> None:
+    """List the known quantization recipes."""
+    import qgraph
+
+    for r in qgraph.list_recipes():
+        typer.echo(r)
+
+
+@app.command("version")
+def version_cmd() -> None:
+    """Print the versions of qgraph and of the libraries it runs on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import qgraph
+
+    typer.echo(f"qgraph {qgraph.__version__}")
+    for dist in ("torch", "onnx", "onnxruntime", "onnxscript"):
+        try:
+            typer.echo(f"  {dist} {version(dist)}")
+        except PackageNotFoundError:
+            typer.echo(f"  {dist} (not installed)")
+
+
+def main() -> None:
+    """Entry point of the ``qgraph`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

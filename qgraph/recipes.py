@@ -1,0 +1,229 @@
+"""Recipes: named, declarative descriptions of what gets quantized and how.
+
+A :class:`Recipe` says which op kinds are quantized, the weight :class:`QSpec` and the activation
+:class:`QSpec` (``None`` for weight-only recipes). :class:`Override` rules refine it per module
+path (glob or regex), op kind or module type; the last matching rule wins. Named recipes live in
+one registry filled by :func:`register_recipe`; :func:`get_recipe` raises a :class:`RecipeError`
+listing the known names for an unknown one.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+
+from qgraph.errors import RecipeError
+from qgraph.granularity import PerChannel, PerGroup, PerTensor
+from qgraph.ops import KINDS
+from qgraph.qspec import QSpec
+
+_UNSET = object()
+
+
+@dataclass(frozen=True)
+class Override:
+    """Refine a recipe for matching ops.
+
+    Match by ``name`` (a glob on the module path, e.g. ``"layer4.*"``), ``regex`` (``re.search`` on
+    the module path), ``op`` (an op kind: conv, conv_transpose, linear, matmul, add) or
+    ``module_type`` (a class or its name, e.g. ``"Linear"``); all given criteria must match.
+    Then ``skip=True`` keeps the op float, or ``weight`` / ``activation`` replace the specs
+    (``None`` disables that quantizer).
+    """
+
+    name: str | None = None
+    regex: str | None = None
+    op: str | None = None
+    module_type: type | str | None = None
+    skip: bool = False
+    weight: QSpec | None | object = _UNSET
+    activation: QSpec | None | object = _UNSET
+
+    def __post_init__(self) -> None:
+        if self.op is not None and self.op not in KINDS:
+            raise RecipeError(f"override op {self.op!r} is not an op kind; known: {', '.join(KINDS)}")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as e:
+                raise RecipeError(f"override regex {self.regex!r} is invalid: {e}") from e
+        if all(v is None for v in (self.name, self.regex, self.op, self.module_type)):
+            raise RecipeError("an override needs at least one of name=, regex=, op=, module_type=")
+
+    def matches(self, path: str, kind: str, module_type: type | None) -> bool:
+        if self.name is not None and not fnmatch.fnmatchcase(path, self.name):
+            return False
+        if self.regex is not None and not re.search(self.regex, path):
+            return False
+        if self.op is not None and self.op != kind:
+            return False
+        if self.module_type is not None:
+            if module_type is None:
+                return False
+            wanted = self.module_type if isinstance(self.module_type, str) else self.module_type.__name__
+            if wanted not in {c.__name__ for c in module_type.__mro__}:
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one op gets: a weight spec, an activation spec (inputs and output), or nothing."""
+
+    weight: QSpec | None
+    activation: QSpec | None
+
+    @property
+    def quantized(self) -> bool:
+        return self.weight is not None or self.activation is not None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    weight: QSpec | None
+    activation: QSpec | None
+    kinds: tuple[str, ...] = ("conv", "conv_transpose", "linear", "matmul", "add")
+    overrides: tuple[Override, ...] = ()
+    description: str = ""
+
+    def with_overrides(self, *overrides: Override) -> Recipe:
+        return replace(self, overrides=self.overrides + tuple(overrides))
+
+    def with_learnable_scales(self) -> Recipe:
+        """The same recipe with LSQ (learnable) scales, for quantization-aware training."""
+        def lsq(s):
+            return s.with_(learnable=True) if isinstance(s, QSpec) else s
+        ovs = tuple(replace(o, weight=lsq(o.weight), activation=lsq(o.activation)) for o in self.overrides)
+        return replace(self, weight=lsq(self.weight), activation=lsq(self.activation), overrides=ovs)
+
+    def decide(self, path: str, kind: str, module_type: type | None = None) -> Decision:
+        weighted = kind in ("conv", "conv_transpose", "linear")
+        if kind not in self.kinds:
+            weight, act = None, None
+        else:
+            weight = self.weight if weighted else None
+            act = self.activation
+        for o in self.overrides:
+            if not o.matches(path, kind, module_type):
+                continue
+            if o.skip:
+                weight, act = None, None
+                continue
+            if o.weight is not _UNSET and weighted:
+                weight = o.weight
+            if o.activation is not _UNSET:
+                act = o.activation
+        if not weighted and act is None:
+            weight = None
+        return Decision(weight, act)
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "weight": self.weight.to_json() if self.weight else None,
+            "activation": self.activation.to_json() if self.activation else None,
+            "kinds": list(self.kinds),
+            "overrides": [_override_json(o) for o in self.overrides],
+        }
+
+
+def _override_json(o: Override) -> dict:
+    d = {k: getattr(o, k) for k in ("name", "regex", "op", "skip") if getattr(o, k) not in (None, False)}
+    if o.module_type is not None:
+        d["module_type"] = o.module_type if isinstance(o.module_type, str) else o.module_type.__name__
+    for k in ("weight", "activation"):
+        v = getattr(o, k)
+        if v is not _UNSET:
+            d[k] = v.to_json() if v is not None else None
+    return d
+
+
+_REGISTRY: dict[str, Callable[..., Recipe]] = {}
+
+
+def register_recipe(name: str) -> Callable:
+    """Decorator: register a factory ``(**options) -> Recipe`` under ``name``."""
+    def deco(fn: Callable[..., Recipe]) -> Callable[..., Recipe]:
+        if name in _REGISTRY:
+            raise RecipeError(f"recipe {name!r} is registered twice")
+        _REGISTRY[name] = fn
+        return fn
+    return deco
+
+
+def list_recipes() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_recipe(recipe: str | Recipe, **options) -> Recipe:
+    """A recipe by name (or a Recipe, returned as is)."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if not isinstance(recipe, str):
+        raise RecipeError(f"a recipe is a name or a qgraph.Recipe, got {type(recipe).__name__}")
+    if recipe not in _REGISTRY:
+        raise RecipeError(f"unknown recipe {recipe!r}; known recipes: {', '.join(list_recipes())}")
+    try:
+        return _REGISTRY[recipe](**options)
+    except TypeError as e:
+        raise RecipeError(f"recipe {recipe!r} does not take these options {sorted(options)}: {e}") from e
+
+
+def build_recipe(recipe: str | Recipe, overrides: Iterable[Override] | None = None, skip: Iterable[str] | None = None) -> Recipe:
+    """Resolve ``recipe`` and append the user's overrides and skip globs (skips last, so they win)."""
+    r = get_recipe(recipe)
+    extra = list(overrides or [])
+    for o in extra:
+        if not isinstance(o, Override):
+            raise RecipeError(f"overrides must be qgraph.Override objects, got {type(o).__name__}")
+    if isinstance(skip, str):
+        skip = [skip]
+    extra += [Override(name=pattern, skip=True) for pattern in (skip or [])]
+    return r.with_overrides(*extra) if extra else r
+
+
+# ------------------------------------------------------------------ built-in recipes
+
+def _weight(bits: int, group_size: int | None = None) -> QSpec:
+    g = PerGroup(group_size) if group_size else PerChannel(0)
+    return QSpec(bits=bits, symmetric=True, signed=True, granularity=g)
+
+
+def _activation(bits: int = 8, observer: str = "minmax") -> QSpec:
+    return QSpec(bits=bits, symmetric=False, signed=False, granularity=PerTensor(), observer=observer)
+
+
+@register_recipe("w8a8")
+def w8a8(observer: str = "minmax") -> Recipe:
+    """int8 symmetric per-channel weights, uint8 asymmetric per-tensor activations (ONNX Runtime's integer kernels)."""
+    return Recipe("w8a8", _weight(8), _activation(8, observer), description=w8a8.__doc__)
+
+
+@register_recipe("w4a8")
+def w4a8(observer: str = "minmax") -> Recipe:
+    """int4 symmetric per-channel weights, uint8 activations."""
+    return Recipe("w4a8", _weight(4), _activation(8, observer), description=w4a8.__doc__)
+
+
+@register_recipe("w8a16")
+def w8a16() -> Recipe:
+    """Weight-only int8 per-channel; activations stay float."""
+    return Recipe("w8a16", _weight(8), None, kinds=("conv", "conv_transpose", "linear"), description=w8a16.__doc__)
+
+
+@register_recipe("w4a16")
+def w4a16(group_size: int = 128) -> Recipe:
+    """Weight-only int4: linear layers in groups of ``group_size`` along the input dimension, convs per channel."""
+    return Recipe("w4a16", _weight(4, group_size), None, kinds=("conv", "conv_transpose", "linear"), description=w4a16.__doc__)
+
+
+@register_recipe("w2a16")
+def w2a16(group_size: int = 64) -> Recipe:
+    """Weight-only int2 in groups of ``group_size`` (linear), per channel (conv); stored in int4 containers in ONNX."""
+    return Recipe("w2a16", _weight(2, group_size), None, kinds=("conv", "conv_transpose", "linear"), description=w2a16.__doc__)
+
+
+__all__ = ["Recipe", "Override", "Decision", "register_recipe", "get_recipe", "list_recipes", "build_recipe"]

@@ -1,0 +1,94 @@
+"""Per-node summary: which quantizer each op got, its scales, and the error it causes (SQNR)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.fx as fx
+
+from qgraph.passes.base import ANNOTATION_KEY
+from qgraph.quantizer import FakeQuantize
+
+
+class _Recorder(fx.Interpreter):
+    """Runs a graph and keeps the outputs of chosen nodes (by name)."""
+
+    def __init__(self, gm: fx.GraphModule, names: set[str]) -> None:
+        super().__init__(gm)
+        self.names = names
+        self.values: dict[str, torch.Tensor] = {}
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        if n.name in self.names and isinstance(out, torch.Tensor):
+            self.values[n.name] = out.detach()
+        return out
+
+
+def node_outputs(gm: fx.GraphModule, args: tuple, names: set[str]) -> dict[str, torch.Tensor]:
+    rec = _Recorder(gm, names)
+    with torch.no_grad():
+        rec.run(*args)
+    return rec.values
+
+
+def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio in dB: 10·log10(‖ref‖² / ‖ref − approx‖²)."""
+    noise = (reference.float() - approx.float()).pow(2).sum().item()
+    signal = reference.float().pow(2).sum().item()
+    if noise == 0:
+        return math.inf
+    if signal == 0:
+        return -math.inf
+    return 10 * math.log10(signal / noise)
+
+
+def _quantizers_of(gm: fx.GraphModule, node: fx.Node) -> list[FakeQuantize]:
+    found = []
+    for inp in node.all_input_nodes:
+        if inp.op == "call_module":
+            m = gm.get_submodule(inp.target)
+            if isinstance(m, FakeQuantize):
+                found.append(m)
+    return found
+
+
+def summary_rows(qgraph: fx.GraphModule, float_graph: fx.GraphModule | None, args: tuple | None) -> list[dict]:
+    annotated = [n for n in qgraph.graph.nodes if ANNOTATION_KEY in n.meta]
+    names = {n.name for n in annotated}
+    err: dict[str, float] = {}
+    if float_graph is not None and args is not None:
+        ref = node_outputs(float_graph, args, names)
+        got = node_outputs(qgraph, args, names)
+        err = {k: sqnr_db(ref[k], got[k]) for k in names if k in ref and k in got and ref[k].shape == got[k].shape}
+    rows = []
+    for n in annotated:
+        ann = n.meta[ANNOTATION_KEY]
+        scales = [q.scale_range() for q in _quantizers_of(qgraph, n) if q.scale_range()]
+        wq = next((q for q in _quantizers_of(qgraph, n) if q.role == "weight"), None)
+        rows.append({
+            "node": n.name,
+            "op": ann.kind,
+            "module": ann.module_path,
+            "weight": ann.weight.describe() if ann.weight else "float",
+            "activation": ann.activation.describe() if ann.activation else "float",
+            "bits": f"w{ann.weight.bits if ann.weight else 32}a{ann.activation.bits if ann.activation else 32}",
+            "granularity": str(ann.weight.granularity) if ann.weight else str(ann.activation.granularity),
+            "weight_scale": wq.scale_range() if wq is not None else None,
+            "scale_min": min(s[0] for s in scales) if scales else None,
+            "scale_max": max(s[1] for s in scales) if scales else None,
+            "sqnr_db": err.get(n.name),
+        })
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    header = ("op", "module", "bits", "weight quantizer", "scale range", "SQNR dB")
+    lines = [header]
+    for r in rows:
+        sr = f"{r['scale_min']:.3g}..{r['scale_max']:.3g}" if r["scale_min"] is not None else "-"
+        sq = "-" if r["sqnr_db"] is None else ("inf" if math.isinf(r["sqnr_db"]) else f"{r['sqnr_db']:.1f}")
+        lines.append((r["op"], r["module"] or r["node"], r["bits"], r["weight"], sr, sq))
+    widths = [max(len(str(row[i])) for row in lines) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines)
