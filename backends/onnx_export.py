@@ -9,9 +9,9 @@ import warnings
 
 import onnx
 import torch
-
 from qgraph.backends.onnx_fold import fold_constant_quantization
 from qgraph.backends.onnx_ops import translation_table
+
 from qgraph.errors import ExportError
 
 OPSET = 21

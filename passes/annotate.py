@@ -19,13 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch.fx as fx
+from qgraph.passes.base import ANNOTATION_KEY, QPass
 from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
 
 from qgraph.errors import UnsupportedOpError, node_context
 from qgraph.granularity import PerChannel, PerGroup, PerTensor
 from qgraph.ops import classify, tensor_meta
-from qgraph.passes.base import ANNOTATION_KEY, QPass
 from qgraph.qspec import QSpec
 from qgraph.recipes import Recipe
 
@@ -80,8 +80,12 @@ class AnnotatePass(QPass):
                 f"recipe {self.recipe.name} ({g} needs a weight with output channels)"
             )
         if isinstance(g, PerGroup):
-            if info.kind != "linear" or len(shape) != 2 or shape[-1] % g.size:
-                why = "convs are grouped per channel" if info.kind != "linear" else f"input size {shape[-1]} is not a multiple of {g.size}"
+            if info.kind != "linear" or len(shape) != 2 or shape[-1] % g.size or info.weight_channel_axis != 0:
+                why = (
+                    "convs are grouped per channel" if info.kind != "linear"
+                    else "the weight is stored [in, out]" if info.weight_channel_axis != 0
+                    else f"input size {shape[-1]} is not a multiple of {g.size}"
+                )
                 self.record("fallback", node, info.module_path, f"per-group({g.size}) → per-channel: {why}")
                 return spec.with_(granularity=PerChannel(info.weight_channel_axis))
             return spec
@@ -91,6 +95,8 @@ class AnnotatePass(QPass):
                 self.record("fallback", node, info.module_path, "grouped transposed conv → per-tensor weight scale")
                 return spec.with_(granularity=PerTensor())
             return spec.with_(granularity=PerChannel(1))
+        if isinstance(g, PerChannel) and g.axis != info.weight_channel_axis:
+            return spec.with_(granularity=PerChannel(info.weight_channel_axis))
         return spec
 
     @staticmethod

@@ -13,11 +13,11 @@ from collections.abc import Iterable
 
 import torch
 import torch.fx as fx
+from qgraph.passes.base import QPass
 from torch.fx.passes.infra.pass_base import PassResult
 
 from qgraph.capture import as_input_tuple
 from qgraph.errors import InputError
-from qgraph.passes.base import QPass
 from qgraph.quantizer import FakeQuantize
 
 

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import torch.fx as fx
 import torch.nn.functional as F
+from qgraph.passes.base import QPass
 from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
-
-from qgraph.passes.base import QPass
 
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 

@@ -19,11 +19,11 @@ import operator
 
 import torch
 import torch.fx as fx
+from qgraph.passes.base import QPass
 from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
 
 from qgraph.ops import BN_MODULES, CONV, classify
-from qgraph.passes.base import QPass
 
 aten = torch.ops.aten
 _ATEN_BN = {getattr(aten.batch_norm, "default", None)} - {None}

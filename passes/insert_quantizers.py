@@ -19,14 +19,14 @@ Quantizers are registered as submodules next to the layer they serve (``conv1.we
 from __future__ import annotations
 
 import torch.fx as fx
+from qgraph.passes.base import ANNOTATION_KEY, QPass, unique_submodule_name
 from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
 
 from qgraph.granularity import PerChannel, PerGroup, PerTensor
 from qgraph.ops import classify, is_fusable_activation, is_passthrough, module_path
-from qgraph.passes.base import ANNOTATION_KEY, QPass, unique_submodule_name
-from qgraph.quantizer import FakeQuantize
 from qgraph.qspec import QSpec
+from qgraph.quantizer import FakeQuantize
 from qgraph.recipes import Recipe
 from qgraph.wrappers import SWAPPABLE, QuantizedModule
 
@@ -60,15 +60,15 @@ class InsertQuantizersPass(QPass):
                 modified |= self._swap(gm, str(node.target), ann.weight, ann.activation, node)
                 continue
             path = ann.module_path
+            info = classify(gm, node)
             if ann.weight is not None:
-                w = node.args[1] if len(node.args) > 1 else node.kwargs["weight"]
+                w = info.weight
                 if w not in weight_q:
                     weight_q[w] = self._insert_after(gm, w, ann.weight, "weight", f"{path}.weight_quantizer" if path else f"{w.name}_quantizer", path)
                 self._replace_arg(node, w, weight_q[w])
                 modified = True
             if ann.activation is None:
                 continue
-            info = classify(gm, node)
             for i, a in enumerate(info.activations if info else []):
                 if self._is_quantized(gm, a):
                     continue

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import torch
 import torch.fx as fx
+from qgraph.passes.base import QPass
+from qgraph.passes.insert_quantizers import is_quantizer_node
 from torch.fx.passes.infra.pass_base import PassResult
 
 from qgraph.granularity import PerGroup
 from qgraph.ops import LINEAR
-from qgraph.passes.base import QPass
-from qgraph.passes.insert_quantizers import is_quantizer_node
 from qgraph.primitives import granularity_args, quantize_affine
 
 

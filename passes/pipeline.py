@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch.fx as fx
-
-from qgraph.errors import QGraphError
 from qgraph.passes.annotate import AnnotatePass
 from qgraph.passes.base import Change, QPass
 from qgraph.passes.calibrate import CalibratePass
 from qgraph.passes.canonicalize import CanonicalizePass
 from qgraph.passes.fold_bn import FoldBatchNormPass
 from qgraph.passes.insert_quantizers import InsertQuantizersPass
+
+from qgraph.errors import QGraphError
 from qgraph.recipes import Recipe
 
 

@@ -14,6 +14,8 @@ Every route is checked: the graph must reproduce the model's eager outputs on th
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.fx as fx
 from torch import nn
@@ -127,8 +129,11 @@ def trace(model: nn.Module, example_inputs) -> QGraph:
     else:
         tried.append(f"symbolic_trace: {error}")
 
+    target, dropped = _without_opaque_outputs(model, expected)
+    if dropped:
+        expected = _filter_outputs(expected)
     try:
-        ep = torch.export.export(model, args, strict=False)
+        ep = torch.export.export(target, args, strict=False)
         exported = ep.module()
         qg = QGraph(exported, exported.graph, model.__class__.__name__)
         with torch.no_grad():
@@ -139,5 +144,36 @@ def trace(model: nn.Module, example_inputs) -> QGraph:
     if not ok:
         tried.append("torch.export: graph does not reproduce the model's outputs")
         raise CaptureError(f"no capture route handles {model.__class__.__name__}:\n  " + "\n  ".join(tried))
-    qg.meta["qgraph.capture"] = CaptureInfo("torch.export", {}, [f"fell back to torch.export because {tried[0]}"])
+    notes = [f"fell back to torch.export because {tried[0]}"]
+    if dropped:
+        notes.append(f"outputs that are not tensors were dropped from the graph (returned as None): {', '.join(dropped)}")
+    qg.meta["qgraph.capture"] = CaptureInfo("torch.export", {}, notes)
     return qg
+
+
+def _is_plain_leaf(v) -> bool:
+    return v is None or isinstance(v, (torch.Tensor, int, float, bool, str))
+
+
+def _filter_outputs(out):
+    return pytree.tree_map(lambda v: v if _is_plain_leaf(v) else None, out)
+
+
+def _without_opaque_outputs(model: nn.Module, expected) -> tuple[nn.Module, list[str]]:
+    """A view of ``model`` whose outputs hold only tensors and plain values.
+
+    ``torch.export`` refuses outputs it cannot flatten (e.g. a Hugging Face ``DynamicCache``). Such
+    leaves are replaced by None in a shallow copy of the model whose ``forward`` filters its outputs;
+    parameters and module paths stay the same.
+    """
+    dropped = sorted({type(v).__name__ for v in pytree.tree_leaves(expected) if not _is_plain_leaf(v)})
+    if not dropped:
+        return model, []
+    view = copy.copy(model)
+    inner = model.forward
+
+    def forward(*a, **k):
+        return _filter_outputs(inner(*a, **k))
+
+    view.forward = forward
+    return view, dropped

@@ -34,6 +34,7 @@ CONV_TRANSPOSE = {F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d} | 
     "conv_transpose1d.default", "conv_transpose2d.input", "conv_transpose3d.input"
 )
 LINEAR = {F.linear} | _ops("linear.default")
+ADDMM = {torch.addmm} | _ops("addmm.default")  # addmm(bias, x, W[in, out]): Hugging Face Conv1D (GPT-2)
 MATMUL = {torch.matmul, operator.matmul, torch.bmm} | _ops("matmul.default", "bmm.default")
 ADD = {operator.add, torch.add, operator.iadd} | _ops("add.Tensor", "add_.Tensor")
 BATCH_NORM = {F.batch_norm} | _ops("batch_norm.default", "_native_batch_norm_legit_no_training.default")
@@ -159,6 +160,11 @@ def classify(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
             path = _weight_path(w) or module_path(node)
             axis = 1 if kind == "conv_transpose" else 0
             return OpInfo(kind, path, w, b if isinstance(b, fx.Node) else None, [x], axis)
+        if t in ADDMM:
+            b, x, w = node.args[0], node.args[1], node.args[2]
+            if isinstance(x, fx.Node) and isinstance(w, fx.Node) and w.op == "get_attr" and not node.kwargs:
+                return OpInfo("linear", _weight_path(w) or module_path(node), w, b if isinstance(b, fx.Node) else None, [x], 1)
+            return None
         if t in MATMUL:
             a, b = node.args[0], node.args[1]
             if isinstance(a, fx.Node) and isinstance(b, fx.Node):
