@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
-ANNOTATION_KEY = "qgraph.annotation"  # node.meta key holding an Annotation (see passes.annotate)
+from qgraph.meta import ANNOTATION_KEY  # noqa: F401  (re-exported for passes)
 
 
 @dataclass(frozen=True)

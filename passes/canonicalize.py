@@ -19,6 +19,8 @@ from qgraph.passes.base import QPass
 from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
 
+from qgraph.meta import MODULE_PATH_KEY
+
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
@@ -48,7 +50,7 @@ class CanonicalizePass(QPass):
                 b = gm.graph.get_attr(f"{path}.bias") if mod.bias is not None else None
                 new = gm.graph.call_function(fn, (node.args[0], w, b, *extra))
             new.meta = dict(node.meta)
-            new.meta["qgraph.module_path"] = path
+            new.meta[MODULE_PATH_KEY] = path
             node.replace_all_uses_with(new)
             gm.graph.erase_node(node)
             self.record("replaced", new, path, f"{type(mod).__name__} module call by {fn.__name__}")

@@ -24,7 +24,8 @@ from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
 
 from qgraph.granularity import PerChannel, PerGroup, PerTensor
-from qgraph.ops import classify, is_fusable_activation, is_passthrough, module_path
+from qgraph.meta import MODULE_PATH_KEY
+from qgraph.ops import classify, is_fusable_activation, is_passthrough
 from qgraph.qspec import QSpec
 from qgraph.quantizer import FakeQuantize
 from qgraph.recipes import Recipe
@@ -102,7 +103,7 @@ class InsertQuantizersPass(QPass):
         with gm.graph.inserting_after(value):
             q = gm.graph.call_module(name, (value,))
         q.meta = {k: v for k, v in value.meta.items() if k in ("val", "tensor_meta", "nn_module_stack")}
-        q.meta["qgraph.module_path"] = path
+        q.meta[MODULE_PATH_KEY] = path
         self.record("inserted", q, path, f"{role} quantizer {spec.describe()} on {value.name}")
         return q
 
@@ -166,4 +167,4 @@ def module_weight_spec(mod: nn.Module, spec: QSpec) -> QSpec:
     return spec.with_(granularity=g)
 
 
-__all__ = ["InsertQuantizersPass", "is_quantizer_node", "module_path"]
+__all__ = ["InsertQuantizersPass", "is_quantizer_node", "module_weight_spec"]

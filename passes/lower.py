@@ -48,7 +48,6 @@ class LowerPass(QPass):
             users = list(node.users)
             transpose = (
                 isinstance(spec.granularity, PerGroup)
-                and q.spec.learnable is False
                 and len(users) == 1
                 and users[0].op == "call_function"
                 and users[0].target in LINEAR

@@ -23,6 +23,7 @@ from torch.utils import _pytree as pytree
 
 from qgraph.errors import CaptureError, InputError
 from qgraph.graph import CaptureInfo, QGraph, record_shapes
+from qgraph.meta import CAPTURE_KEY
 
 _MAX_LEAF_ROUNDS = 64
 
@@ -123,7 +124,7 @@ def trace(model: nn.Module, example_inputs) -> QGraph:
         except Exception as e:
             ok, error = False, f"{type(e).__name__}: {e}"
         if ok:
-            gm.meta["qgraph.capture"] = CaptureInfo("symbolic_trace", leaves)
+            gm.meta[CAPTURE_KEY] = CaptureInfo("symbolic_trace", leaves)
             return gm
         tried.append(f"symbolic_trace: graph does not reproduce the model ({error or 'outputs differ'})")
     else:
@@ -147,7 +148,7 @@ def trace(model: nn.Module, example_inputs) -> QGraph:
     notes = [f"fell back to torch.export because {tried[0]}"]
     if dropped:
         notes.append(f"outputs that are not tensors were dropped from the graph (returned as None): {', '.join(dropped)}")
-    qg.meta["qgraph.capture"] = CaptureInfo("torch.export", {}, notes)
+    qg.meta[CAPTURE_KEY] = CaptureInfo("torch.export", {}, notes)
     return qg
 
 

@@ -8,9 +8,8 @@ import networkx as nx
 import torch
 import torch.fx as fx
 
+from qgraph.meta import CAPTURE_KEY
 from qgraph.ops import module_path, tensor_meta
-
-CAPTURE_KEY = "qgraph.capture"
 
 
 @dataclass

@@ -15,6 +15,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from qgraph.meta import MODULE_PATH_KEY
+
 aten = torch.ops.aten
 
 
@@ -90,8 +92,8 @@ def _target_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
 
 def module_path(node: fx.Node) -> str:
     """The user's module path for a node: the call_module target, or the innermost module on its stack."""
-    if "qgraph.module_path" in node.meta:
-        return node.meta["qgraph.module_path"]
+    if MODULE_PATH_KEY in node.meta:
+        return node.meta[MODULE_PATH_KEY]
     if node.op == "call_module":
         return str(node.target)
     if node.op == "get_attr":

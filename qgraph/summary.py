@@ -7,7 +7,7 @@ import math
 import torch
 import torch.fx as fx
 
-from qgraph.passes.base import ANNOTATION_KEY
+from qgraph.meta import ANNOTATION_KEY
 from qgraph.quantizer import FakeQuantize
 
 
