@@ -7,7 +7,9 @@ A *factory* is a function that takes no arguments and returns ``(model, example_
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import itertools
 import os
 import sys
@@ -120,7 +122,9 @@ def quantize_cmd(
     try:
         qm = qgraph.quantize(model, example_inputs, recipe=recipe, calib_data=calib)
         if summary:
-            typer.echo(qm.summary())
+            with contextlib.redirect_stdout(io.StringIO()):  # summary() may print as well as return
+                text = qm.summary()
+            typer.echo(text)
         stem.parent.mkdir(parents=True, exist_ok=True)
         res = qm.export(str(stem))
     except QGraphError as e:

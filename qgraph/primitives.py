@@ -23,7 +23,12 @@ import torch
 
 from qgraph.granularity import Granularity, PerChannel, PerGroup, PerTensor
 
+# The smallest scale qgraph picks: far below any real activation range (random-weight models can
+# produce logits near 1e-10), far above float32's smallest normal number.
+MIN_SCALE = 1e-30
+
 __all__ = [
+    "MIN_SCALE",
     "integer_range",
     "choose_qparams",
     "quantize_affine",
@@ -53,7 +58,7 @@ def choose_qparams(
     """
     min_val = torch.minimum(min_val.float(), torch.zeros_like(min_val, dtype=torch.float32))
     max_val = torch.maximum(max_val.float(), torch.zeros_like(max_val, dtype=torch.float32))
-    eps = torch.finfo(torch.float32).eps
+    eps = MIN_SCALE
     if symmetric:
         amax = torch.maximum(-min_val, max_val)
         scale = torch.clamp(amax / ((qmax - qmin) / 2), min=eps)

@@ -21,7 +21,7 @@ from torch import nn
 
 from qgraph.errors import CalibrationError
 from qgraph.observers import Observer
-from qgraph.primitives import fake_quantize_affine
+from qgraph.primitives import MIN_SCALE, fake_quantize_affine
 from qgraph.qspec import QSpec
 
 MODES = ("observe", "quantize", "off")
@@ -139,7 +139,7 @@ class FakeQuantize(nn.Module):
     def effective_scale(self) -> torch.Tensor:
         """The scale the grid uses: learnable scales are kept positive by ``abs`` and a floor."""
         if self.spec.learnable:
-            return self.scale.abs().clamp_min(torch.finfo(torch.float32).eps)
+            return self.scale.abs().clamp_min(MIN_SCALE)
         return self.scale
 
     def extra_repr(self) -> str:
