@@ -1,8 +1,7 @@
 """ONNX translations of qgraph's custom ops for the dynamo ONNX exporter.
 
-* ``qgraph::fake_quantize`` → ``QuantizeLinear → DequantizeLinear`` with a zero point of the
-  container type the grid fits (uint8/int8, or uint4/int4 for exact 4-bit grids). Grids narrower
-  than their container (e.g. 6-bit) get an integer ``Clip`` between Q and DQ.
+* ``qgraph::fake_quantize`` → ``QuantizeLinear → DequantizeLinear`` with a uint8/int8 zero point;
+  grids narrower than 8 bits get an integer ``Clip`` between Q and DQ.
 * ``qgraph::dequantize`` → ``Cast(int codes → container) → DequantizeLinear``; the Cast of an
   initializer is folded into a typed (packed int4) initializer after export
   (:func:`qgraph.backends.onnx_fold.fold_constant_quantization`).
@@ -52,8 +51,9 @@ def _scale_rank(scale) -> int:
 
 
 def fake_quantize(x, scale, zero_point, qmin: int, qmax: int, axis: int, group_size: int, grad_factor: float):
-    exact4 = (qmin, qmax) in ((-8, 7), (0, 15))
-    dtype = container(qmin, qmax, allow_4bit=exact4)
+    # activations always travel in 8-bit containers: ONNX Runtime's QDQ fusion picks up uint4
+    # activations for QLinearConv and then rejects the graph (ORT 1.32)
+    dtype = container(qmin, qmax, allow_4bit=False)
     zp = op.Cast(zero_point, to=dtype)
     attrs = _qdq_attrs(axis, group_size, _scale_rank(scale))
     q = op.QuantizeLinear(x, scale, zp, **attrs)

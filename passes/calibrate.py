@@ -43,7 +43,11 @@ class CalibratePass(QPass):
                 try:
                     gm(*args)
                 except Exception as e:
-                    raise InputError(f"calibration batch {i} does not fit the model: {type(e).__name__}: {e}") from e
+                    hint = ""
+                    if len(args) > 1:
+                        hint = (f"; the batch has {len(args)} parts, which go to forward() as positional arguments: if your "
+                                "loader yields (inputs, labels), pass calib_data=(x for x, _ in loader)")
+                    raise InputError(f"calibration batch {i} does not fit the model: {type(e).__name__}: {e}{hint}") from e
                 count += 1
         if count == 0:
             raise InputError("calib_data yielded no batches")

@@ -114,14 +114,15 @@ class QModel(nn.Module):
         tol = 0.0
         if verify:
             sess = ort_backend.session(onnx_path, matmulnbits_accuracy_level=0)
-            agreement = ort_backend.compare(expected, ort_backend.run(sess, args))
-            tol = tolerance if tolerance is not None else self._default_tolerance(agreement.max_abs_reference)
+            outputs = ort_backend.run(sess, args)
+            tol = tolerance if tolerance is not None else self._default_tolerance(expected)
+            agreement = ort_backend.compare(expected, outputs, tie_tolerance=tol)
         result = ExportResult(onnx_path, report_path, os.path.getsize(onnx_path),
                               agreement.max_abs_error if agreement else float("nan"), tol,
                               agreement.top1_agreement if agreement else None)
         self._write_report(result)
         if agreement is not None:
-            bad_top1 = agreement.top1_agreement is not None and agreement.top1_agreement < min_top1
+            bad_top1 = agreement.top1_agreement_up_to_ties is not None and agreement.top1_agreement_up_to_ties < min_top1
             if agreement.max_abs_error > tol or bad_top1:
                 raise ExportMismatchError(
                     f"ONNX Runtime disagrees with the quantized model on the example inputs: {agreement}; "
@@ -129,8 +130,12 @@ class QModel(nn.Module):
                 )
         return result
 
-    def _default_tolerance(self, output_range: float) -> float:
-        """Three steps of the coarsest activation grid near the output, plus 1e-4 of the output range."""
+    def _default_tolerance(self, expected) -> float:
+        """Three steps of the coarsest activation grid, plus 1e-4 of the output range."""
+        from torch.utils import _pytree as pytree
+
+        leaves = [t for t in pytree.tree_leaves(expected) if isinstance(t, torch.Tensor) and t.numel()]
+        output_range = max((float(t.detach().abs().max()) for t in leaves), default=0.0)
         scales = [q.scale_range()[1] for q in self.quantizers().values() if q.role == "activation" and q.initialized]
         step = max(scales) if scales else 0.0
         return 3 * step + 1e-4 * output_range + 1e-5
