@@ -82,8 +82,14 @@ def fold_constant_quantization(model: onnx.ModelProto) -> int:
             if value is None:
                 keep.append(node)
                 continue
-            t = numpy_helper.from_array(value, node.output[0])
-            inits[node.output[0]] = t
+            name = _readable_name(node, g, inits)
+            if name != node.output[0]:
+                for other in g.node:
+                    other.input[:] = [name if i == node.output[0] else i for i in other.input]
+                for out in g.output:
+                    if out.name == node.output[0]:
+                        out.name = name
+            inits[name] = numpy_helper.from_array(value, name)
             folded += 1
             changed = True
         if changed:
@@ -97,6 +103,16 @@ def fold_constant_quantization(model: onnx.ModelProto) -> int:
     del g.initializer[:]
     g.initializer.extend(t for name, t in inits.items() if name in used)
     return folded
+
+
+def _readable_name(node: onnx.NodeProto, g: onnx.GraphProto, inits: dict) -> str:
+    """Keep the source initializer's name (``fc1.weight_quantizer.qweight``) when only this node reads it."""
+    src = node.input[0] if node.input else ""
+    if node.op_type in ("Cast", "QuantizeLinear", "Clip") and src in inits:
+        readers = sum(src in n.input for n in g.node)
+        if readers == 1 and src not in {o.name for o in g.output}:
+            return src
+    return node.output[0]
 
 
 def _fold(node: onnx.NodeProto, inits: dict) -> np.ndarray | None:

@@ -63,9 +63,20 @@ class DigitsCNN(nn.Module):
 def train_digits_cnn(epochs: int = 30, seed: int = 0) -> DigitsCNN:
     """Train :class:`DigitsCNN` on the digits training split; returns the model in eval mode.
 
-    Deterministic for a given ``seed`` (Adam, lr 3e-3, batch 64). About 98-99% test accuracy.
+    Deterministic for a given ``seed`` (Adam, lr 3e-3, cosine schedule, batch 64). Trains on one
+    thread: the batches are tiny, and a second thread makes it many times slower whenever the two
+    cores are busy. About 99% test accuracy (99.3% for seed 0) in about 3.5 s on one core.
     """
     x_tr, y_tr, _, _ = load_digits_data(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(x_tr, y_tr, epochs, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(x_tr: torch.Tensor, y_tr: torch.Tensor, epochs: int, seed: int) -> DigitsCNN:
     torch.manual_seed(seed)
     model = DigitsCNN()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)

@@ -8,7 +8,7 @@
 
 __version__ = "0.1.0"
 
-from qgraph.api import quantize
+from qgraph.api import export_onnx, quantize
 from qgraph.capture import trace
 from qgraph.errors import (
     CalibrationError,
@@ -27,7 +27,7 @@ from qgraph.qspec import QSpec
 from qgraph.recipes import Override, Recipe, get_recipe, list_recipes, register_recipe
 
 __all__ = [
-    "quantize", "trace", "QGraph", "QModel", "ExportResult", "QSpec", "Recipe", "Override",
+    "quantize", "trace", "export_onnx", "QGraph", "QModel", "ExportResult", "QSpec", "Recipe", "Override",
     "get_recipe", "list_recipes", "register_recipe", "PerTensor", "PerChannel", "PerGroup",
     "QGraphError", "InputError", "CaptureError", "RecipeError", "UnsupportedOpError",
     "CalibrationError", "ExportError", "ExportMismatchError", "__version__",

@@ -35,6 +35,8 @@ def quantize(
     """
     from qgraph.passes.pipeline import calibrate, prepare_passes, run_passes
 
+    if not isinstance(model, nn.Module):
+        raise InputError(f"expected a torch.nn.Module to quantize, got {type(model).__name__}")
     r = build_recipe(recipe, overrides, skip)
     if qat:
         r = r.with_learnable_scales()
@@ -56,3 +58,13 @@ def quantize(
     if qat:
         qm.train()
     return qm
+
+
+def export_onnx(model: nn.Module, example_inputs, path: str, dynamic_batch: bool = True):
+    """Export any module to ONNX the way qgraph exports quantized ones (opset 21, one file, no
+    exporter debug metadata), e.g. the FP32 baseline a quantized file is compared with.
+    Returns the ``onnx.ModelProto``.
+    """
+    from qgraph.backends.onnx_export import export_onnx as _export
+
+    return _export(model.eval(), as_input_tuple(example_inputs), path, dynamic_batch=dynamic_batch)

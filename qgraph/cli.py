@@ -7,9 +7,7 @@ A *factory* is a function that takes no arguments and returns ``(model, example_
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import io
 import itertools
 import os
 import sys
@@ -122,9 +120,7 @@ def quantize_cmd(
     try:
         qm = qgraph.quantize(model, example_inputs, recipe=recipe, calib_data=calib)
         if summary:
-            with contextlib.redirect_stdout(io.StringIO()):  # summary() may print as well as return
-                text = qm.summary()
-            typer.echo(text)
+            typer.echo(qm.summary())
         stem.parent.mkdir(parents=True, exist_ok=True)
         res = qm.export(str(stem))
     except QGraphError as e:
@@ -135,6 +131,7 @@ def quantize_cmd(
     typer.echo(f"max abs error   {getattr(res, 'max_abs_error', float('nan')):.3g}  (ONNX Runtime vs qgraph)")
     agree = getattr(res, "top1_agreement", None)
     typer.echo(f"top-1 agreement {'n/a' if agree is None else f'{100 * agree:.2f}%'}")
+    typer.echo(f"batch           {'dynamic' if res.dynamic_batch else 'static (as in the example inputs)'}")
 
 
 @app.command("recipes")

@@ -24,11 +24,19 @@ class ExportResult:
     max_abs_error: float
     tolerance: float
     top1_agreement: float | None
+    dynamic_batch: bool = False
 
     def __str__(self) -> str:
         top1 = f", top-1 agreement {self.top1_agreement:.1%}" if self.top1_agreement is not None else ""
         return (f"{self.onnx_path} ({self.onnx_bytes / 1024:.1f} KiB): ONNX Runtime vs qgraph max abs error "
                 f"{self.max_abs_error:.3g} (tolerance {self.tolerance:.3g}){top1}")
+
+
+class SummaryText(str):
+    """A summary table: a plain ``str`` whose REPL display is the table itself."""
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 class QModel(nn.Module):
@@ -68,17 +76,17 @@ class QModel(nn.Module):
         finally:
             self.train(was)
 
-    def summary(self, data=None, print_: bool = True) -> str:
-        """Per-node table (op, module path, bits, quantizer, scale range, SQNR vs float on ``data``)."""
+    def summary(self, data=None) -> SummaryText:
+        """Per-node table (op, module path, bits, quantizer, scale range, SQNR vs float on ``data``).
+
+        Returns the table as a string that also displays as itself at the REPL; ``print`` it in scripts.
+        """
         from qgraph.summary import format_rows
 
         rows = self.summary_rows(data)
         cap = self.qgraph.capture
         head = f"qgraph {self.recipe.name}: {len(rows)} ops quantized, {len(self.quantizers())} quantizers, {cap.describe()}"
-        text = head + "\n" + format_rows(rows)
-        if print_:
-            print(text)
-        return text
+        return SummaryText(head + "\n" + format_rows(rows))
 
     # ----------------------------------------------------------------- export
     def lowered(self) -> nn.Module:
@@ -92,16 +100,18 @@ class QModel(nn.Module):
         LowerPass().run(gm)
         return gm
 
-    def export(self, path: str, *, verify: bool = True, tolerance: float | None = None, min_top1: float = 0.99) -> ExportResult:
+    def export(self, path: str, *, verify: bool = True, tolerance: float | None = None, min_top1: float = 0.99,
+               dynamic_batch: bool = True) -> ExportResult:
         """Write ``path.onnx`` and ``path.report.json``; check the ONNX model against this model.
 
         ONNX Runtime runs the file on the example inputs; if its outputs differ from this model's by
         more than ``tolerance`` (default: 3 output quantization steps plus 1e-4 of the output range) or
         top-1 agreement is below ``min_top1``, :class:`ExportMismatchError` is raised (the file stays
-        on disk for inspection).
+        on disk for inspection). ``dynamic_batch``: let the batch dimension vary where the graph allows
+        (``ExportResult.dynamic_batch`` says whether it does).
         """
         from qgraph.backends import ort as ort_backend
-        from qgraph.backends.onnx_export import export_onnx
+        from qgraph.backends.onnx_export import batch_is_dynamic, export_onnx
 
         base = path[:-5] if path.endswith(".onnx") else path
         onnx_path, report_path = base + ".onnx", base + ".report.json"
@@ -109,7 +119,7 @@ class QModel(nn.Module):
         args = self._example_inputs
         with torch.no_grad():
             expected = self(*args)
-        export_onnx(self.lowered(), args, onnx_path)
+        model = export_onnx(self.lowered(), args, onnx_path, dynamic_batch=dynamic_batch)
         agreement = None
         tol = 0.0
         if verify:
@@ -119,7 +129,7 @@ class QModel(nn.Module):
             agreement = ort_backend.compare(expected, outputs, tie_tolerance=tol)
         result = ExportResult(onnx_path, report_path, os.path.getsize(onnx_path),
                               agreement.max_abs_error if agreement else float("nan"), tol,
-                              agreement.top1_agreement if agreement else None)
+                              agreement.top1_agreement if agreement else None, batch_is_dynamic(model))
         self._write_report(result)
         if agreement is not None:
             bad_top1 = agreement.top1_agreement_up_to_ties is not None and agreement.top1_agreement_up_to_ties < min_top1

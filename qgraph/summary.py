@@ -73,7 +73,7 @@ def summary_rows(qgraph: fx.GraphModule, float_graph: fx.GraphModule | None, arg
             "module": ann.module_path,
             "weight": ann.weight.describe() if ann.weight else "float",
             "activation": ann.activation.describe() if ann.activation else "float",
-            "bits": f"w{ann.weight.bits if ann.weight else 32}a{ann.activation.bits if ann.activation else 32}",
+            "bits": (f"w{ann.weight.bits}" if ann.weight else "w-") + (f"a{ann.activation.bits}" if ann.activation else "a-"),
             "granularity": str(ann.weight.granularity) if ann.weight else str(ann.activation.granularity),
             "weight_scale": wq.scale_range() if wq is not None else None,
             "scale_min": min(s[0] for s in scales) if scales else None,
@@ -84,6 +84,7 @@ def summary_rows(qgraph: fx.GraphModule, float_graph: fx.GraphModule | None, arg
 
 
 def format_rows(rows: list[dict]) -> str:
+    """The rows as an aligned text table ("w8a-" reads: 8-bit weights, float activations)."""
     header = ("op", "module", "bits", "weight quantizer", "scale range", "SQNR dB")
     lines = [header]
     for r in rows:
