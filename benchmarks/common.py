@@ -94,14 +94,16 @@ def median_ms(fn: Callable[[], object], runs: int, warmup: int = 3) -> float:
 
 def interleaved_median_ms(fns: dict[str, Callable[[], object]], runs: int, warmup: int = 3, rounds: int = 5) -> dict[str, float]:
     """Median ms per callable, timed in ``rounds`` interleaved rounds so that drift in machine
-    speed hits every candidate alike. ``runs`` is the total number of timed calls per callable."""
+    speed (and cache state left by the previous candidate) hits every candidate alike; the starting
+    candidate rotates each round. ``runs`` is the total number of timed calls per callable."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     per_round = max(1, runs // rounds)
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    order = list(fns.items())
+    for r in range(rounds):
+        for name, fn in order[r % len(order):] + order[:r % len(order)]:  # rotate who goes first
             for _ in range(per_round):
                 t0 = time.perf_counter()
                 fn()

@@ -13,7 +13,8 @@ Placement follows what ONNX Runtime fuses into integer kernels (``DQ → op → 
    are swapped for :class:`qgraph.wrappers.QuantizedModule` with the same quantizers.
 
 Quantizers are registered as submodules next to the layer they serve (``conv1.weight_quantizer``,
-``conv1.input_quantizer``, ``layer1.0.add_output_quantizer``), so ``state_dict`` keys read as paths.
+``conv1.input_quantizer``, ``layer1.0.add_output_quantizer``; a swapped module's graph-level output
+quantizer is its sibling ``<path>_output_quantizer``), so ``state_dict`` keys read as paths.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class InsertQuantizersPass(QPass):
         setattr(parent, child, QuantizedModule(mod, wq, iq, oq))
         self.record("swapped", node.name if node is not None else path, path, f"{type(mod).__name__} → QuantizedModule")
         if node is not None and aspec is not None and node.users:
-            q = self._insert_after(gm, node, aspec, "activation", f"{path}.output_quantizer", path)
+            q = self._insert_after(gm, node, aspec, "activation", f"{path}_output_quantizer", path)
             node.replace_all_uses_with(q, delete_user_cb=lambda u: u is not q)
         return True
 

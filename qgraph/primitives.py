@@ -52,16 +52,19 @@ def choose_qparams(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point that map ``[min_val, max_val]`` onto ``[qmin, qmax]``.
 
-    The range is widened to include 0 so that zero is exactly representable. Symmetric grids use
-    ``scale = max|x| / ((qmax - qmin) / 2)`` and a zero point at the grid's centre (0 for signed
-    grids, ``(qmax + 1) / 2`` for unsigned ones).
+    The range is widened to include 0 so that zero is exactly representable. Symmetric signed grids
+    use ``scale = max|x| / qmax`` and zero point 0, so codes stay in ``[-qmax, qmax]`` (int8:
+    [-127, 127], ONNX Runtime's convention for weights; the extra code ``qmin`` stays reachable for
+    learned scales). Symmetric unsigned grids centre the zero point at ``(qmax + 1) / 2`` with
+    ``scale = max|x| / ((qmax - qmin) / 2)``.
     """
     min_val = torch.minimum(min_val.float(), torch.zeros_like(min_val, dtype=torch.float32))
     max_val = torch.maximum(max_val.float(), torch.zeros_like(max_val, dtype=torch.float32))
     eps = MIN_SCALE
     if symmetric:
         amax = torch.maximum(-min_val, max_val)
-        scale = torch.clamp(amax / ((qmax - qmin) / 2), min=eps)
+        half = qmax if qmin < 0 else (qmax - qmin) / 2
+        scale = torch.clamp(amax / half, min=eps)
         zp = torch.full_like(scale, 0.0 if qmin < 0 else float((qmax + 1) // 2))
     else:
         scale = torch.clamp((max_val - min_val) / (qmax - qmin), min=eps)
@@ -138,7 +141,7 @@ def _fq_backward(ctx, grad):
     s = _expand(scale, x, axis, group_size)
     z = _expand(zero_point, x, axis, group_size)
     v = x / s
-    r = torch.round(v) + z
+    r = v + z  # LSQ decides in/out of range on the unrounded value (ALGORITHMS.md §0.2)
     below, above = r < qmin, r > qmax
     inside = ~(below | above)
     grad_x = grad * inside

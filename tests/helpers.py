@@ -1,0 +1,54 @@
+"""Small test helpers (imported by test modules; pytest puts this directory on sys.path)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+
+def ort_session(path, optimized_path: str | None = None, level=None, exact_int4: bool = False) -> ort.InferenceSession:
+    """A one-thread CPU session. ``exact_int4``: the fused int4 MatMulNBits kernel computes in float
+    (by default ONNX Runtime quantizes its activations to int8 on the fly)."""
+    so = ort.SessionOptions()
+    if exact_int4:
+        so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if optimized_path is not None:
+        so.optimized_model_filepath = str(optimized_path)
+    if level is not None:
+        so.graph_optimization_level = level
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def ort_predict(sess: ort.InferenceSession, x: torch.Tensor) -> np.ndarray:
+    """Run a single-input ONNX model over ``x`` in chunks of its (static) batch size; returns logits."""
+    inp = sess.get_inputs()[0]
+    b = inp.shape[0] if isinstance(inp.shape[0], int) else len(x)
+    xs = x.numpy()
+    outs = []
+    for i in range(0, len(xs), b):
+        chunk = xs[i:i + b]
+        n = len(chunk)
+        if n < b:
+            chunk = np.concatenate([chunk, np.zeros((b - n, *chunk.shape[1:]), chunk.dtype)])
+        outs.append(sess.run(None, {inp.name: chunk})[0][:n])
+    return np.concatenate(outs)
+
+
+def op_types(path) -> Counter:
+    return Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+def initializer_types(path) -> dict[str, int]:
+    return {t.name: t.data_type for t in onnx.load(str(path)).graph.initializer}
+
+
+def file_size(path) -> int:
+    return Path(path).stat().st_size

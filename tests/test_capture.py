@@ -1,0 +1,186 @@
+"""Capture: symbolic trace with auto-leaves, the torch.export fallback, shapes, input errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import qgraph
+from qgraph.wrappers import QuantizedModule
+
+
+class Gate(nn.Module):
+    """Python control flow on a tensor value: torch.fx cannot trace this forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(16, 16)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.lin(x)
+        return self.lin(-x)
+
+
+class GatedNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc0 = nn.Linear(8, 16)
+        self.gate = Gate()
+        self.fc1 = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc1(torch.relu(self.gate(self.fc0(x))))
+
+
+class ShapeBranch(nn.Module):
+    """Control flow in the root forward on a shape: fx fails, torch.export (static shapes) works."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = self.fc(x)
+        if y.shape[0] > 1:
+            return torch.relu(y)
+        return y
+
+
+class ValueBranch(nn.Module):
+    """Control flow in the root forward on a tensor value: no route can capture it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = self.fc(x)
+        if y.sum() > 0:
+            return y
+        return -y
+
+
+@pytest.fixture(scope="module")
+def gated():
+    torch.manual_seed(0)
+    return GatedNet().eval(), torch.randn(4, 8)
+
+
+def test_untraceable_submodule_becomes_a_leaf_with_a_reason(gated):
+    model, x = gated
+    qg = qgraph.trace(model, x)
+    assert isinstance(qg, qgraph.QGraph)
+    assert qg.capture.route == "symbolic_trace"
+    assert list(qg.capture.leaves) == ["gate"]
+    assert "control flow" in qg.capture.leaves["gate"]
+    # the leaf is one opaque call_module node; the rest of the model is traced through
+    call_modules = [str(n.target) for n in qg.graph.nodes if n.op == "call_module"]
+    assert call_modules == ["fc0", "gate", "fc1"]
+    torch.testing.assert_close(qg(x), model(x))
+
+
+def test_quantize_reaches_the_linear_inside_a_leaf(gated):
+    model, x = gated
+    calib = [torch.randn(4, 8, generator=torch.Generator().manual_seed(i)) for i in range(4)] + [x]
+    qm = qgraph.quantize(model, x, "w8a8", calib)
+    quantizers = qm.quantizers()
+    assert "gate.lin.weight_quantizer" in quantizers
+    assert quantizers["gate.lin.weight_quantizer"].role == "weight"
+    assert quantizers["gate.lin.weight_quantizer"].initialized
+    assert isinstance(qm.qgraph.get_submodule("gate.lin"), QuantizedModule)
+    assert any(c.action == "swapped" and c.module_path == "gate.lin" for c in qm.changes)
+    # the traced layers are quantized as usual
+    assert {"fc0.weight_quantizer", "fc1.weight_quantizer"} <= set(quantizers)
+    # and the quantized model is close to, but not identical with, the float one
+    with torch.no_grad():
+        err = (qm(x) - model(x)).abs().max().item()
+    assert 0 < err < 0.03
+    # the user's model is untouched
+    assert type(model.gate.lin) is nn.Linear
+
+
+def test_root_shape_control_flow_falls_back_to_torch_export():
+    torch.manual_seed(0)
+    model, x = ShapeBranch().eval(), torch.randn(3, 8)
+    qg = qgraph.trace(model, x)
+    assert qg.capture.route == "torch.export"
+    assert any("symbolic_trace" in note for note in qg.capture.notes)
+    torch.testing.assert_close(qg(x), model(x))
+    qm = qgraph.quantize(model, x, "w8a8")
+    assert qm.qgraph.capture.route == "torch.export"
+    assert "fc.weight_quantizer" in qm.quantizers()
+
+
+def test_root_value_control_flow_is_a_capture_error_naming_both_routes():
+    model = ValueBranch().eval()
+    with pytest.raises(qgraph.CaptureError) as info:
+        qgraph.trace(model, torch.randn(3, 8))
+    msg = str(info.value)
+    assert "symbolic_trace" in msg and "torch.export" in msg
+    assert isinstance(info.value, qgraph.QGraphError)
+
+
+def _shape_of(node):
+    val = node.meta.get("val")
+    if isinstance(val, torch.Tensor):
+        return tuple(val.shape)
+    tm = node.meta.get("tensor_meta")
+    return tuple(tm.shape) if tm is not None and hasattr(tm, "shape") else None
+
+
+def test_every_call_node_has_a_shape_symbolic(gated):
+    model, x = gated
+    qg = qgraph.trace(model, x)
+    calls = [n for n in qg.graph.nodes if n.op.startswith("call_")]
+    assert len(calls) == 4
+    shapes = {str(n.target): _shape_of(n) for n in calls}
+    assert shapes["fc0"] == (4, 16) and shapes["gate"] == (4, 16) and shapes["fc1"] == (4, 4)
+    assert all(s is not None for s in shapes.values())
+
+
+def test_every_call_node_has_a_shape_export():
+    torch.manual_seed(0)
+    qg = qgraph.trace(ShapeBranch().eval(), torch.randn(3, 8))
+    # nodes whose value is used (torch.export may add a guard-check call that returns None)
+    calls = [n for n in qg.graph.nodes if n.op.startswith("call_") and n.users]
+    assert calls
+    assert all(_shape_of(n) is not None for n in calls), [n.name for n in calls if _shape_of(n) is None]
+    assert {_shape_of(n) for n in calls} == {(3, 4)}
+
+
+def test_to_networkx_has_a_node_per_graph_node(gated):
+    model, x = gated
+    qg = qgraph.trace(model, x)
+    g = qg.to_networkx()
+    names = [n.name for n in qg.graph.nodes]
+    assert g.number_of_nodes() == len(names)
+    assert set(g.nodes) == set(names)
+    assert g.number_of_edges() == sum(len(n.all_input_nodes) for n in qg.graph.nodes)
+    assert g.nodes["fc0"]["shape"] == (4, 16)
+    assert g.has_edge("fc0", "gate") and g.has_edge("gate", "relu")
+
+
+def test_wrong_example_inputs_raise_input_error_with_shapes(gated):
+    model, _ = gated
+    with pytest.raises(qgraph.InputError) as info:
+        qgraph.trace(model, torch.randn(4, 5))
+    assert "(4, 5)" in str(info.value)
+    with pytest.raises(qgraph.InputError):
+        qgraph.quantize(model, torch.randn(2, 3, 7))
+
+
+def test_non_module_raises_input_error():
+    with pytest.raises(qgraph.InputError) as info:
+        qgraph.trace(lambda x: x + 1, torch.randn(2, 2))
+    assert "Module" in str(info.value)
+    with pytest.raises(qgraph.InputError):
+        qgraph.trace(nn.Linear(2, 2), {"x": torch.randn(1, 2)})
+
+
+def test_quantize_of_a_non_module_raises_input_error():
+    with pytest.raises(qgraph.InputError):
+        qgraph.quantize(lambda x: x + 1, torch.randn(2, 2))
+    with pytest.raises(qgraph.InputError):
+        qgraph.quantize("resnet18", torch.randn(1, 3, 8, 8))

@@ -1,0 +1,244 @@
+"""ONNX export per recipe: verified parity with ONNX Runtime, integer kernels, reports, mismatch errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from helpers import op_types, ort_session
+from torch import nn
+
+import qgraph
+
+TOLERANCE = {"w8a8": 0.1, "w4a8": 0.1, "w8a16": 1e-4, "w4a16": 1e-4}
+WEIGHT_TYPE = {"w8a8": onnx.TensorProto.INT8, "w4a8": onnx.TensorProto.INT4,
+               "w8a16": onnx.TensorProto.INT8, "w4a16": onnx.TensorProto.INT4}
+
+
+class Tiny(nn.Module):
+    """conv → relu → pool → conv → relu → pool → linear (K=256) → relu → linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(16 * 4 * 4, 128)
+        self.head = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        return self.head(torch.relu(self.fc(torch.flatten(x, 1))))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    x = torch.randn(8, 3, 16, 16)
+    calib = [torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(4)] + [x]
+    return model, x, calib
+
+
+@pytest.fixture(scope="module")
+def tiny_w8a8(tiny):
+    model, x, calib = tiny
+    return qgraph.quantize(model, x, "w8a8", calib)
+
+
+@pytest.mark.parametrize("recipe", ["w8a8", "w4a8", "w8a16", "w4a16"])
+def test_export_matches_onnx_runtime(tiny, recipe, tmp_path):
+    model, x, calib = tiny
+    qm = qgraph.quantize(model, x, recipe, calib)
+    result = qm.export(str(tmp_path / recipe))
+    assert isinstance(result, qgraph.ExportResult)
+    assert result.onnx_path == str(tmp_path / f"{recipe}.onnx")
+    assert result.onnx_bytes == (tmp_path / f"{recipe}.onnx").stat().st_size > 0
+    assert result.max_abs_error <= result.tolerance
+    assert result.max_abs_error <= TOLERANCE[recipe]
+    assert result.top1_agreement == 1.0
+    # an independent check with our own session: ORT agrees with the fake-quantized model
+    sess = ort_session(result.onnx_path, exact_int4=True)
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = qm(x).numpy()
+    assert np.abs(got - want).max() <= TOLERANCE[recipe]
+    # ONNX Runtime's default (fast) settings stay close as well
+    fast = ort_session(result.onnx_path)
+    assert np.abs(fast.run(None, {fast.get_inputs()[0].name: x.numpy()})[0] - want).max() <= max(TOLERANCE[recipe], 1e-2)
+    # and the quantized model is close to (but not the same as) the float model
+    with torch.no_grad():
+        float_err = (qm(x) - model(x)).abs().max().item()
+    assert 0 < float_err < 0.2
+    # weights are stored as integers of the recipe's width
+    weight_types = {t.data_type for t in onnx.load(result.onnx_path).graph.initializer if len(t.dims) >= 2}
+    assert WEIGHT_TYPE[recipe] in weight_types
+    assert onnx.TensorProto.FLOAT not in {
+        t.data_type for t in onnx.load(result.onnx_path).graph.initializer if len(t.dims) >= 2 and np.prod(t.dims) > 1000
+    }
+
+
+def test_activation_recipes_export_qdq_pairs(tiny_w8a8, tmp_path):
+    result = tiny_w8a8.export(str(tmp_path / "qdq"))
+    ops = op_types(result.onnx_path)
+    assert ops["QuantizeLinear"] >= 4 and ops["DequantizeLinear"] >= ops["QuantizeLinear"]
+    assert ops["Conv"] == 2
+    m = onnx.load(result.onnx_path)
+    assert any(o.version == 21 for o in m.opset_import if o.domain in ("", "ai.onnx"))
+    onnx.checker.check_model(m)
+
+
+def test_ort_fuses_w8a8_into_integer_kernels(tiny_w8a8, tmp_path):
+    result = tiny_w8a8.export(str(tmp_path / "w8a8"))
+    optimized = tmp_path / "w8a8.optimized.onnx"
+    ort_session(result.onnx_path, optimized_path=optimized, level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+    ops = op_types(optimized)
+    assert ops["QLinearConv"] == 2, ops
+    assert ops["Conv"] == 0
+    # the linears become integer GEMMs too
+    assert ops.get("QGemm", 0) + ops.get("MatMulInteger", 0) + ops.get("QLinearMatMul", 0) >= 1, ops
+
+
+def test_export_report_json(tiny_w8a8, tmp_path):
+    result = tiny_w8a8.export(str(tmp_path / "rep.onnx"))  # a ".onnx" suffix is accepted
+    assert result.onnx_path == str(tmp_path / "rep.onnx")
+    assert result.report_path == str(tmp_path / "rep.report.json")
+    report = json.loads((tmp_path / "rep.report.json").read_text())
+    assert report["recipe"]["name"] == "w8a8"
+    assert report["capture"]["route"] == "symbolic_trace"
+    assert {n["module"] for n in report["nodes"]} == {"conv1", "conv2", "fc", "head"}
+    assert report["export"]["max_abs_error"] == pytest.approx(result.max_abs_error)
+    assert report["export"]["onnx_bytes"] == result.onnx_bytes
+    assert any("[calibrate]" in c for c in report["changes"])
+
+
+def test_export_raises_mismatch_when_the_check_cannot_pass(tiny_w8a8, tmp_path):
+    with pytest.raises(qgraph.ExportMismatchError) as info:
+        tiny_w8a8.export(str(tmp_path / "strict"), tolerance=0.0, min_top1=1.01)
+    assert isinstance(info.value, qgraph.ExportError)
+    assert "top-1" in str(info.value)
+    assert (tmp_path / "strict.onnx").exists(), "the file stays on disk for inspection"
+
+
+def test_export_without_verification(tiny_w8a8, tmp_path):
+    result = tiny_w8a8.export(str(tmp_path / "nover"), verify=False)
+    assert result.top1_agreement is None
+    assert np.isnan(result.max_abs_error)
+    assert (tmp_path / "nover.onnx").stat().st_size == result.onnx_bytes
+
+
+def test_lowered_copy_is_bit_identical_and_leaves_the_model_alone(tiny_w8a8, tiny):
+    _, x, _ = tiny
+    before = {k: v.clone() for k, v in tiny_w8a8.state_dict().items()}
+    lowered = tiny_w8a8.lowered()
+    with torch.no_grad():
+        assert torch.equal(lowered(x), tiny_w8a8(x))
+    after = tiny_w8a8.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # integer weight codes are stored in the lowered copy
+    qweights = [b for n, b in lowered.named_buffers() if n.endswith("qweight")]
+    assert len(qweights) == 4 and all(b.dtype == torch.int8 for b in qweights)
+
+
+class TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 16)
+        self.b = nn.Linear(8, 16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x, y):
+        return self.head(torch.relu(self.a(x) + self.b(y)))
+
+
+def test_two_input_model_exports_with_two_onnx_inputs(tmp_path):
+    torch.manual_seed(0)
+    model = TwoInputs().eval()
+    args = (torch.randn(4, 8), torch.randn(4, 8))
+    calib = [(torch.randn(4, 8), torch.randn(4, 8)) for _ in range(3)] + [args]
+    qm = qgraph.quantize(model, args, "w8a8", calib)
+    assert {"a", "b", "head"} <= {q.where for q in qm.quantizers().values() if q.role == "weight"}
+    result = qm.export(str(tmp_path / "two"))
+    assert result.max_abs_error <= result.tolerance
+    sess = ort_session(result.onnx_path)
+    assert len(sess.get_inputs()) == 2
+    got = sess.run(None, {i.name: a.numpy() for i, a in zip(sess.get_inputs(), args)})[0]
+    with torch.no_grad():
+        assert np.abs(got - qm(*args).numpy()).max() <= result.tolerance
+    # a calibration batch that does not fit is an InputError naming the batch
+    with pytest.raises(qgraph.InputError, match="batch 0"):
+        qgraph.quantize(model, args, "w8a8", [torch.randn(4, 8)])
+
+
+def test_w2a16_exports_in_int4_containers(tiny, tmp_path):
+    model, x, calib = tiny
+    qm = qgraph.quantize(model, x, "w2a16", calib)
+    assert all(q.spec.bits == 2 for q in qm.quantizers().values())
+    result = qm.export(str(tmp_path / "w2a16"))
+    assert result.max_abs_error <= result.tolerance <= 1e-3
+    m = onnx.load(result.onnx_path)
+    big = [t for t in m.graph.initializer if np.prod(t.dims) >= 1000]
+    assert big and all(t.data_type == onnx.TensorProto.INT4 for t in big)
+    codes = [onnx.numpy_helper.to_array(t).astype(np.int8) for t in big]
+    assert all(c.min() >= -2 and c.max() <= 1 for c in codes), "2-bit codes in [-2, 1]"
+
+
+class ModuleLayers(nn.Module):
+    """Layers that canonicalization leaves as modules (quantized by swapping in QuantizedModule)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        if kind == "conv_transpose":
+            self.layer = nn.ConvTranspose2d(3, 4, 2, stride=2)
+        else:
+            self.layer = nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")
+        self.head = nn.Linear(4 * 8 * 8 if kind == "conv_transpose" else 4 * 4 * 4, 5)
+
+    def forward(self, x):
+        return self.head(torch.flatten(torch.relu(self.layer(x)), 1))
+
+
+@pytest.mark.parametrize("recipe", ["w8a16", "w8a8"])
+@pytest.mark.parametrize("kind", ["conv_transpose", "reflect_padding"])
+def test_layers_that_stay_modules_quantize_and_export(kind, recipe, tmp_path):
+    torch.manual_seed(0)
+    model = ModuleLayers(kind).eval()
+    x = torch.randn(2, 3, 4, 4)
+    qm = qgraph.quantize(model, x, recipe)
+    assert any(c.action == "swapped" and c.module_path == "layer" for c in qm.changes)
+    assert "layer.weight_quantizer" in qm.quantizers()
+    if kind == "conv_transpose":  # output channels are on axis 1 of a transposed conv's weight
+        assert qm.quantizers()["layer.weight_quantizer"].spec.granularity == qgraph.PerChannel(1)
+    activation_q = [n for n, q in qm.quantizers().items() if q.where == "layer" and q.role == "activation"]
+    if recipe == "w8a8":  # the swapped layer's input and output are quantized
+        assert any("input" in n for n in activation_q) and any("output" in n for n in activation_q), activation_q
+    else:
+        assert activation_q == []
+    result = qm.export(str(tmp_path / f"{kind}_{recipe}"))
+    assert result.max_abs_error <= result.tolerance
+
+
+def test_dynamic_batch_export_runs_any_batch_size(tiny_w8a8, tmp_path):
+    result = tiny_w8a8.export(str(tmp_path / "dyn"))
+    assert result.dynamic_batch is True
+    sess = ort_session(result.onnx_path)
+    assert sess.get_inputs()[0].shape[0] == "batch"
+    assert sess.get_outputs()[0].name == "output"
+    x = torch.randn(37, 3, 16, 16, generator=torch.Generator().manual_seed(9))
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = tiny_w8a8(x).numpy()
+    assert got.shape == (37, 10)
+    assert np.abs(got - want).max() <= result.tolerance
+
+
+def test_static_batch_export_keeps_the_example_batch(tiny_w8a8, tmp_path):
+    result = tiny_w8a8.export(str(tmp_path / "static"), dynamic_batch=False)
+    assert result.dynamic_batch is False
+    assert ort_session(result.onnx_path).get_inputs()[0].shape[0] == 8

@@ -1,0 +1,165 @@
+"""Graph passes run directly on captured graphs, and quantize()'s promise not to touch the user's model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from qgraph.passes.canonicalize import CanonicalizePass
+from qgraph.passes.fold_bn import FoldBatchNormPass
+from torch import nn
+
+import qgraph
+
+
+class ConvBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 4, 3, padding=1, bias=True)
+        self.bn2 = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 5 * 5, 6)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(x)))
+        x = self.bn2(self.conv2(x))
+        return self.fc(torch.flatten(x, 1))
+
+
+def _with_stats(model: ConvBN) -> ConvBN:
+    """Give every BatchNorm non-trivial running statistics and affine parameters."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for bn in (model.bn, model.bn2):
+            n = bn.num_features
+            bn.running_mean.copy_(torch.randn(n, generator=g))
+            bn.running_var.copy_(torch.rand(n, generator=g) * 3 + 0.2)
+            bn.weight.copy_(torch.randn(n, generator=g))
+            bn.bias.copy_(torch.randn(n, generator=g))
+    return model.eval()
+
+
+@pytest.fixture()
+def conv_bn():
+    torch.manual_seed(0)
+    return _with_stats(ConvBN()), torch.randn(4, 3, 5, 5)
+
+
+def _canonical(model, x):
+    qg = qgraph.trace(model, x)
+    CanonicalizePass(set(qg.capture.leaves)).run(qg)
+    return qg
+
+
+def test_canonicalize_turns_module_calls_into_functional_calls_on_get_attr_weights(conv_bn):
+    model, x = conv_bn
+    qg = qgraph.trace(model, x)
+    before = {str(n.target) for n in qg.graph.nodes if n.op == "call_module"}
+    assert {"conv", "conv2", "fc", "bn", "bn2"} <= before
+    p = CanonicalizePass()
+    p.run(qg)
+    call_modules = {str(n.target) for n in qg.graph.nodes if n.op == "call_module"}
+    assert call_modules == {"bn", "bn2"}
+    convs = [n for n in qg.graph.nodes if n.op == "call_function" and n.target is F.conv2d]
+    linears = [n for n in qg.graph.nodes if n.op == "call_function" and n.target is F.linear]
+    assert len(convs) == 2 and len(linears) == 1
+    for node, path in [(convs[0], "conv"), (convs[1], "conv2"), (linears[0], "fc")]:
+        w = node.args[1]
+        assert w.op == "get_attr" and w.target == f"{path}.weight"
+    assert convs[0].args[2] is None  # conv has no bias
+    assert convs[1].args[2].op == "get_attr" and convs[1].args[2].target == "conv2.bias"
+    assert convs[0].args[3:] == ((1, 1), (1, 1), (1, 1), 1)  # stride, padding, dilation, groups
+    assert sorted(c.module_path for c in p.changes if c.action == "replaced") == ["conv", "conv2", "fc"]
+    # parameters still live in the module hierarchy: state_dict keys do not change
+    assert set(qg.state_dict()) == set(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(qg(x), model(x), rtol=0, atol=0)
+
+
+def test_fold_batchnorm_preserves_outputs_and_records_changes(conv_bn):
+    model, x = conv_bn
+    with torch.no_grad():
+        ref = model(x)
+    qg = _canonical(copy.deepcopy(model), x)
+    p = FoldBatchNormPass()
+    p.run(qg)
+    folded = [c for c in p.changes if c.action == "folded"]
+    assert len(folded) == 2
+    assert not any(isinstance(qg.get_submodule(str(n.target)), nn.BatchNorm2d)
+                   for n in qg.graph.nodes if n.op == "call_module")
+    with torch.no_grad():
+        out = qg(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    # the folded weight really changed (BN statistics are far from identity)
+    assert not torch.allclose(qg.get_submodule("conv").weight, model.conv.weight)
+    # a bias was created for the bias-free conv
+    assert qg.get_submodule("conv").bias is not None
+
+
+def test_fold_batchnorm_needs_canonical_convs(conv_bn):
+    """Without canonicalization convs are module calls; the pass leaves them (and the BN) alone."""
+    model, x = conv_bn
+    qg = qgraph.trace(copy.deepcopy(model), x)
+    p = FoldBatchNormPass()
+    p.run(qg)
+    assert not [c for c in p.changes if c.action == "folded"]
+    with torch.no_grad():
+        torch.testing.assert_close(qg(x), model(x), rtol=0, atol=0)
+
+
+def test_quantize_folds_bn_and_leaves_the_users_model_unchanged(conv_bn):
+    model, x = conv_bn
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        ref = model(x)
+    qm = qgraph.quantize(model, x, "w8a8")
+    assert sum(c.action == "folded" for c in qm.changes) == 2
+    # no BatchNorm remains in the quantized graph's data flow
+    assert not any(isinstance(qm.qgraph.get_submodule(str(n.target)), nn.BatchNorm2d)
+                   for n in qm.qgraph.graph.nodes if n.op == "call_module")
+    # the user's model: same parameters and buffers, same modules, same mode, same outputs
+    assert model.state_dict().keys() == state.keys()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert isinstance(model.bn, nn.BatchNorm2d) and type(model.conv) is nn.Conv2d
+    assert model.conv.bias is None
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref, rtol=0, atol=0)
+    with torch.no_grad():
+        qerr = (qm(x) - ref).abs().max().item()
+    assert 0 < qerr < 0.1 * ref.abs().max().item()
+
+
+def test_quantize_without_fold_bn_keeps_batchnorm(conv_bn):
+    model, x = conv_bn
+    qm = qgraph.quantize(model, x, "w8a8", fold_bn=False)
+    assert not any(c.action == "folded" for c in qm.changes)
+    assert any(isinstance(qm.qgraph.get_submodule(str(n.target)), nn.BatchNorm2d)
+               for n in qm.qgraph.graph.nodes if n.op == "call_module")
+
+
+def test_quantize_does_not_mutate_parameters_or_training_mode():
+    torch.manual_seed(0)
+    model = _with_stats(ConvBN())
+    model.train()  # quantize must work on an eval copy, not flip the user's model
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+    x = torch.randn(4, 3, 5, 5)
+    qm = qgraph.quantize(model, x, "w4a8", calib_data=[x, x * 2], qat=True)
+    assert model.training
+    assert all(m.training for m in model.modules())
+    for k, v in model.named_parameters():
+        assert torch.equal(v, params[k]), k
+    for k, v in model.named_buffers():
+        assert torch.equal(v, buffers[k]), k
+    # QAT parameters are separate tensors: training the QModel does not reach the user's model
+    opt = torch.optim.SGD(qm.parameters(), lr=0.1)
+    qm(x).sum().backward()
+    opt.step()
+    for k, v in model.named_parameters():
+        assert torch.equal(v, params[k]), k
+    qm_ptrs = {p.data_ptr() for p in qm.parameters()}
+    assert not qm_ptrs & {p.data_ptr() for p in model.parameters()}

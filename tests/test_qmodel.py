@@ -1,0 +1,103 @@
+"""QModel behaviour: calibration errors, state_dict round trips, training a post-training model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import qgraph
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(32, 64)
+        self.fc2 = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+@pytest.fixture()
+def mlp():
+    torch.manual_seed(0)
+    return MLP().eval(), torch.randn(8, 32)
+
+
+def test_empty_calibration_data_is_an_input_error(mlp):
+    model, x = mlp
+    with pytest.raises(qgraph.InputError, match="empty"):
+        qgraph.quantize(model, x, "w8a8", calib_data=[])
+    with pytest.raises(qgraph.InputError, match="batch 0"):
+        qgraph.quantize(model, x, "w8a8", calib_data=[torch.randn(8, 31)])
+
+
+def test_calibration_sets_activation_ranges_from_the_data(mlp):
+    model, x = mlp
+    small = qgraph.quantize(model, x, "w8a8", calib_data=[x])
+    large = qgraph.quantize(model, x, "w8a8", calib_data=[x * 10])
+    s_small = small.quantizers()["fc1.input_quantizer"].scale.item()
+    s_large = large.quantizers()["fc1.input_quantizer"].scale.item()
+    assert s_large == pytest.approx(10 * s_small, rel=1e-5)
+    assert s_small == pytest.approx((x.max() - x.min()).item() / 255, rel=1e-5)
+    # weights are calibrated from themselves, not from the data
+    torch.testing.assert_close(small.quantizers()["fc1.weight_quantizer"].scale,
+                               large.quantizers()["fc1.weight_quantizer"].scale, rtol=0, atol=0)
+
+
+def test_quantize_is_deterministic(mlp):
+    model, x = mlp
+    a = qgraph.quantize(model, x, "w4a8", calib_data=[x, -x])
+    b = qgraph.quantize(model, x, "w4a8", calib_data=[x, -x])
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+
+
+def test_state_dict_round_trip_restores_qparams(mlp):
+    model, x = mlp
+    qm = qgraph.quantize(model, x, "w8a8", calib_data=[x])
+    other = qgraph.quantize(model, x, "w8a8", calib_data=[x * 3])
+    with torch.no_grad():
+        assert not torch.equal(qm(x), other(x))
+    keys = set(qm.state_dict())
+    assert {"qgraph.fc1.input_quantizer.scale", "qgraph.fc1.input_quantizer.zero_point", "qgraph.fc1.weight"} <= keys
+    other.load_state_dict(qm.state_dict())
+    with torch.no_grad():
+        assert torch.equal(qm(x), other(x))
+
+
+def test_fixed_scale_weight_quantizers_follow_trained_weights(mlp):
+    """Training a post-training-quantized model: weight qparams are recomputed from the moved weights."""
+    model, x = mlp
+    qm = qgraph.quantize(model, x, "w8a8", calib_data=[x])
+    wq = qm.quantizers()["fc1.weight_quantizer"]
+    assert not wq.spec.learnable
+    qm.train()
+    opt = torch.optim.SGD(qm.parameters(), lr=0.5)
+    for _ in range(3):
+        opt.zero_grad()
+        qm(x).pow(2).sum().backward()
+        opt.step()
+    qm.eval()
+    with torch.no_grad():
+        qm(x)  # the first eval call refreshes the weight grid
+    w = qm.qgraph.get_submodule("fc1").weight.detach()
+    assert not torch.allclose(w, model.fc1.weight)
+    torch.testing.assert_close(wq.scale, w.abs().amax(dim=1) / 127, rtol=1e-6, atol=0)
+    # activation qparams stay as calibrated (they are buffers, not trained)
+    assert "qgraph.fc1.input_quantizer.scale" not in dict(qm.named_parameters())
+
+
+def test_qat_exports_verified_onnx(mlp, tmp_path):
+    model, x = mlp
+    qm = qgraph.quantize(model, x, "w4a8", calib_data=[x], qat=True)
+    assert qm.training
+    opt = torch.optim.Adam(qm.parameters(), lr=1e-2)
+    for _ in range(5):
+        opt.zero_grad()
+        qm(x).pow(2).mean().backward()
+        opt.step()
+    result = qm.export(str(tmp_path / "qat"))  # export switches to eval itself
+    assert not qm.training
+    assert result.max_abs_error <= result.tolerance
