@@ -8,6 +8,26 @@
 
 __version__ = "0.1.0"
 
+import os as _os
+
+
+def _checkout_path() -> list[str]:
+    """In a source checkout, ``passes/`` and ``backends/`` sit beside ``qgraph/`` and are installed as
+    ``qgraph.passes`` / ``qgraph.backends`` (setup.cfg's package_dir). When the checkout itself is
+    first on ``sys.path`` (running from the repository root), let those imports resolve there too."""
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    root = _os.path.dirname(here)
+    if _os.path.isdir(_os.path.join(here, "passes")):
+        return []  # an installed copy: the subpackages are inside
+    if all(_os.path.isfile(_os.path.join(root, d, "__init__.py")) for d in ("passes", "backends")) and _os.path.isfile(
+        _os.path.join(root, "setup.cfg")
+    ):
+        return [root]
+    return []
+
+
+__path__ = [*__path__, *_checkout_path()]
+
 from qgraph.api import export_onnx, quantize
 from qgraph.capture import trace
 from qgraph.errors import (
