@@ -3,7 +3,8 @@
     import qgraph
     qm = qgraph.quantize(model, example_inputs, recipe="w8a8", calib_data=batches)
     qm.summary()
-    qm.export("out/net")
+    qm.export("out/net")                  # out/net.onnx, out/net.qpack, out/net.report.json
+    qm2 = qgraph.load("out/net.qpack", model)
 """
 
 __version__ = "0.1.0"
@@ -28,7 +29,7 @@ def _checkout_path() -> list[str]:
 
 __path__ = [*__path__, *_checkout_path()]
 
-from qgraph.api import export_onnx, quantize
+from qgraph.api import export_onnx, prepare, quantize
 from qgraph.capture import trace
 from qgraph.errors import (
     CalibrationError,
@@ -37,18 +38,20 @@ from qgraph.errors import (
     ExportMismatchError,
     InputError,
     QGraphError,
+    QPackError,
     RecipeError,
     UnsupportedOpError,
 )
 from qgraph.granularity import PerChannel, PerGroup, PerTensor
 from qgraph.graph import QGraph
 from qgraph.model import ExportResult, QModel
+from qgraph.packing import load
 from qgraph.qspec import QSpec
 from qgraph.recipes import Override, Recipe, get_recipe, list_recipes, register_recipe
 
 __all__ = [
-    "quantize", "trace", "export_onnx", "QGraph", "QModel", "ExportResult", "QSpec", "Recipe", "Override",
+    "quantize", "prepare", "trace", "export_onnx", "load", "QGraph", "QModel", "ExportResult", "QSpec", "Recipe", "Override",
     "get_recipe", "list_recipes", "register_recipe", "PerTensor", "PerChannel", "PerGroup",
     "QGraphError", "InputError", "CaptureError", "RecipeError", "UnsupportedOpError",
-    "CalibrationError", "ExportError", "ExportMismatchError", "__version__",
+    "CalibrationError", "ExportError", "ExportMismatchError", "QPackError", "__version__",
 ]

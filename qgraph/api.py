@@ -33,7 +33,32 @@ def quantize(
     calibration; without it the example inputs calibrate. ``qat=True`` makes scales learnable
     (LSQ) so the returned model can be trained. The input model is not modified.
     """
-    from qgraph.passes.pipeline import calibrate, prepare_passes, run_passes
+    from qgraph.passes.pipeline import calibrate
+
+    qm = prepare(model, example_inputs, recipe, overrides=overrides, skip=skip, qat=qat, fold_bn=fold_bn)
+    batches = list(calib_data) if calib_data is not None else [qm._example_inputs]
+    if not batches:
+        raise InputError("calib_data is empty")
+    qm.changes += calibrate(qm.qgraph, batches)
+    qm.eval()
+    if qat:
+        qm.train()
+    return qm
+
+
+def prepare(
+    model: nn.Module,
+    example_inputs,
+    recipe: str | Recipe = "w8a8",
+    *,
+    overrides: Iterable[Override] | None = None,
+    skip: Iterable[str] | str | None = None,
+    qat: bool = False,
+    fold_bn: bool = True,
+) -> QModel:
+    """Capture and rewrite ``model`` with quantizers that are not calibrated yet (``quantize`` without
+    its calibration step; ``qgraph.load`` fills the quantizers from a file instead)."""
+    from qgraph.passes.pipeline import prepare_passes, run_passes
 
     if not isinstance(model, nn.Module):
         raise InputError(f"expected a torch.nn.Module to quantize, got {type(model).__name__}")
@@ -43,22 +68,12 @@ def quantize(
     args = as_input_tuple(example_inputs)
     model = copy.deepcopy(model).eval()
     qg = trace(model, args)
-    leaves = set(qg.capture.leaves)
-    passes = prepare_passes(r, leaves, fold_bn=fold_bn)
+    passes = prepare_passes(r, set(qg.capture.leaves), fold_bn=fold_bn)
     split = 1 + int(fold_bn)  # canonicalize (+ fold_bn) give the float reference graph
     changes = run_passes(qg, passes[:split])
     float_graph = copy.deepcopy(qg)
     changes += run_passes(qg, passes[split:])
-    batches = list(calib_data) if calib_data is not None else [args]
-    if not batches:
-        raise InputError("calib_data is empty")
-    changes += calibrate(qg, batches)
-    qm = QModel(qg, float_graph, r, args, changes)
-    qm.eval()
-    if qat:
-        qm.train()
-    return qm
-
+    return QModel(qg, float_graph, r, args, changes, fold_bn=fold_bn)
 
 def export_onnx(model: nn.Module, example_inputs, path: str, dynamic_batch: bool = True):
     """Export any module to ONNX the way qgraph exports quantized ones (opset 21, one file, no

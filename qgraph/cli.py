@@ -1,4 +1,5 @@
-"""The ``qgraph`` command line: quantize a model from a factory function, list recipes, print versions.
+"""The ``qgraph`` command line: quantize a model from a factory function, pack / unpack / inspect qpack
+files of packed weights, list recipes, print versions.
 
 A *factory* is a function that takes no arguments and returns ``(model, example_inputs)`` or
 ``(model, example_inputs, calib_batches)``; name it as ``MODULE:FACTORY``, e.g.
@@ -132,6 +133,82 @@ def quantize_cmd(
     agree = getattr(res, "top1_agreement", None)
     typer.echo(f"top-1 agreement {'n/a' if agree is None else f'{100 * agree:.2f}%'}")
     typer.echo(f"batch           {'dynamic' if res.dynamic_batch else 'static (as in the example inputs)'}")
+
+
+def _load_model_from_factory(factory: str):
+    """``(name, model, example_inputs, calib)`` from ``MODULE:FACTORY``, or a usage/qgraph error exit."""
+    from qgraph.errors import QGraphError
+
+    try:
+        fname, fn = load_factory(factory)
+        return (fname, *call_factory(factory, fn))
+    except FactoryError as e:
+        raise _fail(str(e), EXIT_USAGE) from None
+    except QGraphError as e:
+        raise _fail(f"{type(e).__name__}: {e}", EXIT_QGRAPH_ERROR) from None
+
+
+@app.command("inspect")
+def inspect_cmd(file: str = typer.Argument(..., metavar="FILE.qpack", help="a qpack file")) -> None:
+    """Print a qpack file's tensors (bits, granularity, shape, bytes, compression vs fp32), totals and recipe."""
+    from qgraph.backends.qpack import describe_qpack
+    from qgraph.errors import QGraphError
+
+    try:
+        typer.echo(describe_qpack(file))
+    except QGraphError as e:
+        raise _fail(f"{type(e).__name__}: {e}", EXIT_QGRAPH_ERROR) from None
+
+
+@app.command("pack")
+def pack_cmd(
+    factory: str = typer.Argument(..., metavar="MODULE:FACTORY", help="function returning (model, example_inputs[, calib_batches])"),
+    recipe: str = typer.Option("w4a16", "--recipe", "-r", help="quantization recipe (see `qgraph recipes`)"),
+    out: str = typer.Option("out", "--out", "-o", help="output directory"),
+    name: str | None = typer.Option(None, "--name", "-n", help="file stem (default: the factory's name)"),
+    calib_batches: int | None = typer.Option(None, "--calib-batches", min=1, help="use at most N calibration batches"),
+) -> None:
+    """Quantize the model a factory returns and write only its packed weights, OUT/NAME.qpack."""
+    import qgraph
+    from qgraph.errors import QGraphError
+
+    fname, model, example_inputs, calib = _load_model_from_factory(factory)
+    calib = [example_inputs] if calib is None else calib
+    if calib_batches is not None:
+        calib = list(itertools.islice(calib, calib_batches))
+    stem = Path(out) / (name or fname)
+    try:
+        qm = qgraph.quantize(model, example_inputs, recipe=recipe, calib_data=calib)
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        res = qm.export(str(stem), formats=("qpack",))
+    except QGraphError as e:
+        raise _fail(f"{type(e).__name__}: {e}", EXIT_QGRAPH_ERROR) from None
+    path = getattr(res, "qpack_path", None) or f"{stem}.qpack"
+    typer.echo(f"recipe  {recipe}")
+    typer.echo(f"qpack   {path}  ({_human_size(os.path.getsize(path) if os.path.exists(path) else None)})")
+
+
+@app.command("unpack")
+def unpack_cmd(
+    file: str = typer.Argument(..., metavar="FILE.qpack", help="a qpack file written by `qgraph pack` or QModel.export"),
+    factory: str = typer.Argument(..., metavar="MODULE:FACTORY", help="function returning the float model (and example inputs)"),
+    out: str = typer.Option("out", "--out", "-o", help="output directory"),
+    name: str | None = typer.Option(None, "--name", "-n", help="file stem (default: the qpack's)"),
+) -> None:
+    """Load a qpack onto the factory's float model and export verified QDQ ONNX to OUT/NAME.onnx."""
+    import qgraph
+    from qgraph.errors import QGraphError
+
+    _, model, example_inputs, _ = _load_model_from_factory(factory)
+    stem = Path(out) / (name or Path(file).name.removesuffix(".qpack"))
+    try:
+        qm = qgraph.load(file, lambda: (model, example_inputs))
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        res = qm.export(str(stem), formats=("onnx",))
+    except QGraphError as e:
+        raise _fail(f"{type(e).__name__}: {e}", EXIT_QGRAPH_ERROR) from None
+    typer.echo(f"onnx            {getattr(res, 'onnx_path', '?')}  ({_human_size(getattr(res, 'onnx_bytes', None))})")
+    typer.echo(f"max abs error   {getattr(res, 'max_abs_error', float('nan')):.3g}  (ONNX Runtime vs qgraph)")
 
 
 @app.command("recipes")

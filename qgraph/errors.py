@@ -35,6 +35,12 @@ class ExportMismatchError(ExportError):
     """The exported ONNX model disagrees with the quantized PyTorch model beyond tolerance."""
 
 
+class QPackError(QGraphError):
+    """A qpack file (packed quantized weights) cannot be written or read: not a qpack, truncated,
+    tampered with (checksum mismatch), or its manifest and tensors disagree. The message names the
+    file, the tensor and the problem."""
+
+
 def node_context(node, module_path: str | None = None) -> str:
     """A short description of an fx node for error messages: op, target, module path."""
     target = getattr(node.target, "__name__", None) or str(node.target)

@@ -10,26 +10,36 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from qgraph.errors import ExportMismatchError
+from qgraph.errors import ExportError, ExportMismatchError
 from qgraph.graph import QGraph
+from qgraph.primitives import dequantize_affine
 from qgraph.quantizer import FakeQuantize
 from qgraph.recipes import Recipe
+
+EXPORT_FORMATS = ("onnx", "qpack")
 
 
 @dataclass
 class ExportResult:
-    onnx_path: str
+    onnx_path: str | None
     report_path: str
     onnx_bytes: int
     max_abs_error: float
     tolerance: float
     top1_agreement: float | None
     dynamic_batch: bool = False
+    qpack_path: str | None = None
+    qpack_bytes: int = 0
 
     def __str__(self) -> str:
-        top1 = f", top-1 agreement {self.top1_agreement:.1%}" if self.top1_agreement is not None else ""
-        return (f"{self.onnx_path} ({self.onnx_bytes / 1024:.1f} KiB): ONNX Runtime vs qgraph max abs error "
-                f"{self.max_abs_error:.3g} (tolerance {self.tolerance:.3g}){top1}")
+        parts = []
+        if self.onnx_path:
+            top1 = f", top-1 agreement {self.top1_agreement:.1%}" if self.top1_agreement is not None else ""
+            parts.append(f"{self.onnx_path} ({self.onnx_bytes / 1024:.1f} KiB): ONNX Runtime vs qgraph max abs error "
+                         f"{self.max_abs_error:.3g} (tolerance {self.tolerance:.3g}){top1}")
+        if self.qpack_path:
+            parts.append(f"{self.qpack_path} ({self.qpack_bytes / 1024:.1f} KiB)")
+        return "; ".join(parts)
 
 
 class SummaryText(str):
@@ -48,11 +58,13 @@ class QModel(nn.Module):
     * ``qgraph``: the rewritten :class:`QGraph`; ``changes``: what every pass did.
     """
 
-    def __init__(self, qgraph: QGraph, float_graph: QGraph | None, recipe: Recipe, example_inputs: tuple, changes: list) -> None:
+    def __init__(self, qgraph: QGraph, float_graph: QGraph | None, recipe: Recipe, example_inputs: tuple, changes: list,
+                 fold_bn: bool = True) -> None:
         super().__init__()
         self.qgraph = qgraph
         self.recipe = recipe
         self.changes = list(changes)
+        self.fold_bn = fold_bn
         # kept out of the module tree: the float reference is not trained or saved with the model
         object.__setattr__(self, "_float_graph", float_graph)
         object.__setattr__(self, "_example_inputs", example_inputs)
@@ -88,67 +100,131 @@ class QModel(nn.Module):
         head = f"qgraph {self.recipe.name}: {len(rows)} ops quantized, {len(self.quantizers())} quantizers, {cap.describe()}"
         return SummaryText(head + "\n" + format_rows(rows))
 
+    @torch.no_grad()
+    def sync_weight_quantizers(self) -> None:
+        """Let fixed-scale weight quantizers re-read weights that moved since their last call (after QAT)."""
+        from qgraph.packing import used_state, weight_quantizers
+
+        stale = {k: n for k, n in weight_quantizers(self.qgraph).items() if self.qgraph.get_submodule(n)._refresh}
+        if stale:
+            state = used_state(self.qgraph)
+            for key, name in stale.items():
+                if key in state:
+                    self.qgraph.get_submodule(name)(state[key])
+
     # ----------------------------------------------------------------- export
     def lowered(self) -> nn.Module:
         """A copy with integer weights (``LowerPass``), as it is handed to the ONNX exporter."""
         from qgraph.passes.lower import LowerPass
 
+        self.sync_weight_quantizers()
         gm = copy.deepcopy(self.qgraph).eval()
-        for q in gm.modules():
-            if isinstance(q, FakeQuantize):
-                q._refresh = False
         LowerPass().run(gm)
         return gm
 
-    def export(self, path: str, *, verify: bool = True, tolerance: float | None = None, min_top1: float = 0.99,
-               dynamic_batch: bool = True) -> ExportResult:
-        """Write ``path.onnx`` and ``path.report.json``; check the ONNX model against this model.
+    def export(self, path: str, *, formats: tuple[str, ...] = ("onnx", "qpack"), verify: bool = True,
+               tolerance: float | None = None, min_top1: float = 0.99, dynamic_batch: bool = True) -> ExportResult:
+        """Write ``path.onnx`` and/or ``path.qpack`` (``formats``), plus ``path.report.json``.
 
-        ONNX Runtime runs the file on the example inputs; if its outputs differ from this model's by
-        more than ``tolerance`` (default: 3 output quantization steps plus 1e-4 of the output range) or
-        top-1 agreement is below ``min_top1``, :class:`ExportMismatchError` is raised (the file stays
-        on disk for inspection). ``dynamic_batch``: let the batch dimension vary where the graph allows
-        (``ExportResult.dynamic_batch`` says whether it does).
+        ONNX: ONNX Runtime runs the file on the example inputs; if its outputs differ from this
+        model's by more than ``tolerance`` (default: 3 steps of the coarsest activation grid plus 1e-4
+        of the output range) or top-1 agreement is below ``min_top1``, :class:`ExportMismatchError` is
+        raised (the file stays on disk for inspection). ``dynamic_batch``: let the batch dimension vary
+        where the graph allows (``ExportResult.dynamic_batch`` says whether it does).
+        qpack: the file is read back and every rebuilt weight must equal this model's fake-quantized
+        weight bit for bit.
         """
+        unknown = set(formats) - set(EXPORT_FORMATS)
+        if unknown or not formats:
+            raise ExportError(f"unknown export format(s) {sorted(unknown) or formats}; known: {', '.join(EXPORT_FORMATS)}")
+        base = path[:-5] if path.endswith(".onnx") else path[:-6] if path.endswith(".qpack") else path
+        os.makedirs(os.path.dirname(os.path.abspath(base)), exist_ok=True)
+        result = ExportResult(onnx_path=None, report_path=base + ".report.json", onnx_bytes=0, max_abs_error=float("nan"),
+                              tolerance=0.0, top1_agreement=None)
+        self.eval()
+        self.sync_weight_quantizers()
+        agreement = None
+        if "onnx" in formats:
+            agreement = self._export_onnx(base + ".onnx", result, verify, tolerance, dynamic_batch)
+        if "qpack" in formats:
+            self._export_qpack(base + ".qpack", result, verify)
+        self._write_report(result)
+        if agreement is not None:
+            bad_top1 = agreement.top1_agreement_up_to_ties is not None and agreement.top1_agreement_up_to_ties < min_top1
+            if agreement.max_abs_error > result.tolerance or bad_top1:
+                raise ExportMismatchError(
+                    f"ONNX Runtime disagrees with the quantized model on the example inputs: {agreement}; "
+                    f"tolerance {result.tolerance:.3g}, minimum top-1 agreement {min_top1:.0%}. The file is at {result.onnx_path}"
+                )
+        return result
+
+    def _export_onnx(self, onnx_path, result, verify, tolerance, dynamic_batch):
         from qgraph.backends import ort as ort_backend
         from qgraph.backends.onnx_export import batch_is_dynamic, export_onnx
 
-        base = path[:-5] if path.endswith(".onnx") else path
-        onnx_path, report_path = base + ".onnx", base + ".report.json"
-        self.eval()
         args = self._example_inputs
         with torch.no_grad():
             expected = self(*args)
         model = export_onnx(self.lowered(), args, onnx_path, dynamic_batch=dynamic_batch)
-        agreement = None
-        tol = 0.0
-        if verify:
-            sess = ort_backend.session(onnx_path, matmulnbits_accuracy_level=0)
-            outputs = ort_backend.run(sess, args)
-            tol = tolerance if tolerance is not None else self._default_tolerance(expected)
-            agreement = ort_backend.compare(expected, outputs, tie_tolerance=tol)
-        result = ExportResult(onnx_path, report_path, os.path.getsize(onnx_path),
-                              agreement.max_abs_error if agreement else float("nan"), tol,
-                              agreement.top1_agreement if agreement else None, batch_is_dynamic(model))
-        self._write_report(result)
-        if agreement is not None:
-            bad_top1 = agreement.top1_agreement_up_to_ties is not None and agreement.top1_agreement_up_to_ties < min_top1
-            if agreement.max_abs_error > tol or bad_top1:
-                raise ExportMismatchError(
-                    f"ONNX Runtime disagrees with the quantized model on the example inputs: {agreement}; "
-                    f"tolerance {tol:.3g}, minimum top-1 agreement {min_top1:.0%}. The file is at {onnx_path}"
-                )
-        return result
+        result.onnx_path, result.onnx_bytes, result.dynamic_batch = onnx_path, os.path.getsize(onnx_path), batch_is_dynamic(model)
+        if not verify:
+            return None
+        sess = ort_backend.session(onnx_path, matmulnbits_accuracy_level=0)
+        outputs = ort_backend.run(sess, args)
+        result.tolerance = tolerance if tolerance is not None else self._default_tolerance(expected)
+        agreement = ort_backend.compare(expected, outputs, tie_tolerance=result.tolerance)
+        result.max_abs_error, result.top1_agreement = agreement.max_abs_error, agreement.top1_agreement
+        return agreement
+
+    def _export_qpack(self, qpack_path, result, verify):
+        from qgraph import packing
+        from qgraph.backends.qpack import read_qpack
+
+        result.qpack_path, result.qpack_bytes = qpack_path, packing.write(self, qpack_path)
+        if not verify:
+            return
+        stored = read_qpack(qpack_path).packed
+        state = packing.used_state(self.qgraph)
+        for key, qname in packing.weight_quantizers(self.qgraph).items():
+            q = self.qgraph.get_submodule(qname)
+            weight = state.get(key)
+            p = stored[key]
+            with torch.no_grad():
+                rebuilt = dequantize_affine(torch.from_numpy(p.codes), torch.from_numpy(p.scale.astype("float32")),
+                                            torch.from_numpy(p.zero_point.astype("float32")), p.qmin, p.qmax, q.spec.granularity)
+                if weight is not None and not torch.equal(rebuilt, q(weight)):
+                    raise ExportError(f"qpack round trip changed weight {key}: rebuilt values differ from the fake-quantized weight")
 
     def _default_tolerance(self, expected) -> float:
-        """Three steps of the coarsest activation grid, plus 1e-4 of the output range."""
+        """Three steps of the activation grids nearest the outputs, plus 1e-4 of the output range.
+
+        Integer kernels round once per op where the fake-quantized model rounds after float math;
+        such one-step differences reach the output scaled by at most a few steps of the last grids.
+        """
         from torch.utils import _pytree as pytree
 
         leaves = [t for t in pytree.tree_leaves(expected) if isinstance(t, torch.Tensor) and t.numel()]
         output_range = max((float(t.detach().abs().max()) for t in leaves), default=0.0)
-        scales = [q.scale_range()[1] for q in self.quantizers().values() if q.role == "activation" and q.initialized]
-        step = max(scales) if scales else 0.0
+        step = max((q.scale_range()[1] for q in self._output_quantizers()), default=0.0)
         return 3 * step + 1e-4 * output_range + 1e-5
+
+    def _output_quantizers(self) -> list[FakeQuantize]:
+        """The activation quantizers nearest the graph outputs (walking back through float ops)."""
+        found, seen = [], set()
+        frontier = [n for n in self.qgraph.graph.nodes if n.op == "output"]
+        while frontier:
+            node = frontier.pop()
+            for inp in node.all_input_nodes:
+                if inp in seen:
+                    continue
+                seen.add(inp)
+                mod = self.qgraph.get_submodule(inp.target) if inp.op == "call_module" else None
+                if isinstance(mod, FakeQuantize):
+                    if mod.role == "activation" and mod.initialized:
+                        found.append(mod)
+                    continue
+                frontier.append(inp)
+        return found
 
     def _write_report(self, result: ExportResult) -> None:
         rows = self.summary_rows()

@@ -9,6 +9,7 @@ from qgraph.granularity import Granularity, PerTensor, granularity_from_json, gr
 from qgraph.primitives import integer_range
 
 OBSERVERS = ("minmax", "percentile", "mse")
+SCALE_DTYPES = ("float32", "float16")  # float16: scales are kept float16-representable (smaller qpacks)
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,8 @@ class QSpec:
     ``signed`` picks the integer grid (int vs uint); activations default to asymmetric uint8, the
     layout ONNX Runtime's integer kernels prefer, weights to symmetric int8 per channel.
     ``learnable`` turns the scale into an LSQ parameter for quantization-aware training.
+    ``scale_dtype="float16"`` keeps scales float16-representable, so packed files store them in
+    two bytes without changing a single result.
     """
 
     bits: int = 8
@@ -27,8 +30,11 @@ class QSpec:
     observer: str = "minmax"
     percentile: float = 99.99
     learnable: bool = False
+    scale_dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        if self.scale_dtype not in SCALE_DTYPES:
+            raise RecipeError(f"scale_dtype must be one of {', '.join(SCALE_DTYPES)}, got {self.scale_dtype!r}")
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
             raise RecipeError(f"bits must be an integer in 2..8, got {self.bits!r}")
         if self.observer not in OBSERVERS:
@@ -51,7 +57,8 @@ class QSpec:
         kind = ("int" if self.signed else "uint") + str(self.bits)
         sym = "sym" if self.symmetric else "asym"
         lsq = " lsq" if self.learnable else ""
-        return f"{kind} {sym} {self.granularity}{lsq}"
+        half = " fp16-scale" if self.scale_dtype == "float16" else ""
+        return f"{kind} {sym} {self.granularity}{half}{lsq}"
 
     def to_json(self) -> dict:
         return {
@@ -62,6 +69,7 @@ class QSpec:
             "observer": self.observer,
             "percentile": self.percentile,
             "learnable": self.learnable,
+            "scale_dtype": self.scale_dtype,
         }
 
     @classmethod

@@ -25,6 +25,15 @@ from qgraph.primitives import MIN_SCALE, fake_quantize_affine
 from qgraph.qspec import QSpec
 
 MODES = ("observe", "quantize", "off")
+_FP16_TINY = 2.0**-24  # the smallest positive float16 (subnormal)
+
+
+def round_scale(scale: torch.Tensor, scale_dtype: str) -> torch.Tensor:
+    """Scales as the grid uses them: float16-representable values (kept in float32) for
+    ``scale_dtype="float16"``; the cast passes gradients straight through."""
+    if scale_dtype == "float16":
+        return scale.clamp(_FP16_TINY, 65504.0).to(torch.float16).to(torch.float32)
+    return scale
 
 
 class FakeQuantize(nn.Module):
@@ -60,7 +69,7 @@ class FakeQuantize(nn.Module):
 
     @torch.no_grad()
     def set_qparams(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
-        scale = scale.detach().to(torch.float32)
+        scale = round_scale(scale.detach().to(torch.float32), self.spec.scale_dtype)
         if isinstance(self.scale, nn.Parameter):
             self.scale.data = scale.clone()
         else:
@@ -139,7 +148,7 @@ class FakeQuantize(nn.Module):
     def effective_scale(self) -> torch.Tensor:
         """The scale the grid uses: learnable scales are kept positive by ``abs`` and a floor."""
         if self.spec.learnable:
-            return self.scale.abs().clamp_min(MIN_SCALE)
+            return round_scale(self.scale.abs().clamp_min(MIN_SCALE), self.spec.scale_dtype)
         return self.scale
 
     def extra_repr(self) -> str:

@@ -16,10 +16,11 @@ from dataclasses import dataclass, replace
 
 from qgraph.errors import RecipeError
 from qgraph.granularity import PerChannel, PerGroup, PerTensor
-from qgraph.ops import KINDS
+from qgraph.ops import KINDS, WEIGHT_ONLY_KINDS, WEIGHTED_KINDS
 from qgraph.qspec import QSpec
 
 _UNSET = object()
+DEFAULT_KINDS = ("conv", "conv_transpose", "linear", "matmul", "add")
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Override:
     """Refine a recipe for matching ops.
 
     Match by ``name`` (a glob on the module path, e.g. ``"layer4.*"``), ``regex`` (``re.search`` on
-    the module path), ``op`` (an op kind: conv, conv_transpose, linear, matmul, add) or
+    the module path), ``op`` (an op kind: conv, conv_transpose, linear, embedding, matmul, add) or
     ``module_type`` (a class or its name, e.g. ``"Linear"``); all given criteria must match.
     Then ``skip=True`` keeps the op float, or ``weight`` / ``activation`` replace the specs
     (``None`` disables that quantizer).
@@ -85,7 +86,7 @@ class Recipe:
     name: str
     weight: QSpec | None
     activation: QSpec | None
-    kinds: tuple[str, ...] = ("conv", "conv_transpose", "linear", "matmul", "add")
+    kinds: tuple[str, ...] = ("conv", "conv_transpose", "linear", "matmul", "add")  # DEFAULT_KINDS
     overrides: tuple[Override, ...] = ()
     description: str = ""
 
@@ -100,12 +101,12 @@ class Recipe:
         return replace(self, weight=lsq(self.weight), activation=lsq(self.activation), overrides=ovs)
 
     def decide(self, path: str, kind: str, module_type: type | None = None) -> Decision:
-        weighted = kind in ("conv", "conv_transpose", "linear")
+        weighted = kind in WEIGHTED_KINDS
         if kind not in self.kinds:
             weight, act = None, None
         else:
             weight = self.weight if weighted else None
-            act = self.activation
+            act = self.activation if kind not in WEIGHT_ONLY_KINDS else None
         for o in self.overrides:
             if not o.matches(path, kind, module_type):
                 continue
@@ -128,6 +129,22 @@ class Recipe:
             "kinds": list(self.kinds),
             "overrides": [_override_json(o) for o in self.overrides],
         }
+
+
+def recipe_from_json(d: dict) -> Recipe:
+    """Inverse of ``Recipe.to_json`` (module types come back as names)."""
+    try:
+        spec = lambda v: QSpec.from_json(v) if v is not None else None  # noqa: E731
+        overrides = []
+        for o in d.get("overrides", []):
+            o = dict(o)
+            for k in ("weight", "activation"):
+                if k in o:
+                    o[k] = spec(o[k])
+            overrides.append(Override(**o))
+        return Recipe(d["name"], spec(d.get("weight")), spec(d.get("activation")), tuple(d["kinds"]), tuple(overrides))
+    except (KeyError, TypeError, ValueError) as e:
+        raise RecipeError(f"not a valid recipe description: {e}") from e
 
 
 def _override_json(o: Override) -> dict:
@@ -187,9 +204,9 @@ def build_recipe(recipe: str | Recipe, overrides: Iterable[Override] | None = No
 
 # ------------------------------------------------------------------ built-in recipes
 
-def _weight(bits: int, group_size: int | None = None) -> QSpec:
+def _weight(bits: int, group_size: int | None = None, scale_dtype: str = "float32") -> QSpec:
     g = PerGroup(group_size) if group_size else PerChannel(0)
-    return QSpec(bits=bits, symmetric=True, signed=True, granularity=g)
+    return QSpec(bits=bits, symmetric=True, signed=True, granularity=g, scale_dtype=scale_dtype)
 
 
 def _activation(bits: int = 8, observer: str = "minmax") -> QSpec:
@@ -198,8 +215,9 @@ def _activation(bits: int = 8, observer: str = "minmax") -> QSpec:
 
 @register_recipe("w8a8")
 def w8a8(observer: str = "minmax") -> Recipe:
-    """int8 symmetric per-channel weights, uint8 asymmetric per-tensor activations (ONNX Runtime's integer kernels)."""
-    return Recipe("w8a8", _weight(8), _activation(8, observer), description=w8a8.__doc__)
+    """int8 symmetric per-channel weights, uint8 asymmetric per-tensor activations (ONNX Runtime's integer kernels);
+    embedding tables int8 per row (weight-only)."""
+    return Recipe("w8a8", _weight(8), _activation(8, observer), kinds=(*DEFAULT_KINDS, "embedding"), description=w8a8.__doc__)
 
 
 @register_recipe("w4a8")
@@ -216,14 +234,14 @@ def w8a16() -> Recipe:
 
 @register_recipe("w4a16")
 def w4a16(group_size: int = 128) -> Recipe:
-    """Weight-only int4: linear layers in groups of ``group_size`` along the input dimension, convs per channel."""
-    return Recipe("w4a16", _weight(4, group_size), None, kinds=("conv", "conv_transpose", "linear"), description=w4a16.__doc__)
+    """Weight-only int4: linear layers in groups of ``group_size`` along the input dimension, convs per channel; float16 scales."""
+    return Recipe("w4a16", _weight(4, group_size, "float16"), None, kinds=("conv", "conv_transpose", "linear"), description=w4a16.__doc__)
 
 
 @register_recipe("w2a16")
 def w2a16(group_size: int = 64) -> Recipe:
-    """Weight-only int2 in groups of ``group_size`` (linear), per channel (conv); stored in int4 containers in ONNX."""
-    return Recipe("w2a16", _weight(2, group_size), None, kinds=("conv", "conv_transpose", "linear"), description=w2a16.__doc__)
+    """Weight-only int2 in groups of ``group_size`` (linear), per channel (conv); float16 scales."""
+    return Recipe("w2a16", _weight(2, group_size, "float16"), None, kinds=("conv", "conv_transpose", "linear"), description=w2a16.__doc__)
 
 
-__all__ = ["Recipe", "Override", "Decision", "register_recipe", "get_recipe", "list_recipes", "build_recipe"]
+__all__ = ["Recipe", "Override", "Decision", "register_recipe", "get_recipe", "list_recipes", "build_recipe", "recipe_from_json"]

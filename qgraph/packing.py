@@ -1,0 +1,194 @@
+"""QModel ↔ qpack: which tensors a quantized model stores, and rebuilding a model from a file.
+
+A qpack holds exactly what the quantized graph uses: every weight that has a weight quantizer as
+integer codes with its scale and zero point, every other tensor the graph reads (biases, norms,
+activation quantizers' scales) as is, the recipe and the example-input shapes. Loading re-runs the
+same capture and passes on the user's (float) model, then sets every tensor from the file: weights
+become ``(codes - zero_point) * scale``, which the weight quantizers map back to the same codes, so
+the loaded model reproduces the writer's outputs bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from qgraph.errors import QGraphError
+from qgraph.granularity import granularity_to_json
+from qgraph.primitives import dequantize_affine, quantize_affine
+from qgraph.quantizer import FakeQuantize
+from qgraph.wrappers import QuantizedModule
+
+_INPUTS_KEY = "example_inputs"
+
+
+def weight_quantizers(gm: fx.GraphModule) -> dict[str, str]:
+    """``{weight state key: weight quantizer module name}`` for every quantized weight of the graph."""
+    found: dict[str, str] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        mod = gm.get_submodule(node.target)
+        if isinstance(mod, FakeQuantize) and mod.role == "weight":
+            src = node.args[0]
+            if isinstance(src, fx.Node) and src.op == "get_attr":
+                found[str(src.target)] = str(node.target)
+    for name, mod in gm.named_modules():
+        if isinstance(mod, QuantizedModule) and mod.weight_quantizer is not None:
+            found[f"{name}.module.weight"] = f"{name}.weight_quantizer"
+    return found
+
+
+def used_state(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
+    """The persistent tensors the graph reads: ``get_attr`` targets and the state of called modules."""
+    state = gm.state_dict(keep_vars=False)
+    used: dict[str, torch.Tensor] = {}
+    for node in gm.graph.nodes:
+        if node.op == "get_attr" and str(node.target) in state:
+            used[str(node.target)] = state[str(node.target)]
+        elif node.op == "call_module":
+            prefix = f"{node.target}."
+            used.update({k: v for k, v in state.items() if k.startswith(prefix)})
+    return used
+
+
+def packed_weights(qm) -> tuple[list, dict[str, np.ndarray]]:
+    """(PackedTensor records, float tensors) describing ``qm``'s quantized graph."""
+    from qgraph.backends.qpack import PackedTensor
+
+    gm = qm.qgraph
+    wq = weight_quantizers(gm)
+    state = used_state(gm)
+    packed = []
+    for key, qname in sorted(wq.items()):
+        q = gm.get_submodule(qname)
+        if not q.initialized:
+            raise QGraphError(f"weight quantizer {qname} has no scale yet: calibrate the model before packing")
+        spec = q.spec
+        weight = state.get(key)
+        if weight is None:
+            weight = gm.get_parameter(key) if key in dict(gm.named_parameters()) else gm.get_buffer(key)
+        with torch.no_grad():
+            scale = q.effective_scale().detach()
+            codes = quantize_affine(weight.detach().float(), scale, q.zero_point, spec.qmin, spec.qmax, spec.granularity)
+        scale_np = scale.cpu().numpy().astype(np.float16 if spec.scale_dtype == "float16" else np.float32)
+        packed.append(PackedTensor(
+            name=key, codes=codes.cpu().numpy(), bits=spec.bits, qmin=spec.qmin, qmax=spec.qmax,
+            scale=scale_np, zero_point=q.zero_point.detach().cpu().numpy(),
+            granularity=granularity_to_json(spec.granularity),
+        ))
+        for k in (key, f"{qname}.scale", f"{qname}.zero_point"):  # the packed record carries these
+            state.pop(k, None)
+    floats = {k: v.detach().cpu().numpy() for k, v in sorted(state.items())}
+    return packed, floats
+
+
+def write(qm, path: str) -> int:
+    """Write ``qm`` as a qpack at ``path``; returns the file size."""
+    from qgraph.backends.qpack import write_qpack
+
+    packed, floats = packed_weights(qm)
+    meta = {
+        "recipe": qm.recipe.to_json(),
+        _INPUTS_KEY: [_input_spec(a) for a in qm._example_inputs],
+        "fold_bn": qm.fold_bn,
+    }
+    return write_qpack(path, packed, floats, meta)
+
+
+def _input_spec(a) -> dict:
+    if isinstance(a, torch.Tensor):
+        return {"shape": list(a.shape), "dtype": str(a.dtype).replace("torch.", "")}
+    raise QGraphError(f"example inputs must be tensors to be recorded in a qpack, got {type(a).__name__}")
+
+
+def _synth_inputs(specs: list[dict]) -> tuple:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for s in specs:
+        dtype = getattr(torch, s["dtype"])
+        if dtype.is_floating_point:
+            out.append(torch.randn(s["shape"], generator=g).to(dtype))
+        else:
+            out.append(torch.zeros(s["shape"], dtype=dtype))
+    return tuple(out)
+
+
+def load(path: str, model: nn.Module | Callable, example_inputs=None):
+    """Rebuild the quantized model stored at ``path`` on ``model`` (the float architecture; its
+    weights are replaced) or a factory returning ``model`` / ``(model, example_inputs, ...)``.
+
+    Example inputs default to the factory's, else to tensors of the recorded shapes (random normal
+    floats, zero integers); give real ones when the model's control flow depends on input values.
+    """
+    from qgraph.api import prepare
+    from qgraph.backends.qpack import read_qpack
+    from qgraph.capture import as_input_tuple
+    from qgraph.errors import QPackError
+    from qgraph.recipes import recipe_from_json
+
+    pack = read_qpack(path)
+    if not isinstance(model, nn.Module) and callable(model):
+        made = model()
+        if isinstance(made, tuple):
+            model, *rest = made
+            if example_inputs is None and rest:
+                example_inputs = rest[0]
+        else:
+            model = made
+    if not isinstance(model, nn.Module):
+        raise QGraphError(f"load needs the model (an nn.Module) or a factory for it, got {type(model).__name__}")
+    meta = pack.meta
+    try:
+        recipe = recipe_from_json(meta["recipe"])
+        specs = meta[_INPUTS_KEY]
+    except (KeyError, QGraphError) as e:
+        raise QPackError(f"{path}: the file does not record a recipe and example inputs ({e})") from e
+    args = as_input_tuple(example_inputs) if example_inputs is not None else _synth_inputs(specs)
+    qm = prepare(model, args, recipe=recipe, fold_bn=meta.get("fold_bn", True))
+    gm = qm.qgraph
+    wq = weight_quantizers(gm)
+    expected = set(used_state(gm)) - {f"{n}.{p}" for n in wq.values() for p in ("scale", "zero_point")}
+    missing = sorted(expected - set(pack.floats) - set(pack.packed))
+    extra = sorted((set(pack.floats) | set(pack.packed)) - expected)
+    if missing or extra:
+        raise QPackError(
+            f"{path} does not fit this model: "
+            + (f"the model needs {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''} which the file lacks; " if missing else "")
+            + (f"the file has {', '.join(extra[:5])}{' …' if len(extra) > 5 else ''} which the model does not use" if extra else "")
+        )
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in pack.floats.items()}
+    with torch.no_grad():
+        for key, p in pack.packed.items():
+            if key not in wq:
+                raise QPackError(f"{path}: tensor {key} is packed but the model has no quantizer for it")
+            q = gm.get_submodule(wq[key])
+            scale = torch.from_numpy(np.asarray(p.scale, dtype=np.float32))
+            zp = torch.from_numpy(np.asarray(p.zero_point, dtype=np.float32))
+            codes = torch.from_numpy(np.ascontiguousarray(p.codes))
+            target_shape = _state_shape(gm, key)
+            if tuple(codes.shape) != target_shape:
+                raise QPackError(f"{path}: tensor {key} has shape {tuple(codes.shape)}, the model's is {target_shape}")
+            if (p.qmin, p.qmax) != (q.spec.qmin, q.spec.qmax):
+                raise QPackError(f"{path}: tensor {key} is on grid [{p.qmin}, {p.qmax}], the recipe says [{q.spec.qmin}, {q.spec.qmax}]")
+            q.set_qparams(scale, zp)
+            q.mode, q.observer, q._refresh = "quantize", None, False
+            state[key] = dequantize_affine(codes, scale, zp, p.qmin, p.qmax, q.spec.granularity)
+    try:
+        gm.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise QPackError(f"{path} does not fit this model: {e}") from e
+    for q in gm.modules():
+        if isinstance(q, FakeQuantize):
+            q.mode, q.observer, q._refresh = "quantize", None, False
+    qm.eval()
+    return qm
+
+
+def _state_shape(gm: fx.GraphModule, key: str) -> tuple:
+    owner, _, name = key.rpartition(".")
+    return tuple(getattr(gm.get_submodule(owner) if owner else gm, name).shape)

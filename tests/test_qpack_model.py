@@ -1,0 +1,102 @@
+"""qpack with real models: exact round trips, identical outputs after load, deterministic bytes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import qgraph
+from qgraph.packing import used_state, weight_quantizers
+
+
+class Net(nn.Module):
+    """Convs with BN (folded), a residual add, a grouped linear layer, a LayerNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.c2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc1 = nn.Linear(16 * 4 * 4, 128)
+        self.norm = nn.LayerNorm(128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.c1(x)))
+        x = x + torch.relu(self.c2(x))
+        x = torch.flatten(nn.functional.max_pool2d(x, 2), 1)
+        return self.fc2(self.norm(torch.relu(self.fc1(x))))
+
+
+def _net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    m = Net().eval()
+    with torch.no_grad():
+        m.bn.running_mean.uniform_(-0.5, 0.5)
+        m.bn.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+def _fake_quantized_weights(qm) -> dict[str, torch.Tensor]:
+    gm = qm.qgraph
+    state = used_state(gm)
+    with torch.no_grad():
+        return {k: gm.get_submodule(q)(state[k]) for k, q in weight_quantizers(gm).items()}
+
+
+@pytest.mark.parametrize("recipe", ["w8a8", "w4a8", "w4a16", "w2a16"])
+def test_load_rebuilds_weights_bit_for_bit_and_same_outputs(tmp_path, recipe):
+    x = torch.randn(8, 3, 8, 8)
+    qm = qgraph.quantize(_net(), x, recipe=recipe, calib_data=[torch.randn(8, 3, 8, 8) for _ in range(3)])
+    res = qm.export(str(tmp_path / "net"), formats=("qpack",))
+    assert res.qpack_bytes > 0 and res.onnx_path is None
+    loaded = qgraph.load(res.qpack_path, _net(seed=1))  # different float weights: all must come from the file
+    want, got = _fake_quantized_weights(qm), _fake_quantized_weights(loaded)
+    assert want.keys() == got.keys() and len(want) == 4
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
+    with torch.no_grad():
+        assert torch.equal(qm(x), loaded(x))
+
+
+def test_writing_twice_gives_identical_bytes(tmp_path):
+    x = torch.randn(4, 3, 8, 8)
+    qm = qgraph.quantize(_net(), x, recipe="w4a8")
+    a = qm.export(str(tmp_path / "a"), formats=("qpack",)).qpack_path
+    b = qm.export(str(tmp_path / "b"), formats=("qpack",)).qpack_path
+    assert open(a, "rb").read() == open(b, "rb").read()
+
+
+def test_load_from_factory_and_export_onnx(tmp_path):
+    x = torch.randn(4, 3, 8, 8)
+    qm = qgraph.quantize(_net(), x, recipe="w8a8")
+    res = qm.export(str(tmp_path / "net"))
+    assert res.onnx_path and res.qpack_path
+    loaded = qgraph.load(res.qpack_path, lambda: (_net(seed=2), x))
+    again = loaded.export(str(tmp_path / "again"), formats=("onnx",))
+    assert again.max_abs_error <= again.tolerance
+    with torch.no_grad():
+        assert torch.equal(qm(x), loaded(x))
+
+
+def test_qpack_is_smaller_than_float_state(tmp_path):
+    x = torch.randn(2, 3, 8, 8)
+    m = _net()
+    float_bytes = sum(t.numel() * t.element_size() for t in m.state_dict().values())
+    res = qgraph.quantize(m, x, recipe="w4a16").export(str(tmp_path / "n"), formats=("qpack",))
+    assert res.qpack_bytes < float_bytes / 3
+
+
+def test_load_refuses_a_model_that_does_not_fit(tmp_path):
+    x = torch.randn(2, 3, 8, 8)
+    res = qgraph.quantize(_net(), x, recipe="w8a8").export(str(tmp_path / "n"), formats=("qpack",))
+    other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 10)).eval()
+    with pytest.raises(qgraph.QPackError, match="does not fit"):
+        qgraph.load(res.qpack_path, other)
+
+
+def test_unknown_export_format_is_refused(tmp_path):
+    qm = qgraph.quantize(_net(), torch.randn(2, 3, 8, 8), recipe="w8a8")
+    with pytest.raises(qgraph.ExportError, match="unknown export format"):
+        qm.export(str(tmp_path / "n"), formats=("tflite",))
