@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, which safetensors' numpy loader needs)
 import numpy as np
-
 from qgraph.backends.qpack_pack import field_width, pack_bits, packed_length, padding_is_zero, unpack_bits
+
 from qgraph.errors import QPackError
 
 __all__ = [

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from qgraph.backends.qpack import read_qpack
 from typer.testing import CliRunner
 
-from qgraph.backends.qpack import read_qpack
 from qgraph.cli import app
 
 FACTORY = "examples.models:digits_cnn"

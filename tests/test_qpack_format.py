@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from qgraph.backends.qpack import PackedTensor, QPack, pack_bits, read_qpack, stored_bytes, unpack_bits, write_qpack
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from qgraph.backends.qpack import PackedTensor, QPack, pack_bits, read_qpack, stored_bytes, unpack_bits, write_qpack
 from qgraph.errors import QGraphError, QPackError
 
 ROOT = Path(__file__).resolve().parents[1]
