@@ -1,4 +1,8 @@
-"""Export a (lowered) quantized graph to ONNX with QDQ at opset 21 and integer initializers."""
+"""Export a (lowered) quantized graph to ONNX with QDQ and integer initializers.
+
+Opset 21 (IR 10) by default; a graph with 2-bit weights is exported at opset 25 (IR 13), the first
+opset with INT2/UINT2, so its codes are stored four to a byte.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +13,28 @@ import warnings
 
 import onnx
 import torch
-from qgraph.backends.onnx_fold import fold_constant_quantization
-from qgraph.backends.onnx_ops import translation_table
+from qgraph.backends.onnx_fold import fold_constant_quantization, prepare_for_onnxruntime
+from qgraph.backends.onnx_ops import INT2_OPSET, is_2bit, translation_table
 
 from qgraph.errors import ExportError
 
 OPSET = 21
 IR_VERSION = 10  # ONNX Runtime rejects onnx.helper's newer default
+# the IR version written for an opset: the lowest that allows it (ONNX Runtime 1.32 reads IR <= 13)
+IR_FOR_OPSET = {21: 10, 22: 10, 23: 11, 24: 12, 25: 13, 26: 13}
 
 
-def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int = OPSET, dynamic_batch: bool = True) -> onnx.ModelProto:
+def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None = None, dynamic_batch: bool = True) -> onnx.ModelProto:
     """Export ``gm`` on ``args`` to ``path`` (one self-contained file) and return the model.
 
+    ``opset``: by default 21, or 25 when the graph dequantizes 2-bit weights (INT2 initializers);
+    an explicit opset below 25 keeps 2-bit weights in int4 containers.
     With ``dynamic_batch`` the first dimension of every tensor input may vary (named ``batch`` in
     the file) where the graph allows it; graphs captured with static shapes (``torch.export``
     captures) keep the example batch size. ``batch_is_dynamic(model)`` tells which happened.
     """
+    if opset is None:
+        opset = INT2_OPSET if has_2bit_weights(gm) else OPSET
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     dynamic = None
     if dynamic_batch:
@@ -38,7 +48,7 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int = OPSET,
                 dynamo=True,
                 opset_version=opset,
                 external_data=False,
-                custom_translation_table=translation_table(),
+                custom_translation_table=translation_table(opset),
                 dynamic_shapes=dynamic,
                 verbose=False,
             )
@@ -48,11 +58,23 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int = OPSET,
     _name_batch_dim(model)
     _name_outputs(model)
     fold_constant_quantization(model)
+    prepare_for_onnxruntime(model)
     strip_debug_info(model)
-    model.ir_version = IR_VERSION
+    model.ir_version = IR_FOR_OPSET.get(opset, IR_VERSION)
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return model
+
+
+def has_2bit_weights(gm: torch.nn.Module) -> bool:
+    """Whether a lowered graph dequantizes weights on a 2-bit grid (``qgraph::dequantize``)."""
+    import qgraph.primitives  # noqa: F401  (registers the custom ops)
+
+    graph = getattr(gm, "graph", None)
+    if graph is None:
+        return False
+    target = torch.ops.qgraph.dequantize.default
+    return any(n.op == "call_function" and n.target == target and is_2bit(n.args[3], n.args[4]) for n in graph.nodes)
 
 
 def strip_debug_info(model: onnx.ModelProto) -> None:

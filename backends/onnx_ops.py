@@ -3,11 +3,13 @@
 * ``qgraph::fake_quantize`` → ``QuantizeLinear → DequantizeLinear`` with a uint8/int8 zero point;
   grids narrower than 8 bits get an integer ``Clip`` between Q and DQ.
 * ``qgraph::dequantize`` → ``Cast(int codes → container) → DequantizeLinear``; the Cast of an
-  initializer is folded into a typed (packed int4) initializer after export
-  (:func:`qgraph.backends.onnx_fold.fold_constant_quantization`).
+  initializer is folded into a typed initializer after export (int4 packed two to a byte, int2
+  four to a byte; :func:`qgraph.backends.onnx_fold.fold_constant_quantization`).
 
-Axis and block size follow the primitive's layout: per-tensor (no axis), per-channel (``axis``),
-per-group (``axis`` = blocked axis, ``block_size``).
+Weight containers: int8/uint8, int4/uint4 (opset 21), int2/uint2 (opset 25, only when the export
+runs at opset 25: :func:`translation_table` takes the opset). Axis and block size follow the
+primitive's layout: per-tensor (no axis), per-channel (``axis``), per-group (``axis`` = blocked
+axis, ``block_size``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ import onnx_ir as ir
 import torch
 from onnxscript import opset21 as op
 
+INT2_OPSET = 25  # the first opset with INT2 / UINT2
+
 _RANGES = {
+    ir.DataType.INT2: (-2, 1),
+    ir.DataType.UINT2: (0, 3),
     ir.DataType.INT4: (-8, 7),
     ir.DataType.UINT4: (0, 15),
     ir.DataType.INT8: (-128, 127),
@@ -26,15 +32,22 @@ _RANGES = {
 _NP = {ir.DataType.INT8: np.int8, ir.DataType.UINT8: np.uint8}
 
 
-def container(qmin: int, qmax: int, allow_4bit: bool) -> ir.DataType:
-    """The ONNX integer type that holds a [qmin, qmax] grid."""
-    if qmin >= 0:
-        if allow_4bit and qmax <= 15:
-            return ir.DataType.UINT4
-        return ir.DataType.UINT8
-    if allow_4bit and qmin >= -8 and qmax <= 7:
-        return ir.DataType.INT4
-    return ir.DataType.INT8
+def container(qmin: int, qmax: int, allow_4bit: bool, allow_2bit: bool = False) -> ir.DataType:
+    """The narrowest allowed ONNX integer type that holds a [qmin, qmax] grid."""
+    signed = qmin < 0
+    order = ((ir.DataType.INT2, ir.DataType.INT4, ir.DataType.INT8) if signed
+             else (ir.DataType.UINT2, ir.DataType.UINT4, ir.DataType.UINT8))
+    allowed = (allow_2bit, allow_4bit, True)
+    for dtype, ok in zip(order, allowed):
+        lo, hi = _RANGES[dtype]
+        if ok and lo <= qmin and qmax <= hi:
+            return dtype
+    return order[-1]
+
+
+def is_2bit(qmin: int, qmax: int) -> bool:
+    """Whether a weight grid fits an INT2/UINT2 container."""
+    return (-2 <= qmin and qmax <= 1) if qmin < 0 else qmax <= 3
 
 
 def _qdq_attrs(axis: int, group_size: int, scale_rank: int) -> dict:
@@ -65,16 +78,26 @@ def fake_quantize(x, scale, zero_point, qmin: int, qmax: int, axis: int, group_s
 
 
 def dequantize(q, scale, zero_point, qmin: int, qmax: int, axis: int, group_size: int):
+    """Weights in int8/uint8 or int4/uint4 containers (opset 21)."""
     dtype = container(qmin, qmax, allow_4bit=True)
     qc = op.Cast(q, to=dtype)
     zp = op.Cast(zero_point, to=dtype)
     return op.DequantizeLinear(qc, scale, zp, **_qdq_attrs(axis, group_size, _scale_rank(scale)))
 
 
-def translation_table() -> dict:
+def dequantize_int2(q, scale, zero_point, qmin: int, qmax: int, axis: int, group_size: int):
+    """As :func:`dequantize`, with 2-bit grids in int2/uint2 containers (opset 25)."""
+    dtype = container(qmin, qmax, allow_4bit=True, allow_2bit=True)
+    qc = op.Cast(q, to=dtype)
+    zp = op.Cast(zero_point, to=dtype)
+    return op.DequantizeLinear(qc, scale, zp, **_qdq_attrs(axis, group_size, _scale_rank(scale)))
+
+
+def translation_table(opset: int = 21) -> dict:
+    """Translations for an export at ``opset`` (INT2 containers from opset 25 on)."""
     import qgraph.primitives  # noqa: F401  (registers the custom ops)
 
     return {
         torch.ops.qgraph.fake_quantize.default: fake_quantize,
-        torch.ops.qgraph.dequantize.default: dequantize,
+        torch.ops.qgraph.dequantize.default: dequantize_int2 if opset >= INT2_OPSET else dequantize,
     }

@@ -6,9 +6,11 @@ Rewrite rules (run on a copy of the quantized graph, just before ONNX export):
    codes are computed once and stored as an int8 buffer (``<quantizer>.qweight``) with the
    quantizer's scale and zero point, so the exporter writes integer initializers. The result is
    bit-identical to the fake-quantized weight.
-2. Weight-only grouped linear ``linear(x, dequantize(W_int), b)`` becomes
-   ``matmul(x, dequantize(W_intᵀ, blocks along axis 0)) + b``: the ``DequantizeLinear → MatMul``
-   pattern ONNX Runtime fuses into MatMulNBits.
+2. Weight-only linear ``linear(x, dequantize(W_int), b)`` with per-group or per-output-channel
+   weights becomes ``matmul(x, dequantize(W_intᵀ)) + b`` (blocks along axis 0, or one scale per
+   column on axis 1): the ``DequantizeLinear → MatMul`` pattern ONNX Runtime fuses into
+   MatMulNBits (2, 4 or 8 bits). As ``linear`` it would stay a float Gemm that dequantizes its
+   weight at every run.
 
 Activation quantizers are left as they are (they export as QuantizeLinear/DequantizeLinear).
 """
@@ -21,8 +23,8 @@ from qgraph.passes.base import QPass
 from qgraph.passes.insert_quantizers import is_quantizer_node
 from torch.fx.passes.infra.pass_base import PassResult
 
-from qgraph.granularity import PerGroup
-from qgraph.ops import LINEAR
+from qgraph.granularity import PerChannel, PerGroup
+from qgraph.ops import LINEAR, is_passthrough
 from qgraph.primitives import granularity_args, quantize_affine
 
 
@@ -47,15 +49,17 @@ class LowerPass(QPass):
             axis, group = granularity_args(spec.granularity)
             users = list(node.users)
             transpose = (
-                isinstance(spec.granularity, PerGroup)
+                (isinstance(spec.granularity, PerGroup) or spec.granularity == PerChannel(0))
                 and len(users) == 1
                 and users[0].op == "call_function"
                 and users[0].target in LINEAR
                 and codes.dim() == 2
                 and _weight_only(gm, users[0])
             )
-            if transpose:
+            if transpose and group:  # blocks along K: scale [N, K/g] -> [K/g, N]
                 codes, scale, zp, axis = codes.t().contiguous(), scale.t().contiguous(), zp.t().contiguous(), 0
+            elif transpose:  # one scale per output channel, now axis 1 of Wᵀ
+                codes, axis = codes.t().contiguous(), 1
             q.register_buffer("qweight", codes, persistent=False)
             q.register_buffer("lowered_scale", scale, persistent=False)
             q.register_buffer("lowered_zero_point", zp, persistent=False)
@@ -75,7 +79,7 @@ class LowerPass(QPass):
                 out.meta = dict(lin.meta)
                 lin.replace_all_uses_with(out)
                 gm.graph.erase_node(lin)
-                detail += ", linear as MatMul on Wᵀ (blocked along K)"
+                detail += ", linear as MatMul on Wᵀ (" + ("blocked along K)" if group else "per column)")
             self.record("lowered", dq, q.where, detail)
             modified = True
         return self.finish(gm, modified)
@@ -90,5 +94,13 @@ def _is_param(gm, target: str) -> bool:
 
 
 def _weight_only(gm, linear: fx.Node) -> bool:
+    """The linear's input is not quantized (no quantizer before it, directly or through ops such as
+    flatten / reshape / max-pool that keep their input's quantization)."""
     x = linear.args[0]
-    return not (isinstance(x, fx.Node) and is_quantizer_node(gm, x))
+    while isinstance(x, fx.Node):
+        if is_quantizer_node(gm, x):
+            return False
+        if not (is_passthrough(gm, x) and x.args):
+            return True
+        x = x.args[0]
+    return True
