@@ -9,6 +9,19 @@ Rules:
 3. Transposed convs keep output channels on weight axis 1 (with ``groups == 1``; else per-tensor).
 4. A ``call_module`` Conv/Linear that stayed a module (an auto-leaf's child, an unusual padding
    mode) is annotated too; the insert pass swaps it for a quantized wrapper.
+5. A residual add is quantized only when its sum reaches a conv/linear/matmul input through ops
+   ONNX Runtime keeps in integers (:func:`qgraph.ops.reaches_integer_op`); a transformer's residual
+   stream, which only feeds LayerNorm, stays float (recorded as ``kept float``).
+6. The result of a linear or matmul on 3-D+ activations (exported as ``MatMul``) is quantized only
+   when it reaches another integer op the same way: ONNX Runtime runs ``DQ → MatMul`` without a
+   ``Q`` after it as an integer kernel with a float result (``MatMulIntegerToFloat``), so a ``Q`` in
+   front of a float op (LayerNorm, GELU, softmax) would only round once more. Convs and 2-D linears
+   keep theirs: ``QLinearConv`` and ``QGemm`` need ``DQ → op → Q``.
+7. Weight-only ops: embeddings (a table lookup: per-row int8 weights, the rows it gathers stay
+   float), Conv/Linear weights read by calls qgraph does not know (annotated on their ``get_attr``,
+   e.g. torchvision's ``shifted_window_attention``) and ``nn.MultiheadAttention`` modules the
+   canonicalize pass could not rewrite: the weight gets the recipe's weight spec, no activation is
+   quantized.
 
 The result is an :class:`Annotation` under ``node.meta["qgraph.annotation"]``; nothing else is
 changed, so the pass reports ``modified=False``.
@@ -25,9 +38,11 @@ from torch.fx.passes.infra.pass_base import PassResult
 
 from qgraph.errors import UnsupportedOpError, node_context
 from qgraph.granularity import PerChannel, PerGroup, PerTensor
-from qgraph.ops import classify, tensor_meta
+from qgraph.ops import WEIGHT_ONLY_KINDS, classify, owner_type, reaches_integer_op, tensor_meta
 from qgraph.qspec import QSpec
 from qgraph.recipes import Recipe
+
+FLOAT_OUTPUT_KINDS = ("linear", "matmul")  # integer kernels that may return float (rule 6)
 
 
 @dataclass(frozen=True)
@@ -36,13 +51,7 @@ class Annotation:
     module_path: str
     weight: QSpec | None
     activation: QSpec | None
-
-
-def _owner_type(gm: fx.GraphModule, path: str) -> type | None:
-    try:
-        return type(gm.get_submodule(path)) if path else None
-    except AttributeError:
-        return None
+    quantize_output: bool = True  # False: inputs quantized, the result stays float (rule 6)
 
 
 class AnnotatePass(QPass):
@@ -58,20 +67,34 @@ class AnnotatePass(QPass):
             info = classify(gm, node)
             if info is None:
                 continue
-            decision = self.recipe.decide(info.module_path, info.kind, _owner_type(gm, info.module_path))
+            decision = self.recipe.decide(info.module_path, info.kind, owner_type(gm, info.module_path))
             if not decision.quantized:
                 continue
-            weight = decision.weight
+            weight, activation = decision.weight, decision.activation
+            if info.kind == "add" and not reaches_integer_op(gm, node):
+                self.record("kept float", node, info.module_path, "add: its sum reaches no conv/linear/matmul input (only float ops), "
+                                                                  "so quantizing it would only add error")
+                continue
+            if weight_only(gm, node, info):
+                if weight is None:
+                    continue
+                activation = None
             if weight is not None:
                 weight = self._fit_weight(gm, node, info, weight)
-            node.meta[ANNOTATION_KEY] = Annotation(info.kind, info.module_path, weight, decision.activation)
-            parts = [f"weight {weight.describe()}" if weight else "", f"activation {decision.activation.describe()}" if decision.activation else ""]
+            output = activation is not None and (info.kind not in FLOAT_OUTPUT_KINDS or _rank(node) == 2 or reaches_integer_op(gm, node))
+            node.meta[ANNOTATION_KEY] = Annotation(info.kind, info.module_path, weight, activation, output)
+            parts = [f"weight {weight.describe()}" if weight else "", f"activation {activation.describe()}" if activation else ""]
             self.record("annotated", node, info.module_path, f"{info.kind}: " + ", ".join(p for p in parts if p))
         return PassResult(gm, False)
 
     def _fit_weight(self, gm, node, info, spec: QSpec) -> QSpec:
-        shape = self._weight_shape(gm, node, info)
         g = spec.granularity
+        if isinstance(_module(gm, node), nn.MultiheadAttention):
+            if isinstance(g, PerGroup):
+                self.record("fallback", node, info.module_path, f"per-group({g.size}) → per-channel: attention projections in a wrapped module")
+                return spec.with_(granularity=PerChannel(0))
+            return spec
+        shape = self._weight_shape(gm, node, info)
         if shape is None:
             return spec
         if len(shape) < 2 and not isinstance(g, PerTensor):
@@ -82,7 +105,7 @@ class AnnotatePass(QPass):
         if isinstance(g, PerGroup):
             if info.kind != "linear" or len(shape) != 2 or shape[-1] % g.size or info.weight_channel_axis != 0:
                 why = (
-                    "convs are grouped per channel" if info.kind != "linear"
+                    f"{info.kind} weights are quantized per channel" if info.kind != "linear"
                     else "the weight is stored [in, out]" if info.weight_channel_axis != 0
                     else f"input size {shape[-1]} is not a multiple of {g.size}"
                 )
@@ -113,6 +136,17 @@ class AnnotatePass(QPass):
             return None
         mod = _module(gm, node)
         return tuple(mod.weight.shape) if mod is not None else None
+
+
+def _rank(node: fx.Node) -> int | None:
+    tm = tensor_meta(node)
+    return len(tm[0]) if tm else None
+
+
+def weight_only(gm, node, info) -> bool:
+    """Ops whose weight is quantized but whose activations are not: table lookups, weights read by
+    calls qgraph does not know (annotated on their ``get_attr``), wrapped attention modules."""
+    return info.kind in WEIGHT_ONLY_KINDS or node.op == "get_attr" or isinstance(_module(gm, node), nn.MultiheadAttention)
 
 
 def _module(gm, node) -> nn.Module | None:

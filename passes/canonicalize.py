@@ -5,6 +5,22 @@ Rewrite rules:
 1. ``call_module Conv{1,2,3}d`` (zero padding mode) → ``get_attr weight`` (+ ``get_attr bias``) →
    ``call_function F.conv{n}d(x, weight, bias, stride, padding, dilation, groups)``.
 2. ``call_module Linear`` → ``F.linear(x, weight, bias)``.
+3. ``call_module Embedding`` (no ``max_norm``) → ``F.embedding(ids, weight, padding_idx)``.
+4. ``call_module MultiheadAttention`` used as self-attention (``attn(x, x, x)``, no masks, packed
+   projections, no ``bias_k``/``add_zero_attn``, the attention weights unused) → the ops it runs:
+   ``F.linear(x, in_proj_weight)`` → split heads → ``F.scaled_dot_product_attention`` → merge heads
+   → ``F.linear(·, out_proj.weight)``. torch.fx keeps ``nn.MultiheadAttention`` as one opaque module
+   call; rewritten, its projections are ordinary linears (quantized, fused by ONNX Runtime) and
+   its attention an ordinary op. Attention dropout is not part of the rewritten graph (recorded).
+   Other attention layers stay modules; the insert pass wraps them
+   (:class:`qgraph.wrappers.QuantizedMultiheadAttention`).
+5. ``aten.view`` (torch.export graphs) → ``aten.reshape``, ``aten.contiguous`` → ``aten.clone``
+   (contiguous format): the same values, but re-exporting the captured graph to ONNX otherwise drops
+   the ``contiguous`` and fails on the ``view`` of a transposed tensor after it (Hugging Face T5:
+   "Cannot view a tensor with shape ... and strides ..."). For the same reason the result of
+   ``scaled_dot_product_attention`` is made contiguous: its fake (meta) strides follow the fused CPU
+   kernel's layout, its decomposition's do not, and a later ``reshape`` traced as a view breaks
+   (timm MaxViT).
 
 After this, weights are graph values that quantizers can be attached to in both dialects
 (``torch.export`` graphs already have this form). The module stays in the hierarchy and owns its
@@ -13,6 +29,9 @@ parameters, so ``state_dict`` keys do not change. Auto-leaf modules are left alo
 
 from __future__ import annotations
 
+import operator
+
+import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from qgraph.passes.base import QPass
@@ -20,8 +39,11 @@ from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
 
 from qgraph.meta import MODULE_PATH_KEY
+from qgraph.ops import SDPA
 
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_ATEN_VIEW = torch.ops.aten.view.default
+_ATEN_CONTIGUOUS = torch.ops.aten.contiguous.default
 
 
 class CanonicalizePass(QPass):
@@ -34,15 +56,41 @@ class CanonicalizePass(QPass):
     def call(self, gm: fx.GraphModule) -> PassResult:
         modified = False
         for node in list(gm.graph.nodes):
-            if node.op != "call_module" or node.target in self.leaves or node.kwargs:
+            if node.op == "call_function" and node.target in SDPA and not _made_contiguous(node):
+                with gm.graph.inserting_after(node):
+                    if node.target is F.scaled_dot_product_attention:
+                        c = gm.graph.call_method("contiguous", (node,))
+                    else:
+                        c = gm.graph.call_function(torch.ops.aten.clone.default, (node,), {"memory_format": torch.contiguous_format})
+                c.meta = {k: v for k, v in node.meta.items() if k != "val"}
+                node.replace_all_uses_with(c, delete_user_cb=lambda u, c=c: u is not c)
+                modified = True
+                continue
+            if node.op == "call_function" and node.target is _ATEN_VIEW:
+                node.target = torch.ops.aten.reshape.default  # rule 5
+                modified = True
+                continue
+            if node.op == "call_function" and node.target is _ATEN_CONTIGUOUS and len(node.args) == 1 and not node.kwargs:
+                node.target, node.kwargs = torch.ops.aten.clone.default, {"memory_format": torch.contiguous_format}  # rule 5
+                modified = True
+                continue
+            if node.op != "call_module" or node.target in self.leaves:
                 continue
             mod = gm.get_submodule(node.target)
+            if isinstance(mod, nn.MultiheadAttention):
+                modified |= self._attention(gm, node, mod)
+                continue
+            if type(mod) is nn.Embedding and mod.max_norm is None and len(node.args) == 1 and not node.kwargs:
+                modified |= self._replace(gm, node, F.embedding, (node.args[0], f"{node.target}.weight", mod.padding_idx), "Embedding")
+                continue
             if type(mod) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and mod.padding_mode == "zeros" and len(node.args) == 1:
                 fn = _CONV_FN[len(mod.kernel_size)]
                 extra = (mod.stride, mod.padding, mod.dilation, mod.groups)
             elif type(mod) is nn.Linear and len(node.args) == 1:
                 fn, extra = F.linear, ()
             else:
+                continue
+            if node.kwargs:
                 continue
             path = str(node.target)
             with gm.graph.inserting_before(node):
@@ -56,3 +104,87 @@ class CanonicalizePass(QPass):
             self.record("replaced", new, path, f"{type(mod).__name__} module call by {fn.__name__}")
             modified = True
         return self.finish(gm, modified)
+
+    def _replace(self, gm, node: fx.Node, fn, args: tuple, what: str) -> bool:
+        """``node`` → ``fn(*args)``, where string args name attributes to read with ``get_attr``."""
+        path = str(node.target)
+        with gm.graph.inserting_before(node):
+            args = tuple(gm.graph.get_attr(a) if isinstance(a, str) else a for a in args)
+            new = gm.graph.call_function(fn, args)
+        new.meta = dict(node.meta)
+        new.meta[MODULE_PATH_KEY] = path
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        self.record("replaced", new, path, f"{what} module call by {fn.__name__}")
+        return True
+
+    def _attention(self, gm, node: fx.Node, mod: nn.MultiheadAttention) -> bool:
+        """Rule 4: a self-attention ``nn.MultiheadAttention`` call as graph ops."""
+        args = list(node.args) + [None] * (8 - len(node.args))
+        names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights", "is_causal")
+        call = dict(zip(names, args))
+        call.update(node.kwargs)
+        x = call["query"]
+        users = list(node.users)
+        simple = (
+            isinstance(x, fx.Node) and x is call["key"] is call["value"]
+            and call["key_padding_mask"] is None and call["attn_mask"] is None and not call["is_causal"]
+            and mod._qkv_same_embed_dim and mod.bias_k is None and mod.bias_v is None and not mod.add_zero_attn
+            and _rank(x) == 3
+            and all(u.op == "call_function" and u.target is operator.getitem and u.args[1] in (0, 1) for u in users)
+            and not any(u.users for u in users if u.args[1] == 1)
+        )
+        if not simple:
+            return False
+        path, heads, dim = str(node.target), mod.num_heads, mod.embed_dim
+        g = gm.graph
+        with g.inserting_before(node):
+            h = x if mod.batch_first else g.call_method("transpose", (x, 0, 1))
+            w_in = g.get_attr(f"{path}.in_proj_weight")
+            b_in = g.get_attr(f"{path}.in_proj_bias") if mod.in_proj_bias is not None else None
+            qkv = g.call_function(F.linear, (h, w_in, b_in))
+            qkv = g.call_method("unflatten", (qkv, -1, (3, heads, dim // heads)))
+            qkv = g.call_method("permute", (qkv, 2, 0, 3, 1, 4))  # [3, N, heads, L, head_dim]
+            q, k, v = (g.call_function(operator.getitem, (qkv, i)) for i in range(3))
+            o = g.call_function(F.scaled_dot_product_attention, (q, k, v))
+            o = g.call_method("flatten", (g.call_method("transpose", (o, 1, 2)), 2))  # [N, L, dim]
+            w_out = g.get_attr(f"{path}.out_proj.weight")
+            b_out = g.get_attr(f"{path}.out_proj.bias") if mod.out_proj.bias is not None else None
+            proj = out = g.call_function(F.linear, (o, w_out, b_out))
+            if not mod.batch_first:
+                out = g.call_method("transpose", (out, 0, 1))
+        for n in _between(x, out):
+            n.meta[MODULE_PATH_KEY] = f"{path}.out_proj" if n in (proj, w_out, b_out) else path
+        for u in users:
+            if u.args[1] == 0:
+                u.replace_all_uses_with(out)
+            g.erase_node(u)
+        g.erase_node(node)
+        note = f", attention dropout {mod.dropout} left out" if mod.dropout else ""
+        self.record("replaced", out, path, f"MultiheadAttention ({heads} heads) by in-projection, scaled_dot_product_attention, "
+                                           f"out-projection{note}")
+        return True
+
+
+def _made_contiguous(node: fx.Node) -> bool:
+    users = list(node.users)
+    return len(users) == 1 and (users[0].target == "contiguous" or users[0].target is torch.ops.aten.clone.default)
+
+
+def _rank(node: fx.Node) -> int | None:
+    from qgraph.ops import tensor_meta
+
+    tm = tensor_meta(node)
+    return len(tm[0]) if tm else None
+
+
+def _between(start: fx.Node, end: fx.Node) -> set:
+    """Nodes on a path from ``start`` (excluded) to ``end``."""
+    seen, stack = set(), [end]
+    while stack:
+        n = stack.pop()
+        if n in seen or n is start:
+            continue
+        seen.add(n)
+        stack.extend(n.all_input_nodes)
+    return seen

@@ -8,9 +8,14 @@ Placement follows what ONNX Runtime fuses into integer kernels (``DQ → op → 
    as quantized when it comes from a quantizer directly or through pass-through ops (max-pool,
    reshape, flatten, permute, dropout, …), which keep their input's grid.
 3. **Outputs** of an annotated op are quantized after the op, or after the ReLU-like op that is its
-   only user (ORT fuses Conv+ReLU), so that the next op sees a quantized input.
+   only user (ORT fuses Conv+ReLU), so that the next op sees a quantized input; linear and matmul
+   results only when the annotation asks for it (``quantize_output``: they reach another integer op).
 4. **Modules** (annotated ``call_module`` Conv/Linear, and Conv/Linear children of auto-leaves)
-   are swapped for :class:`qgraph.wrappers.QuantizedModule` with the same quantizers.
+   are swapped for :class:`qgraph.wrappers.QuantizedModule` with the same quantizers;
+   ``nn.MultiheadAttention`` layers that stayed modules for
+   :class:`qgraph.wrappers.QuantizedMultiheadAttention` (weight-only). What inside an auto-leaf
+   stays float is recorded (a ``kept float`` change and a capture note).
+5. **Weight-only** ops (embeddings, weights read by unknown calls) get only the weight quantizer.
 
 Quantizers are registered as submodules next to the layer they serve (``conv1.weight_quantizer``,
 ``conv1.input_quantizer``, ``layer1.0.add_output_quantizer``; a swapped module's graph-level output
@@ -19,6 +24,9 @@ quantizer is its sibling ``<path>_output_quantizer``), so ``state_dict`` keys re
 
 from __future__ import annotations
 
+import weakref
+
+import torch
 import torch.fx as fx
 from qgraph.passes.base import ANNOTATION_KEY, QPass, unique_submodule_name
 from torch import nn
@@ -30,7 +38,7 @@ from qgraph.ops import classify, is_fusable_activation, is_passthrough
 from qgraph.qspec import QSpec
 from qgraph.quantizer import FakeQuantize
 from qgraph.recipes import Recipe
-from qgraph.wrappers import SWAPPABLE, QuantizedModule
+from qgraph.wrappers import SWAPPABLE, QuantizedModule, QuantizedMultiheadAttention, mha_weight_names
 
 
 def is_quantizer_node(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -62,6 +70,12 @@ class InsertQuantizersPass(QPass):
                 modified |= self._swap(gm, str(node.target), ann.weight, ann.activation, node)
                 continue
             path = ann.module_path
+            if node.op == "get_attr":  # a weight read by calls qgraph does not know: quantize it where it is read
+                if node not in weight_q:
+                    weight_q[node] = self._insert_after(gm, node, ann.weight, "weight", f"{path}.weight_quantizer", path)
+                node.replace_all_uses_with(weight_q[node], delete_user_cb=lambda u, q=weight_q[node]: u is not q)
+                modified = True
+                continue
             info = classify(gm, node)
             if ann.weight is not None:
                 w = info.weight
@@ -83,13 +97,32 @@ class InsertQuantizersPass(QPass):
             users = list(node.users)
             if len(users) == 1 and is_fusable_activation(gm, users[0]):
                 out = users[0]
-            if out.users and not all(is_quantizer_node(gm, u) for u in out.users):
+            if ann.quantize_output and out.users and not all(is_quantizer_node(gm, u) for u in out.users):
                 q = self._insert_after(gm, out, ann.activation, "activation", self._name(path, node, "output_quantizer"), path)
                 out.replace_all_uses_with(q, delete_user_cb=lambda u, q=q: u is not q)
                 modified = True
         for leaf in sorted(self.leaves):
             modified |= self._quantize_leaf(gm, leaf)
+        self._limit_bias_grids(gm)
         return self.finish(gm, modified)
+
+    def _limit_bias_grids(self, gm) -> None:
+        """Tell the quantizer feeding each biased conv/linear about the bias (see ActivationQuantizer)."""
+        for node in gm.graph.nodes:
+            ann = node.meta.get(ANNOTATION_KEY)
+            if ann is None or ann.weight is None or ann.activation is None or node.op != "call_function":
+                continue
+            info = classify(gm, node)
+            if info is None or info.bias is None or info.bias.op != "get_attr" or not info.activations:
+                continue
+            w = info.weight.args[0] if is_quantizer_node(gm, info.weight) else info.weight
+            src = info.activations[0]
+            while not is_quantizer_node(gm, src) and is_passthrough(gm, src) and src.args and isinstance(src.args[0], fx.Node):
+                src = src.args[0]
+            if w.op == "get_attr" and is_quantizer_node(gm, src):
+                q = gm.get_submodule(src.target)
+                if isinstance(q, ActivationQuantizer):
+                    q.limit_for_bias(gm, str(w.target), str(info.bias.target), info.weight_channel_axis, ann.weight.qmax)
 
     # ----------------------------------------------------------------- helpers
     def _name(self, path: str, node: fx.Node, role: str) -> str:
@@ -100,7 +133,8 @@ class InsertQuantizersPass(QPass):
 
     def _insert_after(self, gm, value: fx.Node, spec: QSpec, role: str, name: str, path: str) -> fx.Node:
         name = unique_submodule_name(gm, name)
-        gm.add_submodule(name, FakeQuantize(spec, role, where=path or value.name))
+        q = ActivationQuantizer(spec, where=path or value.name) if role == "activation" else FakeQuantize(spec, role, where=path or value.name)
+        gm.add_submodule(name, q)
         with gm.graph.inserting_after(value):
             q = gm.graph.call_module(name, (value,))
         q.meta = {k: v for k, v in value.meta.items() if k in ("val", "tensor_meta", "nn_module_stack")}
@@ -124,6 +158,8 @@ class InsertQuantizersPass(QPass):
 
     def _swap(self, gm, path: str, wspec: QSpec | None, aspec: QSpec | None, node: fx.Node | None = None) -> bool:
         mod = gm.get_submodule(path)
+        if isinstance(mod, nn.MultiheadAttention):
+            return self._swap_attention(gm, path, mod, wspec, node)
         if not isinstance(mod, SWAPPABLE):
             return False
         wspec = module_weight_spec(mod, wspec) if wspec else None
@@ -139,22 +175,123 @@ class InsertQuantizersPass(QPass):
             node.replace_all_uses_with(q, delete_user_cb=lambda u: u is not q)
         return True
 
+    def _swap_attention(self, gm, path: str, mod: nn.MultiheadAttention, wspec: QSpec | None, node: fx.Node | None) -> bool:
+        if wspec is None:
+            return False
+        names = mha_weight_names(mod)
+        quantizers = {n: FakeQuantize(wspec, "weight", where=f"{path}.{n}") for n in names}
+        parent_path, _, child = path.rpartition(".")
+        parent = gm.get_submodule(parent_path) if parent_path else gm
+        setattr(parent, child, QuantizedMultiheadAttention(mod, quantizers))
+        self.record("swapped", node.name if node is not None else path, path,
+                    f"MultiheadAttention → QuantizedMultiheadAttention (weight-only: {', '.join(names)})")
+        return True
+
     def _quantize_leaf(self, gm, leaf: str) -> bool:
-        """Swap the Conv/Linear layers inside an auto-leaf (fx could not trace into it)."""
+        """Swap the Conv/Linear (and attention) layers inside an auto-leaf (fx could not trace into
+        it), and say what inside it stays float."""
         try:
             root = gm.get_submodule(leaf)
         except AttributeError:
             return False
-        modified = False
+        modified, swapped, skipped = False, [], []
+        inside_attention = {f"{n}.out_proj" for n, m in root.named_modules() if isinstance(m, nn.MultiheadAttention)}
         for name, mod in list(root.named_modules()):
             path = f"{leaf}.{name}" if name else leaf
-            if not name or not isinstance(mod, SWAPPABLE) or isinstance(mod, QuantizedModule):
+            if not name or name in inside_attention or isinstance(mod, (QuantizedModule, QuantizedMultiheadAttention)):
+                continue
+            if isinstance(mod, nn.MultiheadAttention):
+                d = self.recipe.decide(path, "linear", type(mod))
+                if d.weight is not None and self._swap(gm, path, d.weight, None):
+                    modified = True
+                    swapped.append(name)
+                continue
+            if not isinstance(mod, SWAPPABLE):
+                if any(True for _ in mod.parameters(recurse=False)):
+                    skipped.append(f"{name} ({type(mod).__name__})")
                 continue
             kind = "linear" if isinstance(mod, nn.Linear) else "conv_transpose" if "Transpose" in type(mod).__name__ else "conv"
             d = self.recipe.decide(path, kind, type(mod))
             if d.quantized:
                 modified |= self._swap(gm, path, d.weight, d.activation)
+                swapped.append(name)
+        self._note_leaf(gm, leaf, root, swapped, skipped)
         return modified
+
+    def _note_leaf(self, gm, leaf: str, root: nn.Module, swapped: list[str], skipped: list[str]) -> None:
+        """Record (in the changes and in the capture notes that summary() and the export report
+        print) exactly what inside an auto-leaf stayed float."""
+        from qgraph.meta import CAPTURE_KEY
+
+        kept = "the operations in its own forward (matmuls, adds, activations: no activation quantizers inside)"
+        if skipped:
+            kept += "; layers with weights that are not Conv/Linear: " + ", ".join(skipped)
+        done = f"quantized by module swap: {', '.join(swapped)}" if swapped else "no layer inside could be swapped"
+        text = f"leaf {leaf} ({type(root).__name__}) runs as one opaque call; {done}; stayed float: {kept}"
+        self.record("kept float", leaf, leaf, text)
+        cap = gm.meta.get(CAPTURE_KEY)
+        if cap is not None:
+            cap.notes[:] = [n for n in cap.notes if not n.startswith(f"leaf {leaf} (")] + [text]
+
+
+class ActivationQuantizer(FakeQuantize):
+    """An activation quantizer that keeps the int32 biases of the integer kernels it feeds in range.
+
+    ONNX Runtime runs ``DQ → Conv/Gemm → Q`` as QLinearConv/QGemm with the float bias stored as
+    int32 on the grid ``s_x · s_w``. When calibration sees a vanishing input range (random-weight
+    nets whose activations decay to 1e-13), ``b / (s_x · s_w)`` overflows int32 and the fused
+    kernel computes garbage. After calibration the scale is raised, where needed, to
+    ``max |b| / (s_w · 2^30)`` of every biased conv/linear this quantizer feeds.
+    """
+
+    LIMIT = 2.0**30
+
+    def __init__(self, spec: QSpec, where: str = "") -> None:
+        super().__init__(spec, "activation", where=where)
+        self._bias_limits: list[tuple] = []  # (weakref to the graph module, weight, bias, channel axis, weight qmax)
+        self.raised_from: float | None = None  # the calibrated scale, when the bias floor raised it
+
+    def limit_for_bias(self, gm, weight: str, bias: str, axis: int, weight_qmax: int) -> None:
+        self._bias_limits.append((weakref.ref(gm), weight, bias, axis, weight_qmax))
+
+    def _floor(self) -> float:
+        floor = 0.0
+        for ref, weight, bias, axis, qmax in self._bias_limits:
+            gm = ref()
+            if gm is None:
+                continue
+            w, b = _attr(gm, weight), _attr(gm, bias)
+            if w is None or b is None or w.dim() < 2:
+                continue
+            w = w.detach().float().transpose(0, axis).flatten(1).abs().amax(1)
+            s_w = (w / qmax).clamp_min(1e-30)
+            if s_w.numel() != b.numel():
+                continue
+            floor = max(floor, float((b.detach().float().abs() / s_w).max()) / self.LIMIT)
+        return floor
+
+    @torch.no_grad()
+    def finish_calibration(self) -> None:
+        lo = self.observer.min_val if self.observer is not None else None
+        super().finish_calibration()
+        floor = self._floor()
+        if floor <= float(self.scale.min()) or not isinstance(self.spec.granularity, PerTensor):
+            return
+        spec, zp = self.spec, self.zero_point
+        if not spec.symmetric:
+            low = float(lo.min()) if lo is not None else 0.0
+            zp = torch.full_like(zp, min(max(round(spec.qmin - low / floor), spec.qmin), spec.qmax))
+        self.raised_from = float(self.scale.min())
+        self.set_qparams(torch.full_like(self.scale, floor), zp)
+
+
+def _attr(gm, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj if isinstance(obj, torch.Tensor) else None
 
 
 def module_weight_spec(mod: nn.Module, spec: QSpec) -> QSpec:
@@ -168,4 +305,4 @@ def module_weight_spec(mod: nn.Module, spec: QSpec) -> QSpec:
     return spec.with_(granularity=g)
 
 
-__all__ = ["InsertQuantizersPass", "is_quantizer_node", "module_weight_spec"]
+__all__ = ["ActivationQuantizer", "InsertQuantizersPass", "is_quantizer_node", "module_weight_spec"]

@@ -7,7 +7,13 @@ Routes, in order:
    ``call_module`` node, the reason is recorded, and tracing is retried. Conv/Linear layers inside
    leaves are still quantized, by module swapping (see ``passes.insert_quantizers``).
 2. If the root ``forward`` itself cannot be traced, ``torch.export.export`` (non-strict) captures
-   the model as ATen ops with static shapes.
+   the model as ATen ops with static shapes. When symbolic tracing only worked with leaves,
+   ``torch.export`` is tried as well and preferred if it captures the whole model (a leaf keeps its
+   own ops float; Hugging Face models behind a positional wrapper would be one big leaf). Leaves
+   stay when ``torch.export`` fails too (control flow on tensor values).
+
+``nn.TransformerEncoder``/``nn.TransformerEncoderLayer`` are traced into (their fused fast path is
+bypassed); ``nn.MultiheadAttention`` stays one module call for the canonicalize pass to rewrite.
 
 Every route is checked: the graph must reproduce the model's eager outputs on the example inputs.
 """
@@ -24,6 +30,7 @@ from torch.utils import _pytree as pytree
 from qgraph.errors import CaptureError, InputError
 from qgraph.graph import CaptureInfo, QGraph, record_shapes
 from qgraph.meta import CAPTURE_KEY
+from qgraph.ops import MODULE_TYPES_KEY
 
 _MAX_LEAF_ROUNDS = 64
 
@@ -52,18 +59,53 @@ def run_eager(model: nn.Module, args: tuple):
         raise InputError(f"the model fails on the example inputs ({shapes}): {type(e).__name__}: {e}") from e
 
 
+def _encoder_layer_forward(m: nn.TransformerEncoderLayer):
+    """``nn.TransformerEncoderLayer.forward`` without its fused inference fast path (whose eligibility
+    checks read tensor properties fx cannot trace): the same math, as module calls fx can follow."""
+    def forward(src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+        x = src
+        if m.norm_first:
+            x = x + m._sa_block(m.norm1(x), src_mask, src_key_padding_mask, is_causal=is_causal)
+            return x + m._ff_block(m.norm2(x))
+        x = m.norm1(x + m._sa_block(x, src_mask, src_key_padding_mask, is_causal=is_causal))
+        return m.norm2(x + m._ff_block(x))
+    return forward
+
+
+def _encoder_forward(m: nn.TransformerEncoder):
+    def forward(src, mask=None, src_key_padding_mask=None, is_causal=None):
+        x = src
+        for layer in m.layers:
+            x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal))
+        return m.norm(x) if m.norm is not None else x
+    return forward
+
+
+# torch.nn modules fx would keep whole although they are made of layers qgraph quantizes
+_TRACE_INTO = {nn.TransformerEncoderLayer: _encoder_layer_forward, nn.TransformerEncoder: _encoder_forward}
+
+
 class _AutoLeafTracer(fx.Tracer):
-    """An fx tracer that treats chosen submodules as leaves and reports where tracing failed."""
+    """An fx tracer that treats chosen submodules as leaves and reports where tracing failed.
+
+    Unlike plain ``fx.Tracer`` it traces into ``nn.TransformerEncoder(Layer)`` (their fast-path
+    checks are not traceable; the slow path computes the same thing). ``nn.MultiheadAttention``
+    stays a module call, which the canonicalize pass rewrites.
+    """
 
     def __init__(self, leaves: set[str]) -> None:
         super().__init__()
         self.leaves = leaves
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return qualname in self.leaves or super().is_leaf_module(m, qualname)
+        if qualname in self.leaves:
+            return True
+        return type(m) not in _TRACE_INTO and super().is_leaf_module(m, qualname)
 
     def call_module(self, m, forward, args, kwargs):
         qualname = self.path_of_module(m)
+        if type(m) in _TRACE_INTO and qualname not in self.leaves:
+            forward = _TRACE_INTO[type(m)](m)
         try:
             return super().call_module(m, forward, args, kwargs)
         except Exception as e:
@@ -107,6 +149,10 @@ def _symbolic(model: nn.Module) -> tuple[fx.GraphModule | None, dict[str, str], 
 def trace(model: nn.Module, example_inputs) -> QGraph:
     """Capture ``model`` as a :class:`QGraph` with shapes and dtypes on every node.
 
+    Symbolic tracing comes first. When it only works with leaves (code inside them is quantized
+    at best by module swapping), ``torch.export`` is tried too and, if it captures the whole model,
+    preferred; the notes say which leaves that avoided.
+
     Raises :class:`InputError` when the model fails on ``example_inputs`` and :class:`CaptureError`
     when no route yields a graph that reproduces the model's outputs.
     """
@@ -124,12 +170,33 @@ def trace(model: nn.Module, example_inputs) -> QGraph:
         except Exception as e:
             ok, error = False, f"{type(e).__name__}: {e}"
         if ok:
+            _drop_dead_code(gm, args, expected)
             gm.meta[CAPTURE_KEY] = CaptureInfo("symbolic_trace", leaves)
-            return gm
+            gm.meta[MODULE_TYPES_KEY] = _module_types(model)
+            if not leaves:
+                return gm
+            qg, why = _export(model, args, expected)
+            if qg is None:
+                gm.capture.notes.append(f"torch.export could not capture the whole model either ({why}), so the leaves stay")
+                return gm
+            names = ", ".join(leaves)
+            qg.capture.notes.insert(0, f"captured with torch.export: symbolic_trace needed leaves ({names}) that would have "
+                                       "stayed opaque")
+            return qg
         tried.append(f"symbolic_trace: graph does not reproduce the model ({error or 'outputs differ'})")
     else:
         tried.append(f"symbolic_trace: {error}")
 
+    qg, why = _export(model, args, expected)
+    if qg is None:
+        tried.append(f"torch.export: {why}")
+        raise CaptureError(f"no capture route handles {model.__class__.__name__}:\n  " + "\n  ".join(tried))
+    qg.capture.notes.insert(0, f"fell back to torch.export because {tried[0]}")
+    return qg
+
+
+def _export(model: nn.Module, args: tuple, expected) -> tuple[QGraph | None, str]:
+    """The torch.export route: ``(graph, "")`` or ``(None, why it failed)``."""
     target, dropped = _without_opaque_outputs(model, expected)
     if dropped:
         expected = _filter_outputs(expected)
@@ -139,17 +206,40 @@ def trace(model: nn.Module, example_inputs) -> QGraph:
         qg = QGraph(exported, exported.graph, model.__class__.__name__)
         with torch.no_grad():
             ok = _outputs_match(expected, qg(*args))
+        if ok:
+            _drop_dead_code(qg, args, expected)
     except Exception as e:
-        tried.append(f"torch.export: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-        raise CaptureError(f"no capture route handles {model.__class__.__name__}:\n  " + "\n  ".join(tried)) from e
+        return None, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
     if not ok:
-        tried.append("torch.export: graph does not reproduce the model's outputs")
-        raise CaptureError(f"no capture route handles {model.__class__.__name__}:\n  " + "\n  ".join(tried))
-    notes = [f"fell back to torch.export because {tried[0]}"]
+        return None, "graph does not reproduce the model's outputs"
+    notes = []
     if dropped:
         notes.append(f"outputs that are not tensors were dropped from the graph (returned as None): {', '.join(dropped)}")
     qg.meta[CAPTURE_KEY] = CaptureInfo("torch.export", {}, notes)
-    return qg
+    qg.meta[MODULE_TYPES_KEY] = _module_types(model)
+    return qg, ""
+
+
+def _drop_dead_code(gm: fx.GraphModule, args: tuple, expected) -> None:
+    """Remove ops whose results nothing uses (a Hugging Face pooler that a wrapper does not return):
+    they would get quantizers that calibration never reaches. Kept if the graph then disagrees
+    with the model (an in-place op whose result is unused)."""
+    before = copy.deepcopy(gm.graph)
+    if not gm.graph.eliminate_dead_code():
+        return
+    gm.recompile()
+    try:
+        with torch.no_grad():
+            same = _outputs_match(expected, gm(*args))
+    except Exception:
+        same = False
+    if not same:
+        gm.graph = before
+        gm.recompile()
+
+
+def _module_types(model: nn.Module) -> dict[str, type]:
+    return {name: type(m) for name, m in model.named_modules() if name}
 
 
 def _is_plain_leaf(v) -> bool:

@@ -38,6 +38,8 @@ CONV_TRANSPOSE = {F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d} | 
 LINEAR = {F.linear} | _ops("linear.default")
 ADDMM = {torch.addmm} | _ops("addmm.default")  # addmm(bias, x, W[in, out]): Hugging Face Conv1D (GPT-2)
 MATMUL = {torch.matmul, operator.matmul, torch.bmm} | _ops("matmul.default", "bmm.default")
+EMBEDDING = {F.embedding} | _ops("embedding.default")  # F.embedding(ids, W) but aten.embedding(W, ids)
+SDPA = {F.scaled_dot_product_attention} | _ops("scaled_dot_product_attention.default")
 ADD = {operator.add, torch.add, operator.iadd} | _ops("add.Tensor", "add_.Tensor")
 BATCH_NORM = {F.batch_norm} | _ops("batch_norm.default", "_native_batch_norm_legit_no_training.default")
 FUSABLE_ACTIVATION = {F.relu, torch.relu, F.relu6, F.hardtanh} | _ops(
@@ -51,6 +53,12 @@ PASSTHROUGH = {
     "reshape.default", "permute.default", "transpose.int", "squeeze.dim", "unsqueeze.default", "dropout.default",
     "clone.default", "contiguous.default", "_unsafe_view.default",
 )
+AVERAGING = {
+    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.mean,
+    torch.cat, torch.concat,
+} | _ops("avg_pool2d.default", "avg_pool1d.default", "avg_pool3d.default", "adaptive_avg_pool2d.default", "adaptive_avg_pool1d.default",
+         "mean.dim", "mean.default", "cat.default", "_adaptive_avg_pool2d.default")
+AVERAGING_METHODS = {"mean"}
 PASSTHROUGH_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze", "clone"}
 FUSABLE_METHODS = {"relu", "relu_"}
 MATMUL_METHODS = {"matmul", "bmm"}
@@ -62,9 +70,12 @@ LINEAR_MODULES = (nn.Linear,)
 BN_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 FUSABLE_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
 PASSTHROUGH_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Flatten, nn.Dropout, nn.Identity)
+AVERAGING_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+INTEGER_CONSUMERS = ("conv", "conv_transpose", "linear", "matmul")
 
 # op kinds a recipe can name
-WEIGHTED_KINDS = ("conv", "conv_transpose", "linear")
+WEIGHTED_KINDS = ("conv", "conv_transpose", "linear", "embedding")
+WEIGHT_ONLY_KINDS = ("embedding",)  # a table lookup: the weight is quantized, its output is not
 ACTIVATION_KINDS = ("matmul", "add")
 KINDS = WEIGHTED_KINDS + ACTIVATION_KINDS
 
@@ -79,6 +90,21 @@ class OpInfo:
     bias: fx.Node | None = None
     activations: list[fx.Node] = field(default_factory=list)
     weight_channel_axis: int = 0
+
+
+MODULE_TYPES_KEY = "qgraph.module_types"  # GraphModule.meta: module path -> type in the user's model (set by capture)
+
+
+def owner_type(gm: fx.GraphModule, path: str) -> type | None:
+    """The type of the user's module at ``path``. A captured graph keeps only bare ``nn.Module``
+    holders for attributes it reads, so capture records the original types."""
+    types = gm.meta.get(MODULE_TYPES_KEY) or {}
+    if path in types:
+        return types[path]
+    try:
+        return type(gm.get_submodule(path)) if path else None
+    except AttributeError:
+        return None
 
 
 def _target_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
@@ -144,6 +170,37 @@ def is_passthrough(gm: fx.GraphModule, node: fx.Node) -> bool:
     return isinstance(_target_module(gm, node), PASSTHROUGH_MODULES)
 
 
+def _is_averaging(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op == "call_function":
+        return node.target in AVERAGING
+    if node.op == "call_method":
+        return node.target in AVERAGING_METHODS
+    return isinstance(_target_module(gm, node), AVERAGING_MODULES)
+
+
+def reaches_integer_op(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node``'s value reaches an activation input of a conv, linear or matmul through ops
+    that ONNX Runtime can keep in integers (reshapes, max/average pooling, concat, ReLU, other adds).
+
+    A residual add whose sum only feeds float ops (the LayerNorm of a transformer's residual
+    stream) gains no integer kernel from being quantized, and its per-tensor grid, stretched by the
+    stream's largest channels, wipes out the small branch it adds.
+    """
+    seen, stack = set(), [node]
+    while stack:
+        n = stack.pop()
+        for u in n.users:
+            if u in seen:
+                continue
+            seen.add(u)
+            info = classify(gm, u)
+            if info is not None and info.kind in INTEGER_CONSUMERS and n in info.activations:
+                return True
+            if (info is not None and info.kind == "add") or is_passthrough(gm, u) or is_fusable_activation(gm, u) or _is_averaging(gm, u):
+                stack.append(u)
+    return False
+
+
 def is_batch_norm(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == "call_function":
         return node.target in BATCH_NORM
@@ -171,9 +228,18 @@ def classify(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
             a, b = node.args[0], node.args[1]
             if isinstance(a, fx.Node) and isinstance(b, fx.Node):
                 return OpInfo("matmul", module_path(node), activations=[a, b])
+        if t in SDPA:
+            return _sdpa_info(node)
+        if t in EMBEDDING:
+            w, ids = (node.args[0], node.args[1]) if t is not F.embedding else (_arg(node, 1, "weight"), node.args[0])
+            if isinstance(w, fx.Node) and isinstance(ids, fx.Node) and _embedding_plain(node, t):
+                return OpInfo("embedding", _weight_path(w) or module_path(node), w, None, [], 0)
+            return None
         if t in ADD:
             return _add_info(node)
         return None
+    if node.op == "get_attr":
+        return _opaque_weight_info(gm, node)
     if node.op == "call_method":
         if node.target in MATMUL_METHODS and len(node.args) >= 2:
             a, b = node.args[0], node.args[1]
@@ -188,10 +254,45 @@ def classify(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
     x = node.args[0] if node.args else None
     if not isinstance(x, fx.Node):
         return None
+    if isinstance(mod, nn.MultiheadAttention):  # one the canonicalize pass could not rewrite: weight-only, wrapped
+        return OpInfo("linear", str(node.target), None, None, [], 0)
     if isinstance(mod, CONV_MODULES + CONV_TRANSPOSE_MODULES + LINEAR_MODULES):
         kind = "linear" if isinstance(mod, nn.Linear) else "conv_transpose" if isinstance(mod, CONV_TRANSPOSE_MODULES) else "conv"
         return OpInfo(kind, str(node.target), None, None, [x], 1 if kind == "conv_transpose" else 0)
     return None
+
+
+def _opaque_weight_info(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
+    """The weight of a Conv/Linear module read directly by calls qgraph does not know (a function
+    wrapped with ``torch.fx.wrap`` such as torchvision's ``shifted_window_attention``): quantized
+    weight-only, on its ``get_attr``, so that every reader sees the quantized weight."""
+    owner, _, attr = str(node.target).rpartition(".")
+    if attr != "weight" or not node.users:
+        return None
+    mod = owner_type(gm, owner)
+    if mod is None or not issubclass(mod, CONV_MODULES + CONV_TRANSPOSE_MODULES + LINEAR_MODULES):
+        return None
+    for user in node.users:
+        info = classify(gm, user)
+        if info is not None and (info.weight is node or node in info.activations):
+            return None  # read by an op qgraph quantizes: that op owns the weight
+    kind = "linear" if issubclass(mod, nn.Linear) else "conv_transpose" if issubclass(mod, CONV_TRANSPOSE_MODULES) else "conv"
+    return OpInfo(kind, owner, node, None, [], 1 if kind == "conv_transpose" else 0)
+
+
+def _sdpa_info(node: fx.Node) -> OpInfo | None:
+    """Attention as the matmuls it is: q, k and v are quantized like matmul inputs (the mask is not)."""
+    qkv = list(node.args[:3])
+    if len(qkv) < 3 or not all(isinstance(a, fx.Node) and _is_float_tensor(a) for a in qkv):
+        return None
+    return OpInfo("matmul", module_path(node), activations=list(dict.fromkeys(qkv)))
+
+
+def _embedding_plain(node: fx.Node, target) -> bool:
+    """A lookup with no max_norm (which would rewrite the table in place)."""
+    if target is F.embedding:
+        return _arg(node, 3, "max_norm") is None
+    return True
 
 
 def _add_info(node: fx.Node) -> OpInfo | None:

@@ -16,10 +16,11 @@ from dataclasses import dataclass, replace
 
 from qgraph.errors import RecipeError
 from qgraph.granularity import PerChannel, PerGroup, PerTensor
-from qgraph.ops import KINDS, WEIGHTED_KINDS
+from qgraph.ops import KINDS, WEIGHT_ONLY_KINDS, WEIGHTED_KINDS
 from qgraph.qspec import QSpec
 
 _UNSET = object()
+DEFAULT_KINDS = ("conv", "conv_transpose", "linear", "matmul", "add")
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Override:
     """Refine a recipe for matching ops.
 
     Match by ``name`` (a glob on the module path, e.g. ``"layer4.*"``), ``regex`` (``re.search`` on
-    the module path), ``op`` (an op kind: conv, conv_transpose, linear, matmul, add) or
+    the module path), ``op`` (an op kind: conv, conv_transpose, linear, embedding, matmul, add) or
     ``module_type`` (a class or its name, e.g. ``"Linear"``); all given criteria must match.
     Then ``skip=True`` keeps the op float, or ``weight`` / ``activation`` replace the specs
     (``None`` disables that quantizer).
@@ -85,7 +86,7 @@ class Recipe:
     name: str
     weight: QSpec | None
     activation: QSpec | None
-    kinds: tuple[str, ...] = ("conv", "conv_transpose", "linear", "matmul", "add")
+    kinds: tuple[str, ...] = ("conv", "conv_transpose", "linear", "matmul", "add")  # DEFAULT_KINDS
     overrides: tuple[Override, ...] = ()
     description: str = ""
 
@@ -105,7 +106,7 @@ class Recipe:
             weight, act = None, None
         else:
             weight = self.weight if weighted else None
-            act = self.activation
+            act = self.activation if kind not in WEIGHT_ONLY_KINDS else None
         for o in self.overrides:
             if not o.matches(path, kind, module_type):
                 continue
@@ -214,8 +215,9 @@ def _activation(bits: int = 8, observer: str = "minmax") -> QSpec:
 
 @register_recipe("w8a8")
 def w8a8(observer: str = "minmax") -> Recipe:
-    """int8 symmetric per-channel weights, uint8 asymmetric per-tensor activations (ONNX Runtime's integer kernels)."""
-    return Recipe("w8a8", _weight(8), _activation(8, observer), description=w8a8.__doc__)
+    """int8 symmetric per-channel weights, uint8 asymmetric per-tensor activations (ONNX Runtime's integer kernels);
+    embedding tables int8 per row (weight-only)."""
+    return Recipe("w8a8", _weight(8), _activation(8, observer), kinds=(*DEFAULT_KINDS, "embedding"), description=w8a8.__doc__)
 
 
 @register_recipe("w4a8")

@@ -1,8 +1,12 @@
-"""QuantizedModule: a Conv/Linear with its quantizers, for layers that stay modules.
+"""Quantized wrappers for layers that stay modules.
 
-Layers inside auto-leaves (submodules fx could not trace) are quantized by swapping the module for
-this wrapper: the input goes through ``input_quantizer``, the weight through ``weight_quantizer``,
-and the original module's own functional forward is reused.
+* :class:`QuantizedModule`: a Conv/Linear with its quantizers. Layers inside auto-leaves (submodules
+  fx could not trace) are quantized by swapping the module for this wrapper: the input goes through
+  ``input_quantizer``, the weight through ``weight_quantizer``, and the original module's own
+  functional forward is reused.
+* :class:`QuantizedMultiheadAttention`: an ``nn.MultiheadAttention`` whose projection weights are
+  fake-quantized (weight-only) before ``F.multi_head_attention_forward``, for the attention layers
+  the canonicalize pass cannot rewrite into graph ops (cross-attention, masks, inside auto-leaves).
 """
 
 from __future__ import annotations
@@ -44,3 +48,55 @@ class QuantizedModule(nn.Module):
         if self.output_quantizer is not None:
             y = self.output_quantizer(y)
         return y
+
+
+class QuantizedMultiheadAttention(nn.Module):
+    """``nn.MultiheadAttention`` with weight quantizers on its input and output projections.
+
+    ``weight_quantizers`` maps a weight name (``in_proj_weight`` or ``q_proj_weight`` /
+    ``k_proj_weight`` / ``v_proj_weight``, and ``out_proj.weight``) to its quantizer; the attention
+    itself runs as ``nn.MultiheadAttention.forward`` does outside its fused fast path.
+    """
+
+    def __init__(self, module: nn.MultiheadAttention, weight_quantizers: dict[str, FakeQuantize]) -> None:
+        super().__init__()
+        if not isinstance(module, nn.MultiheadAttention):
+            raise TypeError(f"cannot wrap {type(module).__name__}")
+        self.module = module
+        self.weight_quantizers = nn.ModuleDict({k.replace(".", "_"): q for k, q in weight_quantizers.items()})
+
+    def _w(self, name: str):
+        w = self.module.get_parameter(name) if name != "out_proj.weight" else self.module.out_proj.weight
+        q = self.weight_quantizers[name.replace(".", "_")] if name.replace(".", "_") in self.weight_quantizers else None
+        return q(w) if q is not None and w is not None else w
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights: bool = True, attn_mask=None,
+                average_attn_weights: bool = True, is_causal: bool = False):
+        m = self.module
+        batched = query.dim() == 3
+        key_padding_mask = F._canonical_mask(mask=key_padding_mask, mask_name="key_padding_mask",
+                                             other_type=F._none_or_dtype(attn_mask), other_name="attn_mask", target_type=query.dtype)
+        attn_mask = F._canonical_mask(mask=attn_mask, mask_name="attn_mask", other_type=None, other_name="",
+                                      target_type=query.dtype, check_other=False)
+        if m.batch_first and batched:
+            query, key, value = (t.transpose(1, 0) for t in (query, key, value))
+        separate = not m._qkv_same_embed_dim
+        out, weights = F.multi_head_attention_forward(
+            query, key, value, m.embed_dim, m.num_heads,
+            None if separate else self._w("in_proj_weight"), m.in_proj_bias, m.bias_k, m.bias_v, m.add_zero_attn, m.dropout,
+            self._w("out_proj.weight"), m.out_proj.bias, training=self.training, key_padding_mask=key_padding_mask,
+            need_weights=need_weights, attn_mask=attn_mask, use_separate_proj_weight=separate,
+            q_proj_weight=self._w("q_proj_weight") if separate else None,
+            k_proj_weight=self._w("k_proj_weight") if separate else None,
+            v_proj_weight=self._w("v_proj_weight") if separate else None,
+            average_attn_weights=average_attn_weights, is_causal=is_causal,
+        )
+        if m.batch_first and batched:
+            out = out.transpose(1, 0)
+        return out, weights
+
+
+def mha_weight_names(module: nn.MultiheadAttention) -> list[str]:
+    """The projection weights of an attention layer, in the names QuantizedMultiheadAttention uses."""
+    proj = ["in_proj_weight"] if module._qkv_same_embed_dim else ["q_proj_weight", "k_proj_weight", "v_proj_weight"]
+    return proj + ["out_proj.weight"]

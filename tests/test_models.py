@@ -40,8 +40,9 @@ def _hf(name: str):
 
 
 def _weighted_layers(model: nn.Module) -> int:
-    """Conv / Linear layers (and GPT-2's Conv1D, a transposed linear)."""
-    return sum(isinstance(m, (nn.Conv2d, nn.Linear)) or type(m).__name__ == "Conv1D" for m in model.modules())
+    """Conv / Linear layers (and GPT-2's Conv1D, a transposed linear), and embedding tables (w8a8
+    quantizes them weight-only, per row)."""
+    return sum(isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)) or type(m).__name__ == "Conv1D" for m in model.modules())
 
 
 def _first_tensor(out) -> torch.Tensor:
@@ -71,7 +72,7 @@ def test_zoo_model_quantizes_and_exports(name, tmp_path):
     qm = qgraph.quantize(model, x, "w8a8")
     assert qm.qgraph.capture.route == route
     weight_q = [q for q in qm.quantizers().values() if q.role == "weight"]
-    assert len(weight_q) == _weighted_layers(model), "every conv / linear layer gets a weight quantizer"
+    assert len(weight_q) == _weighted_layers(model), "every conv / linear / embedding layer gets a weight quantizer"
     assert all(q.initialized and q.spec.bits == 8 for q in qm.quantizers().values())
     assert any(q.role == "activation" for q in qm.quantizers().values())
     with torch.no_grad():

@@ -1,0 +1,325 @@
+"""The model zoo of ``benchmarks/zoo.py``: every model built in code with random weights (no download).
+
+Families: all torchvision classification models, torchvision segmentation and video models that need
+no compiled torchvision ops, small timm members (when timm is installed), Hugging Face transformers
+from small random configs, and a few models written here that exercise what the others lack
+(transposed / grouped / depthwise convs, concat, an ``nn.MultiheadAttention`` encoder, a block with
+Python control flow on tensor values that no tracer can capture whole).
+
+``zoo()`` returns :class:`Entry` objects by name; ``Entry.build()`` gives ``(model, make_input)``
+where ``make_input(seed)`` makes one batch of ``BATCH`` random inputs (a tuple of tensors).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+BATCH = 8
+SMALL = 64  # convnet input side; the smallest size that every torchvision convnet runs at (inception: 96)
+# Classifier heads have 10 classes: with random weights a 1000-way head puts the top two logits of
+# most inputs within a few percent of each other (median gap 0.1 of the logits' spread on a random
+# ViT), so top-1 flips under any perturbation, even weight-only int8; with 10 classes the median
+# gap is about one spread and top-1 agreement measures the quantization.
+CLASSES = 10
+
+
+def _ready(model: nn.Module) -> nn.Module:
+    """Eval mode, and layers initialised to all zeros (torchvision's ViT head: its random-weight
+    logits would be 0 for every input) re-initialised with PyTorch's default."""
+    torch.manual_seed(1)
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and isinstance(w, torch.Tensor) and not w.any():
+            m.reset_parameters()
+    return model.eval()
+
+
+@dataclass
+class Entry:
+    name: str
+    family: str  # torchvision, tv-seg, tv-video, timm, hf, custom
+    build: Callable[[], tuple[nn.Module, Callable[[int], tuple]]]
+    task: str = "cls"  # cls: logits on the last dim; seg: classes on dim 1; lm: next-token logits; features
+    input_desc: str = ""
+    quick: bool = False  # in the --quick subset
+    note: str = ""
+    huge: bool = False  # over 250M parameters: only with --huge (memory, and a quarter of the run time)
+
+
+def _images(side: int, channels: int = 3, frames: int | None = None) -> Callable[[int], tuple]:
+    def make(seed: int) -> tuple:
+        g = torch.Generator().manual_seed(seed)
+        shape = (BATCH, channels, frames, side, side) if frames else (BATCH, channels, side, side)
+        return (torch.randn(*shape, generator=g),)
+    return make
+
+
+def _tokens(vocab: int, length: int = 16) -> Callable[[int], tuple]:
+    def make(seed: int) -> tuple:
+        g = torch.Generator().manual_seed(seed)
+        return (torch.randint(0, vocab, (BATCH, length), generator=g),)
+    return make
+
+
+# ---------------------------------------------------------------------------------------------- torchvision
+def _tv_side(name: str) -> int:
+    if name.startswith("maxvit"):
+        return 224  # window/grid partition needs every stage divisible by 7
+    if name == "inception_v3":
+        return 96  # its stem needs at least 75x75
+    if name == "vit_h_14":
+        return 56
+    return SMALL
+
+
+def _tv_classifier(name: str):
+    import torchvision
+
+    def build():
+        torch.manual_seed(0)
+        kw = {"image_size": _tv_side(name)} if name.startswith("vit_") else {}
+        if name in ("googlenet", "inception_v3"):
+            kw["init_weights"] = True
+        return _ready(getattr(torchvision.models, name)(weights=None, num_classes=CLASSES, **kw)), _images(_tv_side(name))
+    return build
+
+
+def _tv_other(module: str, name: str, frames: int | None = None, side: int = SMALL):
+    def build():
+        import torchvision
+
+        torch.manual_seed(0)
+        kw = {"weights_backbone": None, "num_classes": 21} if module == "segmentation" else {"num_classes": CLASSES}
+        model = _ready(getattr(getattr(torchvision.models, module), name)(weights=None, **kw))
+        return model, _images(side, frames=frames)
+    return build
+
+
+HUGE = {"vit_h_14", "vit_l_16", "vit_l_32", "regnet_y_128gf"}
+
+
+def torchvision_entries() -> list[Entry]:
+    import torchvision
+
+    quick = {"resnet18", "mobilenet_v3_small", "efficientnet_b0", "vit_b_32", "swin_t", "convnext_tiny", "regnet_x_400mf",
+             "shufflenet_v2_x0_5", "densenet121", "squeezenet1_1", "googlenet", "mnasnet0_5", "alexnet"}
+    out = []
+    for name in torchvision.models.list_models(module=torchvision.models):
+        side = _tv_side(name)
+        note = f"image_size={side}" if name.startswith("vit_") else ""
+        out.append(Entry(name, "torchvision", _tv_classifier(name), "cls", f"{BATCH}x3x{side}x{side}", name in quick, note,
+                         huge=name in HUGE))
+    seg = [("fcn_resnet50", False), ("deeplabv3_mobilenet_v3_large", True), ("lraspp_mobilenet_v3_large", False)]
+    for name, q in seg:
+        out.append(Entry(name, "tv-seg", _tv_other("segmentation", name), "seg", f"{BATCH}x3x{SMALL}x{SMALL}", q))
+    for name, q in [("r3d_18", True), ("r2plus1d_18", False)]:
+        out.append(Entry(name, "tv-video", _tv_other("video", name, frames=4, side=32), "cls", f"{BATCH}x3x4x32x32", q))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- timm
+TIMM = [  # (name, input side, in --quick)
+    ("resnet18", SMALL, False), ("efficientnet_b0", SMALL, False), ("mobilenetv3_small_100", SMALL, True),
+    ("convnext_atto", SMALL, False), ("regnetx_002", SMALL, False), ("vit_tiny_patch16_224", 224, True),
+    ("deit_tiny_distilled_patch16_224", 224, False), ("swin_tiny_patch4_window7_224", 224, False), ("maxvit_pico_rw_256", 256, False),
+]
+
+
+def _timm(name: str, side: int):
+    def build():
+        import timm
+
+        torch.manual_seed(0)
+        return _ready(timm.create_model(name, pretrained=False, num_classes=CLASSES)), _images(side)
+    return build
+
+
+def timm_entries() -> list[Entry]:
+    if importlib.util.find_spec("timm") is None:
+        return []
+    return [Entry(f"timm/{n}", "timm", _timm(n, s), "cls", f"{BATCH}x3x{s}x{s}", q) for n, s, q in TIMM]
+
+
+# ---------------------------------------------------------------------------------------------- Hugging Face
+class _FirstOutput(nn.Module):
+    """Positional-tensor forward for a Hugging Face model (``input_ids`` or ``pixel_values``...)."""
+
+    def __init__(self, model: nn.Module, arg: str) -> None:
+        super().__init__()
+        self.model, self.arg = model, arg
+
+    def forward(self, x):
+        out = self.model(**{self.arg: x})
+        return out[0] if isinstance(out, tuple) else out.logits if hasattr(out, "logits") and out.logits is not None else out.last_hidden_state
+
+
+def _hf(kind: str):
+    def build():
+        import transformers as tf
+
+        torch.manual_seed(0)
+        vocab, small = 128, {"vocab_size": 128}
+        if kind == "bert":  # no pooler: the wrapper returns the hidden states only
+            m = tf.BertModel(tf.BertConfig(**small, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                           max_position_embeddings=32), add_pooling_layer=False)
+        elif kind == "roberta":
+            m = tf.RobertaModel(tf.RobertaConfig(**small, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                                 max_position_embeddings=40, pad_token_id=1), add_pooling_layer=False)
+        elif kind == "gpt2":
+            m = tf.GPT2LMHeadModel(tf.GPT2Config(**small, n_embd=64, n_layer=2, n_head=4, n_positions=32, bos_token_id=0, eos_token_id=0,
+                                                 use_cache=False))
+        elif kind in ("llama", "mistral", "qwen2"):
+            cls = {"llama": (tf.LlamaConfig, tf.LlamaForCausalLM), "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
+                   "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM)}[kind]
+            m = cls[1](cls[0](**small, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                              intermediate_size=128, max_position_embeddings=32, use_cache=False))
+        elif kind == "t5_encoder":
+            m = tf.T5EncoderModel(tf.T5Config(**small, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4))
+        elif kind == "vit":
+            m = tf.ViTForImageClassification(tf.ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2,
+                                                          num_attention_heads=4, intermediate_size=128, num_labels=10))
+            return _FirstOutput(m.eval(), "pixel_values").eval(), _images(32)
+        elif kind == "whisper_encoder":
+            cfg = tf.WhisperConfig(**small, d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128, decoder_layers=1,
+                                   decoder_attention_heads=4, decoder_ffn_dim=128, num_mel_bins=16, max_source_positions=16,
+                                   pad_token_id=1, bos_token_id=0, eos_token_id=0, decoder_start_token_id=0)
+            m = tf.WhisperModel(cfg).get_encoder()
+
+            def mel(seed: int) -> tuple:
+                return (torch.randn(BATCH, 16, 32, generator=torch.Generator().manual_seed(seed)),)
+            return _FirstOutput(m.eval(), "input_features").eval(), mel
+        else:
+            raise KeyError(kind)
+        return _FirstOutput(m.eval(), "input_ids").eval(), _tokens(vocab)
+    return build
+
+
+HF = [  # (kind, task, in --quick)
+    ("bert", "features", True), ("roberta", "features", False), ("gpt2", "lm", True), ("llama", "lm", True), ("mistral", "lm", False),
+    ("qwen2", "lm", False), ("t5_encoder", "features", False), ("vit", "cls", False), ("whisper_encoder", "features", False),
+]
+
+
+def hf_entries() -> list[Entry]:
+    if importlib.util.find_spec("transformers") is None:
+        return []
+    desc = {"vit": f"{BATCH}x3x32x32", "whisper_encoder": f"{BATCH}x16x32 mel"}
+    return [Entry(f"hf/{k}", "hf", _hf(k), t, desc.get(k, f"{BATCH}x16 token ids"), q) for k, t, q in HF]
+
+
+# ---------------------------------------------------------------------------------------------- written here
+class UNetish(nn.Module):
+    """Encoder-decoder with depthwise, grouped and transposed convs, concat skips, avg/max pooling, SiLU/GELU."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.SiLU())
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU())
+        self.down = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1, groups=4), nn.GELU())
+        self.up = nn.ConvTranspose2d(32, 16, 2, stride=2)
+        self.fuse = nn.Conv2d(32, 16, 1)
+        self.pool = nn.AvgPool2d(2)
+        self.head = nn.Linear(16, classes)
+
+    def forward(self, x):
+        a = self.dw(self.stem(x))
+        b = self.up(self.down(a))
+        y = self.pool(torch.relu(self.fuse(torch.cat([a, b], dim=1))))
+        return self.head(y.mean((2, 3)))
+
+
+class MHAEncoder(nn.Module):
+    """A pre-norm transformer encoder on ``nn.MultiheadAttention`` (need_weights left at its default)."""
+
+    def __init__(self, dim: int = 64, heads: int = 4, classes: int = 10) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, 8, stride=8)
+        self.blocks = nn.ModuleList(nn.ModuleDict({
+            "ln1": nn.LayerNorm(dim), "attn": nn.MultiheadAttention(dim, heads, batch_first=True),
+            "ln2": nn.LayerNorm(dim), "mlp": nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)),
+        }) for _ in range(2))
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        for b in self.blocks:
+            h = b["ln1"](x)
+            x = x + b["attn"](h, h, h)[0]
+            x = x + b["mlp"](b["ln2"](x))
+        return self.head(x.mean(1))
+
+
+class Gate(nn.Module):
+    """Python control flow on a shape: fx cannot trace it (it stays a leaf); torch.export can."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+        self.attn = nn.MultiheadAttention(dim // 4, 2, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x):
+        if x.shape[-1] % 4 == 0:  # shape-dependent branch
+            t = self.proj(x).unflatten(-1, (4, -1))
+            return self.norm(x + self.attn(t, t, t)[0].flatten(1))
+        return self.proj(x)
+
+
+class ControlFlowNet(nn.Module):
+    def __init__(self, dim: int = 32, classes: int = 10) -> None:
+        super().__init__()
+        self.inp = nn.Linear(3 * 8 * 8, dim)
+        self.gate = Gate(dim)
+        self.out = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.gate(torch.relu(self.inp(x.flatten(1))))))
+
+
+def _custom(cls, side: int):
+    def build():
+        torch.manual_seed(0)
+        return _ready(cls()), _images(side)
+    return build
+
+
+def custom_entries() -> list[Entry]:
+    return [
+        Entry("custom/unetish", "custom", _custom(UNetish, 32), "cls", f"{BATCH}x3x32x32", True, "depthwise/grouped/transposed conv, concat"),
+        Entry("custom/mha_encoder", "custom", _custom(MHAEncoder, 32), "cls", f"{BATCH}x3x32x32", True, "nn.MultiheadAttention"),
+        Entry("custom/control_flow", "custom", _custom(ControlFlowNet, 8), "cls", f"{BATCH}x3x8x8", True, "data-dependent branch -> leaf"),
+    ]
+
+
+def zoo() -> dict[str, Entry]:
+    entries = torchvision_entries() + timm_entries() + hf_entries() + custom_entries()
+    return {e.name: e for e in entries}
+
+
+def weight_kinds(model: nn.Module) -> list[set[str]]:
+    """The op kinds that read each distinct weight tensor of a quantizable layer (a tied weight, e.g. an
+    embedding table reused by the LM head, is one entry with both kinds)."""
+    from torch.nn.modules.conv import _ConvNd
+
+    kinds: dict[int, set[str]] = {}
+
+    def add(kind: str, w) -> None:
+        if isinstance(w, torch.Tensor):
+            kinds.setdefault(id(w), set()).add(kind)
+
+    for m in model.modules():
+        if isinstance(m, _ConvNd):
+            add("conv_transpose" if m.transposed else "conv", m.weight)
+        elif isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D":
+            add("linear", m.weight)
+        elif isinstance(m, nn.MultiheadAttention):
+            for w in ((m.in_proj_weight,) if m._qkv_same_embed_dim else (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)):
+                add("linear", w)
+        elif isinstance(m, nn.Embedding):
+            add("embedding", m.weight)
+    return list(kinds.values())

@@ -1,0 +1,266 @@
+"""One zoo model in its own process: qgraph per recipe, then the peers; writes one JSON row.
+
+    python -m benchmarks.zoo_worker NAME --recipes w8a8,w4a16 --out-dir DIR --result FILE [--no-peers]
+
+The row is rewritten after every step, so a model that times out in a later step keeps what it did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import sys
+import time
+import traceback
+import warnings
+
+import torch
+from torch.utils import _pytree as pytree
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.append(ROOT)
+
+
+DRIFT_FACTOR = 2.0  # export tolerance: at least this many times the model's own float-noise divergence
+EVAL_BATCHES = 4  # held-out batches of 8 for the float-vs-quantized comparison (32 inputs)
+
+
+def first_tensor(out) -> torch.Tensor:
+    return next(t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)).detach().float()
+
+
+def _classes(y: torch.Tensor, task: str) -> torch.Tensor | None:
+    if task == "features" or y.dim() < 2:
+        return None
+    return y.argmax(1) if task == "seg" else y.reshape(-1, y.shape[-1]).argmax(-1)
+
+
+def fidelity(ref: torch.Tensor, got: torch.Tensor, task: str) -> dict:
+    from qgraph.summary import sqnr_db
+
+    if ref.shape != got.shape:
+        return {"error": f"output shape {tuple(got.shape)} differs from the float model's {tuple(ref.shape)}"}
+    a, b = _classes(ref, task), _classes(got, task)
+    varying = ref - ref.mean(0, keepdim=True)  # the part of the float output that depends on the input
+    return {"sqnr_db": sqnr_db(ref, got), "sqnr_varying_db": sqnr_db(varying, varying + (got - ref)),
+            "top1": None if a is None else float((a == b).float().mean())}
+
+
+def float_info(ref: torch.Tensor, task: str) -> dict:
+    """How much the float outputs depend on the input, and how many classes its top-1 covers."""
+    from benchmarks.zoo import SENSITIVITY_MIN
+
+    sens = float((ref - ref.mean(0, keepdim=True)).norm() / ref.norm().clamp_min(1e-30))
+    cls = _classes(ref, task)
+    return {"sensitivity": sens, "classes": None if cls is None else int(cls.unique().numel()),
+            "degenerate": task != "features" and sens < SENSITIVITY_MIN}
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300] if text else ''}"
+
+
+def run_qgraph(model, entry, recipe: str, x: tuple, calib: list, xe: list, ref, out_dir: str) -> dict:
+    from qgraph.backends import ort as ort_backend
+
+    import qgraph
+    from benchmarks.zoo_models import weight_kinds
+    from qgraph.errors import ExportMismatchError
+    from qgraph.meta import ANNOTATION_KEY
+    from qgraph.recipes import get_recipe
+
+    t0 = time.perf_counter()
+    kinds = set(get_recipe(recipe).kinds)
+    r: dict = {"weights_total": sum(bool(k & kinds) for k in weight_kinds(model))}
+    qm = qgraph.quantize(model, x, recipe, calib_data=calib)
+    cap = qm.qgraph.capture
+    r.update(route=cap.route, leaves=len(cap.leaves), leaf_reasons=cap.leaves, notes=cap.notes,
+             weights_quantized=sum(q.role == "weight" for q in qm.quantizers().values()),
+             ops=sum(ANNOTATION_KEY in n.meta for n in qm.qgraph.graph.nodes), quantize_s=time.perf_counter() - t0)
+    with torch.no_grad():
+        r.update(fidelity(ref, torch.cat([first_tensor(qm(*b)) for b in xe]), entry.task))
+    path = os.path.join(out_dir, f"{entry.name.replace('/', '__')}_{recipe}")
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        default_tol = qm._default_tolerance(qm(*x))
+    r["drift"] = drift = self_divergence(qm, x)
+    r["default_tolerance"] = default_tol
+    try:
+        res = qm.export(path, formats=("onnx",), tolerance=max(default_tol, DRIFT_FACTOR * drift), dynamic_batch=False)
+        r.update(export_ok=True, ort_max_err=res.max_abs_error, tolerance=res.tolerance, onnx_bytes=res.onnx_bytes,
+                 default_ok=res.max_abs_error <= default_tol)
+    except ExportMismatchError as e:
+        r.update(export_ok=False, export_error=_short(e))
+        try:
+            with torch.no_grad():
+                expected = qm(*x)
+            agreement = ort_backend.compare(expected, ort_backend.run(ort_backend.session(path + ".onnx", matmulnbits_accuracy_level=0), x))
+            r.update(ort_max_err=agreement.max_abs_error, tolerance=qm._default_tolerance(expected))
+        except Exception as e2:  # noqa: BLE001 - the numbers are a courtesy
+            r["export_error"] += f" (re-check failed: {_short(e2)})"
+    except Exception as e:  # noqa: BLE001
+        r.update(export_ok=False, export_error=_short(e))
+    r["export_s"] = time.perf_counter() - t1
+    r["seconds"] = time.perf_counter() - t0
+    return r
+
+
+def self_divergence(qm, x: tuple, eps: float = 1e-6, trials: int = 2) -> float:
+    """How far the quantized model's outputs move when its float inputs move by float rounding noise
+    (relative ``eps``): the largest change over ``trials`` perturbations.
+
+    A deep quantized net is chaotic: a rounding that flips one step early (any two runtimes sum in
+    different orders) perturbs later grids and flips more, until the two runs differ by about the
+    quantization noise itself. ONNX Runtime can differ from qgraph by this much however exactly both
+    implement the same quantized graph. 0 for models without float inputs (token ids).
+    """
+    from torch.utils import _pytree as pytree
+
+    if not any(isinstance(a, torch.Tensor) and a.is_floating_point() for a in x):
+        return 0.0
+    g = torch.Generator().manual_seed(0)
+    worst = 0.0
+    with torch.no_grad():
+        ref = [t for t in pytree.tree_leaves(qm(*x)) if isinstance(t, torch.Tensor)]
+        for _ in range(trials):
+            moved = tuple(a * (1 + eps * torch.randn(a.shape, generator=g)) if a.is_floating_point() else a for a in x)
+            got = [t for t in pytree.tree_leaves(qm(*moved)) if isinstance(t, torch.Tensor)]
+            worst = max([worst] + [float((a.float() - b.float()).abs().max()) for a, b in zip(ref, got) if a.numel()])
+    return worst
+
+
+def run_torch_ao(model, entry, x: tuple, calib: list, xe: list, ref, out_dir: str) -> dict:
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    t0 = time.perf_counter()
+    torch.backends.quantized.engine = "x86"
+    prepared = prepare_fx(copy.deepcopy(model), get_default_qconfig_mapping("x86"), x)
+    with torch.no_grad():
+        for b in calib:
+            prepared(*b)
+        converted = convert_fx(prepared)
+        r = fidelity(ref, torch.cat([first_tensor(converted(*b)) for b in xe]), entry.task)
+    r["quantize_s"] = time.perf_counter() - t0
+    try:
+        torch.onnx.export(converted, x, os.path.join(out_dir, f"{entry.name.replace('/', '__')}_torch_ao.onnx"), dynamo=True,
+                          opset_version=21, external_data=False, verbose=False)
+        r["export_ok"] = True
+    except Exception as e:  # noqa: BLE001
+        r.update(export_ok=False, export_error=_short(e))
+    r["seconds"] = time.perf_counter() - t0
+    return r
+
+
+class _Reader:
+    def __init__(self, names: list[str], batches: list[tuple]):
+        self._it = iter([{n: t.numpy() for n, t in zip(names, b)} for b in batches])
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def run_ort(model, entry, x: tuple, calib: list, xe: list, ref, out_dir: str) -> dict:
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    import qgraph
+
+    CalibrationDataReader.register(_Reader)
+    t0 = time.perf_counter()
+    base = os.path.join(out_dir, entry.name.replace("/", "__"))
+    qgraph.export_onnx(model, x, base + "_fp32.onnx", dynamic_batch=False)
+    r: dict = {"fp32_export_s": time.perf_counter() - t0}
+    t1 = time.perf_counter()
+    src = base + "_fp32.onnx"
+    try:
+        quant_pre_process(src, base + "_pre.onnx", skip_symbolic_shape=False)
+        src = base + "_pre.onnx"
+    except Exception as e:  # noqa: BLE001 - quantize the plain export instead
+        r["pre_process_error"] = _short(e)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.log_severity_level = 1, 3
+    names = [i.name for i in ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"]).get_inputs()]
+    quantize_static(src, base + "_ort_qs.onnx", _Reader(names, calib), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    r["quantize_s"] = time.perf_counter() - t1
+    r["export_ok"] = True  # its output is an ONNX file
+    sess = ort.InferenceSession(base + "_ort_qs.onnx", opts, providers=["CPUExecutionProvider"])
+    out = [torch.from_numpy(sess.run(None, {n: t.numpy() for n, t in zip(names, b)})[0]).float() for b in xe]
+    r.update(fidelity(ref, torch.cat(out), entry.task))
+    r["seconds"] = time.perf_counter() - t0
+    return r
+
+
+def run_model(name: str, recipes: str, out_dir: str, result: str, peers: bool) -> None:
+    from benchmarks.zoo_models import zoo
+
+    entry = zoo()[name]
+    row: dict = {"model": entry.name, "family": entry.family, "task": entry.task, "input": entry.input_desc, "note": entry.note, "qgraph": {}}
+
+    def save():
+        with open(result, "w") as f:
+            json.dump(row, f, indent=1, default=str)
+
+    def step(fn, *a):
+        try:
+            return fn(*a)
+        except Exception as e:  # noqa: BLE001 - one failure is one cell of the table
+            return {"error": _short(e), "traceback": traceback.format_exc()[-2000:]}
+
+    t0 = time.perf_counter()
+    try:
+        model, make = entry.build()
+        x, calib, xe = make(0), [make(1), make(2)], [make(3 + i) for i in range(EVAL_BATCHES)]
+        with torch.no_grad():
+            ref = torch.cat([first_tensor(model(*b)) for b in xe])
+    except Exception as e:  # noqa: BLE001
+        row["error"] = f"float model: {_short(e)}"
+        save()
+        return
+    row["fp"] = float_info(ref, entry.task)
+    row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
+    row["build_s"] = time.perf_counter() - t0
+    save()
+    for recipe in recipes.split(","):
+        row["qgraph"][recipe] = step(run_qgraph, model, entry, recipe, x, calib, xe, ref, out_dir)
+        save()
+    if peers:
+        row["torch_ao"] = step(run_torch_ao, model, entry, x, calib, xe, ref, out_dir)
+        save()
+        row["ort"] = step(run_ort, model, entry, x, calib, xe, ref, out_dir)
+        save()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("name", nargs="?")
+    ap.add_argument("--serve", action="store_true", help="read {name, result} JSON lines on stdin, run each")
+    ap.add_argument("--recipes", default="w8a8,w4a16")
+    ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--result")
+    ap.add_argument("--no-peers", action="store_true")
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    if not args.serve:
+        run_model(args.name, args.recipes, args.out_dir, args.result, not args.no_peers)
+        return 0
+    from benchmarks.zoo import DONE
+
+    for line in sys.stdin:
+        job = json.loads(line)
+        run_model(job["name"], args.recipes, args.out_dir, job["result"], not args.no_peers)
+        gc.collect()
+        print(f"{DONE} {job['name']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""A fast subset of the model zoo (``benchmarks/zoo.py``) plus the op coverage it relies on:
+``nn.MultiheadAttention`` (rewritten into graph ops, or wrapped), embeddings (int8 weight-only, per
+row), transformer residual streams kept float, and what stays float inside a leaf."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import qgraph
+from benchmarks import zoo as zoo_bench
+from benchmarks.zoo_worker import run_model
+from qgraph.wrappers import QuantizedMultiheadAttention
+
+SUBSET = ["custom/unetish", "custom/mha_encoder", "hf/bert"]
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    """Each subset model run once through the zoo benchmark (w8a8, no peers): name -> (row, dir)."""
+    out = {}
+    for name in SUBSET:
+        d = tmp_path_factory.mktemp(name.replace("/", "_"))
+        run_model(name, "w8a8", str(d), str(d / "row.json"), peers=False)
+        out[name] = (json.loads((d / "row.json").read_text()), d)
+    return out
+
+
+@pytest.mark.parametrize("name", SUBSET)
+def test_zoo_model_passes_and_every_weight_is_quantized(rows, name):
+    row, _ = rows[name]
+    ok, why = zoo_bench.passes(row, "qgraph")
+    assert ok, f"{name}: {why}"
+    r = row["qgraph"]["w8a8"]
+    assert r["export_ok"] and r["ort_max_err"] <= r["tolerance"]
+    assert r["weights_quantized"] == r["weights_total"] > 0, r
+
+
+def test_embedding_tables_are_int8_rows_gathered_after_dequantize(rows):
+    row, d = rows["hf/bert"]
+    assert row["qgraph"]["w8a8"]["route"] == "torch.export"
+    m = onnx.load(str(d / "hf__bert_w8a8.onnx"))
+    producer = {o: n for n in m.graph.node for o in n.output}
+    gathers = [n for n in m.graph.node if n.op_type == "Gather" and producer.get(n.input[0]) is not None
+               and producer[n.input[0]].op_type == "DequantizeLinear"]
+    assert len(gathers) >= 2  # word and position embeddings (token types too)
+    inits = {t.name: t for t in m.graph.initializer}
+    tables = [inits[producer[g.input[0]].input[0]] for g in gathers if producer[g.input[0]].input[0] in inits]
+    assert tables and all(t.data_type == onnx.TensorProto.INT8 for t in tables)
+
+
+def _mha_block():
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ln = nn.LayerNorm(32)
+            self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+            self.ln2 = nn.LayerNorm(32)
+            self.fc = nn.Linear(32, 32)
+
+        def forward(self, x):  # a pre-norm block: the residual stream feeds only LayerNorms and adds
+            h = self.ln(x)
+            x = x + self.attn(h, h, h)[0]
+            return x + self.fc(self.ln2(x))
+
+    torch.manual_seed(0)
+    return Block().eval(), torch.randn(4, 6, 32)
+
+
+def test_self_attention_becomes_linears_and_sdpa_and_residual_adds_stay_float():
+    model, x = _mha_block()
+    qm = qgraph.quantize(model, x, "w8a8")
+    ops = {(r["op"], r["module"]) for r in qm.summary_rows()}
+    assert ("linear", "attn") in ops and ("linear", "attn.out_proj") in ops  # in_proj_weight, out_proj.weight
+    assert ("matmul", "attn") in ops  # scaled_dot_product_attention: q, k, v quantized
+    assert not any(op == "add" for op, _ in ops)  # the residual stream only feeds LayerNorm / the output
+    assert any(c.action == "kept float" and "add" in c.detail for c in qm.changes)
+    with torch.no_grad():
+        err = (qm(x) - model(x)).abs().max().item()
+    assert 0 < err < 0.05
+
+
+def test_cross_attention_is_wrapped_with_weight_quantizers(tmp_path):
+    class Cross(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(32, 4)
+            self.fc = nn.Linear(32, 8)
+
+        def forward(self, q, kv):
+            return self.fc(self.attn(q, kv, kv)[0])
+
+    torch.manual_seed(0)
+    model, args = Cross().eval(), (torch.randn(5, 2, 32), torch.randn(7, 2, 32))
+    qm = qgraph.quantize(model, args, "w8a8")
+    assert isinstance(qm.qgraph.get_submodule("attn"), QuantizedMultiheadAttention)
+    wq = [q for q in qm.quantizers().values() if q.role == "weight"]
+    assert len(wq) == 3 and all(q.initialized for q in wq)
+    res = qm.export(str(tmp_path / "cross"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
+
+
+class _ValueGate(nn.Module):
+    """Control flow on a tensor value: no tracer captures it whole, so it stays a leaf."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(16, 16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.norm = nn.LayerNorm(16)
+
+    def forward(self, x):
+        if x.abs().sum() > 0:  # true for the data here; no tracer can know that
+            t = self.proj(x).unsqueeze(1)
+            return self.norm(x + self.attn(t, t, t)[0].squeeze(1))
+        return self.proj(x)
+
+
+class _ValueNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(8, 16)
+        self.gate = _ValueGate()
+        self.out = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.out(self.gate(self.inp(x)))
+
+
+def test_leaf_report_names_what_stayed_float():
+    torch.manual_seed(0)
+    model, x = _ValueNet().eval(), torch.randn(6, 8)
+    qm = qgraph.quantize(model, x, "w8a8")
+    cap = qm.qgraph.capture
+    assert cap.route == "symbolic_trace" and list(cap.leaves) == ["gate"]
+    assert any("torch.export could not capture" in n for n in cap.notes)
+    note = next(n for n in cap.notes if n.startswith("leaf gate ("))
+    assert "proj" in note and "attn" in note and "norm (LayerNorm)" in note and "stayed float" in note
+    assert note in qm.summary()
+    assert any(c.action == "kept float" and c.module_path == "gate" for c in qm.changes)
+    assert isinstance(qm.qgraph.get_submodule("gate.attn"), QuantizedMultiheadAttention)
+    assert all(q.initialized for q in qm.quantizers().values())
+    with torch.no_grad():
+        assert (qm(x) - model(x)).abs().max().item() < 0.05
+
+
+def test_transformer_encoder_is_traced_into():
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+
+        def forward(self, x):
+            return self.encoder(x)
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(3, 5, 32)
+    qm = qgraph.quantize(model, x, "w8a8")
+    assert qm.qgraph.capture.route == "symbolic_trace" and not qm.qgraph.capture.leaves
+    assert sum(q.role == "weight" for q in qm.quantizers().values()) == 2 * 4  # in_proj, out_proj, linear1, linear2
