@@ -161,7 +161,7 @@ def load(path: str, model: nn.Module | Callable, example_inputs=None):
             + (f"the model needs {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''} which the file lacks; " if missing else "")
             + (f"the file has {', '.join(extra[:5])}{' …' if len(extra) > 5 else ''} which the model does not use" if extra else "")
         )
-    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in pack.floats.items()}
+    state = {k: torch.from_numpy(np.array(v, copy=True, order="C")) for k, v in pack.floats.items()}  # keeps 0-d shapes
     with torch.no_grad():
         for key, p in pack.packed.items():
             if key not in wq:
@@ -169,7 +169,7 @@ def load(path: str, model: nn.Module | Callable, example_inputs=None):
             q = gm.get_submodule(wq[key])
             scale = torch.from_numpy(np.asarray(p.scale, dtype=np.float32))
             zp = torch.from_numpy(np.asarray(p.zero_point, dtype=np.float32))
-            codes = torch.from_numpy(np.ascontiguousarray(p.codes))
+            codes = torch.from_numpy(np.array(p.codes, copy=True, order="C"))
             target_shape = _state_shape(gm, key)
             if tuple(codes.shape) != target_shape:
                 raise QPackError(f"{path}: tensor {key} has shape {tuple(codes.shape)}, the model's is {target_shape}")

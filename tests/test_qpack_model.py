@@ -58,6 +58,12 @@ def test_load_rebuilds_weights_bit_for_bit_and_same_outputs(tmp_path, recipe):
         assert torch.equal(want[k], got[k]), k
     with torch.no_grad():
         assert torch.equal(qm(x), loaded(x))
+    # every tensor keeps its shape, 0-d per-tensor scales included (ONNX Runtime 1.30 rejects
+    # 1-element scales in QLinearAdd)
+    want_state, got_state = qm.qgraph.state_dict(), loaded.qgraph.state_dict()
+    for k, v in want_state.items():
+        if k.endswith((".scale", ".zero_point")):
+            assert got_state[k].shape == v.shape, k
 
 
 def test_writing_twice_gives_identical_bytes(tmp_path):
