@@ -52,3 +52,29 @@ def initializer_types(path) -> dict[str, int]:
 
 def file_size(path) -> int:
     return Path(path).stat().st_size
+
+
+class TinyConvNet(torch.nn.Module):
+    """conv → relu → pool → conv → relu → pool → linear (K=256 → 128) → relu → linear (128 → 10)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 16, 3, padding=1)
+        self.pool = torch.nn.MaxPool2d(2)
+        self.fc = torch.nn.Linear(16 * 4 * 4, 128)
+        self.head = torch.nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        return self.head(torch.relu(self.fc(torch.flatten(x, 1))))
+
+
+def tiny_conv_setup():
+    """(TinyConvNet in eval mode, an example batch of 8 16x16 images, 5 calibration batches)."""
+    torch.manual_seed(0)
+    model = TinyConvNet().eval()
+    x = torch.randn(8, 3, 16, 16)
+    calib = [torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(4)] + [x]
+    return model, x, calib

@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from helpers import op_types, ort_session
+from helpers import TinyConvNet, op_types, ort_session, tiny_conv_setup
 from torch import nn
 
 import qgraph
@@ -19,30 +19,12 @@ WEIGHT_TYPE = {"w8a8": onnx.TensorProto.INT8, "w4a8": onnx.TensorProto.INT4,
                "w8a16": onnx.TensorProto.INT8, "w4a16": onnx.TensorProto.INT4}
 
 
-class Tiny(nn.Module):
-    """conv → relu → pool → conv → relu → pool → linear (K=256) → relu → linear."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
-        self.pool = nn.MaxPool2d(2)
-        self.fc = nn.Linear(16 * 4 * 4, 128)
-        self.head = nn.Linear(128, 10)
-
-    def forward(self, x):
-        x = self.pool(torch.relu(self.conv1(x)))
-        x = self.pool(torch.relu(self.conv2(x)))
-        return self.head(torch.relu(self.fc(torch.flatten(x, 1))))
+Tiny = TinyConvNet
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    model = Tiny().eval()
-    x = torch.randn(8, 3, 16, 16)
-    calib = [torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(4)] + [x]
-    return model, x, calib
+    return tiny_conv_setup()
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from helpers import op_types, ort_session
+from helpers import TinyConvNet, op_types, ort_session, tiny_conv_setup
 from qgraph.backends.onnx_fold import fold_constant_quantization
-from torch import nn
 
 import qgraph
 
@@ -19,30 +18,12 @@ EXTENDED = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
 EXPECTED_TYPE = {"w4a16": onnx.TensorProto.INT4, "w8a16": onnx.TensorProto.INT8, "w2a16": onnx.TensorProto.INT2}
 
 
-class Net(nn.Module):
-    """conv → relu → pool → conv → relu → pool → linear (256 → 128) → relu → linear (128 → 10)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
-        self.pool = nn.MaxPool2d(2)
-        self.fc = nn.Linear(16 * 4 * 4, 128)
-        self.head = nn.Linear(128, 10)
-
-    def forward(self, x):
-        x = self.pool(torch.relu(self.conv1(x)))
-        x = self.pool(torch.relu(self.conv2(x)))
-        return self.head(torch.relu(self.fc(torch.flatten(x, 1))))
+Net = TinyConvNet
 
 
 @pytest.fixture(scope="module")
 def net():
-    torch.manual_seed(0)
-    model = Net().eval()
-    x = torch.randn(8, 3, 16, 16)
-    calib = [torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(4)] + [x]
-    return model, x, calib
+    return tiny_conv_setup()
 
 
 def _export(net, recipe, tmp_path, name=None, **kw):
