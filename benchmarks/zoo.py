@@ -213,6 +213,39 @@ def table(rows: list[dict], recipes: list[str], peers: bool) -> str:
     return "\n".join(lines)
 
 
+def compact_table(rows: list[dict], peers: bool) -> str:
+    """One line per model: capture, w8a8 (weights, export, SQNR, top-1, verdict), peers, w4a16."""
+    head = ["model", "capture", "w8a8 weights", "export", "SQNR dB", "top-1", "pass"]
+    head += ["torch.ao top-1 / SQNR", "ORT qs top-1 / SQNR"] if peers else []
+    head += ["w4a16 export / SQNR / top-1"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for row in rows:
+        if row.get("error"):
+            lines.append(f"| {row['model']} | {row['error'][:100]} |" + " |" * (len(head) - 2))
+            continue
+        q, fp = row["qgraph"].get("w8a8", {}), row.get("fp", {})
+        ok, why = judge(q, row.get("task", "cls"), fp.get("degenerate", False))
+        if q.get("error"):
+            cells = [row["model"], q["error"][:100], "", "", "", "", "NO"]
+        else:
+            top1 = _f(q.get("top1"), ".0%") + (" (near-const.)" if fp.get("degenerate") else "")
+            export = ("ok" if q.get("default_ok", True) else "ok (drift)") if q.get("export_ok") else "FAIL"
+            cap = q["route"] + (f" +{q['leaves']} leaf" if q.get("leaves") else "")
+            cells = [row["model"], cap, f"{q['weights_quantized']}/{q['weights_total']}", export, _f(q.get("sqnr_db"), ".1f"), top1,
+                     "yes" if ok else "NO"]
+        if peers:
+            cells += [_peer(row.get("torch_ao"), torch_ao=True), _peer(row.get("ort"))]
+        w4 = row["qgraph"].get("w4a16")
+        if w4 is None:
+            cells.append("-")
+        elif w4.get("error") or not w4.get("export_ok"):
+            cells.append("FAIL: " + (w4.get("error") or w4.get("export_error") or "")[:60])
+        else:
+            cells.append(f"ok / {_f(w4.get('sqnr_db'), '.1f')} / {_f(w4.get('top1'), '.0%')}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _peer(r: dict | None, torch_ao: bool = False) -> str:
     if r is None:
         return "-"
@@ -239,7 +272,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out-dir", help="ONNX files and per-model JSON (default: a temporary directory)")
     ap.add_argument("--json", help="write all rows to this file")
     ap.add_argument("--list", action="store_true", help="list the selected models and exit")
+    ap.add_argument("--compact", action="store_true", help="one line per model instead of one per model and recipe")
+    ap.add_argument("--from-json", help="print the tables and summary of an earlier --json file instead of running")
     args = ap.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            rows = json.load(f)["rows"]
+        return report(rows, args, recipes=args.recipes.split(","), seconds=None, out_dir=None)
     chosen = select(zoo(), args.only, args.quick, args.family, args.huge)
     if args.list or not chosen:
         print("\n".join(f"{e.name:40s} {e.family:12s} {e.task:9s} {e.input_desc}" for e in chosen) or "no model matches")
@@ -269,10 +308,16 @@ def main(argv=None) -> int:
     finally:
         for w in workers:
             w.stop()
+    return report(rows, args, recipes, time.perf_counter() - t0, out_dir)
+
+
+def report(rows: list[dict], args, recipes: list[str], seconds: float | None, out_dir: str | None) -> int:
+    """Print the table and the summary lines (and write --json); exit status 0 when every model passed."""
+    peers = not args.no_peers and any("ort" in r or "torch_ao" in r for r in rows)
     print()
-    print(table(rows, recipes, not args.no_peers))
+    print(compact_table(rows, peers) if args.compact else table(rows, recipes, peers))
     print()
-    tools = ["qgraph"] + ([] if args.no_peers else ["torch_ao", "ort"])
+    tools = ["qgraph"] + (["torch_ao", "ort"] if peers else [])
     label = {"qgraph": "qgraph (w8a8 criteria" + (", other recipes export-verified)" if len(recipes) > 1 else ")"),
              "torch_ao": "torch.ao FX (x86)", "ort": "ORT quantize_static"}
     summary = {}
@@ -287,10 +332,11 @@ def main(argv=None) -> int:
     if "torch_ao" in summary:
         n_export = sum(bool(r.get("torch_ao", {}).get("export_ok")) for r in rows)
         print(f"torch.ao converted models that exported to ONNX: {n_export}/{len(rows)}")
-    print(f"{summary['qgraph']}/{len(rows)} models passed ({time.perf_counter() - t0:.0f} s, out dir {out_dir})")
-    if args.json:
+    took = f"{seconds:.0f} s, " if seconds is not None else ""
+    print(f"{summary['qgraph']}/{len(rows)} models passed ({took}out dir {out_dir})")
+    if args.json and seconds is not None:
         with open(args.json, "w") as f:
-            json.dump({"rows": rows, "summary": summary, "seconds": time.perf_counter() - t0}, f, indent=1, default=str)
+            json.dump({"rows": rows, "summary": summary, "seconds": seconds}, f, indent=1, default=str)
     return 0 if summary["qgraph"] == len(rows) else 1
 
 
