@@ -44,14 +44,16 @@ from qgraph.errors import (
 )
 from qgraph.granularity import PerChannel, PerGroup, PerTensor
 from qgraph.graph import QGraph
+from qgraph.graph_diff import GraphDiff, diff
 from qgraph.model import ExportResult, QModel
 from qgraph.packing import load
 from qgraph.qspec import QSpec
 from qgraph.recipes import Override, Recipe, get_recipe, list_recipes, register_recipe
+from qgraph.report import Report
 
 __all__ = [
     "quantize", "prepare", "trace", "export_onnx", "load", "QGraph", "QModel", "ExportResult", "QSpec", "Recipe", "Override",
-    "get_recipe", "list_recipes", "register_recipe", "PerTensor", "PerChannel", "PerGroup",
+    "get_recipe", "list_recipes", "register_recipe", "diff", "GraphDiff", "Report", "PerTensor", "PerChannel", "PerGroup",
     "QGraphError", "InputError", "CaptureError", "RecipeError", "UnsupportedOpError",
     "CalibrationError", "ExportError", "ExportMismatchError", "QPackError", "__version__",
 ]

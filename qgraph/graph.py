@@ -71,7 +71,10 @@ class QGraph(fx.GraphModule):
         return "\n".join("  ".join(c[:48].ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
     def __str__(self) -> str:
-        return f"QGraph ({self.capture.route}, {len(self.graph.nodes)} nodes)\n{self.table()}"
+        """Code-like lines grouped by module path (``qgraph.graph_listing``); ``table()`` is the flat listing."""
+        from qgraph.graph_listing import format_graph
+
+        return format_graph(self, f"QGraph ({self.capture.route}, {len(self.graph.nodes)} nodes)")
 
 
 def record_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:

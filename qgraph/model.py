@@ -100,6 +100,13 @@ class QModel(nn.Module):
         head = f"qgraph {self.recipe.name}: {len(rows)} ops quantized, {len(self.quantizers())} quantizers, {cap.describe()}"
         return SummaryText(head + "\n" + format_rows(rows))
 
+    def report(self, data=None, *, local: bool = True, max_batches: int | None = None):
+        """Per-layer error report vs the float model on ``data`` (:class:`qgraph.report.Report`):
+        ``.table()``, ``.to_json()``, ``.to_html(path)``, ``.ranking``, ``.recipe_overrides(keep, bits)``."""
+        from qgraph.report import build_report
+
+        return build_report(self, data, local=local, max_batches=max_batches)
+
     @torch.no_grad()
     def sync_weight_quantizers(self) -> None:
         """Let fixed-scale weight quantizers re-read weights that moved since their last call (after QAT)."""
