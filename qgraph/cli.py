@@ -1,5 +1,5 @@
 """The ``qgraph`` command line: quantize a model from a factory function, pack / unpack / inspect qpack
-files of packed weights, list recipes, print versions.
+files of packed weights, inspect models and reports (error table, HTML explorer), list recipes, print versions.
 
 A *factory* is a function that takes no arguments and returns ``(model, example_inputs)`` or
 ``(model, example_inputs, calib_batches)``; name it as ``MODULE:FACTORY``, e.g.
@@ -149,15 +149,76 @@ def _load_model_from_factory(factory: str):
 
 
 @app.command("inspect")
-def inspect_cmd(file: str = typer.Argument(..., metavar="FILE.qpack", help="a qpack file")) -> None:
-    """Print a qpack file's tensors (bits, granularity, shape, bytes, compression vs fp32), totals and recipe."""
-    from qgraph.backends.qpack import describe_qpack
+def inspect_cmd(
+    target: str = typer.Argument(..., metavar="FILE|MODULE:FACTORY",
+                                 help="a .qpack file, a report JSON (Report.to_json / --json), or a factory to quantize and inspect"),
+    model: str | None = typer.Option(None, "--model", "-m", metavar="MODULE:FACTORY",
+                                     help="with a .qpack: the float model to load it onto, then report and write HTML"),
+    recipe: str = typer.Option("w8a8", "--recipe", "-r", help="recipe, when TARGET is a factory"),
+    out: str = typer.Option("out", "--out", "-o", help="output directory (HTML, JSON, PNG)"),
+    name: str | None = typer.Option(None, "--name", "-n", help="file stem (default: the factory's or the file's)"),
+    html: bool = typer.Option(True, "--html/--no-html", help="write OUT/NAME.html (models and reports)"),
+    json_out: bool = typer.Option(False, "--json", help="also write the report as OUT/NAME.report-full.json"),
+    png: bool = typer.Option(False, "--png", help="also write PNG plots to OUT/NAME-plots/ (needs matplotlib)"),
+    batches: int = typer.Option(4, "--batches", min=1, help="calibration batches the report measures on"),
+) -> None:
+    """Inspect a qpack file (tensor table), or a model / report: per-layer error table and a
+    self-contained HTML explorer (graph, errors, quantizer state, before/after), PNG plots on request."""
     from qgraph.errors import QGraphError
 
+    is_file = os.path.exists(target)
     try:
-        typer.echo(describe_qpack(file))
+        if is_file and target.endswith(".qpack"):
+            from qgraph.backends.qpack import describe_qpack
+
+            typer.echo(describe_qpack(target))
+            if model is None:
+                return
+            report, stem = _report_from_qpack(target, model, batches), name or Path(target).name.removesuffix(".qpack")
+        elif is_file:
+            from qgraph.report import Report
+
+            report, stem = Report.from_json(target), name or Path(target).name.removesuffix(".json").removesuffix(".report-full")
+        elif ":" in target:
+            report, stem = _report_from_factory(target, recipe, batches, name)
+        else:
+            raise _fail(f"{target}: no such file, and not MODULE:FACTORY", EXIT_USAGE)
+        typer.echo(report.table())
+        _write_report_files(report, Path(out) / stem, html, json_out, png)
     except QGraphError as e:
         raise _fail(f"{type(e).__name__}: {e}", EXIT_QGRAPH_ERROR) from None
+
+
+def _report_from_factory(factory: str, recipe: str, batches: int, name: str | None):
+    import qgraph
+
+    fname, model, example_inputs, calib = _load_model_from_factory(factory)
+    calib = [example_inputs] if calib is None else list(calib)
+    qm = qgraph.quantize(model, example_inputs, recipe=recipe, calib_data=calib)
+    return qm.report(calib[:batches]), name or fname
+
+
+def _report_from_qpack(path: str, factory: str, batches: int):
+    import qgraph
+
+    _, model, example_inputs, calib = _load_model_from_factory(factory)
+    qm = qgraph.load(path, lambda: (model, example_inputs))
+    data = list(itertools.islice(calib, batches)) if calib is not None else None
+    return qm.report(data)
+
+
+def _write_report_files(report, stem: Path, html: bool, json_out: bool, png: bool) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    if html:
+        typer.echo(f"html    {report.to_html(str(stem) + '.html')}")
+    if json_out:
+        report.to_json(str(stem) + ".report-full.json")
+        typer.echo(f"json    {stem}.report-full.json")
+    if png:
+        from qgraph.plots import save_pngs
+
+        for p in save_pngs(report, str(stem) + "-plots"):
+            typer.echo(f"png     {p}")
 
 
 @app.command("pack")

@@ -17,6 +17,16 @@ if [[ ! -x "$PY" ]]; then
     "${PYTHON:-python3}" -m venv "$VENV"
 fi
 
+# Headless Chromium for the HTML explorer's browser test (tests/test_inspect_browser.py skips without it).
+# Only where apt exists and no Chromium is installed; never fatal.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [[ "$(id -u)" != 0 ]] && command -v sudo >/dev/null 2>&1 && SUDO="sudo -n"
+    echo "setup: installing chromium (apt) for the browser test" >&2
+    { $SUDO apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 \
+        || { $SUDO apt-get update >/dev/null 2>&1 && $SUDO apt-get install -y --no-install-recommends chromium >/dev/null 2>&1; }; } \
+        || echo "setup: could not install chromium; the browser test will be skipped" >&2
+fi
+
 STAMP="$VENV/.qgraph-setup-stamp"
 WANT="$(cat "$ROOT/requirements-ci.txt" "$ROOT/setup.cfg" | sha256sum | cut -d' ' -f1) $ROOT"
 if [[ "${QGRAPH_FORCE_INSTALL:-0}" != 1 && -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] \
