@@ -68,6 +68,7 @@ model output SQNR {_db(m["output"]["sqnr_db"])} dB, cosine {m["output"]["cosine"
 <label>colour by <select id="metric"><option value="cumulative">error, everything quantized</option>
 <option value="local">error, only this layer quantized</option><option value="output_alone">model output, only this layer quantized</option></select></label>
 <label><input type="checkbox" id="weights"> show weights</label>
+<input id="search" type="search" placeholder="find node or module path, Enter" size="26">
 <button id="expand" type="button">expand all</button><button id="collapse" type="button">collapse</button>
 <span id="switches"></span>
 <span class="legend">SQNR<span style="background:hsl(0,70%,72%)"></span>0 dB<span style="background:hsl(60,70%,72%)"></span>20<span style="background:hsl(120,70%,72%)"></span>&ge;40</span>

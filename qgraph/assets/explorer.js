@@ -99,16 +99,14 @@
     if (visibleCount() <= LIMIT) return;
     groupList.forEach(function (g) { if (g.depth === 1) state.collapsed[g.path] = true; });
     var maxDepth = groupList.reduce(function (m, g) { return Math.max(m, g.depth); }, 0);
+    // one level of detail everywhere: open whole depths while the drawing stays under LIMIT
     for (var d = 1; d <= maxDepth; d++) {
+      var saved = Object.assign({}, state.collapsed);
       groupList.forEach(function (g) {
-        if (g.depth !== d || !state.collapsed[g.path]) return;
-        delete state.collapsed[g.path];
-        groupList.forEach(function (c) { if (c.depth === d + 1 && c.path.indexOf(g.path + ".") === 0) state.collapsed[c.path] = true; });
-        if (visibleCount() > LIMIT) {
-          state.collapsed[g.path] = true;
-          groupList.forEach(function (c) { if (c.path.indexOf(g.path + ".") === 0) delete state.collapsed[c.path]; });
-        }
+        if (g.depth === d) delete state.collapsed[g.path];
+        if (g.depth === d + 1) state.collapsed[g.path] = true;
       });
+      if (visibleCount() > LIMIT) { state.collapsed = saved; break; }
     }
   }
 
@@ -231,7 +229,9 @@
                       : "M" + x1 + "," + y1 + " C" + (x1 + 120) + "," + (y1 + 80) + " " + (x2 + 120) + "," + (y2 - 80) + " " + x2 + "," + y2;
       el("path", { d: d, class: "edge edge-" + (state.view === "diff" ? e.where : "both"), "marker-end": "url(#arrow)" }, eg);
     });
+    state.items = {};
     g.list.forEach(function (it) {
+      state.items[it.key] = it;
       var n = it.node, cls = "node" + (it.group ? " group" : "") + (isQuantizer(n) ? " quantizer" : "");
       if (n && state.view === "diff") cls += " status-" + n.status;
       if (n && state.selected === n.id) cls += " selected";
@@ -257,6 +257,31 @@
     var s = Math.min(1.2, Math.max(0.15, (box.width - 20) / Math.max(1, b.width)));
     if (!state.zoom) state.zoom = { s: s, x: 10 - b.x * s + Math.max(0, (box.width - 20 - b.width * s) / 2), y: 10 - b.y * s };
     apply();
+  }
+  function reveal(id) {
+    // expand the groups around a node, redraw, centre the view on it and show its details
+    var n = byId[id];
+    if (!n) return false;
+    prefixes(n.module).forEach(function (p) { delete state.collapsed[p]; });
+    if (!inView(n)) { state.view = "diff"; document.getElementById("view").value = "diff"; }
+    redraw();
+    var it = state.items[repKey(n)], box = svg.getBoundingClientRect();
+    if (it) {
+      state.zoom.s = Math.max(state.zoom.s, 0.8);
+      state.zoom.x = box.width / 2 - (it.x + W / 2) * state.zoom.s;
+      state.zoom.y = box.height / 2 - (it.y + it.h / 2) * state.zoom.s;
+      apply();
+    }
+    select(id);
+    return true;
+  }
+  function find(text) {
+    text = text.trim();
+    if (!text) return false;
+    var hit = byId[text] || G.nodes.filter(function (n) { return n.module === text && n.layer === n.id; })[0]
+      || G.nodes.filter(function (n) { return n.module === text; })[0]
+      || G.nodes.filter(function (n) { return n.id.indexOf(text) >= 0 || n.module.indexOf(text) >= 0; })[0];
+    return hit ? reveal(hit.id) : false;
   }
   function apply() { vp.setAttribute("transform", "translate(" + state.zoom.x + "," + state.zoom.y + ") scale(" + state.zoom.s + ")"); }
   function redraw() { state.zoom = null; render(); }
@@ -407,12 +432,12 @@
     s.addEventListener("change", function () { state.variant[name] = s.value; render(); if (state.selected) select(state.selected); });
   });
   Array.prototype.forEach.call(document.querySelectorAll("[data-select]"), function (e) {
-    e.addEventListener("click", function () {
-      var id = e.getAttribute("data-select"), n = byId[id];
-      if (n) prefixes(n.module).forEach(function (p) { delete state.collapsed[p]; });
-      redraw();
-      select(id);
-    });
+    e.addEventListener("click", function () { reveal(e.getAttribute("data-select")); });
+  });
+  var search = document.getElementById("search");
+  search.addEventListener("keydown", function (ev) {
+    if (ev.key !== "Enter") return;
+    search.classList.toggle("notfound", !find(search.value));
   });
 
   autoCollapse();
