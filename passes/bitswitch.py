@@ -135,7 +135,7 @@ class BitSwitchCalibratePass(QPass):
                     q.finish_calibration()
         set_bits(gm, bits[0])
         for name, q in acts.items():
-            scales = ", ".join(f"{b}b {float(q.effective_scale(b)):.3g}" for b in bits)
+            scales = ", ".join(f"{b}b {float(q.effective_scale(b).detach()):.3g}" for b in bits)
             self.record("calibrated", name, q.layer, f"{'signed' if int(q.signed) else 'unsigned'}; scales {scales} from {len(batches)} batches")
         gm.train(was_training)
         return PassResult(gm, True)
