@@ -76,7 +76,7 @@ def hessian_trace(qm: nn.Module, batches: Iterable, loss_fn: Callable | None = N
         loss = loss_fn(net(*args), y)
         grads = torch.autograd.grad(loss, plist, create_graph=True)
         for _ in range(samples):
-            vs = [(torch.randint(0, 2, p.shape, generator=gen) * 2 - 1).to(p.dtype) for p in plist]
+            vs = [(torch.randint(0, 2, p.shape, generator=gen) * 2 - 1).to(device=p.device, dtype=p.dtype) for p in plist]
             hv = torch.autograd.grad(grads, plist, grad_outputs=vs, retain_graph=True)
             for i, (h, v) in enumerate(zip(hv, vs)):
                 totals[i] += float((h * v).sum())
