@@ -11,7 +11,8 @@ statistics). Rewrite rules, for each conv / linear op whose weight is a ``get_at
    quantizes its own input, so layers at different bit widths can share an input.
 3. A ``call_module`` BatchNorm that is the op's only user becomes a
    :class:`~qgraph.bitswitch.SwitchableBatchNorm` (one BatchNorm per bit width) at the same path.
-4. With ``keep_first_last`` (default) the first and the last such op in graph order stay float
+4. The op's ``node.meta`` annotation records the highest bit width (for ``summary()``).
+5. With ``keep_first_last`` (default) the first and the last such op in graph order stay float
    (§6.2); so do ops an ``Override(skip=True)`` matches, transposed convs and layers inside
    auto-leaves (recorded as ``kept float``).
 
@@ -28,13 +29,16 @@ from collections.abc import Iterable
 
 import torch
 import torch.fx as fx
-from qgraph.passes.base import QPass
+from qgraph.passes.annotate import Annotation
+from qgraph.passes.base import ANNOTATION_KEY, QPass
 from torch.fx.passes.infra.pass_base import PassResult
 
 from qgraph.bitswitch import BitSwitchActQuantizer, BitSwitchRecipe, DoubleRoundWeightQuantizer, SwitchableBatchNorm, set_bits
 from qgraph.capture import as_input_tuple
 from qgraph.errors import InputError
+from qgraph.granularity import PerChannel, PerTensor
 from qgraph.ops import BN_MODULES, classify, owner_type
+from qgraph.qspec import QSpec
 
 
 class BitSwitchPass(QPass):
@@ -91,6 +95,10 @@ class BitSwitchPass(QPass):
             parent, _, child = bn_path.rpartition(".")
             setattr(gm.get_submodule(parent) if parent else gm, child, SwitchableBatchNorm(gm.get_submodule(bn_path), bits, path))
             detail += f"; BatchNorm {bn_path} switchable"
+        # for summaries: the highest bit width (a fixed-bits copy, qm.at_bits(), carries its own bits)
+        wspec = QSpec(bits=bits[0], symmetric=True, signed=True, granularity=PerChannel(0), learnable=True)
+        aspec = QSpec(bits=bits[0], symmetric=False, signed=False, granularity=PerTensor(), learnable=True)
+        node.meta[ANNOTATION_KEY] = Annotation(info.kind, path, wspec, aspec, quantize_output=False)
         self.record("bit-switched", node, path, detail)
 
     @staticmethod

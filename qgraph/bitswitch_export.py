@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 
 import numpy as np
@@ -84,6 +85,7 @@ def materialize(qm: QModel, bits=None) -> FixedBitsQModel:
     gm = copy.deepcopy(qm.qgraph).eval()
     set_bits(gm, wanted)
     sources = {q: key for key, q in _weight_sources(gm).items()}
+    signed = {m.layer: int(m.signed) == 1 for m in bitswitch_modules(gm).values() if isinstance(m, BitSwitchActQuantizer)}
     for name, m in list(bitswitch_modules(gm).items()):
         b = m.bits
         if isinstance(m, DoubleRoundWeightQuantizer):
@@ -103,9 +105,22 @@ def materialize(qm: QModel, bits=None) -> FixedBitsQModel:
             continue
         fq.mode, fq.observer = "quantize", None
         _replace(gm, name, fq.eval())
+    _annotate(gm, wanted, signed)
     recipe = Recipe(f"{qm.recipe.name}@{_bits_label(wanted)}", None, None, kinds=qm.recipe.kinds, description="fixed bits of a bit-switch model")
     out = FixedBitsQModel(gm, qm._float_graph, recipe, qm._example_inputs, list(qm.changes), fold_bn=False)
     return out.eval()
+
+
+def _annotate(gm, wanted: dict[str, int], signed: dict[str, bool]) -> None:
+    """Give the bit-switched ops' annotations (written by the pass) their fixed bit widths, for summary()."""
+    from qgraph.meta import ANNOTATION_KEY
+
+    for node in gm.graph.nodes:
+        ann = node.meta.get(ANNOTATION_KEY)
+        if ann is None or ann.module_path not in wanted:
+            continue
+        b, sign = wanted[ann.module_path], signed.get(ann.module_path, False)
+        node.meta[ANNOTATION_KEY] = dataclasses.replace(ann, weight=ann.weight.with_(bits=b), activation=ann.activation.with_(bits=b, signed=sign))
 
 
 def _packed(qm: QModel) -> tuple[list, dict[str, np.ndarray]]:

@@ -95,6 +95,8 @@ class QModel(nn.Module):
         """
         from qgraph.summary import format_rows
 
+        if getattr(self.recipe, "bits", None):  # bit-switch model: the table of its current bits
+            return self.at_bits().summary(data)
         rows = self.summary_rows(data)
         cap = self.qgraph.capture
         head = f"qgraph {self.recipe.name}: {len(rows)} ops quantized, {len(self.quantizers())} quantizers, {cap.describe()}"
