@@ -201,7 +201,8 @@ def test_hasb_traces_sampler_and_exact_search(joint, digits):
         q, w = joint.qgraph.get_submodule(qname), joint.qgraph.get_parameter(key).detach()
         for b in BITS:
             q.bits = b
-            table[layer, b] = traces[layer] * float((w - q(w)).pow(2).sum())
+            with torch.no_grad():
+                table[layer, b] = traces[layer] * float((w - q(w)).pow(2).sum())
         q.bits = 8
     for avg in (4, 3):
         chosen = search_bits(joint, traces, avg)
