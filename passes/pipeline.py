@@ -7,16 +7,20 @@ from collections.abc import Iterable
 import torch.fx as fx
 from qgraph.passes.annotate import AnnotatePass
 from qgraph.passes.base import Change, QPass
+from qgraph.passes.bitswitch import BitSwitchCalibratePass, BitSwitchPass
 from qgraph.passes.calibrate import CalibratePass
 from qgraph.passes.canonicalize import CanonicalizePass
 from qgraph.passes.fold_bn import FoldBatchNormPass
 from qgraph.passes.insert_quantizers import InsertQuantizersPass
 
+from qgraph.bitswitch import BitSwitchRecipe, is_bitswitch
 from qgraph.errors import QGraphError
 from qgraph.recipes import Recipe
 
 
 def prepare_passes(recipe: Recipe, leaves: set[str], fold_bn: bool = True) -> list[QPass]:
+    if isinstance(recipe, BitSwitchRecipe):  # BatchNorm stays unfolded: one per bit width
+        return [CanonicalizePass(leaves), BitSwitchPass(recipe, leaves)]
     passes: list[QPass] = [CanonicalizePass(leaves)]
     if fold_bn:
         passes.append(FoldBatchNormPass())
@@ -44,6 +48,6 @@ def run_passes(gm: fx.GraphModule, passes: list[QPass]) -> list[Change]:
 
 
 def calibrate(gm: fx.GraphModule, batches: Iterable) -> list[Change]:
-    p = CalibratePass(batches)
+    p = BitSwitchCalibratePass(batches) if is_bitswitch(gm) else CalibratePass(batches)
     p.run(gm)
     return p.changes

@@ -30,6 +30,7 @@ def _checkout_path() -> list[str]:
 __path__ = [*__path__, *_checkout_path()]
 
 from qgraph.api import export_onnx, prepare, quantize
+from qgraph.bitswitch import BitSwitchRecipe
 from qgraph.capture import trace
 from qgraph.errors import (
     CalibrationError,
@@ -56,4 +57,5 @@ __all__ = [
     "get_recipe", "list_recipes", "register_recipe", "diff", "GraphDiff", "Report", "PerTensor", "PerChannel", "PerGroup",
     "QGraphError", "InputError", "CaptureError", "RecipeError", "UnsupportedOpError",
     "CalibrationError", "ExportError", "ExportMismatchError", "QPackError", "__version__",
+    "BitSwitchRecipe",
 ]

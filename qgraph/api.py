@@ -63,6 +63,7 @@ def prepare(
     if not isinstance(model, nn.Module):
         raise InputError(f"expected a torch.nn.Module to quantize, got {type(model).__name__}")
     r = build_recipe(recipe, overrides, skip)
+    fold_bn = fold_bn and not getattr(r, "bits", None)  # bit-switch recipes keep one BatchNorm per bit width
     if qat:
         r = r.with_learnable_scales()
     args = as_input_tuple(example_inputs)

@@ -95,6 +95,8 @@ class QModel(nn.Module):
         """
         from qgraph.summary import format_rows
 
+        if getattr(self.recipe, "bits", None):  # bit-switch model: the table of its current bits
+            return self.at_bits().summary(data)
         rows = self.summary_rows(data)
         cap = self.qgraph.capture
         head = f"qgraph {self.recipe.name}: {len(rows)} ops quantized, {len(self.quantizers())} quantizers, {cap.describe()}"
@@ -119,6 +121,27 @@ class QModel(nn.Module):
                 if key in state:
                     self.qgraph.get_submodule(name)(state[key])
 
+    # ----------------------------------------------------------------- bit switching (recipe "bitswitch")
+    def set_bits(self, bits) -> QModel:
+        """Switch a bit-switch model to ``bits`` (an int) or per layer (``{"layer3.*": 2}``); see qgraph.bitswitch."""
+        from qgraph.bitswitch import set_bits
+
+        set_bits(self, bits)
+        return self
+
+    def get_bits(self) -> dict[str, int]:
+        """``{layer: current bits}`` of a bit-switch model."""
+        from qgraph.bitswitch import get_bits
+
+        return get_bits(self)
+
+    def at_bits(self, bits=None) -> QModel:
+        """A fixed-precision copy of a bit-switch model at ``bits`` (default: the current ones), with
+        plain quantizers and BatchNorms: what ONNX export runs; see qgraph.bitswitch_export."""
+        from qgraph.bitswitch_export import materialize
+
+        return materialize(self, bits)
+
     # ----------------------------------------------------------------- export
     def lowered(self) -> nn.Module:
         """A copy with integer weights (``LowerPass``), as it is handed to the ONNX exporter."""
@@ -141,6 +164,11 @@ class QModel(nn.Module):
         qpack: the file is read back and every rebuilt weight must equal this model's fake-quantized
         weight bit for bit.
         """
+        if getattr(self.recipe, "bits", None):  # a bit-switch model: one INT8 qpack, ONNX at the current bits
+            from qgraph.bitswitch_export import export_bitswitch
+
+            return export_bitswitch(self, path, formats=formats, verify=verify, tolerance=tolerance, min_top1=min_top1,
+                                    dynamic_batch=dynamic_batch)
         unknown = set(formats) - set(EXPORT_FORMATS)
         if unknown or not formats:
             raise ExportError(f"unknown export format(s) {sorted(unknown) or formats}; known: {', '.join(EXPORT_FORMATS)}")

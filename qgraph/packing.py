@@ -118,9 +118,12 @@ def _synth_inputs(specs: list[dict]) -> tuple:
     return tuple(out)
 
 
-def load(path: str, model: nn.Module | Callable, example_inputs=None):
+def load(path: str, model: nn.Module | Callable, example_inputs=None, bits=None):
     """Rebuild the quantized model stored at ``path`` on ``model`` (the float architecture; its
     weights are replaced) or a factory returning ``model`` / ``(model, example_inputs, ...)``.
+
+    ``bits`` (bit-switch qpacks only): the bit width, or ``{layer glob: bits}``, the model is switched
+    to; its weights are derived from the stored INT8 codes (see qgraph.bitswitch_export).
 
     Example inputs default to the factory's, else to tensors of the recorded shapes (random normal
     floats, zero integers); give real ones when the model's control flow depends on input values.
@@ -143,6 +146,12 @@ def load(path: str, model: nn.Module | Callable, example_inputs=None):
     if not isinstance(model, nn.Module):
         raise QGraphError(f"load needs the model (an nn.Module) or a factory for it, got {type(model).__name__}")
     meta = pack.meta
+    if "bitswitch" in meta:
+        from qgraph.bitswitch_export import load_bitswitch
+
+        return load_bitswitch(path, pack, model, example_inputs, bits)
+    if bits is not None:
+        raise QPackError(f"{path} is not a bit-switch qpack: bits= applies only to files of recipe 'bitswitch'")
     try:
         recipe = recipe_from_json(meta["recipe"])
         specs = meta[_INPUTS_KEY]

@@ -135,6 +135,7 @@ def recipe_from_json(d: dict) -> Recipe:
     """Inverse of ``Recipe.to_json`` (module types come back as names)."""
     try:
         spec = lambda v: QSpec.from_json(v) if v is not None else None  # noqa: E731
+        base = get_recipe(d["factory"], **d.get("options", {})) if "factory" in d else None  # recipes with extra state
         overrides = []
         for o in d.get("overrides", []):
             o = dict(o)
@@ -142,6 +143,8 @@ def recipe_from_json(d: dict) -> Recipe:
                 if k in o:
                     o[k] = spec(o[k])
             overrides.append(Override(**o))
+        if base is not None:
+            return replace(base, overrides=tuple(overrides))
         return Recipe(d["name"], spec(d.get("weight")), spec(d.get("activation")), tuple(d["kinds"]), tuple(overrides))
     except (KeyError, TypeError, ValueError) as e:
         raise RecipeError(f"not a valid recipe description: {e}") from e
@@ -181,12 +184,31 @@ def get_recipe(recipe: str | Recipe, **options) -> Recipe:
         return recipe
     if not isinstance(recipe, str):
         raise RecipeError(f"a recipe is a name or a qgraph.Recipe, got {type(recipe).__name__}")
+    args: tuple = ()
+    if "(" in recipe and recipe.rstrip().endswith(")"):  # "bitswitch(8,6,4,2)", "w4a16(group_size=32)"
+        recipe, args, call_options = _parse_call(recipe)
+        options = {**call_options, **options}
     if recipe not in _REGISTRY:
         raise RecipeError(f"unknown recipe {recipe!r}; known recipes: {', '.join(list_recipes())}")
     try:
-        return _REGISTRY[recipe](**options)
+        return _REGISTRY[recipe](*args, **options)
     except TypeError as e:
         raise RecipeError(f"recipe {recipe!r} does not take these options {sorted(options)}: {e}") from e
+
+
+def _parse_call(text: str) -> tuple[str, tuple, dict]:
+    """``"name(1, 2, key=(3, 4))"`` → ``("name", (1, 2), {"key": (3, 4)})``; arguments must be literals."""
+    import ast
+
+    try:
+        call = ast.parse(text.strip(), mode="eval").body
+        if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
+            raise ValueError("not a call")
+        args = tuple(ast.literal_eval(a) for a in call.args)
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg is not None}
+    except (SyntaxError, ValueError) as e:
+        raise RecipeError(f"cannot read recipe {text!r}: write name(literal, ..., key=literal): {e}") from e
+    return call.func.id, args, kwargs
 
 
 def build_recipe(recipe: str | Recipe, overrides: Iterable[Override] | None = None, skip: Iterable[str] | None = None) -> Recipe:
