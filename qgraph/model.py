@@ -116,9 +116,11 @@ class QModel(nn.Module):
     def lowered(self) -> nn.Module:
         """A copy with integer weights (``LowerPass``), as it is handed to the ONNX exporter."""
         from qgraph.passes.lower import LowerPass
+        from qgraph.passes.sparsity import FoldMasksPass
 
         self.sync_weight_quantizers()
         gm = copy.deepcopy(self.qgraph).eval()
+        FoldMasksPass().run(gm)
         LowerPass().run(gm)
         return gm
 
@@ -187,7 +189,7 @@ class QModel(nn.Module):
         state = packing.used_state(self.qgraph)
         for key, qname in packing.weight_quantizers(self.qgraph).items():
             q = self.qgraph.get_submodule(qname)
-            weight = state.get(key)
+            weight = packing.effective_weight(self.qgraph, state, key)
             p = stored[key]
             with torch.no_grad():
                 rebuilt = dequantize_affine(torch.from_numpy(p.codes), torch.from_numpy(p.scale.astype("float32")),
