@@ -82,7 +82,8 @@ class SparsifyPass(QPass):
             mnode.meta[MODULE_PATH_KEY] = path
             node.replace_input_with(w, mnode)
             done[w] = mnode
-            self.record("masked", mnode, path, f"{spec.describe()} on {tuple(weight.shape)}: "
+            what = f"{spec.n}:{spec.m}" if spec.kind == "nm" else f"{spec.ratio_for(path):.1%} unstructured"
+            self.record("masked", mnode, path, f"{what} on {tuple(weight.shape)}: "
                         f"{1 - float(mask.float().mean()):.1%} of the weights are zero")
         for leaf in sorted(self.leaves):
             self.record("kept dense", leaf, leaf, "layers inside an auto-leaf are not masked")

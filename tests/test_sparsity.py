@@ -11,8 +11,11 @@ from onnx import numpy_helper
 from qgraph.backends.qpack import read_qpack
 
 import qgraph
+from examples.models import accuracy
+from qgraph.bimask import backward_flops, backward_mask, finalize_bimask, prepare_bimask, search_permutation, transposable_mask
 from qgraph.recipes import recipe_from_json
 from qgraph.sparsity import SparseMask, magnitude_mask, nm_counts, nm_indices, nm_mask, nm_mask_from_indices
+from qgraph.unipts import BaseDecayedKD, bn_recalibrate, decode, magnitude_prune, unipts
 
 
 @pytest.mark.parametrize("n,m", [(1, 4), (2, 4), (4, 8)])
@@ -142,3 +145,118 @@ def test_frozen_masks_stay_frozen_through_qat_steps():
     for name in masks:
         codes = lowered.get_submodule(name.replace("weight_mask", "weight_quantizer")).qweight
         assert bool((nm_counts(codes, 4) <= 2).all())
+
+
+# --------------------------------------------------------------------------- Bi-Mask
+
+
+def _two_layer_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(16 * 4 * 4, 12))
+
+
+def test_bimask_masks_structure_and_gradients():
+    net = _two_layer_net()
+    report = prepare_bimask(net, 2, 4, greedy=20, refresh=5, decay=1e-2)
+    assert report == {"0": "masked", "3": "masked"}
+    layer = net[0]
+    layer.train()
+    x = torch.randn(4, 8, 4, 4, requires_grad=True)
+    net(x).sum().backward()
+    m_f, m_b = layer.masks()
+    assert bool((nm_counts(m_f, 4) == 2).all())  # forward: exactly 2:4 along the input dimension
+    assert not bool((m_b & ~m_f).any())  # m_b ⊆ m_f
+    per_col = m_b.reshape(16, -1)[layer.masker.perm].reshape(4, 4, -1).sum(1)
+    assert bool((per_col <= 2).all())  # backward: ≤ 2 of every 4 permuted output channels per column
+    # the input gradient uses W ⊙ m_b; the weight gradient is dense plus decay on the pruned weights
+    xx = torch.randn(2, 8, 4, 4, requires_grad=True)
+    g = torch.randn(2, 16, 4, 4)
+    layer.weight.grad = None
+    gx = torch.autograd.grad(layer(xx), xx, g, retain_graph=False)[0]
+    w = layer.weight.detach()
+    ref_x = xx.detach().clone().requires_grad_()
+    ref_w = w.clone().requires_grad_()
+    out = torch.nn.functional.conv2d(ref_x, ref_w * m_b, None, padding=1)
+    rx, rw = torch.autograd.grad(out, (ref_x, ref_w), g)
+    assert torch.allclose(gx, rx, atol=1e-5)
+    layer(xx).backward(g)
+    ref_w2 = w.clone().requires_grad_()
+    (torch.nn.functional.conv2d(xx.detach(), ref_w2, None, padding=1) * g).sum().backward()
+    assert torch.allclose(layer.weight.grad, ref_w2.grad + 1e-2 * (~m_f) * w, atol=1e-5)
+
+
+def test_bimask_permutation_search_keeps_more_than_identity():
+    w = torch.randn(32, 64, generator=torch.Generator().manual_seed(1))
+    m_f = nm_mask(w, 2, 4)
+    ident = int(backward_mask(w, m_f, torch.arange(32), 2, 4).sum())
+    perm, best = search_permutation(w, m_f, 2, 4, 50, torch.Generator().manual_seed(0), current=torch.arange(32))
+    assert best >= ident and best == int(backward_mask(w, m_f, perm, 2, 4).sum())
+    assert best > ident  # 50 random candidates beat the identity on random weights
+
+
+def test_transposable_mask_is_nm_both_ways_and_finalize_feeds_nm_recipe():
+    w = torch.randn(16, 32, generator=torch.Generator().manual_seed(2))
+    from qgraph.bimask import _block_patterns
+
+    pats = _block_patterns(2, 4)
+    assert len(pats) == 90
+    t = transposable_mask(w, 2, 4, pats)
+    assert bool((t.reshape(16, -1, 4).sum(-1) == 2).all()) and bool((t.t().reshape(32, -1, 4).sum(-1) == 2).all())
+    net = _two_layer_net()
+    prepare_bimask(net, 2, 4, mode="transposable")
+    x = torch.randn(3, 8, 4, 4)
+    flops = backward_flops(net, x)
+    assert abs(flops["saved"] - 0.25) < 1e-9  # every layer's input gradient runs 2:4
+    with torch.no_grad():
+        y = net(x)
+    finalize_bimask(net)
+    assert isinstance(net[0], torch.nn.Conv2d)
+    with torch.no_grad():
+        assert torch.allclose(net(x), y, atol=1e-5)
+    qm = qgraph.quantize(net, x, recipe="nm(2,4)")  # the nm recipe finds the trained masks again
+    assert torch.allclose(qm(x), y, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- UniPTS
+
+
+def test_base_decayed_kd_gradient():
+    kd = BaseDecayedKD(temperature=4.0, tau0=8.0, decay=0.99)
+    kd.set_epoch(50)
+    zs = torch.randn(5, 10, requires_grad=True)
+    zt = torch.randn(5, 10)
+    kd(zs, zt).backward()
+    expected = 16.0 / (5 * kd.tau) * (torch.softmax(zs.detach(), -1) - torch.softmax(zt / 4.0, -1))
+    assert abs(kd.tau - 8 * 0.99**50) < 1e-12 and torch.allclose(zs.grad, expected, atol=1e-6)
+
+
+def test_decode_reaches_the_target_and_bn_recalibration_matches_batch_stats():
+    sizes = [100, 2000, 500]
+    ratios = decode(torch.tensor([0.3, -1.0, 2.0]), sizes, 0.5)
+    assert abs(sum(r * n for r, n in zip(ratios, sizes)) - 0.5 * sum(sizes)) < 1e-3  # (float32 softmax)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    x = torch.randn(20, 1, 6, 6)
+    bn_recalibrate(net, x, noise=0.0, batch_size=20)
+    with torch.no_grad():
+        y = net[0](x)
+    assert torch.allclose(net[1].running_mean, y.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(net[1].running_var, y.var((0, 2, 3), unbiased=True), atol=1e-4)
+
+
+def test_unipts_beats_magnitude_pruning_at_90_percent(trained_cnn, digits):
+    x_tr, _, x_te, y_te = digits
+    calib = x_tr[:64]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batches: a second thread only adds contention
+    try:
+        result = unipts(trained_cnn, calib, 0.9, population=6, generations=3, epochs=30)
+    finally:
+        torch.set_num_threads(threads)
+    assert abs(result.sparsity() - 0.9) < 0.01
+    mag = accuracy(magnitude_prune(trained_cnn, 0.9), x_te, y_te)
+    acc = accuracy(result.model, x_te, y_te)
+    assert acc > 0.8 and acc > mag + 0.3, (acc, mag)
+    qm = qgraph.quantize(result.model, x_te[:32], recipe=[result.recipe(), "w8a8"], calib_data=[calib])
+    masked = [m for m in qm.qgraph.modules() if isinstance(m, SparseMask)]
+    assert len(masked) == 6 and accuracy(qm, x_te, y_te) > acc - 0.02
