@@ -159,6 +159,25 @@ def kept_fractions(model: nn.Module) -> dict[str, float]:
     return out
 
 
+@torch.no_grad()
+def mask_energy(model: nn.Module) -> dict[str, tuple[float, float]]:
+    """Per layer ``(‖W⊙m_f‖², ‖W⊙m_b‖²)`` relative to ``‖W⊙nm(W)‖²``, the weight an unconstrained N:M forward
+    keeps: how much the forward loses to its mask (transposable < 1) and how much of it the input
+    gradient uses (the gradient gap; 1.0 for the forward-only arm)."""
+    out = {}
+    for path, layer in masked_layers(model).items():
+        w = layer.weight.detach()
+        was = layer.masker.training
+        layer.masker.eval()  # (no permutation refresh, no step)
+        try:
+            m_f, m_b = layer.masker(w)
+        finally:
+            layer.masker.train(was)
+        ref = (w * nm_mask(w.reshape(w.shape[0], -1), layer.masker.n, layer.masker.m).reshape(w.shape)).pow(2).sum().clamp_min(1e-30)
+        out[path] = (float((w * m_f).pow(2).sum() / ref), float((w * m_b).pow(2).sum() / ref))
+    return out
+
+
 def backward_flops(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     """Multiply-accumulates of one training step's backward pass on ``x`` (weight and input gradients
     of every Conv2d/Linear; the input gradient of a Bi-Mask / transposable layer runs N:M sparse).
@@ -200,5 +219,5 @@ def backward_flops(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     return {"dense": float(dense), "sparse": float(sparse), "saved": 1.0 - sparse / dense if dense else 0.0}
 
 
-__all__ = ["prepare_bimask", "finalize_bimask", "kept_fractions", "backward_flops", "BiMasker", "backward_mask",
+__all__ = ["prepare_bimask", "finalize_bimask", "kept_fractions", "mask_energy", "backward_flops", "BiMasker", "backward_mask",
            "column_nm_mask", "search_permutation", "transposable_mask", "MODES"]

@@ -103,14 +103,14 @@ class QModel(nn.Module):
     @torch.no_grad()
     def sync_weight_quantizers(self) -> None:
         """Let fixed-scale weight quantizers re-read weights that moved since their last call (after QAT)."""
-        from qgraph.packing import used_state, weight_quantizers
+        from qgraph.packing import effective_weight, used_state, weight_quantizers
 
         stale = {k: n for k, n in weight_quantizers(self.qgraph).items() if self.qgraph.get_submodule(n)._refresh}
         if stale:
             state = used_state(self.qgraph)
             for key, name in stale.items():
-                if key in state:
-                    self.qgraph.get_submodule(name)(state[key])
+                if key in state:  # (through its sparsity mask, if any)
+                    self.qgraph.get_submodule(name)(effective_weight(self.qgraph, state, key))
 
     # ----------------------------------------------------------------- export
     def lowered(self) -> nn.Module:

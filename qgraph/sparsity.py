@@ -211,7 +211,8 @@ def nm(n: int = 2, m: int = 4, skip: tuple[str, ...] = ()) -> Recipe:
 def sparse(ratio: float = 0.5, layers: dict | None = None, skip: tuple[str, ...] = ()) -> Recipe:
     """Unstructured magnitude sparsity: ``ratio`` of each Conv/Linear weight set to zero (``layers``: per-module-path ratios)."""
     spec = SparsitySpec("unstructured", ratio=ratio, layers=tuple(sorted((layers or {}).items())), skip=tuple(skip))
-    return Recipe(f"sparse({ratio:g})", None, None, kinds=(), description=sparse.__doc__, sparsity=spec)
+    name = f"sparse({ratio:g})" if not layers else f"sparse(per-layer, {len(layers)} layers)"
+    return Recipe(name, None, None, kinds=(), description=sparse.__doc__, sparsity=spec)
 
 
 __all__ = [

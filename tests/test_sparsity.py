@@ -143,8 +143,8 @@ def test_frozen_masks_stay_frozen_through_qat_steps():
     qm.eval()
     lowered = qm.lowered()
     for name in masks:
-        codes = lowered.get_submodule(name.replace("weight_mask", "weight_quantizer")).qweight
-        assert bool((nm_counts(codes, 4) <= 2).all())
+        q = lowered.get_submodule(name.replace("weight_mask", "weight_quantizer"))
+        assert bool((nm_counts(q.qweight, 4) <= 2).all())
 
 
 # --------------------------------------------------------------------------- Bi-Mask
