@@ -21,7 +21,7 @@ is not accelerated).
     report = prepare_bimask(model, n=2, m=4, skip=("stem.*", "fc2"))   # in place
     ... train as usual (the permutation refresh counts training forward calls) ...
     finalize_bimask(model)                      # plain layers holding W ⊙ m_f
-    qm = qgraph.quantize(model, x, recipe=["nm(2,4)", "w8a8"], calib_data=batches)
+    qm = qgraph.quantize(model, x, recipe=[nm_recipe(report, 2, 4), "w8a8"], calib_data=batches)
 """
 
 from __future__ import annotations
@@ -150,6 +150,14 @@ def finalize_bimask(model: nn.Module) -> nn.Module:
     return unwrap_layers(model)
 
 
+def nm_recipe(report: dict[str, str], n: int = 2, m: int = 4):
+    """The ``nm(n, m)`` recipe that keeps dense the layers ``prepare_bimask`` kept dense (its ``report``),
+    so that quantizing the finalized model masks exactly the trained layers."""
+    from qgraph.sparsity import nm
+
+    return nm(n, m, skip=tuple(sorted(p for p, what in report.items() if what != "masked")))
+
+
 def kept_fractions(model: nn.Module) -> dict[str, float]:
     """``|m_b| / |m_f|`` of each Bi-Mask layer at its last call (1.0 for transposable / forward modes)."""
     out = {}
@@ -219,5 +227,5 @@ def backward_flops(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     return {"dense": float(dense), "sparse": float(sparse), "saved": 1.0 - sparse / dense if dense else 0.0}
 
 
-__all__ = ["prepare_bimask", "finalize_bimask", "kept_fractions", "mask_energy", "backward_flops", "BiMasker", "backward_mask",
+__all__ = ["prepare_bimask", "finalize_bimask", "nm_recipe", "kept_fractions", "mask_energy", "backward_flops", "BiMasker", "backward_mask",
            "column_nm_mask", "search_permutation", "transposable_mask", "MODES"]

@@ -12,7 +12,15 @@ from qgraph.backends.qpack import read_qpack
 
 import qgraph
 from examples.models import accuracy
-from qgraph.bimask import backward_flops, backward_mask, finalize_bimask, prepare_bimask, search_permutation, transposable_mask
+from qgraph.bimask import (
+    backward_flops,
+    backward_mask,
+    finalize_bimask,
+    nm_recipe,
+    prepare_bimask,
+    search_permutation,
+    transposable_mask,
+)
 from qgraph.recipes import recipe_from_json
 from qgraph.sparsity import SparseMask, magnitude_mask, nm_counts, nm_indices, nm_mask, nm_mask_from_indices
 from qgraph.unipts import BaseDecayedKD, bn_recalibrate, decode, magnitude_prune, unipts
@@ -216,6 +224,10 @@ def test_transposable_mask_is_nm_both_ways_and_finalize_feeds_nm_recipe():
         assert torch.allclose(net(x), y, atol=1e-5)
     qm = qgraph.quantize(net, x, recipe="nm(2,4)")  # the nm recipe finds the trained masks again
     assert torch.allclose(qm(x), y, atol=1e-5)
+    skip_head = {"0": "masked", "3": "dense: skipped"}
+    assert nm_recipe(skip_head).sparsity.skip == ("3",)
+    qm = qgraph.quantize(net, x, recipe=[nm_recipe(skip_head), "w8a8"])
+    assert [m.where for m in qm.qgraph.modules() if isinstance(m, SparseMask)] == ["0"]
 
 
 # --------------------------------------------------------------------------- UniPTS
