@@ -32,10 +32,11 @@ __all__ = [
 ]
 
 FORMAT = "qgraph.qpack"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this qgraph reads; files without N:M entries are still written as version 1
+READ_VERSIONS = (1, 2)
 META_KEY = "qpack"
 MAX_HEADER = 100_000_000  # safetensors refuses longer headers ("header too large")
-ROLES = ("codes", "scale", "zero_point", "codebook", "nm_values", "nm_indices")
+ROLES = ("codes", "scale", "zero_point", "codebook", "nm_indices")
 # safetensors dtype code -> numpy dtype name, for every dtype a qpack may hold
 DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
           "I16": "int16", "I8": "int8", "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool"}
@@ -58,7 +59,9 @@ class PackedTensor:
     zero_point: np.ndarray
     granularity: dict
     codebook: np.ndarray | None = None  # reserved: float32, 2**bits entries that the codes index
-    nm: dict | None = None  # reserved: N:M sparsity {"n", "m", "values", "indices"}
+    # N:M sparsity (format version 2): {"n", "m", "indices"}; indices uint8 [shape[0], K/m*n], the ascending
+    # in-group positions of the kept codes (K = numel/shape[0]); every other code is the zero point
+    nm: dict | None = None
 
 
 @dataclass
@@ -126,7 +129,33 @@ class _Entry:
     expect: dict[str, tuple[str, tuple[int, ...]]]  # role -> (safetensors dtype code, shape)
 
 
-def _check_entry(name: str, e) -> _Entry:
+def nm_index_bits(m: int) -> int:
+    """Bits an in-group position of an N:M group of ``m`` needs (stored in a 2-, 4- or 8-bit field)."""
+    return max(1, (m - 1).bit_length())
+
+
+def nm_kept(shape: tuple[int, ...], n: int, m: int) -> int:
+    """How many codes an N:M tensor of ``shape`` keeps (raises ValueError when rows of K do not split into groups of m)."""
+    count = math.prod(shape)
+    if len(shape) < 2 or shape[0] == 0 or (count // shape[0]) % m:
+        raise ValueError(f"N:M with m={m} needs rows (axis 0) whose length K = numel / shape[0] is a multiple of m, "
+                         f"shape is {list(shape)}")
+    return count // m * n
+
+
+def expand_to(p: np.ndarray, gran: dict, shape: tuple[int, ...]) -> np.ndarray:
+    """A scale or zero point laid out by granularity JSON ``gran``, broadcast to ``shape``."""
+    p = np.asarray(p)
+    kind = gran.get("kind")
+    if kind == "per_tensor":
+        return np.broadcast_to(p.reshape(()), shape)
+    if kind == "per_channel":
+        axis = gran["axis"] % len(shape)
+        return np.broadcast_to(p.reshape([-1 if d == axis else 1 for d in range(len(shape))]), shape)
+    return np.repeat(p, gran["size"], axis=gran.get("axis", -1))
+
+
+def _check_entry(name: str, e, version: int = FORMAT_VERSION) -> _Entry:
     """Validate one manifest entry (raises ValueError with the problem)."""
     if not isinstance(e, dict) or not _ENTRY_KEYS <= set(e) or not set(e) <= _ENTRY_KEYS | {"nm"}:
         keys = sorted(e) if isinstance(e, dict) else type(e).__name__
@@ -157,25 +186,25 @@ def _check_entry(name: str, e) -> _Entry:
         raise ValueError(f"encoding {e['encoding']!r} but the tensors make it {encoding!r}")
     if encoding == "codebook" and signed:
         raise ValueError("codebook codes index the codebook and must be unsigned")
-    expect = {"codes": ("U8", (packed_length(math.prod(shape), bits),)),
+    nm = e.get("nm")
+    stored = math.prod(shape)
+    if nm is not None:
+        if version < 2:
+            raise ValueError("N:M entries ('nm') need format_version 2")
+        if not isinstance(nm, dict) or set(nm) != {"n", "m"}:
+            raise ValueError(f"nm must have keys n, m, got {nm!r}")
+        n, m = nm["n"], nm["m"]
+        if not (_is_int(n) and _is_int(m) and 1 <= n < m <= 256):
+            raise ValueError(f"invalid nm {nm!r} (need integers 1 <= n < m <= 256)")
+        stored = nm_kept(shape, n, m)
+    if (nm is not None) != ("nm_indices" in tensors):
+        raise ValueError("'nm' needs an nm_indices tensor, and nm_indices needs 'nm'")
+    expect = {"codes": ("U8", (packed_length(stored, bits),)),
               "scale": (CODES[e["scale_dtype"]], sshape),
               "zero_point": ("I8" if signed else "U8", sshape),
               "codebook": ("F32", (2**bits,))}
-    nm = e.get("nm")
-    if (nm is not None) != ("nm_values" in tensors) or ("nm_values" in tensors) != ("nm_indices" in tensors):
-        raise ValueError("'nm' needs both nm_values and nm_indices tensors, and they need 'nm'")
     if nm is not None:
-        if not isinstance(nm, dict) or set(nm) != {"n", "m", "values_dtype"}:
-            raise ValueError(f"nm must have keys n, m, values_dtype, got {nm!r}")
-        n, m = nm["n"], nm["m"]
-        if not (_is_int(n) and _is_int(m) and 1 <= n <= m <= 256) or not isinstance(nm["values_dtype"], str) \
-                or nm["values_dtype"] not in CODES:
-            raise ValueError(f"invalid nm {nm!r}")
-        if not shape or shape[-1] % m:
-            raise ValueError(f"N:M with m={m} needs a last dimension divisible by m, shape is {list(shape)}")
-        nm_shape = (*shape[:-1], shape[-1] // m * n)
-        expect["nm_values"] = (CODES[nm["values_dtype"]], nm_shape)
-        expect["nm_indices"] = ("U8", nm_shape)
+        expect["nm_indices"] = ("U8", (packed_length(stored, nm_index_bits(nm["m"])),))
     expect = {role: expect[role] for role in tensors}
     return _Entry(name, bits, qmin, qmax, signed, shape, dict(e["granularity"]), nm, expect)
 
@@ -189,9 +218,10 @@ def _check_doc(doc, specs: Mapping[str, tuple[str, tuple[int, ...]]], label: str
         raise QPackError(f"{label}: qpack metadata is a JSON {type(doc).__name__}, not an object")
     if doc.get("format") != FORMAT:
         raise QPackError(f"{label}: qpack metadata names format {doc.get('format')!r}, not {FORMAT!r}")
-    if doc.get("format_version") != FORMAT_VERSION or not _is_int(doc.get("format_version")):
-        raise QPackError(f"{label}: unsupported qpack format_version {doc.get('format_version')!r} "
-                         f"(this qgraph reads version {FORMAT_VERSION})")
+    version = doc.get("format_version")
+    if not _is_int(version) or version not in READ_VERSIONS:
+        raise QPackError(f"{label}: unsupported qpack format_version {version!r} "
+                         f"(this qgraph reads versions {', '.join(map(str, READ_VERSIONS))})")
     if set(doc) != _DOC_KEYS:
         raise QPackError(f"{label}: qpack metadata has keys {sorted(doc)}, expected {sorted(_DOC_KEYS)}")
     for k, t in (("qgraph_version", str), ("manifest", dict), ("floats", dict), ("meta", dict), ("checksum", str)):
@@ -201,7 +231,7 @@ def _check_doc(doc, specs: Mapping[str, tuple[str, tuple[int, ...]]], label: str
     entries = []
     for name, e in doc["manifest"].items():
         try:
-            entry = _check_entry(name, e)
+            entry = _check_entry(name, e, version)
         except (ValueError, TypeError, KeyError) as err:
             raise QPackError(f"{label}: tensor {name!r}: bad manifest entry: {err}") from err
         entries.append(entry)
@@ -253,10 +283,12 @@ def _decode(entries: list[_Entry], arrays: Mapping[str, np.ndarray], label: str)
             return QPackError(f"{label}: tensor {en.name!r}: {problem}")
 
         data = arrays[f"{en.name}.codes"]
-        count = math.prod(en.shape)
+        count = math.prod(en.shape) if en.nm is None else nm_kept(en.shape, en.nm["n"], en.nm["m"])
         if not padding_is_zero(data, en.bits, count):
             raise bad("the padding bits after the last code are not zero")
-        codes = unpack_bits(data, en.bits, count, en.signed).reshape(en.shape)
+        codes = unpack_bits(data, en.bits, count, en.signed)
+        if en.nm is None:
+            codes = codes.reshape(en.shape)
         if codes.size and (int(codes.min()) < en.qmin or int(codes.max()) > en.qmax):
             raise bad(f"codes in [{int(codes.min())}, {int(codes.max())}] outside [qmin, qmax] = [{en.qmin}, {en.qmax}]")
         scale = np.array(arrays[f"{en.name}.scale"])
@@ -272,13 +304,59 @@ def _decode(entries: list[_Entry], arrays: Mapping[str, np.ndarray], label: str)
             raise bad("codebook has non-finite entries")
         nm = None
         if en.nm is not None:
-            idx = np.array(arrays[f"{en.name}.nm_indices"])
-            if idx.size and int(idx.max()) >= en.nm["m"]:
-                raise bad(f"N:M indices reach {int(idx.max())}, m is {en.nm['m']}")
-            nm = {"n": en.nm["n"], "m": en.nm["m"], "values": np.array(arrays[f"{en.name}.nm_values"]), "indices": idx}
+            codes, nm = _nm_expand(en, codes, arrays[f"{en.name}.nm_indices"], zp, bad)
         out[en.name] = PackedTensor(en.name, codes, en.bits, en.qmin, en.qmax, scale, zp, en.granularity,
                                     None if codebook is None else np.array(codebook), nm)
     return out
+
+
+def _nm_expand(en: _Entry, kept: np.ndarray, packed_idx: np.ndarray, zp: np.ndarray, bad) -> tuple[np.ndarray, dict]:
+    """Dense codes (the zero point at pruned positions) and the ``nm`` dict from kept codes and packed indices."""
+    n, m = en.nm["n"], en.nm["m"]
+    ibits = nm_index_bits(m)
+    if not padding_is_zero(packed_idx, ibits, kept.size):
+        raise bad("the padding bits after the last N:M index are not zero")
+    idx = unpack_bits(packed_idx, ibits, kept.size, False)
+    if idx.size and int(idx.max()) >= m:
+        raise bad(f"N:M indices reach {int(idx.max())}, m is {m}")
+    rows = en.shape[0]
+    groups = idx.reshape(rows, -1, n).astype(np.int64)
+    if n > 1 and not np.all(np.diff(groups, axis=-1) > 0):
+        raise bad(f"N:M indices are not strictly ascending within every group of {n}")
+    full = np.array(expand_to(zp, en.granularity, en.shape)).astype(kept.dtype).reshape(rows, -1, m)
+    np.put_along_axis(full, groups, kept.reshape(rows, -1, n), axis=-1)
+    return full.reshape(en.shape), {"n": n, "m": m, "indices": idx.reshape(rows, -1)}
+
+
+def _nm_compress(pt: PackedTensor, codes: np.ndarray, zp: np.ndarray, gran: dict, where: str) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(manifest ``nm``, kept codes, indices) of a PackedTensor with ``nm``; refuses what would not round-trip."""
+    if not isinstance(pt.nm, dict) or set(pt.nm) != {"n", "m", "indices"}:
+        raise QPackError(f"{where}: nm must be a dict with keys n, m, indices")
+    n, m = (int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else -1 for v in (pt.nm["n"], pt.nm["m"]))
+    if not 1 <= n < m <= 256:
+        raise QPackError(f"{where}: invalid N:M n={pt.nm['n']!r}, m={pt.nm['m']!r} (need integers 1 <= n < m <= 256)")
+    try:
+        kept_count = nm_kept(codes.shape, n, m)
+    except ValueError as e:
+        raise QPackError(f"{where}: {e}") from e
+    idx = np.asarray(pt.nm["indices"])
+    rows = codes.shape[0]
+    if idx.dtype != np.uint8 or idx.shape != (rows, kept_count // rows):
+        raise QPackError(f"{where}: nm indices must be uint8 of shape {[rows, kept_count // rows]}, got {idx.dtype} {list(idx.shape)}")
+    groups = idx.reshape(rows, -1, n).astype(np.int64)
+    if idx.size and (int(idx.max()) >= m or (n > 1 and not np.all(np.diff(groups, axis=-1) > 0))):
+        raise QPackError(f"{where}: nm indices must be below m={m} and strictly ascending within each group")
+    try:
+        full_zp = np.array(expand_to(zp, gran, codes.shape)).reshape(rows, -1, m)
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise QPackError(f"{where}: cannot lay out zero points by granularity {gran!r}: {e}") from e
+    g = codes.reshape(rows, -1, m)
+    pruned = np.ones(g.shape, bool)
+    np.put_along_axis(pruned, groups, False, axis=-1)
+    if np.any(g[pruned] != full_zp[pruned]):
+        raise QPackError(f"{where}: codes outside the kept N:M positions are not the zero point (the values would be lost)")
+    kept = np.take_along_axis(g, groups, axis=-1).reshape(-1)
+    return {"n": n, "m": m}, kept, idx.reshape(-1)
 
 
 # --------------------------------------------------------------------------- writing
@@ -322,7 +400,12 @@ def _encode(pt: PackedTensor, label: str) -> tuple[dict, dict[str, np.ndarray]]:
     except (TypeError, ValueError) as e:
         raise QPackError(f"{where}: granularity is not JSON: {e}") from e
     width = field_width(bits)
-    tensors = {"codes": pack_bits(codes, bits), "scale": scale}
+    nm = None
+    if pt.nm is not None:
+        nm, kept, idx = _nm_compress(pt, codes, zp, gran, where)
+        tensors = {"codes": pack_bits(kept, bits), "scale": scale, "nm_indices": pack_bits(idx, nm_index_bits(nm["m"]))}
+    else:
+        tensors = {"codes": pack_bits(codes, bits), "scale": scale}
     if np.any(zp != 0):
         tensors["zero_point"] = zp.astype(np.int8 if signed else np.uint8)
     if pt.codebook is not None:
@@ -332,15 +415,8 @@ def _encode(pt: PackedTensor, label: str) -> tuple[dict, dict[str, np.ndarray]]:
     entry = {"bits": bits, "qmin": qmin, "qmax": qmax, "signed": signed, "shape": list(codes.shape),
              "granularity": gran, "scale_dtype": scale.dtype.name, "packing": f"{width}-bit fields, low bits first",
              "encoding": "codebook" if pt.codebook is not None else "affine"}
-    if pt.nm is not None:
-        if not isinstance(pt.nm, dict) or set(pt.nm) != {"n", "m", "values", "indices"}:
-            raise QPackError(f"{where}: nm must be a dict with keys n, m, values, indices")
-        tensors["nm_values"] = _le(pt.nm["values"], f"{where}: nm values")
-        tensors["nm_indices"] = _le(pt.nm["indices"], f"{where}: nm indices")
-        if tensors["nm_indices"].dtype != np.uint8:
-            raise QPackError(f"{where}: nm indices must be uint8, got {tensors['nm_indices'].dtype}")
-        n, m = (int(v) if isinstance(v, np.integer) else v for v in (pt.nm["n"], pt.nm["m"]))
-        entry["nm"] = {"n": n, "m": m, "values_dtype": tensors["nm_values"].dtype.name}
+    if nm is not None:
+        entry["nm"] = nm
     entry["tensors"] = {role: f"{pt.name}.{role}" for role in tensors}
     return entry, {f"{pt.name}.{role}": a for role, a in tensors.items()}
 
@@ -396,7 +472,8 @@ def write_qpack(path: str, packed: Iterable[PackedTensor], floats: Mapping[str, 
         meta = json.loads(json.dumps(meta, allow_nan=False))
     except (TypeError, ValueError) as e:
         raise QPackError(f"{label}: meta is not JSON-serializable: {e}") from e
-    doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "qgraph_version": qgraph.__version__,
+    version = 2 if any("nm" in e for e in manifest.values()) else 1  # version 1 readers read everything else
+    doc = {"format": FORMAT, "format_version": version, "qgraph_version": qgraph.__version__,
            "manifest": manifest, "floats": float_manifest, "meta": meta, "checksum": _checksum(arrays)}
     entries, _ = _check_doc(doc, {k: (CODES[a.dtype.name], a.shape) for k, a in arrays.items()}, label)
     _decode(entries, arrays, label)  # refuse to write what read_qpack would refuse
@@ -508,13 +585,16 @@ def read_qpack(path: str) -> QPack:
 
 def stored_bytes(pt: PackedTensor) -> int:
     """Bytes a packed tensor takes in a qpack: packed codes, scales, non-zero zero points, extras."""
-    n = packed_length(np.asarray(pt.codes).size, pt.bits) + np.asarray(pt.scale).nbytes
+    count = np.asarray(pt.codes).size
+    if pt.nm is not None:
+        count = count // pt.nm["m"] * pt.nm["n"]
+    n = packed_length(count, pt.bits) + np.asarray(pt.scale).nbytes
     if np.any(np.asarray(pt.zero_point) != 0):
         n += np.asarray(pt.zero_point).size
     if pt.codebook is not None:
         n += np.asarray(pt.codebook).nbytes
     if pt.nm is not None:
-        n += np.asarray(pt.nm["values"]).nbytes + np.asarray(pt.nm["indices"]).nbytes
+        n += packed_length(count, nm_index_bits(pt.nm["m"]))
     return int(n)
 
 
@@ -532,6 +612,7 @@ def describe_qpack(path: str) -> str:
     rows = []
     for name, pt in sorted(qp.packed.items()):
         kind = ("int" if pt.qmin < 0 else "uint") + str(pt.bits) + (" codebook" if pt.codebook is not None else "")
+        kind += f" {pt.nm['n']}:{pt.nm['m']}" if pt.nm is not None else ""
         rows.append((name, kind, _gran_str(pt.granularity), list(pt.codes.shape), stored_bytes(pt), 4 * pt.codes.size))
     for name, a in qp.floats.items():
         rows.append((name, a.dtype.name, "-", list(a.shape), a.nbytes, 4 * a.size))

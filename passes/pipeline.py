@@ -1,4 +1,4 @@
-"""The default pipeline: canonicalize → fold_bn → annotate → insert quantizers (→ calibrate)."""
+"""The default pipeline: canonicalize → fold_bn → (sparsify) → annotate → insert quantizers (→ calibrate)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from qgraph.passes.calibrate import CalibratePass
 from qgraph.passes.canonicalize import CanonicalizePass
 from qgraph.passes.fold_bn import FoldBatchNormPass
 from qgraph.passes.insert_quantizers import InsertQuantizersPass
+from qgraph.passes.sparsity import SparsifyPass
 
 from qgraph.bitswitch import BitSwitchRecipe, is_bitswitch
 from qgraph.errors import QGraphError
@@ -24,6 +25,8 @@ def prepare_passes(recipe: Recipe, leaves: set[str], fold_bn: bool = True) -> li
     passes: list[QPass] = [CanonicalizePass(leaves)]
     if fold_bn:
         passes.append(FoldBatchNormPass())
+    if recipe.sparsity is not None:
+        passes.append(SparsifyPass(recipe, leaves))
     passes += [AnnotatePass(recipe), InsertQuantizersPass(recipe, leaves)]
     return passes
 

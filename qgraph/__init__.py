@@ -51,10 +51,11 @@ from qgraph.packing import load
 from qgraph.qspec import QSpec
 from qgraph.recipes import Override, Recipe, get_recipe, list_recipes, register_recipe
 from qgraph.report import Report
+from qgraph.sparsity import SparsitySpec  # (importing it registers the nm and sparse recipes)
 
 __all__ = [
     "quantize", "prepare", "trace", "export_onnx", "load", "QGraph", "QModel", "ExportResult", "QSpec", "Recipe", "Override",
-    "get_recipe", "list_recipes", "register_recipe", "diff", "GraphDiff", "Report", "PerTensor", "PerChannel", "PerGroup",
+    "get_recipe", "list_recipes", "register_recipe", "diff", "GraphDiff", "Report", "SparsitySpec", "PerTensor", "PerChannel", "PerGroup",
     "QGraphError", "InputError", "CaptureError", "RecipeError", "UnsupportedOpError",
     "CalibrationError", "ExportError", "ExportMismatchError", "QPackError", "__version__",
     "BitSwitchRecipe",

@@ -16,7 +16,7 @@ from qgraph.recipes import Override, Recipe, build_recipe
 def quantize(
     model: nn.Module,
     example_inputs,
-    recipe: str | Recipe = "w8a8",
+    recipe: str | Recipe | list = "w8a8",
     calib_data: Iterable | None = None,
     *,
     overrides: Iterable[Override] | None = None,
@@ -27,7 +27,8 @@ def quantize(
     """Quantize ``model`` and return a :class:`QModel`.
 
     ``example_inputs``: a tensor or tuple of positional tensors the model accepts.
-    ``recipe``: a name (``qgraph.list_recipes()``) or a :class:`Recipe`; ``overrides`` refine it
+    ``recipe``: a name (``qgraph.list_recipes()``) or a :class:`Recipe`, or a list composing a
+    sparsity recipe with a quantization recipe (``["nm(2,4)", "w8a8"]``); ``overrides`` refine it
     (:class:`Override`), ``skip`` lists module-path globs that stay float.
     ``calib_data``: an iterable of batches (a tensor or a tuple of tensors each) for post-training
     calibration; without it the example inputs calibrate. ``qat=True`` makes scales learnable
@@ -49,7 +50,7 @@ def quantize(
 def prepare(
     model: nn.Module,
     example_inputs,
-    recipe: str | Recipe = "w8a8",
+    recipe: str | Recipe | list = "w8a8",
     *,
     overrides: Iterable[Override] | None = None,
     skip: Iterable[str] | str | None = None,

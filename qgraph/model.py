@@ -112,14 +112,14 @@ class QModel(nn.Module):
     @torch.no_grad()
     def sync_weight_quantizers(self) -> None:
         """Let fixed-scale weight quantizers re-read weights that moved since their last call (after QAT)."""
-        from qgraph.packing import used_state, weight_quantizers
+        from qgraph.packing import effective_weight, used_state, weight_quantizers
 
         stale = {k: n for k, n in weight_quantizers(self.qgraph).items() if self.qgraph.get_submodule(n)._refresh}
         if stale:
             state = used_state(self.qgraph)
             for key, name in stale.items():
-                if key in state:
-                    self.qgraph.get_submodule(name)(state[key])
+                if key in state:  # (through its sparsity mask, if any)
+                    self.qgraph.get_submodule(name)(effective_weight(self.qgraph, state, key))
 
     # ----------------------------------------------------------------- bit switching (recipe "bitswitch")
     def set_bits(self, bits) -> QModel:
@@ -146,9 +146,11 @@ class QModel(nn.Module):
     def lowered(self) -> nn.Module:
         """A copy with integer weights (``LowerPass``), as it is handed to the ONNX exporter."""
         from qgraph.passes.lower import LowerPass
+        from qgraph.passes.sparsity import FoldMasksPass
 
         self.sync_weight_quantizers()
         gm = copy.deepcopy(self.qgraph).eval()
+        FoldMasksPass().run(gm)
         LowerPass().run(gm)
         return gm
 
@@ -222,7 +224,7 @@ class QModel(nn.Module):
         state = packing.used_state(self.qgraph)
         for key, qname in packing.weight_quantizers(self.qgraph).items():
             q = self.qgraph.get_submodule(qname)
-            weight = state.get(key)
+            weight = packing.effective_weight(self.qgraph, state, key)
             p = stored[key]
             with torch.no_grad():
                 rebuilt = dequantize_affine(torch.from_numpy(p.codes), torch.from_numpy(p.scale.astype("float32")),

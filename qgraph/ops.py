@@ -272,9 +272,13 @@ def _opaque_weight_info(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
     mod = owner_type(gm, owner)
     if mod is None or not issubclass(mod, CONV_MODULES + CONV_TRANSPOSE_MODULES + LINEAR_MODULES):
         return None
-    for user in node.users:
+    readers = []
+    for user in node.users:  # look through weight transforms (sparsity masks: W → mask → op)
+        through = getattr(_target_module(gm, user), "is_weight_transform", False)
+        readers += [(u, user) for u in user.users] if through else [(user, node)]
+    for user, w in readers:
         info = classify(gm, user)
-        if info is not None and (info.weight is node or node in info.activations):
+        if info is not None and (info.weight is w or w in info.activations):
             return None  # read by an op qgraph quantizes: that op owns the weight
     kind = "linear" if issubclass(mod, nn.Linear) else "conv_transpose" if issubclass(mod, CONV_TRANSPOSE_MODULES) else "conv"
     return OpInfo(kind, owner, node, None, [], 1 if kind == "conv_transpose" else 0)

@@ -21,6 +21,7 @@ from qgraph.errors import QGraphError
 from qgraph.granularity import granularity_to_json
 from qgraph.primitives import dequantize_affine, quantize_affine
 from qgraph.quantizer import FakeQuantize
+from qgraph.sparsity import is_mask_node, nm_indices, nm_mask_from_indices, weight_masks
 from qgraph.wrappers import QuantizedModule
 
 _INPUTS_KEY = "example_inputs"
@@ -35,6 +36,8 @@ def weight_quantizers(gm: fx.GraphModule) -> dict[str, str]:
         mod = gm.get_submodule(node.target)
         if isinstance(mod, FakeQuantize) and mod.role == "weight":
             src = node.args[0]
+            if is_mask_node(gm, src):  # get_attr W → weight_mask → weight quantizer
+                src = src.args[0]
             if isinstance(src, fx.Node) and src.op == "get_attr":
                 found[str(src.target)] = str(node.target)
     for name, mod in gm.named_modules():
@@ -56,6 +59,16 @@ def used_state(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
     return used
 
 
+def effective_weight(gm: fx.GraphModule, state: dict[str, torch.Tensor], key: str) -> torch.Tensor | None:
+    """The weight ``key`` as its quantizer sees it: ``W ⊙ mask`` when a sparsity mask sits in between."""
+    w = state.get(key)
+    masks = weight_masks(gm)
+    if w is not None and key in masks:
+        with torch.no_grad():
+            w = gm.get_submodule(masks[key])(w)
+    return w
+
+
 def packed_weights(qm) -> tuple[list, dict[str, np.ndarray]]:
     """(PackedTensor records, float tensors) describing ``qm``'s quantized graph."""
     from qgraph.backends.qpack import PackedTensor
@@ -63,15 +76,21 @@ def packed_weights(qm) -> tuple[list, dict[str, np.ndarray]]:
     gm = qm.qgraph
     wq = weight_quantizers(gm)
     state = used_state(gm)
+    masks = weight_masks(gm)
     packed = []
     for key, qname in sorted(wq.items()):
         q = gm.get_submodule(qname)
         if not q.initialized:
             raise QGraphError(f"weight quantizer {qname} has no scale yet: calibrate the model before packing")
         spec = q.spec
-        weight = state.get(key)
+        weight = effective_weight(gm, state, key)
         if weight is None:
             weight = gm.get_parameter(key) if key in dict(gm.named_parameters()) else gm.get_buffer(key)
+        nm, mask_mod = None, gm.get_submodule(masks[key]) if key in masks else None
+        if mask_mod is not None and mask_mod.m:  # N:M: the kept positions travel as indices (the codes shrink)
+            nm = {"n": mask_mod.n, "m": mask_mod.m, "indices": nm_indices(mask_mod.mask, mask_mod.n, mask_mod.m).numpy()}
+        if mask_mod is not None:  # the mask is rebuilt from the codes (and indices) at load
+            state.pop(f"{masks[key]}.mask", None)
         with torch.no_grad():
             scale = q.effective_scale().detach()
             codes = quantize_affine(weight.detach().float(), scale, q.zero_point, spec.qmin, spec.qmax, spec.granularity)
@@ -79,7 +98,7 @@ def packed_weights(qm) -> tuple[list, dict[str, np.ndarray]]:
         packed.append(PackedTensor(
             name=key, codes=codes.cpu().numpy(), bits=spec.bits, qmin=spec.qmin, qmax=spec.qmax,
             scale=scale_np, zero_point=q.zero_point.detach().cpu().numpy(),
-            granularity=granularity_to_json(spec.granularity),
+            granularity=granularity_to_json(spec.granularity), nm=nm,
         ))
         for k in (key, f"{qname}.scale", f"{qname}.zero_point"):  # the packed record carries these
             state.pop(k, None)
@@ -161,7 +180,9 @@ def load(path: str, model: nn.Module | Callable, example_inputs=None, bits=None)
     qm = prepare(model, args, recipe=recipe, fold_bn=meta.get("fold_bn", True))
     gm = qm.qgraph
     wq = weight_quantizers(gm)
+    masks = weight_masks(gm)
     expected = set(used_state(gm)) - {f"{n}.{p}" for n in wq.values() for p in ("scale", "zero_point")}
+    expected -= {f"{masks[k]}.mask" for k in wq if k in masks}  # rebuilt from the packed codes
     missing = sorted(expected - set(pack.floats) - set(pack.packed))
     extra = sorted((set(pack.floats) | set(pack.packed)) - expected)
     if missing or extra:
@@ -187,6 +208,8 @@ def load(path: str, model: nn.Module | Callable, example_inputs=None, bits=None)
             q.set_qparams(scale, zp)
             q.mode, q.observer, q._refresh = "quantize", None, False
             state[key] = dequantize_affine(codes, scale, zp, p.qmin, p.qmax, q.spec.granularity)
+            if key in masks:
+                _restore_mask(gm.get_submodule(masks[key]), p, state[key], path)
     try:
         gm.load_state_dict(state, strict=False)
     except RuntimeError as e:
@@ -196,6 +219,21 @@ def load(path: str, model: nn.Module | Callable, example_inputs=None, bits=None)
             q.mode, q.observer, q._refresh = "quantize", None, False
     qm.eval()
     return qm
+
+
+def _restore_mask(mask_mod, p, weight: torch.Tensor, path: str) -> None:
+    """Set a weight's sparsity mask from the file: N:M from its indices, else the non-zero weights
+    (a kept weight that quantized to zero reads as pruned, which changes no output)."""
+    from qgraph.errors import QPackError
+
+    if mask_mod.m:
+        if p.nm is None or (p.nm["n"], p.nm["m"]) != (mask_mod.n, mask_mod.m):
+            got = f"{p.nm['n']}:{p.nm['m']}" if p.nm is not None else "no N:M layout"
+            raise QPackError(f"{path}: tensor {p.name} has {got}, the recipe says {mask_mod.n}:{mask_mod.m}")
+        mask = nm_mask_from_indices(torch.from_numpy(p.nm["indices"]), tuple(weight.shape), p.nm["n"], p.nm["m"])
+    else:
+        mask = weight != 0
+    mask_mod.mask = mask
 
 
 def _state_shape(gm: fx.GraphModule, key: str) -> tuple:

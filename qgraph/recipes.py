@@ -9,15 +9,20 @@ listing the known names for an unknown one.
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from qgraph.errors import RecipeError
 from qgraph.granularity import PerChannel, PerGroup, PerTensor
 from qgraph.ops import KINDS, WEIGHT_ONLY_KINDS, WEIGHTED_KINDS
 from qgraph.qspec import QSpec
+
+if TYPE_CHECKING:
+    from qgraph.sparsity import SparsitySpec
 
 _UNSET = object()
 DEFAULT_KINDS = ("conv", "conv_transpose", "linear", "matmul", "add")
@@ -89,6 +94,7 @@ class Recipe:
     kinds: tuple[str, ...] = ("conv", "conv_transpose", "linear", "matmul", "add")  # DEFAULT_KINDS
     overrides: tuple[Override, ...] = ()
     description: str = ""
+    sparsity: SparsitySpec | None = None  # weight masks (qgraph.sparsity), applied before the weight quantizer
 
     def with_overrides(self, *overrides: Override) -> Recipe:
         return replace(self, overrides=self.overrides + tuple(overrides))
@@ -128,6 +134,7 @@ class Recipe:
             "activation": self.activation.to_json() if self.activation else None,
             "kinds": list(self.kinds),
             "overrides": [_override_json(o) for o in self.overrides],
+            **({"sparsity": self.sparsity.to_json()} if self.sparsity is not None else {}),
         }
 
 
@@ -143,9 +150,15 @@ def recipe_from_json(d: dict) -> Recipe:
                 if k in o:
                     o[k] = spec(o[k])
             overrides.append(Override(**o))
+        sparsity = None
+        if d.get("sparsity") is not None:
+            from qgraph.sparsity import SparsitySpec
+
+            sparsity = SparsitySpec.from_json(d["sparsity"])
         if base is not None:
-            return replace(base, overrides=tuple(overrides))
-        return Recipe(d["name"], spec(d.get("weight")), spec(d.get("activation")), tuple(d["kinds"]), tuple(overrides))
+            return replace(base, overrides=tuple(overrides), sparsity=sparsity)
+        return Recipe(d["name"], spec(d.get("weight")), spec(d.get("activation")), tuple(d["kinds"]), tuple(overrides),
+                      sparsity=sparsity)
     except (KeyError, TypeError, ValueError) as e:
         raise RecipeError(f"not a valid recipe description: {e}") from e
 
@@ -178,37 +191,63 @@ def list_recipes() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_recipe(recipe: str | Recipe, **options) -> Recipe:
-    """A recipe by name (or a Recipe, returned as is)."""
+def get_recipe(recipe: str | Recipe | list | tuple, **options) -> Recipe:
+    """A recipe by name (or a Recipe, returned as is).
+
+    Names may carry arguments, ``"nm(2,4)"``, ``"sparse(ratio=0.7)"``, and recipes compose: a list
+    ``["nm(2,4)", "w8a8"]`` or ``"nm(2,4)+w8a8"`` is one sparsity recipe plus one quantization recipe.
+    """
     if isinstance(recipe, Recipe):
         return recipe
+    if isinstance(recipe, (list, tuple)):
+        if options:
+            raise RecipeError(f"options {sorted(options)} cannot be given with a list of recipes; write them in the names")
+        return compose_recipes([get_recipe(r) for r in recipe])
     if not isinstance(recipe, str):
         raise RecipeError(f"a recipe is a name or a qgraph.Recipe, got {type(recipe).__name__}")
-    args: tuple = ()
-    if "(" in recipe and recipe.rstrip().endswith(")"):  # "bitswitch(8,6,4,2)", "w4a16(group_size=32)"
-        recipe, args, call_options = _parse_call(recipe)
-        options = {**call_options, **options}
-    if recipe not in _REGISTRY:
+    if "+" in recipe:
+        return get_recipe(recipe.split("+"), **options)
+    name, args, kwargs = _parse_call(recipe.strip())
+    if name not in _REGISTRY:
         raise RecipeError(f"unknown recipe {recipe!r}; known recipes: {', '.join(list_recipes())}")
     try:
-        return _REGISTRY[recipe](*args, **options)
+        return _REGISTRY[name](*args, **kwargs, **options)
     except TypeError as e:
-        raise RecipeError(f"recipe {recipe!r} does not take these options {sorted(options)}: {e}") from e
+        raise RecipeError(f"recipe {recipe!r} does not take these options {sorted(options) or list(args) + sorted(kwargs)}: {e}") from e
 
 
 def _parse_call(text: str) -> tuple[str, tuple, dict]:
-    """``"name(1, 2, key=(3, 4))"`` → ``("name", (1, 2), {"key": (3, 4)})``; arguments must be literals."""
-    import ast
-
+    """``"nm(2, m=4)"`` -> ``("nm", (2,), {"m": 4})``; a bare name has no arguments. Arguments are literals."""
+    if "(" not in text:
+        return text, (), {}
     try:
-        call = ast.parse(text.strip(), mode="eval").body
+        call = ast.parse(text, mode="eval").body
         if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
             raise ValueError("not a call")
         args = tuple(ast.literal_eval(a) for a in call.args)
-        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg is not None}
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg}
+        if len(kwargs) != len(call.keywords):
+            raise ValueError("**kwargs are not allowed")
     except (SyntaxError, ValueError) as e:
-        raise RecipeError(f"cannot read recipe {text!r}: write name(literal, ..., key=literal): {e}") from e
+        raise RecipeError(f"cannot read recipe {text!r}: write NAME or NAME(literal arguments), e.g. 'nm(2,4)' ({e})") from e
     return call.func.id, args, kwargs
+
+
+def compose_recipes(recipes: list[Recipe]) -> Recipe:
+    """One recipe from a sparsity recipe and a quantization recipe (either may be absent, not doubled)."""
+    if not recipes:
+        raise RecipeError("an empty list of recipes")
+    sparse = [r for r in recipes if r.sparsity is not None]
+    quant = [r for r in recipes if r.weight is not None or r.activation is not None]
+    if len(sparse) > 1 or len(quant) > 1:
+        many = sparse if len(sparse) > 1 else quant
+        kind = "sparsity" if len(sparse) > 1 else "quantization"
+        raise RecipeError(f"recipes {[r.name for r in many]} are all {kind} recipes; combine at most one sparsity and one quantization recipe")
+    if len(recipes) == 1:
+        return recipes[0]
+    base = quant[0] if quant else sparse[0]
+    name = "+".join(r.name for r in recipes)
+    return replace(base, name=name, sparsity=sparse[0].sparsity if sparse else None)
 
 
 def build_recipe(recipe: str | Recipe, overrides: Iterable[Override] | None = None, skip: Iterable[str] | None = None) -> Recipe:
@@ -266,4 +305,5 @@ def w2a16(group_size: int = 64) -> Recipe:
     return Recipe("w2a16", _weight(2, group_size, "float16"), None, kinds=("conv", "conv_transpose", "linear"), description=w2a16.__doc__)
 
 
-__all__ = ["Recipe", "Override", "Decision", "register_recipe", "get_recipe", "list_recipes", "build_recipe", "recipe_from_json"]
+__all__ = ["Recipe", "Override", "Decision", "register_recipe", "get_recipe", "list_recipes", "build_recipe", "recipe_from_json",
+           "compose_recipes"]

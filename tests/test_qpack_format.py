@@ -21,7 +21,16 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from qgraph.backends.qpack import PackedTensor, QPack, pack_bits, read_qpack, stored_bytes, unpack_bits, write_qpack
+from qgraph.backends.qpack import (
+    PackedTensor,
+    QPack,
+    pack_bits,
+    packed_length,
+    read_qpack,
+    stored_bytes,
+    unpack_bits,
+    write_qpack,
+)
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
@@ -187,21 +196,84 @@ def test_big_endian_and_strided_inputs(tmp_path):
     assert np.array_equal(qp.packed["w"].codes, p.codes)
 
 
-def test_reserved_codebook_and_nm_round_trip(tmp_path):
+def test_reserved_codebook_round_trip(tmp_path):
     p = _packed("w", (2, 8), 4, False, {"kind": "per_channel", "axis": 0})
     p.codebook = np.linspace(-1, 1, 16, dtype=np.float32)
-    p.nm = {"n": 2, "m": 4, "values": np.ones((2, 4), np.float16), "indices": np.array([[0, 2, 1, 3]] * 2, np.uint8)}
     write_qpack(str(tmp_path / "c.qpack"), [p], {}, {})
     q = read_qpack(str(tmp_path / "c.qpack")).packed["w"]
     assert np.array_equal(q.codebook, p.codebook) and q.codebook.dtype == np.float32
-    assert q.nm["n"] == 2 and q.nm["m"] == 4 and q.nm["values"].dtype == np.float16
-    assert np.array_equal(q.nm["indices"], p.nm["indices"])
     p.codebook = np.zeros(8, np.float32)
     with pytest.raises(QPackError, match="'w'.*codebook"):
         write_qpack(str(tmp_path / "d.qpack"), [p], {}, {})
-    p.codebook, p.nm["indices"] = None, np.zeros((2, 3), np.uint8)
-    with pytest.raises(QPackError, match="'w'.*nm_indices"):
+
+
+def _nm_packed(shape=(3, 2, 8), n=2, m=4, bits=4, signed=True, zp=False, seed=0) -> PackedTensor:
+    """A packed tensor whose codes are exactly N:M sparse along each row (pruned codes = zero point)."""
+    p = _packed("w", shape, bits, signed, {"kind": "per_channel", "axis": 0}, zp=zp, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    rows = shape[0]
+    g = p.codes.reshape(rows, -1, m)
+    idx = np.sort(np.argsort(rng.random(g.shape), axis=-1)[..., :n], axis=-1)
+    keep = np.zeros(g.shape, bool)
+    np.put_along_axis(keep, idx, True, axis=-1)
+    zfull = np.broadcast_to(np.asarray(p.zero_point).reshape(rows, 1, 1), g.shape).astype(g.dtype)
+    p.codes = np.where(keep, g, zfull).reshape(shape)
+    p.nm = {"n": n, "m": m, "indices": idx.reshape(rows, -1).astype(np.uint8)}
+    return p
+
+
+@pytest.mark.parametrize("n,m,bits,signed,zp", [(2, 4, 4, True, False), (1, 4, 8, True, False), (4, 8, 2, False, True),
+                                                (2, 4, 3, False, True)])
+def test_nm_round_trip_stores_kept_codes_and_indices(tmp_path, n, m, bits, signed, zp):
+    p = _nm_packed((4, 3, 8), n, m, bits, signed, zp)
+    write_qpack(str(tmp_path / "nm.qpack"), [p], {}, {})
+    qp = read_qpack(str(tmp_path / "nm.qpack"))
+    q = qp.packed["w"]
+    assert np.array_equal(q.codes, p.codes) and q.codes.dtype == p.codes.dtype
+    assert (q.nm["n"], q.nm["m"]) == (n, m) and np.array_equal(q.nm["indices"], p.nm["indices"])
+    kept = p.codes.size // m * n
+    assert stored_bytes(q) == packed_length(kept, bits) + packed_length(kept, 2 if m == 4 else 4) + q.scale.nbytes + (
+        q.zero_point.size if zp else 0)
+    with safe_open(str(tmp_path / "nm.qpack"), framework="numpy") as f:
+        doc = json.loads(f.metadata()["qpack"])
+        assert f.get_tensor("w.codes").shape == (packed_length(kept, bits),)
+    assert doc["format_version"] == 2 and doc["manifest"]["w"]["nm"] == {"n": n, "m": m}
+    dense = _packed("w", (4, 3, 8), bits, signed, {"kind": "per_channel", "axis": 0}, zp=zp)
+    assert stored_bytes(q) < stored_bytes(dense) or bits == 2  # (2-bit codes with 4-bit indices: N:M costs more)
+
+
+def test_nm_writer_refuses_codes_it_would_lose(tmp_path):
+    p = _nm_packed()
+    g = p.codes.reshape(3, -1, 4)
+    pruned = np.ones(g.shape, bool)
+    np.put_along_axis(pruned, p.nm["indices"].reshape(3, -1, 2).astype(np.int64), False, axis=-1)
+    g[pruned.nonzero()[0][0], pruned.nonzero()[1][0], pruned.nonzero()[2][0]] = 5
+    with pytest.raises(QPackError, match="'w'.*not the zero point"):
         write_qpack(str(tmp_path / "d.qpack"), [p], {}, {})
+    p = _nm_packed()
+    p.nm["indices"] = np.zeros((3, 3), np.uint8)
+    with pytest.raises(QPackError, match="'w'.*nm indices must be uint8 of shape"):
+        write_qpack(str(tmp_path / "d.qpack"), [p], {}, {})
+    p = _nm_packed()
+    p.nm["indices"][0, :2] = [1, 1]
+    with pytest.raises(QPackError, match="strictly ascending"):
+        write_qpack(str(tmp_path / "d.qpack"), [p], {}, {})
+    p = _packed("w", (2, 6), 4, True, {"kind": "per_channel", "axis": 0})
+    p.nm = {"n": 2, "m": 4, "indices": np.zeros((2, 3), np.uint8)}
+    with pytest.raises(QPackError, match="multiple of m"):
+        write_qpack(str(tmp_path / "d.qpack"), [p], {}, {})
+
+
+def test_nm_reader_refuses_bad_indices_and_v1_nm(tmp_path):
+    path = tmp_path / "nm.qpack"
+    write_qpack(str(path), [_nm_packed()], {}, {})
+
+    def dup(arrays, doc):  # both kept positions of the first group become 0
+        arrays["w.nm_indices"] = arrays["w.nm_indices"].copy()
+        arrays["w.nm_indices"][0] &= 0xF0
+    _refused(_rewrite(path, tmp_path / "a.qpack", dup), "'w'", "strictly ascending")
+    _refused(_rewrite(path, tmp_path / "b.qpack", lambda a, d: d.update(format_version=1)), "'w'", "need format_version 2")
+    _refused(_rewrite(path, tmp_path / "c.qpack", lambda a, d: a.pop("w.nm_indices")), "missing tensor 'w.nm_indices'")
 
 
 # --------------------------------------------------------------------------- determinism and size
@@ -335,8 +407,8 @@ def test_refuses_truncated(tmp_path, sample_file):
 
 
 def test_refuses_unsupported_version_and_format(tmp_path, sample_file):
-    _refused(_rewrite(sample_file, tmp_path / "v.qpack", lambda a, d: d.update(format_version=2)),
-             "unsupported qpack format_version 2")
+    _refused(_rewrite(sample_file, tmp_path / "v.qpack", lambda a, d: d.update(format_version=3)),
+             "unsupported qpack format_version 3")
     _refused(_rewrite(sample_file, tmp_path / "f.qpack", lambda a, d: d.update(format="other")), "format 'other'")
     _refused(_rewrite(sample_file, tmp_path / "k.qpack", lambda a, d: d.update(extra=1)), "keys")
 
