@@ -51,9 +51,11 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
                 custom_translation_table=translation_table(opset),
                 dynamic_shapes=dynamic,
                 verbose=False,
+                optimize=False,  # its full optimizer is most of the translation time; _clean_up does what we need
             )
     except Exception as e:
         raise ExportError(f"the ONNX exporter failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    _clean_up(program.model)
     model = program.model_proto
     _name_batch_dim(model)
     _name_outputs(model)
@@ -64,6 +66,19 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return model
+
+
+def _clean_up(model) -> None:
+    """Fold constant subexpressions (shape arithmetic, reshapes of constants), lift ``Constant`` nodes to
+    initializers, share identical initializers and drop dead nodes: the parts of the exporter's
+    ``optimize=True`` this backend needs, at a tenth of its cost (EfficientNet-B0: 0.5 s vs 5 s, and
+    the exporter's total time falls by a third). ONNX Runtime's own optimizer does the rest at load."""
+    import onnx_ir.passes.common as common
+    import onnxscript.optimizer
+
+    onnxscript.optimizer.fold_constants_ir(model)
+    for pass_ in (common.LiftConstantsToInitializersPass(), common.DeduplicateInitializersPass(), common.RemoveUnusedNodesPass()):
+        pass_(model)
 
 
 def has_2bit_weights(gm: torch.nn.Module) -> bool:
