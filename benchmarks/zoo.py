@@ -1,9 +1,9 @@
 """Model zoo: capture → quantize → export → verify on every model of ``benchmarks/zoo_models.py``, with peers.
 
-Per model (random weights, a batch of 8 random inputs; two more batches calibrate) and recipe:
+Per model (random weights, a batch of 8 random inputs; eight more batches calibrate) and recipe:
 ``qgraph.quantize(model, x, recipe, calib_data=...)``, ``qm.export(path, formats=("onnx",))`` (which runs
 ONNX Runtime and compares it with the quantized PyTorch model), then the quantized model against the
-float one on a held-out batch: SQNR of the first output and top-1 agreement (classifiers, segmentation
+float one on 96 held-out inputs: SQNR of the first output and top-1 agreement (classifiers, segmentation
 per pixel, language models per token). Peers on the same models and data (w8a8 row): torch.ao FX
 ``prepare_fx``/``convert_fx`` (x86 qconfig mapping; its ONNX export is attempted and counted) and ONNX
 Runtime ``quantize_static`` (QDQ, per-channel, U8 activations / S8 weights, MinMax) on the FP32 export.
