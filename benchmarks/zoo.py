@@ -70,6 +70,8 @@ class Worker:
         cmd = [sys.executable, "-m", "benchmarks.zoo_worker", "--serve", "--recipes", self.args.recipes, "--out-dir", self.out_dir]
         if self.args.no_peers:
             cmd.append("--no-peers")
+        if self.args.keep_onnx:
+            cmd.append("--keep-onnx")
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
         self.log = os.path.join(self.out_dir, f"worker{self.slot}.log")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -271,6 +273,7 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="models run in parallel (one thread each)")
     ap.add_argument("--out-dir", help="ONNX files and per-model JSON (default: a temporary directory)")
     ap.add_argument("--json", help="write all rows to this file")
+    ap.add_argument("--keep-onnx", action="store_true", help="keep every ONNX file in --out-dir (a full run writes about 20 GB)")
     ap.add_argument("--list", action="store_true", help="list the selected models and exit")
     ap.add_argument("--compact", action="store_true", help="one line per model instead of one per model and recipe")
     ap.add_argument("--from-json", help="print the tables and summary of an earlier --json file instead of running")

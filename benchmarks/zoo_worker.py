@@ -277,6 +277,14 @@ def run_model(name: str, recipes: str, out_dir: str, result: str, peers: bool) -
         save()
 
 
+def drop_onnx(out_dir: str, name: str) -> None:
+    """Delete one model's ONNX files (qgraph's and the peers'); its JSON row and reports stay."""
+    stem = name.replace("/", "__") + "_"
+    for f in os.listdir(out_dir):
+        if f.startswith(stem) and f.endswith(".onnx"):
+            os.remove(os.path.join(out_dir, f))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("name", nargs="?")
@@ -285,17 +293,22 @@ def main(argv=None) -> int:
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--result")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--keep-onnx", action="store_true", help="keep the ONNX files (a full run writes about 20 GB)")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     if not args.serve:
         run_model(args.name, args.recipes, args.out_dir, args.result, not args.no_peers)
+        if not args.keep_onnx:
+            drop_onnx(args.out_dir, args.name)
         return 0
     from benchmarks.zoo import DONE
 
     for line in sys.stdin:
         job = json.loads(line)
         run_model(job["name"], args.recipes, args.out_dir, job["result"], not args.no_peers)
+        if not args.keep_onnx:
+            drop_onnx(args.out_dir, job["name"])
         gc.collect()
         print(f"{DONE} {job['name']}", flush=True)
     return 0
