@@ -29,6 +29,7 @@ def _checkout_path() -> list[str]:
 
 __path__ = [*__path__, *_checkout_path()]
 
+from qgraph import group_scales, task_scales  # noqa: E402,F401  (register the tasks(...) and qslaw recipes)
 from qgraph.api import export_onnx, prepare, quantize
 from qgraph.capture import trace
 from qgraph.errors import (
@@ -50,10 +51,11 @@ from qgraph.packing import load
 from qgraph.qspec import QSpec
 from qgraph.recipes import Override, Recipe, get_recipe, list_recipes, register_recipe
 from qgraph.report import Report
+from qgraph.slld import SLLD, ssim
 
 __all__ = [
     "quantize", "prepare", "trace", "export_onnx", "load", "QGraph", "QModel", "ExportResult", "QSpec", "Recipe", "Override",
-    "get_recipe", "list_recipes", "register_recipe", "diff", "GraphDiff", "Report", "PerTensor", "PerChannel", "PerGroup",
+    "get_recipe", "list_recipes", "register_recipe", "SLLD", "ssim", "diff", "GraphDiff", "Report", "PerTensor", "PerChannel", "PerGroup",
     "QGraphError", "InputError", "CaptureError", "RecipeError", "UnsupportedOpError",
     "CalibrationError", "ExportError", "ExportMismatchError", "QPackError", "__version__",
 ]

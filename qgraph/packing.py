@@ -97,6 +97,9 @@ def write(qm, path: str) -> int:
         _INPUTS_KEY: [_input_spec(a) for a in qm._example_inputs],
         "fold_bn": qm.fold_bn,
     }
+    from qgraph.task_scales import qpack_meta
+
+    meta.update(qpack_meta(qm))  # "tasks": names and per-task tables (docs/qpack.md)
     return write_qpack(path, packed, floats, meta)
 
 
@@ -118,12 +121,13 @@ def _synth_inputs(specs: list[dict]) -> tuple:
     return tuple(out)
 
 
-def load(path: str, model: nn.Module | Callable, example_inputs=None):
+def load(path: str, model: nn.Module | Callable, example_inputs=None, task: str | None = None):
     """Rebuild the quantized model stored at ``path`` on ``model`` (the float architecture; its
     weights are replaced) or a factory returning ``model`` / ``(model, example_inputs, ...)``.
 
     Example inputs default to the factory's, else to tensors of the recorded shapes (random normal
     floats, zero integers); give real ones when the model's control flow depends on input values.
+    ``task``: for files with task-specific scales, the task to select (default: the first).
     """
     from qgraph.api import prepare
     from qgraph.backends.qpack import read_qpack
@@ -185,6 +189,8 @@ def load(path: str, model: nn.Module | Callable, example_inputs=None):
     for q in gm.modules():
         if isinstance(q, FakeQuantize):
             q.mode, q.observer, q._refresh = "quantize", None, False
+    if task is not None:
+        qm.set_task(task)
     qm.eval()
     return qm
 

@@ -89,6 +89,9 @@ class Recipe:
     kinds: tuple[str, ...] = ("conv", "conv_transpose", "linear", "matmul", "add")  # DEFAULT_KINDS
     overrides: tuple[Override, ...] = ()
     description: str = ""
+    # method passes run after the quantizers are inserted: ((pass name, JSON-able options), ...),
+    # e.g. ("task_scales", {"tasks": ["sr", "denoise"]}); see qgraph.passes.pipeline.METHOD_PASSES
+    methods: tuple[tuple[str, dict], ...] = ()
 
     def with_overrides(self, *overrides: Override) -> Recipe:
         return replace(self, overrides=self.overrides + tuple(overrides))
@@ -128,6 +131,7 @@ class Recipe:
             "activation": self.activation.to_json() if self.activation else None,
             "kinds": list(self.kinds),
             "overrides": [_override_json(o) for o in self.overrides],
+            **({"methods": [[n, dict(o)] for n, o in self.methods]} if self.methods else {}),
         }
 
 
@@ -142,7 +146,9 @@ def recipe_from_json(d: dict) -> Recipe:
                 if k in o:
                     o[k] = spec(o[k])
             overrides.append(Override(**o))
-        return Recipe(d["name"], spec(d.get("weight")), spec(d.get("activation")), tuple(d["kinds"]), tuple(overrides))
+        methods = tuple((str(n), dict(o)) for n, o in d.get("methods", []))
+        return Recipe(d["name"], spec(d.get("weight")), spec(d.get("activation")), tuple(d["kinds"]), tuple(overrides),
+                      methods=methods)
     except (KeyError, TypeError, ValueError) as e:
         raise RecipeError(f"not a valid recipe description: {e}") from e
 
@@ -181,12 +187,61 @@ def get_recipe(recipe: str | Recipe, **options) -> Recipe:
         return recipe
     if not isinstance(recipe, str):
         raise RecipeError(f"a recipe is a name or a qgraph.Recipe, got {type(recipe).__name__}")
-    if recipe not in _REGISTRY:
+    name, args, kwargs = parse_recipe_call(recipe)
+    if name not in _REGISTRY:
         raise RecipeError(f"unknown recipe {recipe!r}; known recipes: {', '.join(list_recipes())}")
     try:
-        return _REGISTRY[recipe](**options)
+        return _REGISTRY[name](*args, **{**kwargs, **options})
     except TypeError as e:
         raise RecipeError(f"recipe {recipe!r} does not take these options {sorted(options)}: {e}") from e
+
+
+_CALL = re.compile(r"\s*([A-Za-z_][\w.-]*)\s*(?:\((.*)\))?\s*", re.S)
+
+
+def parse_recipe_call(text: str) -> tuple[str, list, dict]:
+    """Split a recipe string into ``(name, positional args, keyword args)``.
+
+    ``"w8a8"`` → ``("w8a8", [], {})``; ``"tasks(sr, denoise, bits=3)"`` → ``("tasks", ["sr", "denoise"],
+    {"bits": 3})``; ``"bitswitch(8,6,4,2)"`` → ``("bitswitch", [8, 6, 4, 2], {})``. Arguments are
+    comma-separated; each is an int, a float, ``true``/``false``/``none`` or else a string (quotes
+    optional). The registered factory receives them as ``factory(*args, **kwargs)``.
+    """
+    m = _CALL.fullmatch(text)
+    if m is None:
+        raise RecipeError(f"cannot read recipe {text!r}: expected NAME or NAME(arg, ..., key=value)")
+    name, inner = m.group(1), m.group(2)
+    args: list = []
+    kwargs: dict = {}
+    if inner is not None and inner.strip():
+        for part in inner.split(","):
+            key, eq, value = part.partition("=")
+            if eq and re.fullmatch(r"\s*[A-Za-z_]\w*\s*", key):
+                kwargs[key.strip()] = _recipe_arg(value, text)
+            elif not kwargs:
+                args.append(_recipe_arg(part, text))
+            else:
+                raise RecipeError(f"cannot read recipe {text!r}: positional argument {part.strip()!r} after a keyword argument")
+    return name, args, kwargs
+
+
+def _recipe_arg(value: str, text: str):
+    v = value.strip()
+    if not v:
+        raise RecipeError(f"cannot read recipe {text!r}: empty argument")
+    if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"":
+        return v[1:-1]
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
 
 
 def build_recipe(recipe: str | Recipe, overrides: Iterable[Override] | None = None, skip: Iterable[str] | None = None) -> Recipe:
@@ -244,4 +299,5 @@ def w2a16(group_size: int = 64) -> Recipe:
     return Recipe("w2a16", _weight(2, group_size, "float16"), None, kinds=("conv", "conv_transpose", "linear"), description=w2a16.__doc__)
 
 
-__all__ = ["Recipe", "Override", "Decision", "register_recipe", "get_recipe", "list_recipes", "build_recipe", "recipe_from_json"]
+__all__ = ["Recipe", "Override", "Decision", "register_recipe", "get_recipe", "list_recipes", "build_recipe", "recipe_from_json",
+           "parse_recipe_call"]
