@@ -137,6 +137,7 @@ def folded_copy(qm):
         plain = FakeQuantize(q.spec, "weight", where=q.where)
         plain.set_qparams(q.scale, q.zero_point)
         plain.mode, plain.observer = "quantize", None
+        plain.training = q.training  # a new module trains by default, and a training weight quantizer re-reads min-max
         parent, _, child = name.rpartition(".")
         setattr(out.qgraph.get_submodule(parent) if parent else out.qgraph, child, plain)
     out.recipe = replace(out.recipe, methods=tuple(m for m in out.recipe.methods if m[0] != "group_scales"))

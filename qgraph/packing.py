@@ -186,12 +186,12 @@ def load(path: str, model: nn.Module | Callable, example_inputs=None, task: str 
         gm.load_state_dict(state, strict=False)
     except RuntimeError as e:
         raise QPackError(f"{path} does not fit this model: {e}") from e
+    qm.eval()  # first: eval() marks fixed-scale weight quantizers for a refresh, which the file's qparams override
     for q in gm.modules():
         if isinstance(q, FakeQuantize):
             q.mode, q.observer, q._refresh = "quantize", None, False
     if task is not None:
         qm.set_task(task)
-    qm.eval()
     return qm
 
 

@@ -219,8 +219,8 @@ class TaskFakeQuantize(FakeQuantize):
         """Every task's grid, for ``qm.report`` and its HTML page."""
         out = {"tasks": list(self.tasks), "active_task": self.task_name}
         if self.initialized:
-            out["task_scales"] = {t: float(self.effective_scale(i)) for i, t in enumerate(self.tasks)}
-            out["task_zero_points"] = {t: float(self._zero_point_ste(i)) for i, t in enumerate(self.tasks)}
+            out["task_scales"] = {t: float(self.effective_scale(i).detach()) for i, t in enumerate(self.tasks)}
+            out["task_zero_points"] = {t: float(self._zero_point_ste(i).detach()) for i, t in enumerate(self.tasks)}
         return out
 
     def single_task(self, task: str) -> FakeQuantize:
@@ -229,6 +229,7 @@ class TaskFakeQuantize(FakeQuantize):
         q = FakeQuantize(self.spec.with_(learnable=False), "activation", where=self.where)
         q.set_qparams(s, z)
         q.mode, q.observer = "quantize", None
+        q.training = self.training
         return q
 
 
@@ -320,12 +321,14 @@ def _names(names) -> tuple[str, ...]:
 
 
 @register_recipe("tasks")
-def tasks_recipe(*names, bits: int = 4, weight_bits: int | None = None, body: str | None = None, init: str = "observer",
+def tasks_recipe(*args, names=None, bits: int = 4, weight_bits: int | None = None, body: str | None = None, init: str = "observer",
                  observer: str = "minmax", weight_observer: str = "minmax") -> Recipe:
     """Task-specific scales (TSQ-MTC): int<bits> per-channel learnable weight scales shared by all tasks;
     uint<bits> per-tensor activations with one learnable (scale, zero point) pair per task in the body
     (module-path glob ``body``, default everything quantized). ``tasks(sr,denoise)``, ``tasks(["a","b"], bits=3)``."""
-    names = _names(names)
+    if names is not None and args:
+        raise RecipeError("give the task names either positionally or as names=, not both")
+    names = _names(args if names is None else (names,))
     if init not in INITS:
         raise RecipeError(f"init must be one of {', '.join(INITS)}, got {init!r}")
     wb = weight_bits if weight_bits is not None else bits
