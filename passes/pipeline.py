@@ -15,7 +15,7 @@ from qgraph.passes.insert_quantizers import InsertQuantizersPass
 from qgraph.passes.sparsity import SparsifyPass
 
 from qgraph.bitswitch import BitSwitchRecipe, is_bitswitch
-from qgraph.errors import QGraphError
+from qgraph.errors import QGraphError, RecipeError
 from qgraph.recipes import Recipe
 
 
@@ -28,7 +28,29 @@ def prepare_passes(recipe: Recipe, leaves: set[str], fold_bn: bool = True) -> li
     if recipe.sparsity is not None:
         passes.append(SparsifyPass(recipe, leaves))
     passes += [AnnotatePass(recipe), InsertQuantizersPass(recipe, leaves)]
+    passes += [method_pass(name, options) for name, options in recipe.methods]
     return passes
+
+
+# method passes a recipe can ask for (Recipe.methods): name -> (module under qgraph.passes, class)
+METHOD_PASSES = {
+    "task_scales": ("task_scales", "TaskScalesPass"),
+    "group_scales": ("group_scales", "GroupScalesPass"),
+}
+
+
+def method_pass(name: str, options: dict) -> QPass:
+    """The method pass ``name`` of a recipe, built with ``options``."""
+    import importlib
+
+    if name not in METHOD_PASSES:
+        raise RecipeError(f"the recipe asks for method pass {name!r}, which this qgraph does not have; known: "
+                          f"{', '.join(sorted(METHOD_PASSES))}")
+    module, cls = METHOD_PASSES[name]
+    try:
+        return getattr(importlib.import_module(f"qgraph.passes.{module}"), cls)(**options)
+    except TypeError as e:
+        raise RecipeError(f"method pass {name!r} does not take the options {sorted(options)}: {e}") from e
 
 
 def run_passes(gm: fx.GraphModule, passes: list[QPass]) -> list[Change]:

@@ -29,6 +29,7 @@ def _checkout_path() -> list[str]:
 
 __path__ = [*__path__, *_checkout_path()]
 
+from qgraph import group_scales, task_scales  # noqa: E402,F401  (register the tasks(...) and qslaw recipes)
 from qgraph.api import export_onnx, prepare, quantize
 from qgraph.bitswitch import BitSwitchRecipe
 from qgraph.capture import trace
@@ -51,11 +52,13 @@ from qgraph.packing import load
 from qgraph.qspec import QSpec
 from qgraph.recipes import Override, Recipe, get_recipe, list_recipes, register_recipe
 from qgraph.report import Report
+from qgraph.slld import SLLD, ssim
 from qgraph.sparsity import SparsitySpec  # (importing it registers the nm and sparse recipes)
 
 __all__ = [
     "quantize", "prepare", "trace", "export_onnx", "load", "QGraph", "QModel", "ExportResult", "QSpec", "Recipe", "Override",
-    "get_recipe", "list_recipes", "register_recipe", "diff", "GraphDiff", "Report", "SparsitySpec", "PerTensor", "PerChannel", "PerGroup",
+    "get_recipe", "list_recipes", "register_recipe", "SLLD", "ssim", "diff", "GraphDiff", "Report", "SparsitySpec",
+    "PerTensor", "PerChannel", "PerGroup",
     "QGraphError", "InputError", "CaptureError", "RecipeError", "UnsupportedOpError",
     "CalibrationError", "ExportError", "ExportMismatchError", "QPackError", "__version__",
     "BitSwitchRecipe",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from torch import nn
 
@@ -31,16 +31,22 @@ def quantize(
     sparsity recipe with a quantization recipe (``["nm(2,4)", "w8a8"]``); ``overrides`` refine it
     (:class:`Override`), ``skip`` lists module-path globs that stay float.
     ``calib_data``: an iterable of batches (a tensor or a tuple of tensors each) for post-training
-    calibration; without it the example inputs calibrate. ``qat=True`` makes scales learnable
+    calibration; without it the example inputs calibrate. With the ``tasks(...)`` recipe it is a mapping
+    ``{task: batches}`` and each task's scales come from its own batches. ``qat=True`` makes scales learnable
     (LSQ) so the returned model can be trained. The input model is not modified.
     """
     from qgraph.passes.pipeline import calibrate
 
     qm = prepare(model, example_inputs, recipe, overrides=overrides, skip=skip, qat=qat, fold_bn=fold_bn)
-    batches = list(calib_data) if calib_data is not None else [qm._example_inputs]
-    if not batches:
-        raise InputError("calib_data is empty")
-    qm.changes += calibrate(qm.qgraph, batches)
+    if isinstance(calib_data, Mapping):  # {task: batches} for task-specific scales (recipe "tasks(...)")
+        from qgraph.passes.task_scales import calibrate_tasks
+
+        qm.changes += calibrate_tasks(qm.qgraph, calib_data)
+    else:
+        batches = list(calib_data) if calib_data is not None else [qm._example_inputs]
+        if not batches:
+            raise InputError("calib_data is empty")
+        qm.changes += calibrate(qm.qgraph, batches)
     qm.eval()
     if qat:
         qm.train()

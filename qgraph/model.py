@@ -142,6 +142,26 @@ class QModel(nn.Module):
 
         return materialize(self, bits)
 
+    # ----------------------------------------------------------------- tasks (qgraph.task_scales)
+    def set_task(self, name: str) -> str | None:
+        """Use task ``name``'s activation scales (recipe ``tasks(...)``); returns the previous task."""
+        from qgraph.task_scales import set_task
+
+        return set_task(self.qgraph, name)
+
+    def task(self, name: str):
+        """``with qm.task("denoise"): ...``: run with ``denoise``'s scales, then restore the previous task."""
+        from qgraph.task_scales import task
+
+        return task(self.qgraph, name)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The task names of a model with task-specific scales (``()`` otherwise)."""
+        from qgraph.task_scales import task_names
+
+        return task_names(self.qgraph)
+
     # ----------------------------------------------------------------- export
     def lowered(self) -> nn.Module:
         """A copy with integer weights (``LowerPass``), as it is handed to the ONNX exporter."""
@@ -155,7 +175,8 @@ class QModel(nn.Module):
         return gm
 
     def export(self, path: str, *, formats: tuple[str, ...] = ("onnx", "qpack"), verify: bool = True,
-               tolerance: float | None = None, min_top1: float = 0.99, dynamic_batch: bool = True) -> ExportResult:
+               tolerance: float | None = None, min_top1: float = 0.99, dynamic_batch: bool = True,
+               task: str | None = None) -> ExportResult:
         """Write ``path.onnx`` and/or ``path.qpack`` (``formats``), plus ``path.report.json``.
 
         ONNX: ONNX Runtime runs the file on the example inputs; if its outputs differ from this
@@ -165,6 +186,8 @@ class QModel(nn.Module):
         where the graph allows (``ExportResult.dynamic_batch`` says whether it does).
         qpack: the file is read back and every rebuilt weight must equal this model's fake-quantized
         weight bit for bit.
+        Task-specific scales: the ONNX file is for ``task`` (default: the active task), the qpack holds
+        every task's scales. Learned group gains (QSLAW) are folded into the codes first.
         """
         if getattr(self.recipe, "bits", None):  # a bit-switch model: one INT8 qpack, ONNX at the current bits
             from qgraph.bitswitch_export import export_bitswitch
@@ -181,10 +204,11 @@ class QModel(nn.Module):
         self.eval()
         self.sync_weight_quantizers()
         agreement = None
+        packed, single = self._export_sources(task)
         if "onnx" in formats:
-            agreement = self._export_onnx(base + ".onnx", result, verify, tolerance, dynamic_batch)
+            agreement = single._export_onnx(base + ".onnx", result, verify, tolerance, dynamic_batch)
         if "qpack" in formats:
-            self._export_qpack(base + ".qpack", result, verify)
+            packed._export_qpack(base + ".qpack", result, verify)
         self._write_report(result)
         if agreement is not None:
             bad_top1 = agreement.top1_agreement_up_to_ties is not None and agreement.top1_agreement_up_to_ties < min_top1
@@ -194,6 +218,15 @@ class QModel(nn.Module):
                     f"tolerance {result.tolerance:.3g}, minimum top-1 agreement {min_top1:.0%}. The file is at {result.onnx_path}"
                 )
         return result
+
+    def _export_sources(self, task: str | None):
+        """(model for the qpack, model for ONNX): group gains folded (a copy, when there are any), and
+        for ONNX one task's scales (a copy, for models with task-specific scales)."""
+        from qgraph.group_scales import folded_copy
+        from qgraph.task_scales import single_task_copy
+
+        packed = folded_copy(self)
+        return packed, single_task_copy(packed, task)
 
     def _export_onnx(self, onnx_path, result, verify, tolerance, dynamic_batch):
         from qgraph.backends import ort as ort_backend

@@ -116,6 +116,9 @@ def write(qm, path: str) -> int:
         _INPUTS_KEY: [_input_spec(a) for a in qm._example_inputs],
         "fold_bn": qm.fold_bn,
     }
+    from qgraph.task_scales import qpack_meta
+
+    meta.update(qpack_meta(qm))  # "tasks": names and per-task tables (docs/qpack.md)
     return write_qpack(path, packed, floats, meta)
 
 
@@ -137,7 +140,7 @@ def _synth_inputs(specs: list[dict]) -> tuple:
     return tuple(out)
 
 
-def load(path: str, model: nn.Module | Callable, example_inputs=None, bits=None):
+def load(path: str, model: nn.Module | Callable, example_inputs=None, bits=None, task: str | None = None):
     """Rebuild the quantized model stored at ``path`` on ``model`` (the float architecture; its
     weights are replaced) or a factory returning ``model`` / ``(model, example_inputs, ...)``.
 
@@ -146,6 +149,7 @@ def load(path: str, model: nn.Module | Callable, example_inputs=None, bits=None)
 
     Example inputs default to the factory's, else to tensors of the recorded shapes (random normal
     floats, zero integers); give real ones when the model's control flow depends on input values.
+    ``task``: for files with task-specific scales, the task to select (default: the first).
     """
     from qgraph.api import prepare
     from qgraph.backends.qpack import read_qpack
@@ -214,10 +218,12 @@ def load(path: str, model: nn.Module | Callable, example_inputs=None, bits=None)
         gm.load_state_dict(state, strict=False)
     except RuntimeError as e:
         raise QPackError(f"{path} does not fit this model: {e}") from e
+    qm.eval()  # first: eval() marks fixed-scale weight quantizers for a refresh, which the file's qparams override
     for q in gm.modules():
         if isinstance(q, FakeQuantize):
             q.mode, q.observer, q._refresh = "quantize", None, False
-    qm.eval()
+    if task is not None:
+        qm.set_task(task)
     return qm
 
 

@@ -95,6 +95,9 @@ class Recipe:
     overrides: tuple[Override, ...] = ()
     description: str = ""
     sparsity: SparsitySpec | None = None  # weight masks (qgraph.sparsity), applied before the weight quantizer
+    # method passes run after the quantizers are inserted: ((pass name, JSON-able options), ...),
+    # e.g. ("task_scales", {"tasks": ["sr", "denoise"]}); see qgraph.passes.pipeline.METHOD_PASSES
+    methods: tuple[tuple[str, dict], ...] = ()
 
     def with_overrides(self, *overrides: Override) -> Recipe:
         return replace(self, overrides=self.overrides + tuple(overrides))
@@ -135,6 +138,7 @@ class Recipe:
             "kinds": list(self.kinds),
             "overrides": [_override_json(o) for o in self.overrides],
             **({"sparsity": self.sparsity.to_json()} if self.sparsity is not None else {}),
+            **({"methods": [[n, dict(o)] for n, o in self.methods]} if self.methods else {}),
         }
 
 
@@ -155,10 +159,11 @@ def recipe_from_json(d: dict) -> Recipe:
             from qgraph.sparsity import SparsitySpec
 
             sparsity = SparsitySpec.from_json(d["sparsity"])
+        methods = tuple((str(n), dict(o)) for n, o in d.get("methods", []))
         if base is not None:
-            return replace(base, overrides=tuple(overrides), sparsity=sparsity)
+            return replace(base, overrides=tuple(overrides), sparsity=sparsity, methods=methods or base.methods)
         return Recipe(d["name"], spec(d.get("weight")), spec(d.get("activation")), tuple(d["kinds"]), tuple(overrides),
-                      sparsity=sparsity)
+                      sparsity=sparsity, methods=methods)
     except (KeyError, TypeError, ValueError) as e:
         raise RecipeError(f"not a valid recipe description: {e}") from e
 
@@ -207,30 +212,13 @@ def get_recipe(recipe: str | Recipe | list | tuple, **options) -> Recipe:
         raise RecipeError(f"a recipe is a name or a qgraph.Recipe, got {type(recipe).__name__}")
     if "+" in recipe:
         return get_recipe(recipe.split("+"), **options)
-    name, args, kwargs = _parse_call(recipe.strip())
+    name, args, kwargs = parse_recipe_call(recipe)
     if name not in _REGISTRY:
         raise RecipeError(f"unknown recipe {recipe!r}; known recipes: {', '.join(list_recipes())}")
     try:
-        return _REGISTRY[name](*args, **kwargs, **options)
+        return _REGISTRY[name](*args, **{**kwargs, **options})
     except TypeError as e:
         raise RecipeError(f"recipe {recipe!r} does not take these options {sorted(options) or list(args) + sorted(kwargs)}: {e}") from e
-
-
-def _parse_call(text: str) -> tuple[str, tuple, dict]:
-    """``"nm(2, m=4)"`` -> ``("nm", (2,), {"m": 4})``; a bare name has no arguments. Arguments are literals."""
-    if "(" not in text:
-        return text, (), {}
-    try:
-        call = ast.parse(text, mode="eval").body
-        if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
-            raise ValueError("not a call")
-        args = tuple(ast.literal_eval(a) for a in call.args)
-        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg}
-        if len(kwargs) != len(call.keywords):
-            raise ValueError("**kwargs are not allowed")
-    except (SyntaxError, ValueError) as e:
-        raise RecipeError(f"cannot read recipe {text!r}: write NAME or NAME(literal arguments), e.g. 'nm(2,4)' ({e})") from e
-    return call.func.id, args, kwargs
 
 
 def compose_recipes(recipes: list[Recipe]) -> Recipe:
@@ -248,6 +236,39 @@ def compose_recipes(recipes: list[Recipe]) -> Recipe:
     base = quant[0] if quant else sparse[0]
     name = "+".join(r.name for r in recipes)
     return replace(base, name=name, sparsity=sparse[0].sparsity if sparse else None)
+
+
+def parse_recipe_call(text: str) -> tuple[str, list, dict]:
+    """Split a recipe string into ``(name, positional args, keyword args)``.
+
+    ``"w8a8"`` → ``("w8a8", [], {})``; ``"tasks(sr, denoise, bits=3)"`` → ``("tasks", ["sr", "denoise"],
+    {"bits": 3})``; ``"bitswitch(bits=(8, 4), keep_first_last=False)"`` → ``("bitswitch", [],
+    {"bits": (8, 4), "keep_first_last": False})``. Arguments are Python literals (numbers, strings,
+    tuples, lists, dicts, ``True``/``False``/``None``, also lower-case); a bare word is a string.
+    Nothing is evaluated. The registered factory receives them as ``factory(*args, **kwargs)``.
+    """
+    try:
+        node = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError as e:
+        why = "positional argument after a keyword argument" if "positional argument follows keyword" in str(e) else e.msg
+        raise RecipeError(f"cannot read recipe {text!r}: {why}; write NAME or NAME(arg, ..., key=value), e.g. 'nm(2,4)'") from None
+    if isinstance(node, ast.Name):
+        return node.id, [], {}
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)) or any(k.arg is None for k in node.keywords):
+        raise RecipeError(f"cannot read recipe {text!r}: write NAME or NAME(arg, ..., key=value), e.g. 'nm(2,4)'")
+    return node.func.id, [_recipe_arg(a, text) for a in node.args], {k.arg: _recipe_arg(k.value, text) for k in node.keywords}
+
+
+_WORDS = {"true": True, "false": False, "none": None}
+
+
+def _recipe_arg(node: ast.expr, text: str):
+    if isinstance(node, ast.Name):
+        return _WORDS.get(node.id.lower(), node.id)
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        raise RecipeError(f"cannot read recipe {text!r}: argument {ast.unparse(node)!r} is not a literal") from None
 
 
 def build_recipe(recipe: str | Recipe, overrides: Iterable[Override] | None = None, skip: Iterable[str] | None = None) -> Recipe:
@@ -306,4 +327,4 @@ def w2a16(group_size: int = 64) -> Recipe:
 
 
 __all__ = ["Recipe", "Override", "Decision", "register_recipe", "get_recipe", "list_recipes", "build_recipe", "recipe_from_json",
-           "compose_recipes"]
+           "compose_recipes", "parse_recipe_call"]

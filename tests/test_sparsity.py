@@ -66,7 +66,7 @@ def test_recipe_strings_resolve_and_compose():
 @pytest.mark.parametrize("text,fragment", [
     ("nm(4,2)", "1 <= n < m"),
     ("nm(2,4", "cannot read recipe 'nm(2,4'"),
-    ("nm(x)", "cannot read recipe"),
+    ("nm(x)", "needs integers"),
     ("nm(2, 4, 8, 9)", "does not take"),
     ("sparse(1.5)", "[0, 1)"),
     ("sparse('a lot')", "[0, 1)"),
