@@ -209,7 +209,7 @@ def grid_range(q: FakeQuantize) -> tuple[float, float] | None:
     """The smallest and largest value a per-tensor quantizer can represent (``None`` per channel)."""
     if not q.initialized or q.scale.numel() != 1:
         return None
-    s, z = float(q.effective_scale().reshape(-1)[0]), float(q.zero_point.reshape(-1)[0]) if q.zero_point.numel() else 0.0
+    s, z = float(q.effective_scale().detach().reshape(-1)[0]), float(q.zero_point.detach().reshape(-1)[0]) if q.zero_point.numel() else 0.0
     return s * (q.spec.qmin - z), s * (q.spec.qmax - z)
 
 

@@ -102,12 +102,12 @@ class QModel(nn.Module):
         head = f"qgraph {self.recipe.name}: {len(rows)} ops quantized, {len(self.quantizers())} quantizers, {cap.describe()}"
         return SummaryText(head + "\n" + format_rows(rows))
 
-    def report(self, data=None, *, local: bool = True, max_batches: int | None = None):
+    def report(self, data=None, *, local: bool = True, max_batches: int | None = None, switches: bool = True):
         """Per-layer error report vs the float model on ``data`` (:class:`qgraph.report.Report`):
         ``.table()``, ``.to_json()``, ``.to_html(path)``, ``.ranking``, ``.recipe_overrides(keep, bits)``."""
         from qgraph.report import build_report
 
-        return build_report(self, data, local=local, max_batches=max_batches)
+        return build_report(self, data, local=local, max_batches=max_batches, switches=switches)
 
     @torch.no_grad()
     def sync_weight_quantizers(self) -> None:

@@ -151,10 +151,40 @@ class Report:
 # ====================================================================== building
 
 
-def build_report(qm, data=None, *, local: bool = True, max_batches: int | None = None) -> Report:
+def build_report(qm, data=None, *, local: bool = True, max_batches: int | None = None, switches: bool = True) -> Report:
     """Measure ``qm`` (a QModel) against its float graph on ``data`` (a batch, a tuple of inputs,
     or a list of batches; default: the example inputs). ``local=False`` skips the one-layer-at-a-time
-    runs (no local error, no ranking); ``max_batches`` caps how many batches are used."""
+    runs (no local error, no ranking); ``max_batches`` caps how many batches are used.
+
+    ``switches``: for a bit-switch model also measure it at every bit width of its recipe, and for a
+    model with task-specific scales under every task (cumulative errors only), attached with
+    :meth:`Report.with_variants` so the HTML page shows a ``bits`` / ``task`` switcher. The model's
+    current bits / task are restored afterwards."""
+    rep = _measure(qm, data, local, max_batches)
+    if not switches:
+        return rep
+    from qgraph.bitswitch import is_bitswitch
+
+    if is_bitswitch(qm) and getattr(qm.recipe, "bits", None):
+        saved = qm.get_bits()
+        try:
+            variants = {}
+            for b in qm.recipe.bits:
+                qm.set_bits(b)
+                variants[b] = _measure(qm, data, False, max_batches)
+        finally:
+            qm.set_bits(saved)
+        rep = rep.with_variants("bits", variants)
+    if qm.tasks:
+        variants = {}
+        for t in qm.tasks:
+            with qm.task(t):
+                variants[t] = _measure(qm, data, False, max_batches)
+        rep = rep.with_variants("task", variants)
+    return rep
+
+
+def _measure(qm, data, local: bool, max_batches: int | None) -> Report:
     from qgraph.capture import as_input_tuple
 
     fg = qm._float_graph

@@ -7,6 +7,7 @@ import math
 import re
 
 import pytest
+import torch
 
 import qgraph
 from examples.models import accuracy
@@ -127,3 +128,30 @@ def test_print_qgraph_reads_with_module_paths(digits_w8a8):
     assert "\nfc1\n" in text and "quantize[int8 sym per-channel(axis=0)](fc1.weight)" in text
     assert re.search(r"linear = linear\(flatten, fc1_weight_quantizer, fc1\.bias\)  \[32, 32\]  linear w8a8", text)
     assert text.splitlines()[-1] == "return fc2_output_quantizer"
+
+
+def test_report_of_a_bitswitch_model_carries_one_variant_per_bit_width(trained_cnn, example_batch, calib):
+    qm = qgraph.quantize(trained_cnn, example_batch, recipe="bitswitch(8,4,2)", calib_data=calib[:2])
+    qm.set_bits({"conv1*": 2})
+    before = qm.get_bits()
+    rep = qm.report(calib[:1], local=False)
+    assert rep.data["switches"]["bits"] == ["8", "4", "2"]
+    assert qm.get_bits() == before  # the model's own setting is restored
+    layer = next(ly for ly in rep.data["layers"] if "variants" in ly and ly["variants"]["bits"]["8"]["cumulative"])
+    sqnr = {b: layer["variants"]["bits"][b]["cumulative"]["sqnr_db"] for b in ("8", "4", "2")}
+    assert sqnr["8"] > sqnr["4"] > sqnr["2"], sqnr  # each variant was measured at its own bit width
+
+
+def test_report_of_a_task_scale_model_carries_one_variant_per_task():
+    from torch import nn
+
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1)).eval()
+    a = [torch.randn(4, 3, 8, 8) for _ in range(2)]
+    b = [5 * torch.randn(4, 3, 8, 8) + 2 for _ in range(2)]  # a task whose activations are far wider
+    qm = qgraph.quantize(body, a[0], "tasks(a,b)", calib_data={"a": a, "b": b})
+    rep = qm.report(a[:1], local=False)
+    assert rep.data["switches"]["task"] == ["a", "b"]
+    layer = rep.data["layers"][0]
+    got = {t: layer["variants"]["task"][t]["cumulative"]["sqnr_db"] for t in ("a", "b")}
+    assert got["a"] > got["b"] + 3, got  # on task a's data, task a's scales fit far better
