@@ -36,6 +36,7 @@ def prepare_passes(recipe: Recipe, leaves: set[str], fold_bn: bool = True) -> li
 METHOD_PASSES = {
     "task_scales": ("task_scales", "TaskScalesPass"),
     "group_scales": ("group_scales", "GroupScalesPass"),
+    "subset": ("subset", "SubsetPass"),
 }
 
 

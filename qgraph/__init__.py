@@ -63,3 +63,5 @@ __all__ = [
     "CalibrationError", "ExportError", "ExportMismatchError", "QPackError", "__version__",
     "BitSwitchRecipe",
 ]
+
+from qgraph import subset as _subset  # noqa: E402,F401  (registers the subset(...) recipe)

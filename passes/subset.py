@@ -1,0 +1,100 @@
+"""SubsetPass: DFSQ activation quantizers on conv inputs (the ``subset`` method pass, recipe ``subset(bits=4)``).
+
+Runs in place after insert_quantizers (which gave the convs their per-channel min/max weight
+quantizers and, with this recipe, no activation quantizers). Rules, over the conv ops in graph order:
+
+1. With ``keep_first_last`` the first and the last conv stay float: their weight quantizer is
+   bypassed and removed (recorded as ``kept float``). DFSQ keeps an SR network's head and tail
+   (image-facing convs) in full precision.
+2. Every other conv whose weight is quantized gets a :class:`qgraph.subset.SubsetQuantize` on its
+   activation input: ``x → <path>.input_quantizer → conv``. A value read by several convs gets one
+   quantizer.
+3. ``post_relu`` is True when the producer of that input is a ReLU (``relu``/``relu_`` call,
+   ``F.relu`` or an ``nn.ReLU`` module): its values are non-negative, so the mean is not subtracted.
+4. Convs that stayed modules (inside auto-leaves) or whose weight is not quantized are left alone
+   (recorded).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from qgraph.passes.base import QPass, unique_submodule_name
+from qgraph.passes.insert_quantizers import is_quantizer_node
+from torch import nn
+from torch.fx.passes.infra.pass_base import PassResult
+
+from qgraph.meta import MODULE_PATH_KEY
+from qgraph.ops import classify
+from qgraph.subset import SubsetQuantize
+
+RELU_TARGETS = {torch.relu, torch.relu_, F.relu, torch.ops.aten.relu.default, torch.ops.aten.relu_.default, "relu", "relu_"}
+
+
+def is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op == "call_function" and node.target in RELU_TARGETS:
+        return True
+    if node.op == "call_method" and node.target in ("relu", "relu_"):
+        return True
+    if node.op == "call_module":
+        try:
+            return isinstance(gm.get_submodule(node.target), nn.ReLU)
+        except AttributeError:
+            return False
+    return False
+
+
+class SubsetPass(QPass):
+    name = "subset"
+
+    def __init__(self, bits: int = 4, keep_first_last: bool = True, words: int = 4) -> None:
+        super().__init__()
+        self.bits = bits
+        self.keep_first_last = keep_first_last
+        self.words = words
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        convs = []
+        for n in gm.graph.nodes:
+            info = classify(gm, n) if n.op == "call_function" else None
+            if info is not None and info.kind == "conv":
+                convs.append((n, info))
+        ends = {convs[0][0], convs[-1][0]} if self.keep_first_last and convs else set()
+        modified, done = False, {}
+        for node, info in convs:
+            wq = info.weight
+            quantized = wq is not None and is_quantizer_node(gm, wq)
+            if node in ends:  # rule 1
+                if quantized:
+                    node.replace_input_with(wq, wq.args[0])
+                    target = wq.target
+                    gm.graph.erase_node(wq)
+                    gm.delete_submodule(target)
+                    modified = True
+                self.record("kept float", node, info.module_path, "first/last conv stays float (keep_first_last)")
+                continue
+            if not quantized:  # rule 4
+                self.record("kept float", node, info.module_path, "weight not quantized by the recipe")
+                continue
+            x = info.activations[0]
+            if x in done:  # rule 2: one quantizer per value
+                node.replace_input_with(x, done[x])
+                continue
+            post_relu = is_relu(gm, x)  # rule 3
+            path = info.module_path
+            name = unique_submodule_name(gm, f"{path}.input_quantizer" if path else f"{node.name}_input_quantizer")
+            gm.add_submodule(name, SubsetQuantize(self.bits, post_relu, where=path or node.name, words=self.words))
+            with gm.graph.inserting_before(node):
+                q = gm.graph.call_module(name, (x,))
+            q.meta = {k: v for k, v in x.meta.items() if k in ("val", "tensor_meta")}
+            q.meta[MODULE_PATH_KEY] = path
+            node.replace_input_with(x, q)
+            done[x] = q
+            self.record("subset", q, path, f"{self.bits}-bit per-channel codebooks from the universal set, "
+                                           f"post_relu={post_relu}")
+            modified = True
+        return self.finish(gm, modified)
+
+
+__all__ = ["SubsetPass", "is_relu"]
