@@ -102,6 +102,9 @@ def packed_weights(qm) -> tuple[list, dict[str, np.ndarray]]:
         ))
         for k in (key, f"{qname}.scale", f"{qname}.zero_point"):  # the packed record carries these
             state.pop(k, None)
+    from qgraph.subset import pack_codebooks
+
+    packed += pack_codebooks(gm, state)  # DFSQ activation codebooks: indices + table (codebook encoding)
     floats = {k: v.detach().cpu().numpy() for k, v in sorted(state.items())}
     return packed, floats
 
@@ -198,6 +201,11 @@ def load(path: str, model: nn.Module | Callable, example_inputs=None, bits=None,
     state = {k: torch.from_numpy(np.array(v, copy=True, order="C")) for k, v in pack.floats.items()}  # keeps 0-d shapes
     with torch.no_grad():
         for key, p in pack.packed.items():
+            if p.codebook is not None and key not in wq:  # a codebook-encoded tensor (DFSQ activation codebooks)
+                from qgraph.subset import unpack_codebook
+
+                state[key] = unpack_codebook(p)
+                continue
             if key not in wq:
                 raise QPackError(f"{path}: tensor {key} is packed but the model has no quantizer for it")
             q = gm.get_submodule(wq[key])

@@ -278,6 +278,40 @@ def subset_quantizers(module: nn.Module) -> dict[str, SubsetQuantize]:
     return {n: m for n, m in module.named_modules() if isinstance(m, SubsetQuantize)}
 
 
+def pack_codebooks(gm: nn.Module, state: dict[str, torch.Tensor]) -> list:
+    """qpack records for the activation codebooks of ``gm`` (popped from ``state``, the float tensors).
+
+    Each ``<quantizer>.codebook`` ``[C, 2**bits]`` is stored with the reserved ``codebook`` encoding:
+    codes are indices into the layer's table of distinct universal-set values (``bits`` wide, the
+    fewest that fit, at least 2), the table is the entry's ``codebook`` (padded with its last value)
+    and the scale is 1. A layer with more than 256 distinct values stays a float tensor.
+    """
+    from qgraph.backends.qpack import PackedTensor
+
+    out = []
+    for name, q in sorted(subset_quantizers(gm).items()):
+        key = f"{name}.codebook"
+        if key not in state or not q.initialized:
+            continue
+        cb = q.codebook.detach().cpu().numpy().astype(np.float32)
+        table = np.unique(cb)
+        if table.size > 256:
+            continue
+        bits = max(2, math.ceil(math.log2(table.size)))
+        padded = np.concatenate([table, np.full(2**bits - table.size, table[-1], dtype=np.float32)])
+        codes = np.searchsorted(table, cb).astype(np.uint8)
+        out.append(PackedTensor(name=key, codes=codes, bits=bits, qmin=0, qmax=2**bits - 1, scale=np.array(1.0, dtype=np.float32),
+                                zero_point=np.zeros((), dtype=np.uint8), granularity={"kind": "per_tensor"}, codebook=padded))
+        state.pop(key)
+    return out
+
+
+def unpack_codebook(p) -> torch.Tensor:
+    """The values of a ``codebook``-encoded qpack record: ``codebook[codes] * scale``."""
+    codes = np.asarray(p.codes, dtype=np.int64)
+    return torch.from_numpy(np.asarray(p.codebook, dtype=np.float32)[codes] * np.float32(np.asarray(p.scale, dtype=np.float32)))
+
+
 @register_recipe("subset")
 def subset_recipe(bits: int = 4, keep_first_last: bool = True) -> Recipe:
     """DFSQ (post-training): conv weights ``bits``-bit asymmetric per output channel (min/max), conv inputs
@@ -291,4 +325,4 @@ def subset_recipe(bits: int = 4, keep_first_last: bool = True) -> Recipe:
 
 
 __all__ = ["universal_set", "kmeans_select", "exhaustive_select", "codebook_sse", "snap", "normalise", "quantize_codebook",
-           "dequantize_codebook", "SubsetQuantize", "subset_quantizers", "subset_recipe"]
+           "dequantize_codebook", "SubsetQuantize", "subset_quantizers", "subset_recipe", "pack_codebooks", "unpack_codebook"]

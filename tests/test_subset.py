@@ -129,3 +129,22 @@ def test_subset_model_exports_to_onnx_as_index_gather_lookup_with_ort_parity(tmp
     assert result.max_abs_error <= 1e-4
     ops = op_types(tmp_path / "sr.onnx")
     assert ops["Gather"] == 4 and ops["ReduceMax"] == 4  # one codebook lookup and one max-abs per quantizer
+
+
+def test_subset_qpack_stores_codebooks_as_indices_and_loads_to_identical_outputs(tmp_path):
+    from qgraph.backends.qpack import read_qpack
+
+    model, x = _model_and_data()
+    qm = qgraph.quantize(model, (x,), recipe="subset(bits=4)", calib_data=[x])
+    qm.export(str(tmp_path / "sr"), formats=("qpack",))
+    pack = read_qpack(str(tmp_path / "sr.qpack"))
+    books = {k: p for k, p in pack.packed.items() if k.endswith("input_quantizer.codebook")}
+    assert len(books) == 4 and not any(k.endswith(".codebook") for k in pack.floats)
+    uni = set(universal_set().tolist())
+    for k, p in books.items():
+        assert p.codes.shape == (8, 16) and set(p.codebook.tolist()) <= uni
+        assert torch.equal(torch.from_numpy(p.codebook[p.codes.astype(np.int64)]), qm.qgraph.get_submodule(k[:-9]).codebook)
+    fresh, _ = _model_and_data(seed=1)  # other float weights: everything must come from the file
+    loaded = qgraph.load(str(tmp_path / "sr.qpack"), fresh, (x,))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), qm(x))
