@@ -111,7 +111,7 @@ def run_dfsq(quick: bool) -> list[str]:
     train_img, test_img = _images()
     model = TinyEDSR()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    steps = 60 if quick else 700
+    steps = 60 if quick else 400
     t0 = time.time()
     for i in range(steps):
         hr = _crops(train_img, 16, 48, g)
@@ -222,6 +222,9 @@ class TinyViT(nn.Module):
         return self.head(self.norm(x).mean(1))
 
 
+BATCH = 128
+
+
 def _accuracy(model, x, y) -> float:
     model.eval()
     with torch.no_grad():
@@ -232,13 +235,13 @@ def _accuracy(model, x, y) -> float:
 
 def _train(model, x, y, epochs, lr, teacher=None, tracker=None, g=None, wd=0.05, schedule=True):
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
-    steps = epochs * math.ceil(len(x) / 64)
+    steps = epochs * math.ceil(len(x) / BATCH)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.02) if schedule else None
     model.train()
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), 64):
-            idx = perm[i:i + 64]
+        for i in range(0, len(x), BATCH):
+            idx = perm[i:i + BATCH]
             out = model(x[idx])
             loss = F.cross_entropy(out, y[idx])
             if teacher is not None:
@@ -263,13 +266,14 @@ def run_ofq(quick: bool) -> list[str]:
     g = torch.Generator().manual_seed(0)
     fp = TinyViT()
     t0 = time.time()
-    _train(fp, x_tr, y_tr, 6 if quick else 40, 2e-3, g=g)
+    fp_epochs = 4 if quick else 30
+    _train(fp, x_tr, y_tr, fp_epochs, 3e-3, g=g)
     fp.eval()
     fp_acc = _accuracy(fp, x_te, y_te)
     fp.eval()
-    epochs, cga_epochs = (2, 1) if quick else (15, 4)
-    rows = [f"OFQ: tiny ViT (16 tokens, dim 64, 4 heads, 4 blocks) on digits; FP32 trained 40 epochs: {fp_acc:.1%} test "
-            f"accuracy. QAT {epochs} epochs with KD from FP, AdamW lr 5e-4 cosine; patch embed and head 8-bit LSQ; "
+    epochs, cga_epochs = (1, 1) if quick else (6, 2)
+    rows = [f"OFQ: tiny ViT (16 tokens, dim 64, 4 heads, 4 blocks) on digits; FP32 trained {fp_epochs} epochs: {fp_acc:.1%} test "
+            f"accuracy. QAT {epochs} epochs (batch {BATCH}) with KD from FP, AdamW lr 1e-3 cosine; patch embed and head 8-bit LSQ; "
             f"CGA {cga_epochs} more epochs, lr 1e-5 constant, BR 0.005.", "",
             "| bits | arm | test acc | oscillating weights (EMA > 0.005) | oscillations per weight per 100 steps |",
             "| --- | --- | --- | --- | --- |"]
@@ -281,7 +285,7 @@ def run_ofq(quick: bool) -> list[str]:
             m = copy.deepcopy(fp)
             prepare_ofq(m, bits=bits, a_bits=bits, **kw)
             tracker = OscillationTracker(m)
-            _train(m, x_tr, y_tr, epochs, 5e-4, teacher=fp, tracker=tracker, g=g)
+            _train(m, x_tr, y_tr, epochs, 1e-3, teacher=fp, tracker=tracker, g=g)
             rows.append(_ofq_row(bits, name, m, tracker, x_te, y_te))
             if name == "StatsQ + QKR":
                 tracker = OscillationTracker(m)
@@ -299,8 +303,8 @@ def _train_with(opt, model, x, y, epochs, teacher, tracker, g):
     model.train()
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), 64):
-            idx = perm[i:i + 64]
+        for i in range(0, len(x), BATCH):
+            idx = perm[i:i + BATCH]
             out = model(x[idx])
             with torch.no_grad():
                 t = teacher(x[idx])

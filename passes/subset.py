@@ -17,10 +17,12 @@ quantizers and, with this recipe, no activation quantizers). Rules, over the con
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
-from qgraph.passes.base import QPass, unique_submodule_name
+from qgraph.passes.base import ANNOTATION_KEY, QPass, unique_submodule_name
 from qgraph.passes.insert_quantizers import is_quantizer_node
 from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
@@ -72,6 +74,7 @@ class SubsetPass(QPass):
                     gm.graph.erase_node(wq)
                     gm.delete_submodule(target)
                     modified = True
+                node.meta.pop(ANNOTATION_KEY, None)  # (summaries and reports: the op is float)
                 self.record("kept float", node, info.module_path, "first/last conv stays float (keep_first_last)")
                 continue
             if not quantized:  # rule 4
@@ -80,6 +83,8 @@ class SubsetPass(QPass):
             x = info.activations[0]
             if x in done:  # rule 2: one quantizer per value
                 node.replace_input_with(x, done[x])
+                if ANNOTATION_KEY in node.meta:
+                    node.meta[ANNOTATION_KEY] = replace(node.meta[ANNOTATION_KEY], activation=gm.get_submodule(done[x].target).spec)
                 continue
             post_relu = is_relu(gm, x)  # rule 3
             path = info.module_path
@@ -91,6 +96,8 @@ class SubsetPass(QPass):
             q.meta[MODULE_PATH_KEY] = path
             node.replace_input_with(x, q)
             done[x] = q
+            if ANNOTATION_KEY in node.meta:  # the op's activation is quantized now (summaries: w4a4)
+                node.meta[ANNOTATION_KEY] = replace(node.meta[ANNOTATION_KEY], activation=gm.get_submodule(name).spec)
             self.record("subset", q, path, f"{self.bits}-bit per-channel codebooks from the universal set, "
                                            f"post_relu={post_relu}")
             modified = True

@@ -75,6 +75,8 @@ def test_subset_model_codebooks_are_universal_and_output_matches_numpy_lookup():
     qs = subset_quantizers(qm.qgraph)
     assert len(qs) == 4, sorted(qs)  # two convs per block; head and tail stay float
     assert sorted(q.post_relu for q in qs.values()) == [False, False, True, True]
+    rows = {r["module"]: r["bits"] for r in qm.summary_rows()}
+    assert rows == {"blocks.0.0": "w4a4", "blocks.0.1": "w4a4", "blocks.1.0": "w4a4", "blocks.1.1": "w4a4"}
     uni = set(universal_set().tolist())
     for q in qs.values():
         cb = q.codebook.numpy()
