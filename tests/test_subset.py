@@ -43,6 +43,15 @@ def _model_and_data(seed: int = 0):
     return model, x
 
 
+def _numpy_lookup(a: np.ndarray, cb: np.ndarray, post_relu: bool) -> np.ndarray:
+    """DFSQ's activation quantizer written directly: normalise per sample and channel, nearest codebook point."""
+    mu = np.zeros_like(a.mean(axis=(2, 3), keepdims=True)) if post_relu else a.mean(axis=(2, 3), keepdims=True)
+    m = np.abs(a - mu).max(axis=(2, 3), keepdims=True) + 1e-8
+    t = (a - mu) / m
+    idx = np.abs(t[..., None] - cb[None, :, None, None, :]).argmin(-1)
+    return (cb[np.arange(cb.shape[0])[None, :, None, None], idx] * m + mu).astype(np.float32)
+
+
 def test_universal_set_has_the_papers_377_values_of_at_most_four_powers_of_two():
     u = universal_set()
     assert len(u) == 377 and len(universal_set(signed=False)) == 189
@@ -81,19 +90,18 @@ def test_subset_model_codebooks_are_universal_and_output_matches_numpy_lookup():
     for q in qs.values():
         cb = q.codebook.numpy()
         assert cb.shape == (8, 16) and set(cb.ravel().tolist()) <= uni and (cb == 0).any(axis=1).all()
-    # the quantizer's output equals a direct NumPy nearest-point lookup on the normalised input
+    # the model's output equals the same model with every subset quantizer replaced by a NumPy lookup
     q = next(q for q in qs.values() if not q.post_relu)
     inp = torch.randn(2, 8, 5, 5) * 3 + 1
     with torch.no_grad():
-        got = q(inp).numpy()
-    a = inp.numpy().astype(np.float32)
-    mu = a.mean(axis=(2, 3), keepdims=True)
-    m = np.abs(a - mu).max(axis=(2, 3), keepdims=True) + 1e-8
-    t = (a - mu) / m
-    cb = q.codebook.numpy()
-    idx = np.abs(t[..., None] - cb[None, :, None, None, :]).argmin(-1)
-    want = cb[np.arange(cb.shape[0])[None, :, None, None], idx] * m + mu
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(q(inp).numpy(), _numpy_lookup(inp.numpy(), q.codebook.numpy(), False), rtol=0, atol=1e-5)
+        out = qm(x)
+        hooks = [m.register_forward_hook(lambda mod, args, _: torch.from_numpy(
+            _numpy_lookup(args[0].numpy(), mod.codebook.numpy(), mod.post_relu))) for m in qs.values()]
+        by_numpy = qm(x)
+        for h in hooks:
+            h.remove()
+    torch.testing.assert_close(out, by_numpy, rtol=0, atol=1e-5)
     # the lookup is idempotent on normalised values already on the grid
     on_grid = q.codebook.reshape(1, 8, 16, 1)  # sample 0, channel c, every point of c's codebook
     assert torch.equal(dequantize_codebook(quantize_codebook(on_grid, q.codebook), q.codebook), on_grid)
