@@ -288,6 +288,11 @@ def run_ofq(quick: bool) -> list[str]:
             _train(m, x_tr, y_tr, epochs, 1e-3, teacher=fp, tracker=tracker, g=g)
             rows.append(_ofq_row(bits, name, m, tracker, x_te, y_te))
             if name == "StatsQ + QKR":
+                ctrl = copy.deepcopy(m)  # control: the same extra epochs at the same lr, without CGA
+                tracker = OscillationTracker(ctrl)
+                _train_with(torch.optim.AdamW(ctrl.parameters(), lr=1e-5, weight_decay=0.05), ctrl, x_tr, y_tr, cga_epochs, fp,
+                            tracker, g)
+                rows.append(_ofq_row(bits, f"StatsQ + QKR, {cga_epochs} more epochs at lr 1e-5 (no CGA)", ctrl, tracker, x_te, y_te))
                 tracker = OscillationTracker(m)
                 opt = torch.optim.AdamW(m.parameters(), lr=1e-5, weight_decay=0.05)
                 cga = CGA(m, boundary_range=0.005).attach(opt)
