@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import qgraph  # noqa: E402
 from qgraph.granularity import PerChannel, PerTensor  # noqa: E402
-from qgraph.ofq import CGA, OscillationTracker, QATLinear, QKRAttention, prepare_ofq  # noqa: E402
+from qgraph.ofq import CGA, OscillationTracker, prepare_ofq  # noqa: E402
 from qgraph.qspec import QSpec  # noqa: E402
 from qgraph.recipes import Recipe  # noqa: E402
 from qgraph.subset import codebook_sse, exhaustive_select, kmeans_select, subset_quantizers, universal_set  # noqa: E402
@@ -339,8 +339,6 @@ def main() -> None:
         print("\n".join(run_ofq(args.quick)), flush=True)
     print(f"\ntotal {time.time() - t0:.0f} s")
 
-
-_ = (QATLinear, QKRAttention)  # (the modules prepare_ofq installs; imported for readers of this file)
 
 if __name__ == "__main__":
     main()
