@@ -33,7 +33,14 @@ from torch import nn
 
 from qgraph.errors import CalibrationError, InputError, RecipeError
 from qgraph.granularity import PerChannel, PerTensor
-from qgraph.primitives import MIN_SCALE, dequantize_affine, fake_quantize_affine, integer_range, quantize_affine
+from qgraph.primitives import (
+    MIN_SCALE,
+    dequantize_affine,
+    fake_quantize_affine,
+    fake_quantize_grads,
+    integer_range,
+    quantize_affine,
+)
 from qgraph.recipes import Recipe, register_recipe
 
 ROUNDINGS = ("double", "direct")
@@ -133,12 +140,10 @@ class _DoubleRound(torch.autograd.Function):
     def backward(ctx, grad):
         w, scale = ctx.saved_tensors
         high_bits, bits, axis, grad_factor = ctx.args
-        with torch.enable_grad():
-            w_, s_ = w.detach().requires_grad_(), scale.detach().requires_grad_()
-            lo, hi = integer_range(bits, True)
-            y = fake_quantize_affine(w_, s_ * float(2 ** (high_bits - bits)), torch.zeros_like(s_), lo, hi, PerChannel(axis), grad_factor)
-            gw, gs = torch.autograd.grad(y, (w_, s_), grad)
-        return gw, gs, None, None, None, None
+        lo, hi = integer_range(bits, True)
+        factor = float(2 ** (high_bits - bits))  # d step / d scale
+        gw, g_step, _ = fake_quantize_grads(grad, w, scale * factor, torch.zeros_like(scale), lo, hi, PerChannel(axis), grad_factor)
+        return gw, g_step * factor, None, None, None, None
 
 
 # ------------------------------------------------------------------------------------------ modules
@@ -229,25 +234,41 @@ class BitSwitchActQuantizer(_Switch):
         self.register_buffer("signed", torch.tensor(-1, dtype=torch.int8))
         self.mode = "quantize"
         self._stats: dict[int, list[float]] = {}
+        self._host: tuple[int, set[int]] | None = None  # host copies of (signed, initialized): see _host_state
 
     def index(self, bits: int) -> int:
         return self.bit_choices.index(bits)
 
+    def _host_state(self) -> tuple[int, set[int]]:
+        """``signed`` and the initialised bit-width indices, read from the buffers once (and again
+        after a state dict is loaded), so that a training step never waits on the device."""
+        if self._host is None:
+            self._host = (int(self.signed), {i for i, v in enumerate(self.initialized.tolist()) if v})
+        return self._host
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._host = None
+        super()._load_from_state_dict(*args, **kwargs)
+
     def grid(self, bits: int) -> tuple[int, int]:
-        if int(self.signed) < 0:
+        signed = self._host_state()[0]
+        if signed < 0:
             raise CalibrationError(f"activation quantizer of layer {self.layer} has not seen any data yet")
-        return integer_range(bits, bool(int(self.signed)))
+        return integer_range(bits, bool(signed))
 
     @torch.no_grad()
     def _decide_sign(self, x: torch.Tensor) -> None:
-        if int(self.signed) < 0:
-            self.signed.fill_(1 if bool((x < 0).any()) else 0)
+        if self._host_state()[0] < 0:
+            sign = 1 if bool((x < 0).any()) else 0
+            self.signed.fill_(sign)
+            self._host = (sign, self._host[1])
 
     @torch.no_grad()
     def _init_scale(self, i: int, mean_abs: float) -> None:
         qp = self.grid(self.bit_choices[i])[1]
         self.scale.data[i] = max(2.0 * mean_abs / math.sqrt(qp), MIN_SCALE)
         self.initialized[i] = True
+        self._host_state()[1].add(i)
 
     @torch.no_grad()
     def finish_calibration(self) -> None:
@@ -267,7 +288,7 @@ class BitSwitchActQuantizer(_Switch):
             self._stats[self.bits] = [total + float(x.detach().abs().sum()), count + x.numel()]
             return x
         i = self.index(self.bits)
-        if not bool(self.initialized[i]):
+        if i not in self._host_state()[1]:
             self._init_scale(i, float(x.detach().abs().mean()))
         lo, hi = self.grid(self.bits)
         factor = 1.0 / math.sqrt(max(1, x.numel()) * hi)

@@ -11,10 +11,11 @@ out by granularity:
   ``dequantize`` kernel also takes blocks along another ``axis`` (lowered weight-only linears
   store ``W^T`` with blocks along axis 0, the layout ONNX Runtime's MatMulNBits wants).
 
-The public functions below are the documented math; the kernels are ``torch.library`` custom ops
-(``qgraph::fake_quantize``, ``qgraph::dequantize``) so that the ONNX exporter can translate them
-into QuantizeLinear/DequantizeLinear at any bit width (see ``qgraph.backends.onnx_ops``) and so
-that autograd gets straight-through / LSQ gradients.
+The public functions below are the documented math; under ``torch.export`` they run as
+``torch.library`` custom ops (``qgraph::fake_quantize``, ``qgraph::dequantize``) so that the ONNX
+exporter can translate them into QuantizeLinear/DequantizeLinear at any bit width (see
+``qgraph.backends.onnx_ops``). In training, fake quantization runs as an ``autograd.Function`` with
+straight-through / LSQ gradients that ``torch.compile`` fuses (see "kernels" below).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "quantize_affine",
     "dequantize_affine",
     "fake_quantize_affine",
+    "fake_quantize_grads",
     "granularity_args",
 ]
 
@@ -105,6 +107,38 @@ def _reduce_to(g: torch.Tensor, p: torch.Tensor, axis: int, group_size: int) -> 
 
 
 # --------------------------------------------------------------------------- kernels
+#
+# One forward and one backward, written once in plain ATen ops. Three callers share them:
+# * the custom op ``qgraph::fake_quantize``: what ``torch.export`` (hence the ONNX exporter) sees, so
+#   ``backends.onnx_ops`` can translate it into QuantizeLinear/DequantizeLinear;
+# * ``_FakeQuantizeFn`` (an ``autograd.Function``): the training path. ``torch.compile`` traces
+#   through it, so Inductor fuses each quantizer's forward, and its backward, into the neighbouring
+#   kernels instead of calling an opaque op;
+# * plain calls without autograd (inference, observers).
+
+
+def _fq_forward(x, scale, zero_point, qmin: int, qmax: int, axis: int, group_size: int) -> torch.Tensor:
+    s = _expand(scale, x, axis, group_size)
+    z = _expand(zero_point, x, axis, group_size)
+    return (torch.clamp(torch.round(x / s) + z, qmin, qmax) - z) * s
+
+
+def _fq_grads(grad, x, scale, zero_point, qmin, qmax, axis, group_size, grad_factor, need_scale, need_zero_point):
+    """Straight-through estimator for x; LSQ gradient for the scale, LSQ+ for the zero point."""
+    s = _expand(scale, x, axis, group_size)
+    z = _expand(zero_point, x, axis, group_size)
+    v = x / s
+    r = v + z  # LSQ decides in/out of range on the unrounded value (ALGORITHMS.md §0.2)
+    below, above = r < qmin, r > qmax
+    inside = ~(below | above)
+    grad_x = grad * inside
+    grad_s = grad_z = None
+    if need_scale:
+        local = torch.where(inside, torch.round(v) - v, torch.where(below, qmin - z, qmax - z))
+        grad_s = _reduce_to(grad * local, scale, axis, group_size) * grad_factor
+    if need_zero_point:
+        grad_z = _reduce_to(grad * torch.where(inside, 0.0, -s), zero_point, axis, group_size) * grad_factor
+    return grad_x, grad_s, grad_z
 
 
 @torch.library.custom_op("qgraph::fake_quantize", mutates_args=())
@@ -118,9 +152,7 @@ def _fake_quantize(
     group_size: int,
     grad_factor: float,
 ) -> torch.Tensor:
-    s = _expand(scale, x, axis, group_size)
-    z = _expand(zero_point, x, axis, group_size)
-    return (torch.clamp(torch.round(x / s) + z, qmin, qmax) - z) * s
+    return _fq_forward(x, scale, zero_point, qmin, qmax, axis, group_size)
 
 
 @_fake_quantize.register_fake
@@ -135,33 +167,33 @@ def _fq_setup(ctx, inputs, output):
 
 
 def _fq_backward(ctx, grad):
-    """Straight-through estimator for x; LSQ gradient for the scale, LSQ+ for the zero point."""
     x, scale, zero_point = ctx.saved_tensors
-    qmin, qmax, axis, group_size, grad_factor = ctx.args
-    s = _expand(scale, x, axis, group_size)
-    z = _expand(zero_point, x, axis, group_size)
-    v = x / s
-    r = v + z  # LSQ decides in/out of range on the unrounded value (ALGORITHMS.md §0.2)
-    below, above = r < qmin, r > qmax
-    inside = ~(below | above)
-    grad_x = grad * inside
-    grad_s = grad_z = None
-    if ctx.needs_input_grad[1]:
-        local = torch.where(inside, torch.round(v) - v, torch.where(below, qmin - z, qmax - z))
-        grad_s = _reduce_to(grad * local, scale, axis, group_size) * grad_factor
-    if ctx.needs_input_grad[2]:
-        grad_z = _reduce_to(grad * torch.where(inside, 0.0, -s), zero_point, axis, group_size)
-        grad_z = grad_z * grad_factor
-    return grad_x, grad_s, grad_z, None, None, None, None, None
+    grads = _fq_grads(grad, x, scale, zero_point, *ctx.args, ctx.needs_input_grad[1], ctx.needs_input_grad[2])
+    return (*grads, None, None, None, None, None)
 
 
 _fake_quantize.register_autograd(_fq_backward, setup_context=_fq_setup)
+
+
+class _FakeQuantizeFn(torch.autograd.Function):
+    """The training path of ``fake_quantize_affine``: the same math as the custom op, traceable."""
+
+    @staticmethod
+    def forward(x, scale, zero_point, qmin, qmax, axis, group_size, grad_factor):
+        return _fq_forward(x, scale, zero_point, qmin, qmax, axis, group_size)
+
+    setup_context = staticmethod(_fq_setup)
+    backward = staticmethod(_fq_backward)
 
 
 @torch.library.custom_op("qgraph::dequantize", mutates_args=())
 def _dequantize(
     q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, axis: int, group_size: int
 ) -> torch.Tensor:
+    return _dq_forward(q, scale, zero_point, axis, group_size)
+
+
+def _dq_forward(q, scale, zero_point, axis: int, group_size: int) -> torch.Tensor:
     s = _expand(scale, q, axis, group_size)
     z = _expand(zero_point, q, axis, group_size)
     return (q.to(s.dtype) - z) * s
@@ -192,7 +224,26 @@ def dequantize_affine(
 ) -> torch.Tensor:
     """Float values ``(q - z) * s`` of integer codes."""
     axis, group_size = granularity_args(granularity)
-    return torch.ops.qgraph.dequantize(q, scale, zero_point, qmin, qmax, axis, group_size)
+    if torch.compiler.is_exporting():
+        return torch.ops.qgraph.dequantize(q, scale, zero_point, qmin, qmax, axis, group_size)
+    return _dq_forward(q, scale, zero_point, axis, group_size)
+
+
+def fake_quantize_grads(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    granularity: Granularity,
+    grad_factor: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients ``fake_quantize_affine`` back-propagates for an output gradient ``grad``:
+    ``(d x, d scale, d zero_point)`` (straight-through, LSQ, LSQ+), for quantizers with their own
+    forward (e.g. bit switching's double rounding) that share this backward."""
+    axis, group_size = granularity_args(granularity)
+    return _fq_grads(grad, x, scale, zero_point, qmin, qmax, axis, group_size, grad_factor, True, True)
 
 
 def fake_quantize_affine(
@@ -210,4 +261,8 @@ def fake_quantize_affine(
     The result equals ``dequantize_affine(quantize_affine(x, ...), ...)`` bit for bit.
     """
     axis, group_size = granularity_args(granularity)
-    return torch.ops.qgraph.fake_quantize(x, scale, zero_point, qmin, qmax, axis, group_size, float(grad_factor))
+    if torch.compiler.is_exporting():  # one op the ONNX exporter translates into Q/DQ
+        return torch.ops.qgraph.fake_quantize(x, scale, zero_point, qmin, qmax, axis, group_size, float(grad_factor))
+    if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad or zero_point.requires_grad):
+        return _FakeQuantizeFn.apply(x, scale, zero_point, qmin, qmax, axis, group_size, float(grad_factor))
+    return _fq_forward(x, scale, zero_point, qmin, qmax, axis, group_size)

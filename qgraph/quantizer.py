@@ -8,8 +8,10 @@ optimizers, ``.to(device)`` and DDP work unchanged. Modes:
 * ``off``: pass values through unchanged.
 
 Weight quantizers with a fixed (non-learnable) scale follow their weight: in training mode they
-recompute min-max qparams from the current weight on every call, so QAT can move weights freely.
-Learnable quantizers hold the scale as an LSQ parameter.
+compute min-max qparams from the current weight on every call, so QAT can move weights freely, and
+use them without storing them (a training step writes no quantizer state: nothing for
+``torch.compile`` to treat as a side effect, nothing to synchronise across DDP ranks); the first call
+after ``eval()`` stores them. Learnable quantizers hold the scale as an LSQ parameter.
 """
 
 from __future__ import annotations
@@ -136,14 +138,24 @@ class FakeQuantize(nn.Module):
             return x
         if not self.initialized:
             raise CalibrationError(f"{self.role} quantizer at {self.where or '?'} used before calibration")
-        if self.role == "weight" and not self.spec.learnable and (self.training or self._refresh):
-            obs = Observer(self.spec)
-            obs.update(x)
-            self.set_qparams(*obs.compute())
-            self._refresh = False
         spec = self.spec
+        if self.role == "weight" and not spec.learnable:
+            if self.training:  # follow the moving weight without writing state: nothing to sync, traceable
+                scale, zero_point = self.weight_qparams(x)
+                return fake_quantize_affine(x, scale, zero_point, spec.qmin, spec.qmax, spec.granularity)
+            if self._refresh:
+                self.set_qparams(*self.weight_qparams(x))
+                self._refresh = False
         factor = self.grad_factor(x) if spec.learnable else 1.0
         return fake_quantize_affine(x, self.effective_scale(), self.zero_point, spec.qmin, spec.qmax, spec.granularity, factor)
+
+    def weight_qparams(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Min-max qparams of a weight, as a fixed-scale weight quantizer stores them."""
+        with torch.no_grad():
+            obs = Observer(self.spec)
+            obs.update(w)
+            scale, zero_point = obs.compute()
+        return round_scale(scale.to(torch.float32), self.spec.scale_dtype), zero_point.to(torch.float32)
 
     def effective_scale(self) -> torch.Tensor:
         """The scale the grid uses: learnable scales are kept positive by ``abs`` and a floor."""
