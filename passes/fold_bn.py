@@ -90,7 +90,10 @@ class FoldBatchNormPass(QPass):
             replace_node.replace_all_uses_with(conv)
             self.record("folded", node, info.module_path, f"BatchNorm into conv {conv.name}")
             modified = True
-        return self.finish(gm, modified)
+        result = self.finish(gm, modified)
+        if modified:  # drop the folded BatchNorm modules: dead parameters would reach optimizers and stall DDP
+            gm.delete_all_unused_submodules()
+        return result
 
     def _bn_stats(self, gm, node):
         """(mean, var, gamma, beta, eps, node whose uses become the conv) for an inference BN, else None."""
