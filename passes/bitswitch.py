@@ -115,9 +115,10 @@ class BitSwitchCalibratePass(QPass):
 
     name = "bitswitch_calibrate"
 
-    def __init__(self, batches: Iterable) -> None:
+    def __init__(self, batches: Iterable, sync_ranks: bool = False) -> None:
         super().__init__()
         self.batches = batches
+        self.sync_ranks = sync_ranks  # reduce the statistics over torch.distributed ranks (qgraph.distributed)
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         acts = {n: m for n, m in gm.named_modules() if isinstance(m, BitSwitchActQuantizer)}
@@ -139,6 +140,10 @@ class BitSwitchCalibratePass(QPass):
                         gm(*args)
                     except Exception as e:
                         raise InputError(f"calibration batch {i} does not fit the model: {type(e).__name__}: {e}") from e
+                if self.sync_ranks:
+                    from qgraph.distributed import reduce_bitswitch_stats
+
+                    reduce_bitswitch_stats(acts)
                 for q in acts.values():
                     q.finish_calibration()
         set_bits(gm, bits[0])

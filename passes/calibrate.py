@@ -2,7 +2,9 @@
 
 1. Every FakeQuantize switches to ``observe`` (values pass through unchanged, observers record).
 2. The calibration batches run through the graph (no gradients).
-3. Each quantizer turns its observations into a scale and zero point and switches to ``quantize``.
+3. With ``sync_ranks``, observer statistics are reduced over the ``torch.distributed`` ranks
+   (``qgraph.distributed``).
+4. Each quantizer turns its observations into a scale and zero point and switches to ``quantize``.
 
 A quantizer that saw nothing (a branch the data never reached) is an error naming it.
 """
@@ -24,9 +26,10 @@ from qgraph.quantizer import FakeQuantize
 class CalibratePass(QPass):
     name = "calibrate"
 
-    def __init__(self, batches: Iterable) -> None:
+    def __init__(self, batches: Iterable, sync_ranks: bool = False) -> None:
         super().__init__()
         self.batches = batches
+        self.sync_ranks = sync_ranks  # reduce observer statistics over torch.distributed ranks first
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         quantizers = [(n, m) for n, m in gm.named_modules() if isinstance(m, FakeQuantize)]
@@ -51,6 +54,10 @@ class CalibratePass(QPass):
                 count += 1
         if count == 0:
             raise InputError("calib_data yielded no batches")
+        if self.sync_ranks:
+            from qgraph.distributed import reduce_observers
+
+            reduce_observers(gm)
         for name, q in quantizers:
             q.finish_calibration()
             lo, hi = q.scale_range()

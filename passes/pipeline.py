@@ -73,7 +73,7 @@ def run_passes(gm: fx.GraphModule, passes: list[QPass]) -> list[Change]:
     return [c for p in passes for c in p.changes]
 
 
-def calibrate(gm: fx.GraphModule, batches: Iterable) -> list[Change]:
-    p = BitSwitchCalibratePass(batches) if is_bitswitch(gm) else CalibratePass(batches)
+def calibrate(gm: fx.GraphModule, batches: Iterable, sync_ranks: bool = False) -> list[Change]:
+    p = BitSwitchCalibratePass(batches, sync_ranks) if is_bitswitch(gm) else CalibratePass(batches, sync_ranks)
     p.run(gm)
     return p.changes

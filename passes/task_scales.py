@@ -53,8 +53,8 @@ class TaskCalibratePass(CalibratePass):
 
     name = "calibrate_tasks"
 
-    def __init__(self, data: Mapping[str, Iterable]) -> None:
-        super().__init__(())
+    def __init__(self, data: Mapping[str, Iterable], sync_ranks: bool = False) -> None:
+        super().__init__((), sync_ranks)
         self.data = {str(k): list(v) for k, v in data.items()}
 
     def call(self, gm: fx.GraphModule) -> PassResult:
@@ -84,8 +84,8 @@ class TaskCalibratePass(CalibratePass):
         return result
 
 
-def calibrate_tasks(gm: fx.GraphModule, data: Mapping[str, Iterable]) -> list:
-    p = TaskCalibratePass(data)
+def calibrate_tasks(gm: fx.GraphModule, data: Mapping[str, Iterable], sync_ranks: bool = False) -> list:
+    p = TaskCalibratePass(data, sync_ranks)
     p.run(gm)
     return p.changes
 

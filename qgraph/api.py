@@ -23,6 +23,7 @@ def quantize(
     skip: Iterable[str] | str | None = None,
     qat: bool = False,
     fold_bn: bool = True,
+    sync_ranks: bool | None = None,
 ) -> QModel:
     """Quantize ``model`` and return a :class:`QModel`.
 
@@ -34,19 +35,27 @@ def quantize(
     calibration; without it the example inputs calibrate. With the ``tasks(...)`` recipe it is a mapping
     ``{task: batches}`` and each task's scales come from its own batches. ``qat=True`` makes scales learnable
     (LSQ) so the returned model can be trained. The input model is not modified.
+    ``sync_ranks``: under ``torch.distributed`` (several ranks), every rank calls ``quantize`` with
+    its own calibration shard and the ranks end with identical quantizers (statistics reduced over
+    all ranks, then state broadcast from rank 0; :mod:`qgraph.distributed`). The default ``None`` does
+    this whenever a process group of several ranks is initialised; ``False`` calibrates this rank alone.
     """
+    from qgraph.distributed import broadcast_state, should_sync
     from qgraph.passes.pipeline import calibrate
 
+    sync = should_sync(sync_ranks)
     qm = prepare(model, example_inputs, recipe, overrides=overrides, skip=skip, qat=qat, fold_bn=fold_bn)
     if isinstance(calib_data, Mapping):  # {task: batches} for task-specific scales (recipe "tasks(...)")
         from qgraph.passes.task_scales import calibrate_tasks
 
-        qm.changes += calibrate_tasks(qm.qgraph, calib_data)
+        qm.changes += calibrate_tasks(qm.qgraph, calib_data, sync)
     else:
         batches = list(calib_data) if calib_data is not None else [qm._example_inputs]
         if not batches:
             raise InputError("calib_data is empty")
-        qm.changes += calibrate(qm.qgraph, batches)
+        qm.changes += calibrate(qm.qgraph, batches, sync)
+    if sync:
+        broadcast_state(qm.qgraph)
     qm.eval()
     if qat:
         qm.train()
