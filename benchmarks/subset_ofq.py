@@ -12,10 +12,12 @@ normalisation with a uniform grid (ablation: DFSQ's normalisation without subset
 Only the residual blocks' convs are quantized in every arm (as DFSQ does for EDSR).
 Then point-selection time, K-means vs exhaustive, as the universal set grows.
 
-OFQ: a tiny ViT (2×2 patches of the 8×8 digits → 16 tokens, dim 64, 4 heads, 4 blocks) trained FP,
-then QAT at W{2,3}A{2,3} with KD from the FP model: LSQ weights; StatsQ; StatsQ + QKR;
-StatsQ + QKR + CGA (BR 0.005, small constant lr). Oscillation ratio: weights whose oscillation EMA
-(momentum 0.01) exceeds 0.005 at the end of training.
+OFQ: a tiny ViT (2×2 patches of the 8×8 digits → 16 tokens, dim 32, 4 heads, 2 blocks) trained FP,
+then ``qgraph.quantize(fp, x, "ofq(bits=b, ...)", calib, qat=True)`` and QAT at W{3,2}A{3,2} with KD
+from the FP model: LSQ weights (``method=lsq, qkr=False``); StatsQ (``qkr=False``); StatsQ + QKR;
+StatsQ + QKR + CGA (BR 0.005, lr 1e-5), with a control of the same extra epochs without CGA; two
+seeds. Oscillation ratio: weights whose oscillation EMA (momentum 0.01) exceeds 0.005 at the end of
+each phase.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import qgraph  # noqa: E402
 from qgraph.granularity import PerChannel, PerTensor  # noqa: E402
-from qgraph.ofq import CGA, OscillationTracker, prepare_ofq  # noqa: E402
+from qgraph.ofq import CGA, OscillationTracker  # noqa: E402
 from qgraph.qspec import QSpec  # noqa: E402
 from qgraph.recipes import Recipe  # noqa: E402
 from qgraph.subset import codebook_sse, exhaustive_select, kmeans_select, subset_quantizers, universal_set  # noqa: E402
@@ -111,7 +113,7 @@ def run_dfsq(quick: bool) -> list[str]:
     train_img, test_img = _images()
     model = TinyEDSR()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    steps = 60 if quick else 400
+    steps = 60 if quick else 200
     t0 = time.time()
     for i in range(steps):
         hr = _crops(train_img, 16, 48, g)
@@ -258,53 +260,73 @@ def _train(model, x, y, epochs, lr, teacher=None, tracker=None, g=None, wd=0.05,
     return opt
 
 
-def run_ofq(quick: bool) -> list[str]:
+def run_ofq(quick: bool, seeds: int = 2) -> list[str]:
     from examples.models import load_digits_data
 
     x_tr, y_tr, x_te, y_te = load_digits_data()
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    fp = TinyViT()
     t0 = time.time()
-    fp_epochs = 4 if quick else 30
-    _train(fp, x_tr, y_tr, fp_epochs, 3e-3, g=g)
-    fp.eval()
-    fp_acc = _accuracy(fp, x_te, y_te)
-    fp.eval()
-    epochs, cga_epochs = (1, 1) if quick else (6, 2)
-    rows = [f"OFQ: tiny ViT (16 tokens, dim 64, 4 heads, 4 blocks) on digits; FP32 trained {fp_epochs} epochs: {fp_acc:.1%} test "
-            f"accuracy. QAT {epochs} epochs (batch {BATCH}) with KD from FP, AdamW lr 1e-3 cosine; patch embed and head 8-bit LSQ; "
-            f"CGA {cga_epochs} more epochs, lr 1e-5 constant, BR 0.005.", "",
-            "| bits | arm | test acc | oscillating weights (EMA > 0.005) | oscillations per weight per 100 steps |",
-            "| --- | --- | --- | --- | --- |"]
-    for bits in (3, 2):
-        arms = [("LSQ", dict(method="lsq", qkr=False)), ("StatsQ", dict(method="statsq", qkr=False)),
-                ("StatsQ + QKR", dict(method="statsq", qkr=True))]
-        for name, kw in arms:
-            torch.manual_seed(1)
-            m = copy.deepcopy(fp)
-            prepare_ofq(m, bits=bits, a_bits=bits, **kw)
-            tracker = OscillationTracker(m)
-            _train(m, x_tr, y_tr, epochs, 1e-3, teacher=fp, tracker=tracker, g=g)
-            rows.append(_ofq_row(bits, name, m, tracker, x_te, y_te))
-            if name == "StatsQ + QKR":
-                ctrl = copy.deepcopy(m)  # control: the same extra epochs at the same lr, without CGA
+    fp_epochs, epochs, cga_epochs = (2, 1, 1) if quick else (20, 4, 1)
+    seeds = 1 if quick else seeds
+    calib = [x_tr[i:i + BATCH] for i in range(0, 2 * BATCH, BATCH)]
+    arms = [("LSQ", "method=lsq, qkr=False"), ("StatsQ", "qkr=False"), ("StatsQ + QKR", "")]
+    results: dict[tuple, list] = {}
+    fp_accs = []
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)
+        fp = TinyViT(dim=DIM, heads=4, depth=DEPTH)
+        _train(fp, x_tr, y_tr, fp_epochs, 3e-3, g=g)
+        fp.eval()
+        fp_accs.append(_accuracy(fp, x_te, y_te))
+        fp.eval()
+        for bits in (3, 2):
+            for name, opts in arms:
+                torch.manual_seed(100 + seed)
+                recipe = f"ofq(bits={bits}{', ' + opts if opts else ''})"
+                qm = qgraph.quantize(fp, x_tr[:BATCH], recipe, calib, qat=True)
+                tracker = OscillationTracker(qm)
+                opt = torch.optim.AdamW(qm.parameters(), lr=1e-3, weight_decay=0.05)
+                _train_with(opt, qm, x_tr, y_tr, epochs, fp, tracker, g, cosine=True)
+                results.setdefault((bits, name), []).append(_ofq_stats(qm, tracker, x_te, y_te))
+                if name != "StatsQ + QKR":
+                    continue
+                ctrl = copy.deepcopy(qm)  # control: the same extra epochs at the same lr, without CGA
                 tracker = OscillationTracker(ctrl)
                 _train_with(torch.optim.AdamW(ctrl.parameters(), lr=1e-5, weight_decay=0.05), ctrl, x_tr, y_tr, cga_epochs, fp,
                             tracker, g)
-                rows.append(_ofq_row(bits, f"StatsQ + QKR, {cga_epochs} more epochs at lr 1e-5 (no CGA)", ctrl, tracker, x_te, y_te))
-                tracker = OscillationTracker(m)
-                opt = torch.optim.AdamW(m.parameters(), lr=1e-5, weight_decay=0.05)
-                cga = CGA(m, boundary_range=0.005).attach(opt)
-                _train_with(opt, m, x_tr, y_tr, cga_epochs, fp, tracker, g)
-                rows.append(_ofq_row(bits, f"StatsQ + QKR + CGA (frozen {cga.frozen_ratio():.1%})", m, tracker, x_te, y_te))
+                results.setdefault((bits, f"StatsQ + QKR, {cga_epochs} more epochs at lr 1e-5 (no CGA)"), []).append(
+                    _ofq_stats(ctrl, tracker, x_te, y_te))
+                tracker = OscillationTracker(qm)
+                opt = torch.optim.AdamW(qm.parameters(), lr=1e-5, weight_decay=0.05)
+                cga = CGA(qm, boundary_range=0.005).attach(opt)
+                _train_with(opt, qm, x_tr, y_tr, cga_epochs, fp, tracker, g)
                 cga.detach()
+                results.setdefault((bits, "StatsQ + QKR + CGA"), []).append(
+                    _ofq_stats(qm, tracker, x_te, y_te) + (cga.frozen_ratio(),))
+    n_params = sum(p.numel() for p in TinyViT(dim=DIM, heads=4, depth=DEPTH).parameters())
+    rows = [f"OFQ: tiny ViT (16 tokens, dim {DIM}, 4 heads, {DEPTH} blocks, {n_params:,} parameters) on digits; FP32 trained "
+            f"{fp_epochs} epochs: " + ", ".join(f"{a:.1%}" for a in fp_accs) + f" test accuracy (seeds 0..{seeds - 1}). "
+            f"qgraph.quantize(fp, x, 'ofq(bits=b, ...)', calib, qat=True); QAT {epochs} epochs (batch {BATCH}) with KD from FP, "
+            f"AdamW lr 1e-3 cosine; patch embed and head 8-bit LSQ; CGA {cga_epochs} more epochs, lr 1e-5 constant, BR 0.005. "
+            f"Mean over {seeds} seeds (per-seed values in brackets).", "",
+            "| bits | arm | test acc | oscillating weights (EMA > 0.005) | oscillations per weight per 100 steps |",
+            "| --- | --- | --- | --- | --- |"]
+    for (bits, name), runs in results.items():
+        acc, ratio, per100 = (np.array([r[i] for r in runs]) for i in range(3))
+        label = name + (f" ({np.mean([r[3] for r in runs]):.1%} frozen)" if len(runs[0]) > 3 else "")
+        rows.append(f"| W{bits}A{bits} | {label} | {acc.mean():.1%} [{', '.join(f'{a:.1%}' for a in acc)}] | "
+                    f"{ratio.mean():.2%} [{', '.join(f'{r:.2%}' for r in ratio)}] | {per100.mean():.3f} |")
     rows.append("")
     rows.append(f"(OFQ part: {time.time() - t0:.0f} s)")
     return rows
 
 
-def _train_with(opt, model, x, y, epochs, teacher, tracker, g):
+DIM, DEPTH = 32, 2
+
+
+def _train_with(opt, model, x, y, epochs, teacher, tracker, g, cosine: bool = False):
+    steps = epochs * math.ceil(len(x) / BATCH)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=opt.param_groups[0]["lr"] * 0.02) if cosine else None
     model.train()
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=g)
@@ -317,12 +339,14 @@ def _train_with(opt, model, x, y, epochs, teacher, tracker, g):
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             tracker.step()
 
 
-def _ofq_row(bits, name, model, tracker, x_te, y_te) -> str:
+def _ofq_stats(model, tracker, x_te, y_te) -> tuple:
     per_100 = 100 * tracker.total() / max(1, tracker.steps) / max(1, sum(c.numel() for c in tracker.counts.values()))
-    return f"| W{bits}A{bits} | {name} | {_accuracy(model, x_te, y_te):.1%} | {tracker.ratio(0.005):.2%} | {per_100:.3f} |"
+    return _accuracy(model, x_te, y_te), tracker.ratio(0.005), per_100
 
 
 def main() -> None:

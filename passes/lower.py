@@ -12,6 +12,9 @@ Rewrite rules (run on a copy of the quantized graph, just before ONNX export):
    MatMulNBits (2, 4 or 8 bits). As ``linear`` it would stay a float Gemm that dequantizes its
    weight at every run.
 
+3. Leaf modules with a ``lower_for_export()`` method store their own integer codes (the ``W_qk``
+   products of OFQ's query-key reparameterization, ``qgraph.ofq.QKRScores``).
+
 Activation quantizers are left as they are (they export as QuantizeLinear/DequantizeLinear).
 """
 
@@ -25,7 +28,8 @@ from torch.fx.passes.infra.pass_base import PassResult
 
 from qgraph.granularity import PerChannel, PerGroup
 from qgraph.ops import LINEAR, is_passthrough
-from qgraph.primitives import granularity_args, quantize_affine
+from qgraph.packing import stored_codes
+from qgraph.primitives import granularity_args
 
 
 class LowerPass(QPass):
@@ -45,7 +49,7 @@ class LowerPass(QPass):
             with torch.no_grad():
                 scale = q.effective_scale().detach().clone()
                 zp = q.zero_point.detach().clone()
-                codes = quantize_affine(weight.detach().float(), scale, zp, spec.qmin, spec.qmax, spec.granularity)
+                codes = stored_codes(q, weight.detach().float())
             axis, group = granularity_args(spec.granularity)
             users = list(node.users)
             transpose = (
@@ -82,6 +86,11 @@ class LowerPass(QPass):
                 detail += ", linear as MatMul on Wᵀ (" + ("blocked along K)" if group else "per column)")
             self.record("lowered", dq, q.where, detail)
             modified = True
+        for name, mod in gm.named_modules():  # leaf modules with weights of their own (qgraph.ofq.QKRScores)
+            if hasattr(mod, "lower_for_export"):
+                detail = mod.lower_for_export()
+                if detail:
+                    self.record("lowered", name, getattr(mod, "where", name), detail)
         return self.finish(gm, modified)
 
 

@@ -37,6 +37,7 @@ METHOD_PASSES = {
     "task_scales": ("task_scales", "TaskScalesPass"),
     "group_scales": ("group_scales", "GroupScalesPass"),
     "subset": ("subset", "SubsetPass"),
+    "ofq": ("ofq", "OFQPass"),
 }
 
 

@@ -64,4 +64,5 @@ __all__ = [
     "BitSwitchRecipe",
 ]
 
+from qgraph import ofq as _ofq  # noqa: E402,F401  (registers the ofq(...) recipe)
 from qgraph import subset as _subset  # noqa: E402,F401  (registers the subset(...) recipe)

@@ -1,27 +1,32 @@
-"""Oscillation-free quantization-aware training (OFQ, ALGORITHMS.md §7) for low-bit vision transformers.
+"""Oscillation-free quantization-aware training (OFQ, ALGORITHMS.md §7) as a qgraph recipe.
 
-The parts, each usable alone:
+``qm = qgraph.quantize(vit, x, "ofq(bits=2)", calib_data=batches, qat=True)`` runs the normal
+pipeline (capture → insert quantizers → the ``ofq`` method pass, :mod:`qgraph.passes.ofq`) and gives
+a :class:`qgraph.QModel` to train, export (ONNX, verified in ONNX Runtime) and pack (qpack). The parts:
 
-* :func:`statsq` / :func:`statsq_scale`: the statistics-based weight quantizer. Per output row
-  ``s_r = 2·mean_j |W_rj|`` (no gradient), ``n = 2**(bits-1)``, levels ``s_r(k + 0.5)/n`` for
-  ``k ∈ [-n, n-1]`` (no zero level), thresholds at ``s_r·k/n``; identity straight-through gradient
-  everywhere. It runs on :func:`qgraph.primitives.fake_quantize_affine` (a grid of step ``s_r/n``
-  shifted by half a step).
-* :class:`QATLinear`: an ``nn.Linear`` with a StatsQ (or LSQ, for comparison) weight quantizer
-  and an optional :class:`BiasLSQ` input quantizer (LSQ with learnable biases before and after).
-* :class:`QKRAttention`: query–key reparameterization. Per head ``W_qk = W_qᵀW_k`` (C×C) is
-  quantized instead of ``W_q`` and ``W_k``; scores ``Q(x̂ Q(W_qk)) x̂ᵀ / sqrt(d)``. With
-  ``exact_bias`` the key-dependent term of the query bias ``x_j·W_kᵀb_q`` is kept, so with
-  quantization off it equals the original attention exactly (the other bias terms do not change a
-  softmax over keys). Cost: H·N·C² multiply-accumulates for the scores instead of 2·N·C².
-* :class:`CGA`: confidence-guided annealing. Hooked on an optimizer, before every step it freezes
-  every StatsQ weight that is not within ``boundary_range`` (in units of the grid step) of an
-  interior rounding threshold: its gradient is zeroed, and after the step its value is restored
-  (which also cancels weight decay and momentum). ``W_qk`` products pass gradient only through
-  their near-threshold elements.
-* :class:`OscillationTracker`: integer codes of every quantized weight after each step; counts
-  direction reversals (an oscillation) per weight, and their EMA (momentum 0.01).
-* :func:`prepare_ofq` (:class:`qgraph.passes.ofq.OFQPass`): swaps a model's linears and attention blocks.
+* :class:`StatsQuantize`: the statistics-based weight quantizer. Per output row
+  ``s_r = 2·mean_j |W_rj|`` (recomputed from the weight while training, no gradient), ``n = 2**(b-1)``,
+  levels ``s_r(k + 0.5)/n`` for ``k ∈ [-n, n-1]`` (no zero level), thresholds at ``s_r·k/n``; identity
+  straight-through gradient everywhere. The levels are stored exactly as **odd integer codes
+  ``c = 2k+1`` on a (b+1)-bit signed grid with scale ``s_r/2**b``** (zero point 0): ``Ŵ = c·s_r/2**b`` is
+  one multiplication, which ONNX ``DequantizeLinear`` and the qpack reader compute bit for bit (a
+  half-step zero point cannot be written: ONNX and qpack zero points are integers).
+* :class:`TokenLSQuantize`: LSQ activations with learnable biases, ``LSQ(x + β1) + β2`` (β per
+  channel, last axis), one learnable step **per token** (axis -2 of a ``[..., N, C]`` input; per tensor
+  for 2-D inputs), initialised at calibration to ``2·mean|x| / sqrt(Qp)`` over batch and channels;
+  LSQ gradient scale ``1/sqrt(Qp·n_s)`` (n_s elements per step, batch included). Unsigned and without
+  biases after a softmax.
+* :class:`QKRScores`: query–key reparameterization, the leaf that replaces ``q @ kᵀ``: per head
+  ``W_qk = W_qᵀW_k`` (C×C, StatsQ per row) and ``scores = Q_a(x̂·Q(W_qk))·x̂ᵀ`` plus, with
+  ``exact_bias``, every bias term (``x_m·W_kᵀb_q``, ``x_n·W_qᵀb_k``, ``b_q·b_k``), so with quantization
+  off it equals ``q @ kᵀ`` exactly. Cost: H·N·C² multiply-accumulates instead of 2·N·C².
+* :class:`CGA`: confidence-guided annealing on a QModel's StatsQ weights, driven by an optimizer's
+  step hooks: weights farther than ``boundary_range`` (grid steps) from every interior threshold are
+  frozen (gradient zeroed, value restored after the step); ``W_qk`` passes gradient only through
+  its near-threshold elements.
+* :class:`OscillationTracker`: integer codes of every quantized weight (StatsQ, LSQ, ``W_qk``) after
+  each step; a code change against the previous direction is one oscillation; EMA (momentum 0.01).
+* :func:`prepare_ofq`: ``qgraph.quantize(..., "ofq(...)", qat=True)`` in one call.
 """
 
 from __future__ import annotations
@@ -30,12 +35,14 @@ import fnmatch
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from qgraph.errors import InputError
+from qgraph.errors import CalibrationError, InputError, RecipeError
 from qgraph.granularity import PerChannel, PerTensor
-from qgraph.primitives import MIN_SCALE, fake_quantize_affine, quantize_affine
+from qgraph.primitives import MIN_SCALE, dequantize_affine, fake_quantize_affine, quantize_affine
+from qgraph.qspec import QSpec
+from qgraph.quantizer import FakeQuantize
+from qgraph.recipes import Override, Recipe, register_recipe
 
 WEIGHT_METHODS = ("statsq", "lsq")
 
@@ -48,250 +55,346 @@ def statsq_scale(w: torch.Tensor) -> torch.Tensor:
     return (2 * w.detach().reshape(w.shape[0], -1).abs().mean(dim=1)).clamp_min(MIN_SCALE)
 
 
-def _half_grid(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _rows(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return v.reshape((-1,) + (1,) * (w.dim() - 1))
+
+
+def statsq_codes(w: torch.Tensor, bits: int, half: torch.Tensor | None = None) -> torch.Tensor:
+    """Odd integer codes ``c = 2k + 1`` (int8) of the StatsQ levels, ``k = clamp(⌊W/step - 0.5⌉, -n, n-1)``,
+    ``step = s_r/n``; ``half = s_r/2**bits`` (the code grid's step) defaults to the weight's own."""
     n = 2 ** (bits - 1)
-    step = statsq_scale(w) / n
-    return step, (step / 2).reshape((-1,) + (1,) * (w.dim() - 1)), n
+    half = statsq_scale(w) / 2**bits if half is None else half
+    step = 2 * half
+    k = quantize_affine(w.detach() - _rows(half, w), step, torch.zeros_like(step), -n, n - 1, PerChannel(0))
+    return (2 * k.to(torch.int16) + 1).to(torch.int8)
 
 
-def statsq_codes(w: torch.Tensor, bits: int) -> torch.Tensor:
-    """Integer level indices ``k ∈ [-n, n-1]`` of the StatsQ grid (value ``s_r(k + 0.5)/n``)."""
-    step, half, n = _half_grid(w, bits)
-    return quantize_affine(w.detach() - half, step, torch.zeros_like(step), -n, n - 1, PerChannel(0)).to(torch.int64)
-
-
-def low_confidence(w: torch.Tensor, bits: int, boundary_range: float) -> torch.Tensor:
+def low_confidence(w: torch.Tensor, bits: int, boundary_range: float, half: torch.Tensor | None = None) -> torch.Tensor:
     """Elements within ``boundary_range`` (grid steps) of an interior threshold ``s_r·k/n``, ``|k| < n``."""
     n = 2 ** (bits - 1)
-    t = w.detach() * n / statsq_scale(w).reshape((-1,) + (1,) * (w.dim() - 1))
+    half = statsq_scale(w) / 2**bits if half is None else half
+    t = w.detach() / _rows(2 * half, w)
     k = torch.round(t)
     return ((t - k).abs() <= boundary_range) & (k.abs() <= n - 1)
 
 
 def statsq(w: torch.Tensor, bits: int, boundary_range: float | None = None) -> torch.Tensor:
-    """StatsQ fake-quantized ``w`` (levels ``s_r(k+0.5)/n``), identity gradient to ``w``.
-
-    With ``boundary_range`` (CGA for products such as ``W_qk``) only elements near a threshold pass
-    gradient; the others are detached."""
-    step, half, n = _half_grid(w, bits)
-    q = fake_quantize_affine(w.detach() - half, step, torch.zeros_like(step), -n, n - 1, PerChannel(0)) + half
+    """StatsQ fake-quantized ``w`` (levels ``s_r(k+0.5)/n``), identity gradient to ``w``; with
+    ``boundary_range`` (CGA on products) only elements near a threshold pass gradient."""
+    half = statsq_scale(w) / 2**bits
+    codes = statsq_codes(w, bits, half)
+    q = dequantize_affine(codes, half, torch.zeros_like(half), -(2**bits), 2**bits - 1, PerChannel(0))
     src = w
     if boundary_range is not None:
-        src = torch.where(low_confidence(w, bits, boundary_range), w, w.detach())
-    return src + (q - src).detach()
+        src = torch.where(low_confidence(w, bits, boundary_range, half), w, w.detach())
+    return q + (src - src.detach())  # exactly q forward (x - x = 0), gradient 1
 
 
-# --------------------------------------------------------------------------- modules
+# --------------------------------------------------------------------------- quantizers
 
 
-class BiasLSQ(nn.Module):
-    """LSQ activation quantizer with learnable biases: ``LSQ(x + β1) + β2`` (β per channel, last axis).
+class StatsQuantize(FakeQuantize):
+    """StatsQ weight quantizer (``bits``-bit levels stored as odd codes on a ``bits + 1``-bit grid).
 
-    One learnable per-tensor step, initialised on the first training batch to ``2·mean|x| / sqrt(Qp)``
-    (the paper uses one step per token position; per-tensor keeps the module shape-agnostic)."""
+    While training it re-reads ``s_r`` from the weight on every call; in eval it uses the stored
+    scale (refreshed once after training, like qgraph's fixed-scale weight quantizers), which is what
+    export and ``qgraph.load`` reproduce. ``boundary_range`` (set by :class:`CGA` on ``W_qk``): pass
+    gradient only to elements near a threshold."""
 
-    def __init__(self, channels: int, bits: int, signed: bool = True, biases: bool = True) -> None:
-        super().__init__()
-        self.bits, self.signed = bits, signed
-        self.qmin, self.qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-        self.scale = nn.Parameter(torch.ones(()))
-        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
-        self.beta1 = nn.Parameter(torch.zeros(channels)) if biases else None
-        self.beta2 = nn.Parameter(torch.zeros(channels)) if biases else None
+    def __init__(self, bits: int, where: str = "") -> None:
+        if not 2 <= bits <= 7:
+            raise RecipeError(f"StatsQ takes 2..7 bits (its codes need one bit more), got {bits}")
+        super().__init__(QSpec(bits=bits + 1, symmetric=True, signed=True, granularity=PerChannel(0)), "weight", where)
+        self.statsq_bits = bits
+        self.observer = None
+        self.boundary_range: float | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.beta1 is not None:
-            x = x + self.beta1
-        if not bool(self.initialized):
-            with torch.no_grad():
-                self.scale.copy_((2 * x.abs().mean() / math.sqrt(self.qmax)).clamp_min(1e-8))
-                self.initialized.fill_(True)
-        g = 1.0 / math.sqrt(max(1, x.numel()) * self.qmax)
-        s = self.scale.abs().clamp_min(1e-8)
-        out = fake_quantize_affine(x, s, torch.zeros(()), self.qmin, self.qmax, PerTensor(), g)
-        return out + self.beta2 if self.beta2 is not None else out
+    def set_mode(self, mode: str) -> None:
+        super().set_mode(mode)
+        self.observer = None
 
+    @torch.no_grad()
+    def _read_scale(self, x: torch.Tensor) -> None:
+        self.set_qparams(statsq_scale(x) / 2**self.statsq_bits, torch.zeros(x.shape[0]))
 
-class QATLinear(nn.Linear):
-    """``nn.Linear`` with a StatsQ or LSQ weight quantizer (``bits``) and an optional input quantizer."""
+    def init_from(self, x: torch.Tensor) -> None:
+        self._read_scale(x)
+        self.mode, self.observer = "quantize", None
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 2, method: str = "statsq",
-                 a_bits: int | None = None) -> None:
-        super().__init__(in_features, out_features, bias)
-        if method not in WEIGHT_METHODS:
-            raise InputError(f"weight method must be one of {WEIGHT_METHODS}, got {method!r}")
-        self.bits, self.method = bits, method
-        self.input_quantizer = BiasLSQ(in_features, a_bits) if a_bits else None
-        self.weight_scale = nn.Parameter(torch.ones(out_features)) if method == "lsq" else None
-        self.lsq_ready = False
+    def finish_calibration(self) -> None:
+        if not self.initialized:
+            raise CalibrationError(f"weight quantizer at {self.where or '?'} saw no weight during calibration")
+        self.mode, self.observer = "quantize", None
 
-    @classmethod
-    def from_linear(cls, lin: nn.Linear, bits: int, method: str = "statsq", a_bits: int | None = None) -> QATLinear:
-        new = cls(lin.in_features, lin.out_features, lin.bias is not None, bits, method, a_bits)
-        new = new.to(lin.weight.device)
-        with torch.no_grad():
-            new.weight.copy_(lin.weight)
-            if lin.bias is not None:
-                new.bias.copy_(lin.bias)
-            if new.weight_scale is not None:  # LSQ init 2·mean|W| / sqrt(Qp) per row
-                qp = max(1, 2 ** (bits - 1) - 1)
-                new.weight_scale.copy_(2 * lin.weight.abs().mean(dim=1) / math.sqrt(qp))
-        return new
-
-    def _lsq_grid(self) -> tuple[torch.Tensor, int, int]:
-        return self.weight_scale.abs().clamp_min(1e-8), -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1
-
-    def quantized_weight(self) -> torch.Tensor:
-        if self.method == "statsq":
-            return statsq(self.weight, self.bits)
-        s, lo, hi = self._lsq_grid()
-        g = 1.0 / math.sqrt(self.in_features * hi)
-        return fake_quantize_affine(self.weight, s, torch.zeros_like(s), lo, hi, PerChannel(0), g)
-
-    def weight_codes(self) -> torch.Tensor:
-        """The integer codes the weight quantizer assigns now (for :class:`OscillationTracker`)."""
-        if self.method == "statsq":
-            return statsq_codes(self.weight, self.bits)
-        s, lo, hi = self._lsq_grid()
-        return quantize_affine(self.weight.detach(), s.detach(), torch.zeros_like(s), lo, hi, PerChannel(0)).to(torch.int64)
+    def weight_codes(self, w: torch.Tensor) -> torch.Tensor:
+        """The stored integer codes of ``w`` (odd, on the ``bits + 1``-bit grid): what export and qpack write."""
+        return statsq_codes(w, self.statsq_bits, self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_quantizer is not None:
-            x = self.input_quantizer(x)
-        return F.linear(x, self.quantized_weight(), self.bias)
+        if self.mode == "off":
+            return x
+        if self.mode == "observe" or self.training or self._refresh or not self.initialized:
+            self._read_scale(x)
+            self._refresh = False
+        if self.mode == "observe":
+            return x
+        q = dequantize_affine(self.weight_codes(x), self.scale, self.zero_point, self.spec.qmin, self.spec.qmax, PerChannel(0))
+        src = x
+        if self.boundary_range is not None and x.requires_grad:
+            src = torch.where(low_confidence(x, self.statsq_bits, self.boundary_range, self.scale), x, x.detach())
+        return q + (src - src.detach())
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {self.method} {self.bits}-bit"
+        return f"StatsQ {self.statsq_bits}-bit (odd codes on int{self.statsq_bits + 1}), mode={self.mode}"
+
+    def report_fields(self) -> dict:
+        return {"statsq": f"{self.statsq_bits}-bit levels s_r(k+0.5)/2^{self.statsq_bits - 1}, odd codes on int{self.statsq_bits + 1}"}
 
 
-class QKRAttention(nn.Module):
-    """Self-attention with query–key reparameterization (per head ``W_qk = W_qᵀ W_k``, quantized by StatsQ).
+class TokenLSQuantize(FakeQuantize):
+    """OFQ activation quantizer: ``LSQ(x + β1) + β2``, one step per token (axis -2), β per channel.
 
-    Built from ``nn.MultiheadAttention`` (``batch_first=True``, called as ``attn(x, x, x)``; returns
-    ``(out, None)``) or a timm-style block (``qkv`` and ``proj`` linears, ``num_heads``; called as
-    ``attn(x)``). ``bits=None`` keeps everything float (the exact reparameterization)."""
+    ``per_token=False`` or 2-D inputs: one step per tensor. ``biases``: β1, β2 (learnable, zero at
+    calibration; only with learnable specs). Calibration sets ``s = 2·mean|x| / sqrt(Qp)`` per token."""
 
-    def __init__(self, dim: int, heads: int, bits: int | None, a_bits: int | None = None, method: str = "statsq",
-                 exact_bias: bool = True, style: str = "timm", where: str = "") -> None:
-        super().__init__()
-        if dim % heads:
-            raise InputError(f"attention at {where or '?'}: dim {dim} is not a multiple of {heads} heads")
-        self.dim, self.heads, self.head_dim, self.bits, self.style, self.where = dim, heads, dim // heads, bits, style, where
-        self.exact_bias = exact_bias
-        self.q_weight = nn.Parameter(torch.zeros(dim, dim))
-        self.k_weight = nn.Parameter(torch.zeros(dim, dim))
-        self.q_bias = nn.Parameter(torch.zeros(dim)) if exact_bias else None
-        self.v = QATLinear(dim, dim, True, bits or 8, method, a_bits) if bits else nn.Linear(dim, dim)
-        self.proj = QATLinear(dim, dim, True, bits or 8, method, a_bits) if bits else nn.Linear(dim, dim)
-        self.input_quantizer = BiasLSQ(dim, a_bits) if a_bits else None
-        self.xqk_quantizer = BiasLSQ(dim, a_bits) if a_bits else None
-        self.attn_quantizer = BiasLSQ(1, a_bits, signed=False, biases=False) if a_bits else None
-        self.cga_boundary_range: float | None = None  # set by CGA: W_qk passes gradient only near thresholds
+    def __init__(self, spec: QSpec, where: str = "", per_token: bool = True, biases: bool = True) -> None:
+        super().__init__(spec, "activation", where)
+        self.observer = None
+        self.per_token, self.biases = bool(per_token), bool(biases) and spec.learnable
+        self.beta1 = nn.Parameter(torch.zeros(0)) if self.biases else None
+        self.beta2 = nn.Parameter(torch.zeros(0)) if self.biases else None
+        self._sum: torch.Tensor | None = None
+        self._count = 0
+        self._channels = 0
 
-    @classmethod
-    def from_module(cls, mod: nn.Module, bits: int | None, a_bits: int | None = None, method: str = "statsq",
-                    exact_bias: bool = True, where: str = "") -> QKRAttention:
-        if isinstance(mod, nn.MultiheadAttention):
-            if not mod.batch_first or not mod._qkv_same_embed_dim or mod.bias_k is not None or mod.dropout:
-                raise InputError(f"attention at {where}: QKR handles nn.MultiheadAttention with batch_first=True, one embed "
-                                 "dim, no add_bias_kv and no dropout")
-            dim, heads, w, b, proj, style = mod.embed_dim, mod.num_heads, mod.in_proj_weight, mod.in_proj_bias, mod.out_proj, "mha"
+    def set_mode(self, mode: str) -> None:
+        super().set_mode(mode)
+        self.observer = None
+        if mode == "observe":
+            self._sum, self._count = None, 0
+
+    def _token_axis(self, x: torch.Tensor) -> bool:
+        return self.per_token and x.dim() >= 3
+
+    @torch.no_grad()
+    def _observe(self, x: torch.Tensor) -> None:
+        a = x.detach().float().abs()
+        if self._token_axis(x):
+            s = a.transpose(-2, 0).reshape(x.shape[-2], -1).sum(1)
+            if self._sum is not None and self._sum.shape != s.shape:
+                raise InputError(f"per-token activation quantizer at {self.where or '?'} saw {x.shape[-2]} tokens after "
+                                 f"{self._sum.numel()}: per-token steps need a fixed sequence length (per_token=False lifts it)")
         else:
-            dim, heads, w, b, proj, style = mod.qkv.in_features, mod.num_heads, mod.qkv.weight, mod.qkv.bias, mod.proj, "timm"
-        new = cls(dim, heads, bits, a_bits, method, exact_bias, style, where).to(w.device)
-        with torch.no_grad():
-            new.q_weight.copy_(w[:dim])
-            new.k_weight.copy_(w[dim:2 * dim])
-            if new.q_bias is not None and b is not None:
-                new.q_bias.copy_(b[:dim])
-            v = nn.Linear(dim, dim).to(w.device)
-            v.weight.copy_(w[2 * dim:])
-            if b is not None:
-                v.bias.copy_(b[2 * dim:])
-            else:
-                v.bias.zero_()
-            new.v = QATLinear.from_linear(v, bits, method, a_bits) if bits else v
-            new.proj = QATLinear.from_linear(proj, bits, method, a_bits) if bits else _plain_linear(proj)
-        return new
+            s = a.sum().reshape(())
+        self._sum = s if self._sum is None else self._sum + s
+        self._count += x.numel() // max(1, s.numel())
+        self._channels = x.shape[-1]
+
+    @torch.no_grad()
+    def finish_calibration(self) -> None:
+        if self._sum is None:
+            if self.initialized:
+                self.mode = "quantize"
+                return
+            raise CalibrationError(f"activation quantizer at {self.where or '?'} saw no data during calibration")
+        scale = (2 * self._sum / self._count / math.sqrt(max(1, self.spec.qmax))).clamp_min(1e-8)
+        self.set_qparams(scale, torch.zeros_like(scale))
+        if self.biases:
+            self.beta1.data = torch.zeros(self._channels)
+            self.beta2.data = torch.zeros(self._channels)
+        self._sum, self.mode = None, "quantize"
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("beta1", "beta2"):
+            p = getattr(self, name)
+            if p is not None and prefix + name in state_dict and p.shape != state_dict[prefix + name].shape:
+                p.data = torch.empty_like(state_dict[prefix + name], dtype=torch.float32)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "off":
+            return x
+        if self.mode == "observe":
+            self._observe(x)
+            return x
+        if not self.initialized:
+            raise CalibrationError(f"activation quantizer at {self.where or '?'} used before calibration")
+        per_token = self.scale.dim() == 1
+        if per_token and (x.dim() < 2 or x.shape[-2] != self.scale.numel()):
+            raise InputError(f"per-token activation quantizer at {self.where or '?'} has {self.scale.numel()} token steps, "
+                             f"got input of shape {tuple(x.shape)}")
+        if self.beta1 is not None and self.beta1.numel():
+            x = x + self.beta1
+        factor = 1.0 / math.sqrt(max(1, self.spec.qmax) * max(1, x.numel() // self.scale.numel())) if self.spec.learnable else 1.0
+        g = PerChannel(-2) if per_token else PerTensor()
+        out = fake_quantize_affine(x, self.effective_scale(), self.zero_point, self.spec.qmin, self.spec.qmax, g, factor)
+        return out + self.beta2 if self.beta2 is not None and self.beta2.numel() else out
+
+    def extra_repr(self) -> str:
+        steps = f"{self.scale.numel()} token steps" if self.scale.dim() == 1 else "one step"
+        return f"LSQ {self.spec.describe()}, {steps}, biases={self.biases}, mode={self.mode}"
+
+
+class QKRScores(nn.Module):
+    """``q @ kᵀ`` of one attention block, reparameterized: ``Q_a(x̂·Q(W_qk))·x̂ᵀ`` per head (+ bias terms).
+
+    ``q_weight``, ``k_weight``: ``[H·d, C]`` (head-major rows of the original projections), ``q_bias``,
+    ``k_bias``: ``[H·d]`` or None. ``qk_quantizer``: a :class:`StatsQuantize` on the stacked
+    ``[H·C, C]`` product (None: float); ``xqk_quantizer``: the activation quantizer of ``x̂·Q(W_qk)``.
+    Input ``x̂ [B, N, C]``; output ``[B, H, N, N]``."""
+
+    def __init__(self, q_weight, k_weight, q_bias, k_bias, heads: int, bits: int | None, where: str = "",
+                 exact_bias: bool = True) -> None:
+        super().__init__()
+        hd, c = q_weight.shape
+        self.heads, self.head_dim, self.dim, self.where = heads, hd // heads, c, where
+        self.q_weight = nn.Parameter(q_weight.detach().clone())
+        self.k_weight = nn.Parameter(k_weight.detach().clone())
+        keep = exact_bias and q_bias is not None
+        self.q_bias = nn.Parameter(q_bias.detach().clone()) if keep else None
+        self.k_bias = nn.Parameter(k_bias.detach().clone()) if exact_bias and k_bias is not None else None
+        self.qk_quantizer = StatsQuantize(bits, where=f"{where}.W_qk") if bits else None
+        self.xqk_quantizer: FakeQuantize | None = None
+        self.register_buffer("qk_codes", torch.zeros(0, dtype=torch.int8), persistent=False)  # set by lower_for_export
 
     def qk_product(self) -> torch.Tensor:
         """``W_qk`` stacked per head: ``[H·C, C]`` (row ``h·C + i`` is row ``i`` of head ``h``'s ``W_qᵀW_k``)."""
         h, d, c = self.heads, self.head_dim, self.dim
-        return torch.einsum("hdc,hde->hce", self.q_weight.view(h, d, c), self.k_weight.view(h, d, c)).reshape(h * c, c)
+        return (self.q_weight.view(h, d, c).transpose(1, 2) @ self.k_weight.view(h, d, c)).reshape(h * c, c)
+
+    def quantized_product(self) -> torch.Tensor:
+        q = self.qk_quantizer
+        if q is not None and self.qk_codes.numel():  # lowered: the integer codes, as the ONNX file stores them
+            return dequantize_affine(self.qk_codes, q.scale, q.zero_point, q.spec.qmin, q.spec.qmax, PerChannel(0))
+        w = self.qk_product()
+        return q(w) if q is not None else w
+
+    @torch.no_grad()
+    def lower_for_export(self) -> str:
+        """Store ``W_qk``'s codes (called on the export copy by ``LowerPass``)."""
+        if self.qk_quantizer is None:
+            return ""
+        self.qk_quantizer(self.qk_product())  # (refreshes a stale scale)
+        self.qk_codes = self.qk_quantizer.weight_codes(self.qk_product())
+        return f"W_qk {tuple(self.qk_codes.shape)} as StatsQ codes"
 
     def weight_codes(self) -> torch.Tensor:
-        return statsq_codes(self.qk_product(), self.bits) if self.bits else torch.zeros(0, dtype=torch.int64)
+        q = self.qk_quantizer
+        w = self.qk_product()
+        return q.weight_codes(w) if q is not None and q.initialized else torch.zeros(0, dtype=torch.int8)
 
-    def forward(self, x: torch.Tensor, *args, **kwargs):
-        if self.style == "mha":
-            key, value = (args + (x, x))[:2] if args else (kwargs.get("key", x), kwargs.get("value", x))
-            if key is not x or value is not x:
-                raise InputError(f"QKR attention at {self.where or '?'} handles self-attention only (query, key and value the same tensor)")
-        b, n, c = x.shape
-        h = self.heads
-        xq = self.input_quantizer(x) if self.input_quantizer is not None else x
-        wqk = self.qk_product()
-        if self.bits:
-            wqk = statsq(wqk, self.bits, self.cga_boundary_range)
-        a = torch.einsum("bnc,hce->bhne", xq, wqk.view(h, c, c))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, d, c = self.heads, self.head_dim, self.dim
+        xh = x.unsqueeze(1)  # [B, 1, N, C]
+        a = xh @ self.quantized_product().view(h, c, c)  # [B, H, N, C]
         if self.xqk_quantizer is not None:
             a = self.xqk_quantizer(a)
-        scores = torch.einsum("bhne,bme->bhnm", a, xq) * self.head_dim**-0.5
-        if self.q_bias is not None:  # the key-dependent term x_j · W_k^hᵀ b_q^h
-            u = torch.einsum("hdc,hd->hc", self.k_weight.view(h, self.head_dim, c), self.q_bias.view(h, self.head_dim))
-            scores = scores + torch.einsum("bmc,hc->bhm", xq, u).unsqueeze(2) * self.head_dim**-0.5
-        attn = scores.softmax(dim=-1)
-        if self.attn_quantizer is not None:
-            attn = self.attn_quantizer(attn.unsqueeze(-1)).squeeze(-1)
-        v = self.v(xq).view(b, n, h, self.head_dim).transpose(1, 2)
-        out = self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
-        return (out, None) if self.style == "mha" else out
+        scores = a @ xh.transpose(-1, -2)  # [B, H, N, N]
+        if self.q_bias is not None:  # key-dependent term x_m · W_k^hᵀ b_q^h
+            u = (self.q_bias.view(h, 1, d) @ self.k_weight.view(h, d, c)).reshape(h, c)
+            scores = scores + (x @ u.t()).transpose(1, 2).unsqueeze(2)
+        if self.k_bias is not None:  # query-dependent term x_n · W_q^hᵀ b_k^h (and b_q·b_k): constant under a softmax over keys
+            r = (self.k_bias.view(h, 1, d) @ self.q_weight.view(h, d, c)).reshape(h, c)
+            scores = scores + (x @ r.t()).transpose(1, 2).unsqueeze(3)
+            if self.q_bias is not None:
+                scores = scores + (self.q_bias.view(h, d) * self.k_bias.view(h, d)).sum(1).view(1, h, 1, 1)
+        return scores
+
+    def extra_repr(self) -> str:
+        return f"{self.heads} heads, dim {self.dim}, W_qk [{self.heads * self.dim}, {self.dim}]"
 
 
-def _plain_linear(lin: nn.Linear) -> nn.Linear:
-    new = nn.Linear(lin.in_features, lin.out_features, lin.bias is not None).to(lin.weight.device)
-    new.load_state_dict(lin.state_dict())
-    return new
+# --------------------------------------------------------------------------- the recipe
 
 
-def is_timm_attention(mod: nn.Module) -> bool:
-    return isinstance(getattr(mod, "qkv", None), nn.Linear) and isinstance(getattr(mod, "proj", None), nn.Linear) \
-        and isinstance(getattr(mod, "num_heads", None), int) and mod.qkv.out_features == 3 * mod.qkv.in_features
+@register_recipe("ofq")
+def ofq_recipe(bits: int = 2, a_bits: int | None = None, qkr: bool = True, method: str = "statsq",
+               keep: tuple | list | str = ("patch_embed*", "head*"), keep_bits: int | None = 8, per_token: bool = True,
+               exact_bias: bool = True) -> Recipe:
+    """OFQ for low-bit ViTs (use with ``qat=True``): ``bits``-bit StatsQ weights (``method="lsq"``: LSQ, the
+    baseline), ``a_bits``-bit (default ``bits``) per-token LSQ activations with learnable biases, query-key
+    reparameterization of recognised attention (``qkr``); linears matching ``keep`` at ``keep_bits``
+    (None: float). ``"ofq(bits=3)"``."""
+    if not isinstance(bits, int) or not 2 <= bits <= 7:
+        raise RecipeError(f"ofq(bits=...) takes 2..7 bits, got {bits!r}")
+    a_bits = bits if a_bits is None else a_bits
+    if not isinstance(a_bits, int) or not 2 <= a_bits <= 8:
+        raise RecipeError(f"ofq(a_bits=...) takes 2..8 bits, got {a_bits!r}")
+    if method not in WEIGHT_METHODS:
+        raise RecipeError(f"ofq(method=...) is one of {WEIGHT_METHODS}, got {method!r}")
+    if method == "lsq" and qkr:
+        raise RecipeError("ofq(method='lsq') is the LSQ baseline without query-key reparameterization: add qkr=False")
+    keep = (keep,) if isinstance(keep, str) else tuple(keep)
+    weight = QSpec(bits=bits, symmetric=True, signed=True, granularity=PerChannel(0))  # (the ofq pass swaps in StatsQ)
+    act = QSpec(bits=a_bits, symmetric=True, signed=True, granularity=PerTensor())
+    if keep_bits is None:
+        overrides = tuple(Override(name=g, skip=True) for g in keep)
+    else:
+        kw = QSpec(bits=keep_bits, symmetric=True, signed=True, granularity=PerChannel(0))
+        ka = QSpec(bits=keep_bits, symmetric=True, signed=True, granularity=PerTensor())
+        overrides = tuple(Override(name=g, weight=kw, activation=ka) for g in keep)
+    name = f"ofq(bits={bits}, a_bits={a_bits}" + (", method=lsq" if method == "lsq" else "") + ("" if qkr else ", qkr=False") + ")"
+    options = {"bits": bits, "method": method, "qkr": bool(qkr), "keep": list(keep), "per_token": bool(per_token),
+               "exact_bias": bool(exact_bias)}
+    return Recipe(name, weight, act, kinds=("conv", "linear", "matmul"), overrides=overrides, description=ofq_recipe.__doc__,
+                  methods=(("ofq", options),))
 
 
-def looks_like_attention(mod: nn.Module) -> bool:
-    return "attention" in type(mod).__name__.lower() or "attn" in type(mod).__name__.lower()
+def matches_any(path: str, globs) -> bool:
+    return any(fnmatch.fnmatchcase(path, g) for g in globs)
 
 
 # --------------------------------------------------------------------------- CGA and oscillations
 
 
-def statsq_weights(model: nn.Module) -> dict[str, QATLinear]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, QATLinear) and m.method == "statsq"}
+def _graph(model: nn.Module) -> nn.Module:
+    return model.qgraph if hasattr(model, "qgraph") else model
+
+
+def quantized_weights(model: nn.Module) -> dict[str, tuple[nn.Parameter, FakeQuantize]]:
+    """``{weight key: (parameter, its weight quantizer)}`` of a QModel (or its graph), graph order."""
+    from qgraph.packing import weight_quantizers
+
+    gm = _graph(model)
+    out = {}
+    for key, qname in weight_quantizers(gm).items():
+        owner, _, attr = key.rpartition(".")
+        p = getattr(gm.get_submodule(owner) if owner else gm, attr)
+        out[key] = (p, gm.get_submodule(qname))
+    return out
+
+
+def statsq_weights(model: nn.Module) -> dict[str, tuple[nn.Parameter, StatsQuantize]]:
+    return {k: v for k, v in quantized_weights(model).items() if isinstance(v[1], StatsQuantize)}
+
+
+def qkr_modules(model: nn.Module) -> dict[str, QKRScores]:
+    return {n: m for n, m in _graph(model).named_modules() if isinstance(m, QKRScores)}
 
 
 class CGA:
-    """Confidence-guided annealing on ``model``'s StatsQ weights, driven by ``optimizer``'s step hooks.
+    """Confidence-guided annealing on a QModel's StatsQ weights, driven by ``optimizer``'s step hooks.
 
-    ``cga = CGA(model, boundary_range=0.005).attach(optimizer)``; then train as usual. Before each
-    step, ``cga.frozen[name]`` is recomputed (True = frozen: farther than ``boundary_range`` grid
-    steps from every interior threshold), frozen gradients are zeroed and the weights saved; after
-    the step the frozen entries are restored. ``cga.detach()`` removes the hooks.
+    ``cga = CGA(qm, boundary_range=0.005).attach(optimizer)``; then train as usual. Before each step
+    ``cga.frozen[key]`` is recomputed (True = frozen: farther than ``boundary_range`` grid steps from
+    every interior threshold), frozen gradients are zeroed and the weights saved; after the step the
+    frozen entries are restored (cancelling weight decay and momentum). ``W_qk`` products pass
+    gradient to ``W_q``, ``W_k`` only through their near-threshold elements. ``detach()`` removes the hooks.
     """
 
     def __init__(self, model: nn.Module, boundary_range: float = 0.005) -> None:
         self.model, self.boundary_range = model, boundary_range
         self.layers = statsq_weights(model)
-        self.attention = {n: m for n, m in model.named_modules() if isinstance(m, QKRAttention) and m.bits}
+        self.attention = {n: m for n, m in qkr_modules(model).items() if m.qk_quantizer is not None}
         if not self.layers and not self.attention:
-            raise InputError("CGA found no StatsQ weights in the model: run qgraph.ofq.prepare_ofq(model, ...) first")
+            raise InputError("CGA found no StatsQ weights: quantize the model with the ofq recipe (method='statsq') first")
         self.frozen: dict[str, torch.Tensor] = {}
         self._saved: dict[str, torch.Tensor] = {}
         self._handles: list = []
 
     def attach(self, optimizer: torch.optim.Optimizer) -> CGA:
         for m in self.attention.values():
-            m.cga_boundary_range = self.boundary_range
+            m.qk_quantizer.boundary_range = self.boundary_range
         self._handles = [optimizer.register_step_pre_hook(self._before_step), optimizer.register_step_post_hook(self._after_step)]
         return self
 
@@ -300,49 +403,63 @@ class CGA:
             h.remove()
         self._handles = []
         for m in self.attention.values():
-            m.cga_boundary_range = None
+            m.qk_quantizer.boundary_range = None
 
     @torch.no_grad()
     def _before_step(self, *_):
-        for name, mod in self.layers.items():
-            frozen = ~low_confidence(mod.weight, mod.bits, self.boundary_range)
-            if mod.weight.grad is not None:
-                mod.weight.grad[frozen] = 0
-            self.frozen[name] = frozen
-            self._saved[name] = mod.weight.detach().clone()
+        for key, (w, q) in self.layers.items():
+            frozen = ~low_confidence(w, q.statsq_bits, self.boundary_range)
+            if w.grad is not None:
+                w.grad[frozen] = 0
+            self.frozen[key] = frozen
+            self._saved[key] = w.detach().clone()
 
     @torch.no_grad()
     def _after_step(self, *_):
-        for name, mod in self.layers.items():
-            frozen = self.frozen[name]
-            mod.weight[frozen] = self._saved[name][frozen]
+        for key, (w, _) in self.layers.items():
+            frozen = self.frozen[key]
+            w[frozen] = self._saved[key][frozen]
 
     def frozen_ratio(self) -> float:
         total = sum(f.numel() for f in self.frozen.values())
         return sum(int(f.sum()) for f in self.frozen.values()) / total if total else 0.0
 
 
-class OscillationTracker:
-    """Counts weight oscillations during QAT: call :meth:`step` after every optimizer step.
+def _weight_codes(w: torch.Tensor, q: FakeQuantize) -> torch.Tensor:
+    if isinstance(q, StatsQuantize):
+        return statsq_codes(w, q.statsq_bits).to(torch.int64)  # (s_r of the weight as it is now)
+    s = q.effective_scale().detach()
+    return quantize_affine(w.detach(), s, q.zero_point, q.spec.qmin, q.spec.qmax, q.spec.granularity).to(torch.int64)
 
-    For every module with ``weight_codes()`` (StatsQ/LSQ :class:`QATLinear`, :class:`QKRAttention`'s
-    ``W_qk``) it keeps the last integer code and the direction of its last change. A change against
-    the previous direction is one oscillation: ``counts[name]`` adds it up per weight, ``ema[name]``
-    is its exponential moving average (``momentum``)."""
+
+class OscillationTracker:
+    """Counts weight oscillations during QAT of a QModel: call :meth:`step` after every optimizer step.
+
+    For every quantized weight (StatsQ or LSQ) and every ``W_qk`` product it keeps the last integer
+    code and the direction of its last change. A change against the previous direction is one
+    oscillation: ``counts[name]`` adds them up per weight, ``ema[name]`` is their exponential moving
+    average (``momentum``)."""
 
     def __init__(self, model: nn.Module, momentum: float = 0.01) -> None:
         self.momentum = momentum
-        self.modules = {n: m for n, m in model.named_modules() if hasattr(m, "weight_codes") and getattr(m, "bits", None)}
-        self.codes = {n: m.weight_codes() for n, m in self.modules.items()}
-        self.direction = {n: torch.zeros_like(c) for n, c in self.codes.items()}
-        self.counts = {n: torch.zeros_like(c) for n, c in self.codes.items()}
-        self.ema = {n: torch.zeros_like(c, dtype=torch.float32) for n, c in self.codes.items()}
+        self.weights = quantized_weights(model)
+        self.products = qkr_modules(model)
+        codes = self._codes()
+        self.codes = codes
+        self.direction = {n: torch.zeros_like(c) for n, c in codes.items()}
+        self.counts = {n: torch.zeros_like(c) for n, c in codes.items()}
+        self.ema = {n: torch.zeros_like(c, dtype=torch.float32) for n, c in codes.items()}
         self.steps = 0
 
     @torch.no_grad()
+    def _codes(self) -> dict[str, torch.Tensor]:
+        out = {k: _weight_codes(w, q) for k, (w, q) in self.weights.items()}
+        out.update({f"{n}.W_qk": m.weight_codes().to(torch.int64) for n, m in self.products.items() if m.qk_quantizer is not None})
+        return out
+
+    @torch.no_grad()
     def step(self) -> None:
-        for n, m in self.modules.items():
-            codes = m.weight_codes()
+        for n, codes in self._codes().items():
             delta = torch.sign(codes - self.codes[n])
             flip = (delta != 0) & (delta == -self.direction[n])
             self.counts[n] += flip.to(self.counts[n].dtype)
@@ -365,19 +482,12 @@ class OscillationTracker:
         return sum(float(e.sum()) for e in self.ema.values()) / numel if numel else 0.0
 
 
-def prepare_ofq(model: nn.Module, bits: int = 2, a_bits: int | None = None, qkr: bool = True, method: str = "statsq",
-                keep: tuple[str, ...] = ("patch_embed*", "head*"), keep_bits: int | None = 8, exact_bias: bool = True):
-    """Swap ``model``'s layers in place for OFQ training; returns ``(model, changes)``. See :class:`qgraph.passes.ofq.OFQPass`."""
-    from qgraph.passes.ofq import OFQPass
+def prepare_ofq(model: nn.Module, example_inputs, calib_data=None, **options):
+    """``qgraph.quantize(model, example_inputs, ofq_recipe(**options), calib_data, qat=True)``: a QModel to train."""
+    from qgraph.api import quantize
 
-    p = OFQPass(bits, a_bits, qkr, method, keep, keep_bits, exact_bias)
-    p.run(model)
-    return model, p.changes
+    return quantize(model, example_inputs, ofq_recipe(**options), calib_data, qat=True)
 
 
-def matches_any(path: str, globs: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(path, g) for g in globs)
-
-
-__all__ = ["statsq", "statsq_scale", "statsq_codes", "low_confidence", "BiasLSQ", "QATLinear", "QKRAttention", "CGA",
-           "OscillationTracker", "prepare_ofq", "statsq_weights", "is_timm_attention"]
+__all__ = ["statsq", "statsq_scale", "statsq_codes", "low_confidence", "StatsQuantize", "TokenLSQuantize", "QKRScores",
+           "ofq_recipe", "CGA", "OscillationTracker", "prepare_ofq", "quantized_weights", "statsq_weights", "qkr_modules"]

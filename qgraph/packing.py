@@ -59,6 +59,15 @@ def used_state(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
     return used
 
 
+def stored_codes(q: FakeQuantize, weight: torch.Tensor) -> torch.Tensor:
+    """The integer codes a weight quantizer stores for ``weight``: its own ``weight_codes`` where it has
+    one (StatsQ's odd codes, qgraph.ofq), else the affine grid's."""
+    if hasattr(q, "weight_codes"):
+        return q.weight_codes(weight)
+    s = q.effective_scale().detach()
+    return quantize_affine(weight, s, q.zero_point, q.spec.qmin, q.spec.qmax, q.spec.granularity)
+
+
 def effective_weight(gm: fx.GraphModule, state: dict[str, torch.Tensor], key: str) -> torch.Tensor | None:
     """The weight ``key`` as its quantizer sees it: ``W ⊙ mask`` when a sparsity mask sits in between."""
     w = state.get(key)
@@ -93,7 +102,7 @@ def packed_weights(qm) -> tuple[list, dict[str, np.ndarray]]:
             state.pop(f"{masks[key]}.mask", None)
         with torch.no_grad():
             scale = q.effective_scale().detach()
-            codes = quantize_affine(weight.detach().float(), scale, q.zero_point, spec.qmin, spec.qmax, spec.granularity)
+            codes = stored_codes(q, weight.detach().float())
         scale_np = scale.cpu().numpy().astype(np.float16 if spec.scale_dtype == "float16" else np.float32)
         packed.append(PackedTensor(
             name=key, codes=codes.cpu().numpy(), bits=spec.bits, qmin=spec.qmin, qmax=spec.qmax,

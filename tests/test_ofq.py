@@ -1,18 +1,21 @@
-"""OFQ: StatsQ formula, CGA freezing, the oscillation counter, query-key reparameterization."""
+"""OFQ as a recipe: StatsQ formula and codes, QKR in the graph, CGA, the oscillation counter, export and qpack."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from qgraph.backends.qpack import read_qpack
 from torch import nn
 
 import qgraph
-from qgraph.ofq import CGA, OscillationTracker, QATLinear, QKRAttention, prepare_ofq, statsq, statsq_scale
+from qgraph.ofq import CGA, OscillationTracker, QKRScores, StatsQuantize, TokenLSQuantize, statsq, statsq_codes, statsq_scale
+from qgraph.quantizer import FakeQuantize
 
 
-class TimmAttention(nn.Module):
-    """timm's ViT attention block layout."""
+class Attention(nn.Module):
+    """timm's ViT attention layout (fused qkv, proj, num_heads)."""
 
     def __init__(self, dim: int = 16, num_heads: int = 4) -> None:
         super().__init__()
@@ -27,20 +30,61 @@ class TimmAttention(nn.Module):
         return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
 
 
-class Block(nn.Module):
-    def __init__(self, attn: nn.Module, dim: int = 16) -> None:
-        super().__init__()
-        self.attn = attn
-        self.fc1, self.fc2 = nn.Linear(dim, 32), nn.Linear(32, dim)
+class NormalizedAttention(Attention):
+    """q and k are normalised before the product: not a plain projection, so QKR does not apply."""
 
     def forward(self, x):
-        a = self.attn(x, x, x)[0] if isinstance(self.attn, (nn.MultiheadAttention, QKRAttention)) and \
-            getattr(self.attn, "style", "mha") == "mha" else self.attn(x)
-        x = x + a
-        return x + self.fc2(torch.relu(self.fc1(x)))
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        attn = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
 
 
-def test_statsq_follows_its_formula_with_identity_gradient():
+class TinyViT(nn.Module):
+    """8×8 digits-sized images → 16 tokens of 2×2 patches, one pre-norm block, mean-pooled head."""
+
+    def __init__(self, dim: int = 16, attn: type = Attention) -> None:
+        super().__init__()
+        self.patch_embed = nn.Linear(4, dim)
+        self.pos = nn.Parameter(torch.randn(1, 16, dim) * 0.1)
+        self.norm1, self.norm2, self.norm = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = attn(dim, 4)
+        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, img):
+        p = img.reshape(-1, 4, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(-1, 16, 4)
+        x = self.patch_embed(p) + self.pos
+        x = x + self.attn(self.norm1(x))
+        x = x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+        return self.head(self.norm(x).mean(1))
+
+
+def _setup(seed: int = 0, attn: type = Attention):
+    torch.manual_seed(seed)
+    model = TinyViT(attn=attn).eval()
+    with torch.no_grad():
+        for p in model.attn.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # non-zero q/k/v biases
+    x = torch.rand(8, 1, 8, 8)
+    calib = [torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    return model, x, calib
+
+
+def _train(qm, x, steps: int, lr: float = 1e-2, tracker=None, opt=None):
+    opt = opt or torch.optim.AdamW(qm.parameters(), lr=lr, weight_decay=0.05)
+    y = torch.arange(len(x)) % 10
+    qm.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(qm(x), y).backward()
+        opt.step()
+        if tracker is not None:
+            tracker.step()
+    return opt
+
+
+def test_statsq_follows_its_formula_with_identity_gradient_and_odd_codes():
     torch.manual_seed(0)
     w = (torch.randn(6, 10) * torch.linspace(0.1, 2, 6)[:, None]).requires_grad_()
     for bits in (2, 3, 4):
@@ -48,115 +92,135 @@ def test_statsq_follows_its_formula_with_identity_gradient():
         a = w.detach().numpy().astype(np.float32)
         s = 2 * np.abs(a).mean(axis=1, keepdims=True)
         n = 2 ** (bits - 1)
-        u = np.clip(a / s, -1, 1 - 1e-6)
-        want = s * (np.round(u * n - 0.5) + 0.5) / n
+        want = s * (np.round(np.clip(a / s, -1, 1 - 1e-6) * n - 0.5) + 0.5) / n
         np.testing.assert_allclose(q.detach().numpy(), want, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(statsq_scale(w).numpy(), s[:, 0], rtol=1e-6)
-        assert not np.any(np.isclose(q.detach().numpy(), 0))  # no zero level
+        codes = statsq_codes(w, bits)
+        assert (codes % 2 != 0).all() and codes.min() >= -(2**bits) + 1 and codes.max() <= 2**bits - 1
+        # the stored form: odd codes times s_r/2**bits, one multiplication, equals the quantizer's output bit for bit
+        assert torch.equal(codes.float() * (statsq_scale(w) / 2**bits)[:, None], q.detach())
         g = torch.randn_like(w)
         (grad,) = torch.autograd.grad(q, w, g)
         assert torch.equal(grad, g)  # identity STE, clipped weights included
-    # 2-bit levels are ±0.5·mean|W| and ±1.5·mean|W|
     m = w.detach().abs().mean(1, keepdim=True)
     levels = (statsq(w, 2).detach() / m).unique().numpy()
-    assert set(np.round(levels, 4).tolist()) <= {-1.5, -0.5, 0.5, 1.5}
+    assert set(np.round(levels, 4).tolist()) <= {-1.5, -0.5, 0.5, 1.5}  # 2-bit: ±0.5·mean|W|, ±1.5·mean|W|
 
 
-def _tiny_statsq_mlp(seed: int = 0):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 4))
-    prepare_ofq(model, bits=2, keep=(), qkr=False)
-    return model
+def test_recipe_places_statsq_qkr_and_per_token_lsq():
+    model, x, calib = _setup()
+    qm = qgraph.quantize(model, x, "ofq(bits=2)", calib, qat=True)
+    gm = qm.qgraph
+    qk = gm.get_submodule("attn.qk")
+    assert isinstance(qk, QKRScores) and isinstance(qk.qk_quantizer, StatsQuantize) and qk.heads == 4
+    assert isinstance(gm.get_submodule("attn.qkv_v.weight_quantizer"), StatsQuantize)
+    assert "attn.qkv.weight" not in gm.state_dict()  # the fused linear is gone: q, k in QKR, v split off
+    for name in ("fc1.weight_quantizer", "fc2.weight_quantizer", "attn.proj.weight_quantizer"):
+        assert isinstance(gm.get_submodule(name), StatsQuantize)
+    assert not isinstance(gm.get_submodule("head.weight_quantizer"), StatsQuantize)  # 8-bit LSQ (keep glob)
+    acts = {n: m for n, m in gm.named_modules() if isinstance(m, TokenLSQuantize)}
+    softmax = [m for m in acts.values() if not m.spec.signed]
+    assert len(softmax) == 1 and softmax[0].beta1 is None  # attention probabilities: unsigned, no biases
+    fc1 = gm.get_submodule("fc1.input_quantizer")
+    assert fc1.scale.shape == (16,) and fc1.beta1.shape == (16,)  # one step per token, β per channel
+    # init: 2·mean|x| / sqrt(Qp) per token over batch and channels
+    with torch.no_grad():
+        feats = {}
+        h = gm.get_submodule("norm2").register_forward_hook(lambda m, i, o: feats.setdefault("x", o))
+        for q in gm.modules():
+                if isinstance(q, FakeQuantize):
+                    q.mode = "off"  # (as in calibration: everything float)
+        for b in calib:
+            feats.pop("x", None)
+            qm(b)
+            feats.setdefault("all", []).append(feats["x"])
+        h.remove()
+    allx = torch.cat(feats["all"])
+    torch.testing.assert_close(fc1.scale.detach(), 2 * allx.abs().mean((0, 2)) / 1.0, rtol=1e-4, atol=1e-7)  # Qp = 1 at 2 bits
+    assert any(c.action == "reparameterized" and c.module_path == "attn" for c in qm.changes)
+
+
+def test_qkr_and_v_split_are_exact_before_quantization():
+    model, x, calib = _setup()
+    qm = qgraph.quantize(model, x, "ofq(bits=3)", calib, qat=True)
+    for m in qm.qgraph.modules():
+        if isinstance(m, FakeQuantize):
+            m.mode = "off"
+    qm.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(qm(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_unrecognised_attention_is_recorded_by_module_path():
+    model, x, calib = _setup(attn=NormalizedAttention)
+    qm = qgraph.quantize(model, x, "ofq(bits=2)", calib, qat=True)
+    notes = [c for c in qm.changes if c.action == "not reparameterized"]
+    assert notes and notes[0].module_path == "attn" and "index ops" in notes[0].detail
+    assert not any(isinstance(m, QKRScores) for m in qm.qgraph.modules())
+    assert isinstance(qm.qgraph.get_submodule("attn.qkv.weight_quantizer"), StatsQuantize)  # still StatsQ, whole
+
+
+def test_ofq_model_trains_exports_to_ort_and_round_trips_through_qpack(tmp_path):
+    model, x, calib = _setup()
+    qm = qgraph.quantize(model, x, "ofq(bits=2)", calib, qat=True)
+    before = qm.qgraph.get_submodule("attn.qk").q_weight.detach().clone()
+    _train(qm, x, 4)
+    assert not torch.equal(before, qm.qgraph.get_submodule("attn.qk").q_weight.detach())  # gradients reach W_q via W_qk
+    qm.eval()
+    res = qm.export(str(tmp_path / "vit"), tolerance=1e-4)
+    assert res.max_abs_error <= 1e-4 and res.top1_agreement == 1.0
+    pack = read_qpack(str(tmp_path / "vit.qpack"))
+    fc1 = pack.packed["fc1.weight"]
+    assert (fc1.bits, fc1.qmin, fc1.qmax) == (3, -4, 3) and set(np.unique(fc1.codes).tolist()) <= {-3, -1, 1, 3}
+    loaded = qgraph.load(str(tmp_path / "vit.qpack"), model)
+    xs = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        assert torch.equal(loaded(xs), qm(xs))
 
 
 def test_cga_really_freezes_the_weights_it_reports_frozen():
-    model = _tiny_statsq_mlp()
-    x, y = torch.randn(64, 12), torch.randint(0, 4, (64,))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.05)
-    for _ in range(3):  # some plain QAT first: momentum and weight decay would move every weight
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    cga = CGA(model, boundary_range=0.05).attach(opt)
+    model, x, calib = _setup()
+    qm = qgraph.quantize(model, x, "ofq(bits=2)", calib, qat=True)
+    opt = _train(qm, x, 3)  # plain QAT first: momentum and weight decay would move every weight
+    cga = CGA(qm, boundary_range=0.05).attach(opt)
+    assert "fc1.weight" in cga.layers and "attn.qk" in cga.attention
     moved_unfrozen = 0
-    for _ in range(5):
-        before = {n: m.weight.detach().clone() for n, m in cga.layers.items()}
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-        for n, m in cga.layers.items():
-            frozen = cga.frozen[n]
-            assert frozen.any() and torch.equal(m.weight.detach()[frozen], before[n][frozen])
-            moved_unfrozen += int((m.weight.detach()[~frozen] != before[n][~frozen]).sum())
+    for _ in range(3):
+        before = {k: w.detach().clone() for k, (w, _) in cga.layers.items()}
+        _train(qm, x, 1, opt=opt)
+        for k, (w, _) in cga.layers.items():
+            frozen = cga.frozen[k]
+            assert frozen.any() and torch.equal(w.detach()[frozen], before[k][frozen])
+            moved_unfrozen += int((w.detach()[~frozen] != before[k][~frozen]).sum())
     assert moved_unfrozen > 0  # the near-threshold weights still train
     assert 0.5 < cga.frozen_ratio() < 1.0
     cga.detach()
-    opt.zero_grad()
-    nn.functional.cross_entropy(model(x), y).backward()
-    before = model[0].weight.detach().clone()
-    opt.step()
-    assert (model[0].weight.detach() != before).float().mean() > 0.5  # hooks removed: everything trains again
+    w = qm.qgraph.get_submodule("fc1").weight
+    before = w.detach().clone()
+    _train(qm, x, 1, opt=opt)
+    assert (w.detach() != before).float().mean() > 0.5  # hooks removed: everything trains again
 
 
 def test_oscillation_counter_counts_a_synthetic_oscillation():
-    lin = QATLinear(4, 1, bias=False, bits=2)
-    tracker_values = [0.1, 0.9, 0.1, 0.9, 0.1]
+    model = nn.Sequential(nn.Linear(4, 1, bias=False))
+    values = [0.1, 0.9, 0.1, 0.9, 0.1]
     with torch.no_grad():
-        lin.weight.copy_(torch.tensor([[1.0, -1.0, 0.5, tracker_values[0]]]))
-    tracker = OscillationTracker(nn.Sequential(lin), momentum=0.5)
-    for v in tracker_values[1:]:
+        model[0].weight.copy_(torch.tensor([[1.0, -1.0, 0.5, values[0]]]))
+    qm = qgraph.quantize(model, torch.randn(2, 4), "ofq(bits=2, keep=[], qkr=False)", qat=True)
+    w = qm.qgraph.get_submodule("0").weight
+    tracker = OscillationTracker(qm, momentum=0.5)
+    for v in values[1:]:
         with torch.no_grad():
-            lin.weight[0, 3] = v
+            w[0, 3] = v
         tracker.step()
-    counts = tracker.counts["0"][0].tolist()
-    assert counts == [0, 0, 0, 3]  # 0→1 sets the direction, then three reversals
+    assert tracker.counts["0.weight"][0].tolist() == [0, 0, 0, 3]  # 0→1 sets the direction, then three reversals
     assert tracker.total() == 3
-    assert tracker.ema["0"][0, 3] == pytest.approx(0.5 * (1 + 0.5 + 0.25))
+    assert tracker.ema["0.weight"][0, 3] == pytest.approx(0.5 * (1 + 0.5 + 0.25))
     assert tracker.ratio(0.1) == pytest.approx(0.25)
 
 
-@pytest.mark.parametrize("kind", ["timm", "mha"])
-def test_qkr_attention_is_an_exact_reparameterization_before_quantization(kind):
-    torch.manual_seed(0)
-    attn = TimmAttention() if kind == "timm" else nn.MultiheadAttention(16, 4, batch_first=True)
-    with torch.no_grad():
-        for p in attn.parameters():
-            p.add_(torch.randn_like(p) * 0.1)  # non-zero q/k/v biases
-    model = Block(attn).eval()
-    x = torch.randn(3, 7, 16)
-    with torch.no_grad():
-        ref = model(x)
-    prepare_ofq(model, bits=None, keep=())  # float: only the reparameterization
-    assert isinstance(model.attn, QKRAttention)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), ref, rtol=1e-4, atol=1e-5)
-
-
-def test_qkr_quantized_block_trains_and_is_tracked():
-    torch.manual_seed(0)
-    model = Block(TimmAttention())
-    _, changes = prepare_ofq(model, bits=2, a_bits=4, keep=())
-    assert any("QKRAttention" in c.detail for c in changes)
-    x = torch.randn(4, 7, 16)
-    tracker = OscillationTracker(model)
-    assert set(tracker.modules) == {"attn", "attn.v", "attn.proj", "fc1", "fc2"}
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    before = model.attn.q_weight.detach().clone()
-    model(x).square().mean().backward()
-    opt.step()
-    tracker.step()
-    assert not torch.equal(before, model.attn.q_weight.detach())  # gradients reach W_q through W_qk
-
-
-def test_unrecognised_attention_names_the_module():
-    class FancyAttention(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.to_qkv = nn.Linear(16, 48)
-
-        def forward(self, x):
-            return x
-
-    model = nn.Sequential(nn.Linear(16, 16), FancyAttention())
-    with pytest.raises(qgraph.UnsupportedOpError, match=r"'1' \(FancyAttention\).*qkr=False"):
-        prepare_ofq(model, bits=2)
+def test_recipe_options_are_checked():
+    with pytest.raises(qgraph.RecipeError, match="qkr=False"):
+        qgraph.get_recipe("ofq(bits=2, method=lsq)")
+    with pytest.raises(qgraph.RecipeError, match="2..7"):
+        qgraph.get_recipe("ofq(bits=9)")
