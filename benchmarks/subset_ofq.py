@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import qgraph  # noqa: E402
 from qgraph.granularity import PerChannel, PerTensor  # noqa: E402
-from qgraph.ofq import CGA, OscillationTracker  # noqa: E402
+from qgraph.ofq_train import CGA, OscillationTracker  # noqa: E402
 from qgraph.qspec import QSpec  # noqa: E402
 from qgraph.recipes import Recipe  # noqa: E402
 from qgraph.subset import codebook_sse, exhaustive_select, kmeans_select, subset_quantizers, universal_set  # noqa: E402
