@@ -165,6 +165,17 @@ def run(models: dict[str, int], size: int, n_steps: int, warmup: int, compile_mo
     """Time every arm on every model; returns one row per (model, mode, arm)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = dev.type == "cuda"
+    threads = torch.get_num_threads()
+    if not cuda:
+        torch.set_num_threads(1)  # a second thread on a busy 2-core machine makes every step many times slower
+    try:
+        return _run(models, size, n_steps, warmup, compile_modes, arms, dev)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(models, size, n_steps, warmup, compile_modes, arms, dev) -> list[dict]:
+    cuda = dev.type == "cuda"
     rows = []
     for name, batch in models.items():
         model = build_model(name).eval()
@@ -223,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     modes = (True,) if a.only_compile else ((False, True) if a.compile else (False,))
     rows = run(models, a.size, a.steps, a.warmup, modes, tuple(a.arms), a.device)
     dev = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    where = torch.cuda.get_device_name(0) if dev == "cuda" else f"CPU ({os.cpu_count()} logical CPUs, {torch.get_num_threads()} threads)"
+    where = torch.cuda.get_device_name(0) if dev == "cuda" else f"CPU ({os.cpu_count()} logical CPUs, one torch thread)"
     print(f"\n### QAT training step, {a.size}x{a.size} inputs, {where}, torch {torch.__version__}; "
           f"median of {a.steps} steps after {a.warmup} warm-up\n")
     print(table(rows))

@@ -60,7 +60,8 @@ def _reduce_flat(tensors: list[torch.Tensor], op, dev: torch.device) -> list[tor
     """All-reduce a list of tensors in one call; returns them reduced, with their shapes."""
     if not tensors:
         return []
-    flat = torch.cat([t.detach().float().reshape(-1).to(dev) for t in tensors])
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32  # (sums and counts)
+    flat = torch.cat([t.detach().to(dev, dtype).reshape(-1) for t in tensors])
     dist.all_reduce(flat, op)
     out, i = [], 0
     for t in tensors:
