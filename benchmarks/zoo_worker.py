@@ -1,6 +1,6 @@
 """One zoo model in its own process: qgraph per recipe, then the peers; writes one JSON row.
 
-    python -m benchmarks.zoo_worker NAME --recipes w8a8,w4a16 --out-dir DIR --result FILE [--no-peers]
+    python -m benchmarks.zoo_worker NAME --recipes w8a8,w4a16 --out-dir DIR --result FILE [--no-peers] [--no-bn-warmup]
 
 The row is rewritten after every step, so a model that times out in a later step keeps what it did.
 """
@@ -235,8 +235,10 @@ def run_ort(model, entry, x: tuple, calib: list, xe: list, ref, out_dir: str) ->
     return r
 
 
-def run_model(name: str, recipes: str, out_dir: str, result: str, peers: bool) -> None:
-    from benchmarks.zoo_models import zoo
+def run_model(name: str, recipes: str, out_dir: str, result: str, peers: bool, warmup: bool = True) -> None:
+    """``warmup``: re-estimate the BatchNorm statistics on random inputs before any tool sees the model
+    (``zoo_models.bn_warmup``); False keeps PyTorch's initial ones (mean 0, variance 1)."""
+    from benchmarks.zoo_models import bn_warmup, zoo
 
     entry = zoo()[name]
     row: dict = {"model": entry.name, "family": entry.family, "task": entry.task, "input": entry.input_desc, "note": entry.note, "qgraph": {}}
@@ -254,6 +256,7 @@ def run_model(name: str, recipes: str, out_dir: str, result: str, peers: bool) -
     t0 = time.perf_counter()
     try:
         model, make = entry.build()
+        warmed = bn_warmup(model, make) if warmup else None
         x = make(0)
         calib = [make(1 + i) for i in range(CALIB_BATCHES)]
         xe = [make(1 + CALIB_BATCHES + i) for i in range(EVAL_BATCHES)]
@@ -264,6 +267,7 @@ def run_model(name: str, recipes: str, out_dir: str, result: str, peers: bool) -
         save()
         return
     row["fp"] = float_info(ref, entry.task)
+    row["fp"]["bn_warmup"] = warmed  # BatchNorm layers re-estimated; None: warm-up off
     row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
     row["build_s"] = time.perf_counter() - t0
     save()
@@ -294,11 +298,12 @@ def main(argv=None) -> int:
     ap.add_argument("--result")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--keep-onnx", action="store_true", help="keep the ONNX files (a full run writes about 20 GB)")
+    ap.add_argument("--no-bn-warmup", action="store_true", help="keep the initial BatchNorm statistics (mean 0, variance 1)")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     if not args.serve:
-        run_model(args.name, args.recipes, args.out_dir, args.result, not args.no_peers)
+        run_model(args.name, args.recipes, args.out_dir, args.result, not args.no_peers, not args.no_bn_warmup)
         if not args.keep_onnx:
             drop_onnx(args.out_dir, args.name)
         return 0
@@ -306,7 +311,7 @@ def main(argv=None) -> int:
 
     for line in sys.stdin:
         job = json.loads(line)
-        run_model(job["name"], args.recipes, args.out_dir, job["result"], not args.no_peers)
+        run_model(job["name"], args.recipes, args.out_dir, job["result"], not args.no_peers, not args.no_bn_warmup)
         if not args.keep_onnx:
             drop_onnx(args.out_dir, job["name"])
         gc.collect()
