@@ -1,6 +1,6 @@
 """One zoo model in its own process: qgraph per recipe, then the peers; writes one JSON row.
 
-    python -m benchmarks.zoo_worker NAME --recipes w8a8,w4a16 --out-dir DIR --result FILE [--no-peers] [--no-bn-warmup]
+    python -m benchmarks.zoo_worker NAME --recipes w8a8,w4a16 --out-dir DIR --result FILE [--no-peers] [--bn-warmup mean|full|none]
 
 The row is rewritten after every step, so a model that times out in a later step keeps what it did.
 """
@@ -235,9 +235,9 @@ def run_ort(model, entry, x: tuple, calib: list, xe: list, ref, out_dir: str) ->
     return r
 
 
-def run_model(name: str, recipes: str, out_dir: str, result: str, peers: bool, warmup: bool = True) -> None:
-    """``warmup``: re-estimate the BatchNorm statistics on random inputs before any tool sees the model
-    (``zoo_models.bn_warmup``); False keeps PyTorch's initial ones (mean 0, variance 1)."""
+def run_model(name: str, recipes: str, out_dir: str, result: str, peers: bool, warmup: str = "mean") -> None:
+    """``warmup``: how the BatchNorm statistics are re-estimated on random inputs before any tool sees the
+    model (``zoo_models.bn_warmup``: mean, full, none)."""
     from benchmarks.zoo_models import bn_warmup, zoo
 
     entry = zoo()[name]
@@ -256,7 +256,7 @@ def run_model(name: str, recipes: str, out_dir: str, result: str, peers: bool, w
     t0 = time.perf_counter()
     try:
         model, make = entry.build()
-        warmed = bn_warmup(model, make) if warmup else None
+        warmed = bn_warmup(model, make, warmup)
         x = make(0)
         calib = [make(1 + i) for i in range(CALIB_BATCHES)]
         xe = [make(1 + CALIB_BATCHES + i) for i in range(EVAL_BATCHES)]
@@ -267,7 +267,7 @@ def run_model(name: str, recipes: str, out_dir: str, result: str, peers: bool, w
         save()
         return
     row["fp"] = float_info(ref, entry.task)
-    row["fp"]["bn_warmup"] = warmed  # BatchNorm layers re-estimated; None: warm-up off
+    row["fp"]["bn_warmup"] = f"{warmup}: {warmed} BatchNorm layers"
     row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
     row["build_s"] = time.perf_counter() - t0
     save()
@@ -298,12 +298,12 @@ def main(argv=None) -> int:
     ap.add_argument("--result")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--keep-onnx", action="store_true", help="keep the ONNX files (a full run writes about 20 GB)")
-    ap.add_argument("--no-bn-warmup", action="store_true", help="keep the initial BatchNorm statistics (mean 0, variance 1)")
+    ap.add_argument("--bn-warmup", default="mean", choices=("mean", "full", "none"), help="see zoo_models.bn_warmup")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     if not args.serve:
-        run_model(args.name, args.recipes, args.out_dir, args.result, not args.no_peers, not args.no_bn_warmup)
+        run_model(args.name, args.recipes, args.out_dir, args.result, not args.no_peers, args.bn_warmup)
         if not args.keep_onnx:
             drop_onnx(args.out_dir, args.name)
         return 0
@@ -311,7 +311,7 @@ def main(argv=None) -> int:
 
     for line in sys.stdin:
         job = json.loads(line)
-        run_model(job["name"], args.recipes, args.out_dir, job["result"], not args.no_peers, not args.no_bn_warmup)
+        run_model(job["name"], args.recipes, args.out_dir, job["result"], not args.no_peers, args.bn_warmup)
         if not args.keep_onnx:
             drop_onnx(args.out_dir, job["name"])
         gc.collect()
