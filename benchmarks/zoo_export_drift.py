@@ -60,7 +60,7 @@ def _initializer(m: onnx.ModelProto, name: str) -> np.ndarray | None:
     return None
 
 
-def analyse(name: str, warmup: str, trials: int, out_dir: str) -> None:
+def analyse(name: str, warmup: str, trials: int, out_dir: str, eps: float) -> None:
     import qgraph
     from qgraph.quantizer import FakeQuantize
 
@@ -80,11 +80,11 @@ def analyse(name: str, warmup: str, trials: int, out_dir: str) -> None:
     plain_sess = _session(onnx_path, False)
     plain = plain_sess.run(None, feeds(plain_sess))[0]
     tol = qm._default_tolerance(torch.from_numpy(ref))
-    div = _divergences(qm, x, trials)
+    div = _divergences(qm, x, trials, eps)
     print(f"\n## {name} (w8a8, BatchNorm warm-up {warmup}, outputs up to {np.abs(ref).max():.3g})")
     print(f"max |qgraph - ORT fused| {np.abs(ref - fused).max():.3g}; |qgraph - ORT unoptimized| {np.abs(ref - plain).max():.3g}; "
           f"|ORT fused - ORT unoptimized| {np.abs(fused - plain).max():.3g}")
-    print(f"default tolerance {tol:.3g}; self-divergence (largest output change, float noise at every quantizer), "
+    print(f"default tolerance {tol:.3g}; self-divergence (largest output change, relative noise {eps:g} at every quantizer), "
           f"max over the first {', '.join(map(str, div))} draws: " + ", ".join(f"{v:.3g}" for v in div.values()))
     print(f"top-1 qgraph vs ORT fused {float((ref.argmax(-1) == fused.argmax(-1)).mean()):.0%}")
 
@@ -133,11 +133,11 @@ def analyse(name: str, warmup: str, trials: int, out_dir: str) -> None:
         print(f"  {t}: {n_diff}/{size} codes differ, max {dmax} step(s)")
 
 
-def _divergences(qm, x: tuple, trials: int) -> dict[int, float]:
+def _divergences(qm, x: tuple, trials: int, eps: float) -> dict[int, float]:
     """``zoo_worker.self_divergence`` over the first k draws, for k = 1, 2, 4 and ``trials``."""
     from benchmarks.zoo_worker import self_divergence
 
-    return {k: self_divergence(qm, x, trials=k) for k in sorted({1, 2, 4, trials})}
+    return {k: self_divergence(qm, x, eps=eps, trials=k) for k in sorted({1, 2, 4, trials})}
 
 
 def main(argv=None) -> int:
@@ -145,11 +145,12 @@ def main(argv=None) -> int:
     ap.add_argument("models", nargs="+")
     ap.add_argument("--bn-warmup", default="mean", choices=WARMUP_MODES)
     ap.add_argument("--trials", type=int, default=8)
+    ap.add_argument("--eps", type=float, default=1e-6, help="relative noise at every quantizer input (zoo_worker.self_divergence)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as d:
         for name in args.models:
-            analyse(name, args.bn_warmup, args.trials, d)
+            analyse(name, args.bn_warmup, args.trials, d, args.eps)
     return 0
 
 
