@@ -1,6 +1,7 @@
 """Model zoo: capture → quantize → export → verify on every model of ``benchmarks/zoo_models.py``, with peers.
 
-Per model (random weights, a batch of 8 random inputs; eight more batches calibrate) and recipe:
+Per model (random weights; BatchNorm running means re-estimated on four batches of random inputs, see
+``zoo_models.bn_warmup``; a batch of 8 random inputs; eight more batches calibrate) and recipe:
 ``qgraph.quantize(model, x, recipe, calib_data=...)``, ``qm.export(path, formats=("onnx",))`` (which runs
 ONNX Runtime and compares it with the quantized PyTorch model), then the quantized model against the
 float one on 96 held-out inputs: SQNR of the first output and top-1 agreement (classifiers, segmentation
@@ -72,6 +73,7 @@ class Worker:
             cmd.append("--no-peers")
         if self.args.keep_onnx:
             cmd.append("--keep-onnx")
+        cmd += ["--bn-warmup", "none" if self.args.no_bn_warmup else self.args.bn_warmup]
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
         self.log = os.path.join(self.out_dir, f"worker{self.slot}.log")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -274,6 +276,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out-dir", help="ONNX files and per-model JSON (default: a temporary directory)")
     ap.add_argument("--json", help="write all rows to this file")
     ap.add_argument("--keep-onnx", action="store_true", help="keep every ONNX file in --out-dir (a full run writes about 20 GB)")
+    ap.add_argument("--bn-warmup", default="mean", choices=("mean", "full", "none"),
+                    help="BatchNorm statistics re-estimated on random inputs before any tool sees a model: running means only (default), "
+                         "means and variances (makes random nets chaotic), or none (PyTorch's initial mean 0 / variance 1)")
+    ap.add_argument("--no-bn-warmup", action="store_true", help="the same as --bn-warmup none")
     ap.add_argument("--list", action="store_true", help="list the selected models and exit")
     ap.add_argument("--compact", action="store_true", help="one line per model instead of one per model and recipe")
     ap.add_argument("--from-json", help="print the tables and summary of an earlier --json file instead of running")

@@ -18,9 +18,13 @@ Rewrite rules:
    (contiguous format): the same values, but re-exporting the captured graph to ONNX otherwise drops
    the ``contiguous`` and fails on the ``view`` of a transposed tensor after it (Hugging Face T5:
    "Cannot view a tensor with shape ... and strides ..."). For the same reason the result of
-   ``scaled_dot_product_attention`` is made contiguous: its fake (meta) strides follow the fused CPU
-   kernel's layout, its decomposition's do not, and a later ``reshape`` traced as a view breaks
-   (timm MaxViT).
+   ``scaled_dot_product_attention`` is copied to contiguous memory (``clone(memory_format=
+   contiguous_format)``): its strides depend on which kernel computes it (the fused CPU flash
+   kernel, chosen e.g. with a 4-D float mask, returns [B, L, H, D] memory; the math path and ONNX
+   Runtime [B, H, L, D]), so ``o.transpose(1, 2).reshape(...)`` after it (timm MaxViT's attention)
+   is decomposed into a ``view`` under one layout and fails when the exporter re-runs the graph
+   under the other. A ``.contiguous()`` does not help: ``torch.export`` drops it as a no-op when
+   the strides it sees at capture are contiguous; a ``clone`` is always kept.
 
 After this, weights are graph values that quantizers can be attached to in both dialects
 (``torch.export`` graphs already have this form). The module stays in the hierarchy and owns its
@@ -58,8 +62,8 @@ class CanonicalizePass(QPass):
         for node in list(gm.graph.nodes):
             if node.op == "call_function" and node.target in SDPA and not _made_contiguous(node):
                 with gm.graph.inserting_after(node):
-                    if node.target is F.scaled_dot_product_attention:
-                        c = gm.graph.call_method("contiguous", (node,))
+                    if node.target is F.scaled_dot_product_attention:  # a copy, never elided (rule 5)
+                        c = gm.graph.call_method("clone", (node,), {"memory_format": torch.contiguous_format})
                     else:
                         c = gm.graph.call_function(torch.ops.aten.clone.default, (node,), {"memory_format": torch.contiguous_format})
                 c.meta = {k: v for k, v in node.meta.items() if k != "val"}
@@ -168,7 +172,8 @@ class CanonicalizePass(QPass):
 
 def _made_contiguous(node: fx.Node) -> bool:
     users = list(node.users)
-    return len(users) == 1 and (users[0].target == "contiguous" or users[0].target is torch.ops.aten.clone.default)
+    return len(users) == 1 and (users[0].target == "clone" or users[0].target is torch.ops.aten.clone.default) \
+        and users[0].kwargs.get("memory_format") == torch.contiguous_format
 
 
 def _rank(node: fx.Node) -> int | None:

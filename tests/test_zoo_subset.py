@@ -163,3 +163,68 @@ def test_transformer_encoder_is_traced_into():
     qm = qgraph.quantize(model, x, "w8a8")
     assert qm.qgraph.capture.route == "symbolic_trace" and not qm.qgraph.capture.leaves
     assert sum(q.role == "weight" for q in qm.quantizers().values()) == 2 * 4  # in_proj, out_proj, linear1, linear2
+
+
+def _bn_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8), nn.Dropout(0.5)).eval()
+
+
+def _make(seed):
+    return (torch.randn(8, 3, 10, 10, generator=torch.Generator().manual_seed(seed)) * 3 + 1,)
+
+
+@pytest.mark.parametrize("mode", ["mean", "full", "none"])
+def test_bn_warmup_modes(mode):
+    """mean: every BatchNorm input is centred on the data, variances stay 1; full: unit-variance outputs;
+    none: PyTorch's initial statistics. The model ends in eval mode, BatchNorm momentum restored."""
+    from benchmarks.zoo_models import WARMUP_SEED, bn_warmup
+
+    model = _bn_net()
+    assert bn_warmup(model, _make, mode) == (0 if mode == "none" else 2)
+    assert not any(m.training for m in model.modules()) and all(m.momentum == 0.1 for m in model if isinstance(m, nn.BatchNorm2d))
+    seen = {}
+    hooks = [m.register_forward_hook(lambda m, a, o, i=i: seen.__setitem__(i, (a[0], o))) for i, m in enumerate(model) if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        model(torch.cat([_make(WARMUP_SEED + i)[0] for i in range(4)]))  # the warm-up data itself
+    for h in hooks:
+        h.remove()
+    for i, (inp, out) in seen.items():
+        bn = model[i]
+        mean = inp.mean((0, 2, 3))
+        if mode == "none":
+            assert torch.equal(bn.running_mean, torch.zeros(8)) and torch.equal(bn.running_var, torch.ones(8))
+        elif mode == "mean":
+            assert torch.allclose(bn.running_mean, mean, atol=0.02) and torch.equal(bn.running_var, torch.ones(8))
+        else:
+            assert torch.allclose(out.mean((0, 2, 3)), torch.zeros(8), atol=0.01)
+            assert torch.allclose(out.var((0, 2, 3)), torch.ones(8), atol=0.05)
+
+
+def test_self_divergence_reaches_the_output_through_rounding_ties():
+    """Float noise at every activation quantizer's input flips codes at ties; the flips reach the output."""
+    from benchmarks.zoo_worker import self_divergence
+
+    model, x = _mha_block()
+    qm = qgraph.quantize(model, x, "w8a8")
+    assert self_divergence(qm, (x,), eps=0.0) == 0.0
+    assert 0 < self_divergence(qm, (x,), eps=1e-3) < 0.05
+
+
+def test_export_tolerance_scales_with_tiny_outputs(tmp_path):
+    """Random-weight EfficientNets give logits near 1e-13: the default tolerance (3 steps of the output
+    grid + 1e-4 of the range) must scale with them, or the export check passes any file."""
+    torch.manual_seed(0)
+    model, x = _bn_net(), _make(0)[0]
+    with torch.no_grad():
+        model[3].weight.mul_(1e-12)
+        model[3].bias.mul_(1e-12)
+        model[4].running_var.mul_(1e-24)  # BatchNorm after it: outputs stay near 1e-12 too
+        model[4].weight.mul_(1e-12)
+    qm = qgraph.quantize(model, x, "w8a8")
+    with torch.no_grad():
+        out = qm(x)
+    tol = qm._default_tolerance(out)
+    assert float(out.abs().max()) < 1e-9 and 0 < tol < 0.1 * float(out.abs().max())
+    res = qm.export(str(tmp_path / "tiny"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance == tol

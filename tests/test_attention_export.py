@@ -1,0 +1,47 @@
+"""Attention whose output layout depends on the kernel: the export must not depend on it.
+
+timm MaxViT's ``AttentionCl`` calls ``scaled_dot_product_attention`` with a 4-D float bias and then
+``o.transpose(1, 2).reshape(...)``. On CPU the fused flash kernel (picked for that mask) returns
+[B, L, H, D] memory, the math path [B, H, L, D]: the ONNX exporter decomposed the reshape into a
+``view`` under the first layout and failed re-running it under the second ("Cannot view a tensor
+with shape ... and strides ..."), for every recipe."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import qgraph
+
+
+class RelPosAttention(nn.Module):
+    """timm MaxViT's channels-last attention with a relative-position bias, in small."""
+
+    def __init__(self, dim: int = 32, heads: int = 2, tokens: int = 16) -> None:
+        super().__init__()
+        self.heads, self.tokens = heads, tokens
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.rel_table = nn.Parameter(torch.randn(2 * tokens, heads) * 0.1)
+        self.register_buffer("rel_index", torch.randint(0, 2 * tokens, (tokens, tokens), generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x):
+        b, restore = x.shape[0], x.shape[:-1]
+        q, k, v = self.qkv(x).view(b, -1, self.heads, 3 * x.shape[-1] // self.heads).transpose(1, 2).chunk(3, dim=3)
+        bias = self.rel_table[self.rel_index.view(-1)].view(self.tokens, self.tokens, -1).permute(2, 0, 1).unsqueeze(0)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.contiguous())
+        return self.proj(o.transpose(1, 2).reshape(restore + (-1,)))
+
+
+@pytest.mark.parametrize("recipe", ["w8a8", "w4a16"])
+def test_attention_with_a_4d_bias_then_transpose_reshape_exports(recipe, tmp_path):
+    torch.manual_seed(0)
+    model, x = RelPosAttention().eval(), torch.randn(8, 4, 4, 32)
+    qm = qgraph.quantize(model, x, recipe)
+    res = qm.export(str(tmp_path / "attn"), formats=("onnx",), dynamic_batch=False)
+    assert res.max_abs_error <= res.tolerance
+    sdpa = [n for n in qm.qgraph.graph.nodes if n.target is F.scaled_dot_product_attention]
+    assert len(sdpa) == 1  # its result is copied, not merely made .contiguous() (which torch.export drops)
+    copy = [n for n in qm.qgraph.graph.nodes if n.op == "call_method" and n.target == "clone"]
+    assert len(copy) == 1 and copy[0].kwargs["memory_format"] == torch.contiguous_format
