@@ -1,7 +1,7 @@
 """Model zoo: capture → quantize → export → verify on every model of ``benchmarks/zoo_models.py``, with peers.
 
-Per model (random weights; BatchNorm running means re-estimated on four batches of random inputs, see
-``zoo_models.bn_warmup``; a batch of 8 random inputs; eight more batches calibrate) and recipe:
+Per model (random weights; BatchNorm statistics as initialised, or with ``--bn-warmup mean`` running means
+re-estimated on four batches of random inputs, see ``zoo_models.bn_warmup``; a batch of 8 random inputs; eight more batches calibrate) and recipe:
 ``qgraph.quantize(model, x, recipe, calib_data=...)``, ``qm.export(path, formats=("onnx",))`` (which runs
 ONNX Runtime and compares it with the quantized PyTorch model), then the quantized model against the
 float one on 96 held-out inputs: SQNR of the first output and top-1 agreement (classifiers, segmentation
@@ -276,9 +276,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out-dir", help="ONNX files and per-model JSON (default: a temporary directory)")
     ap.add_argument("--json", help="write all rows to this file")
     ap.add_argument("--keep-onnx", action="store_true", help="keep every ONNX file in --out-dir (a full run writes about 20 GB)")
-    ap.add_argument("--bn-warmup", default="mean", choices=("mean", "full", "none"),
-                    help="BatchNorm statistics re-estimated on random inputs before any tool sees a model: running means only (default), "
-                         "means and variances (makes random nets chaotic), or none (PyTorch's initial mean 0 / variance 1)")
+    ap.add_argument("--bn-warmup", default="none", choices=("mean", "full", "none"),
+                    help="BatchNorm statistics re-estimated on random inputs before any tool sees a model: none (default: "
+                         "PyTorch's initial mean 0 / variance 1, the regime of the documented full run), running means only "
+                         "(input-sensitive logits; a harder test for every tool), or means and variances (makes random nets chaotic)")
     ap.add_argument("--no-bn-warmup", action="store_true", help="the same as --bn-warmup none")
     ap.add_argument("--list", action="store_true", help="list the selected models and exit")
     ap.add_argument("--compact", action="store_true", help="one line per model instead of one per model and recipe")

@@ -309,7 +309,10 @@ def bn_warmup(model: nn.Module, make_input: Callable[[int], tuple], mode: str = 
     logits of regnets, resnext50, vgg*_bn and densenet201 are nearly the same for every input
     (input-dependent part 5-16% of the output), a regime no trained network is in.
 
-    ``mode="mean"`` (the default): centre every BatchNorm input on the data. The whole model stays in
+    ``benchmarks/zoo.py`` defaults to ``"none"`` (the regime of the documented full run); ``--bn-warmup mean``
+    selects the harder, input-sensitive regime.
+
+    ``mode="mean"``: centre every BatchNorm input on the data. The whole model stays in
     eval mode; a pre-hook on each BatchNorm sets its running mean to the cumulative average of its
     input's per-channel mean over ``batches`` forward passes (upstream layers are already centred
     when a layer sees its input); running variances stay 1. The input-dependent part of the logits

@@ -250,7 +250,7 @@ def run_ort(model, entry, x: tuple, calib: list, xe: list, ref, out_dir: str) ->
     return r
 
 
-def run_model(name: str, recipes: str, out_dir: str, result: str, peers: bool, warmup: str = "mean") -> None:
+def run_model(name: str, recipes: str, out_dir: str, result: str, peers: bool, warmup: str = "none") -> None:
     """``warmup``: how the BatchNorm statistics are re-estimated on random inputs before any tool sees the
     model (``zoo_models.bn_warmup``: mean, full, none)."""
     from benchmarks.zoo_models import bn_warmup, zoo
@@ -313,7 +313,7 @@ def main(argv=None) -> int:
     ap.add_argument("--result")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--keep-onnx", action="store_true", help="keep the ONNX files (a full run writes about 20 GB)")
-    ap.add_argument("--bn-warmup", default="mean", choices=("mean", "full", "none"), help="see zoo_models.bn_warmup")
+    ap.add_argument("--bn-warmup", default="none", choices=("mean", "full", "none"), help="see zoo_models.bn_warmup")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
