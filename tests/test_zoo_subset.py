@@ -209,22 +209,3 @@ def test_self_divergence_reaches_the_output_through_rounding_ties():
     qm = qgraph.quantize(model, x, "w8a8")
     assert self_divergence(qm, (x,), eps=0.0) == 0.0
     assert 0 < self_divergence(qm, (x,), eps=1e-3) < 0.05
-
-
-def test_export_tolerance_scales_with_tiny_outputs(tmp_path):
-    """Random-weight EfficientNets give logits near 1e-13: the default tolerance (3 steps of the output
-    grid + 1e-4 of the range) must scale with them, or the export check passes any file."""
-    torch.manual_seed(0)
-    model, x = _bn_net(), _make(0)[0]
-    with torch.no_grad():
-        model[3].weight.mul_(1e-12)
-        model[3].bias.mul_(1e-12)
-        model[4].running_var.mul_(1e-24)  # BatchNorm after it: outputs stay near 1e-12 too
-        model[4].weight.mul_(1e-12)
-    qm = qgraph.quantize(model, x, "w8a8")
-    with torch.no_grad():
-        out = qm(x)
-    tol = qm._default_tolerance(out)
-    assert float(out.abs().max()) < 1e-9 and 0 < tol < 0.1 * float(out.abs().max())
-    res = qm.export(str(tmp_path / "tiny"), formats=("onnx",))
-    assert res.max_abs_error <= res.tolerance == tol
