@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             failures.append("qpack files differ between ranks")
     for f in failures:
         print("CHECK FAILED:", f, file=sys.stderr)
+    dist.barrier()  # no rank tears the group down while another still talks to it (gloo aborts on that)
     dist.destroy_process_group()
     return 1 if failures else 0
 
