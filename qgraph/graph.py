@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -37,7 +38,7 @@ class QGraph(fx.GraphModule):
     """
 
     def __init__(self, root, graph: fx.Graph, class_name: str = "QGraph", capture: CaptureInfo | None = None):
-        super().__init__(root, graph, class_name)
+        super().__init__(_rename_reserved(root, graph), graph, class_name)
         if capture is not None:
             self.meta[CAPTURE_KEY] = capture
 
@@ -75,6 +76,31 @@ class QGraph(fx.GraphModule):
         from qgraph.graph_listing import format_graph
 
         return format_graph(self, f"QGraph ({self.capture.route}, {len(self.graph.nodes)} nodes)")
+
+
+def _rename_reserved(root, graph: fx.Graph):
+    """A model attribute named like a QGraph member (``table``, ``capture``, ...) would collide with it when
+    the graph module copies the model's attributes: give it a free name in the graph (``table_attr``), on a
+    shallow copy of the root, so the model itself is untouched. Messages keep the original module paths."""
+    reserved = {n for n in vars(QGraph) if not n.startswith("_")}
+    firsts = {str(n.target).split(".")[0] for n in graph.nodes if n.op in ("get_attr", "call_module")}
+    clash = sorted(firsts & reserved)
+    if not clash or not isinstance(root, torch.nn.Module):
+        return root
+    proxy = copy.copy(root)  # a new __dict__; the parameter / buffer / module tables are copied below
+    proxy._parameters, proxy._buffers, proxy._modules = dict(root._parameters), dict(root._buffers), dict(root._modules)
+    for name in clash:
+        new = name + "_attr"
+        while hasattr(root, new) or new in firsts:
+            new += "_"
+        for table in (proxy._parameters, proxy._buffers, proxy._modules, proxy.__dict__):
+            if name in table:
+                table[new] = table.pop(name)
+        for node in graph.nodes:
+            t = str(node.target)
+            if node.op in ("get_attr", "call_module") and (t == name or t.startswith(name + ".")):
+                node.target = new + t[len(name):]
+    return proxy
 
 
 def record_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import qgraph
+from qgraph.summary import sqnr_db
 from qgraph.wrappers import QuantizedModule
 
 
@@ -184,3 +185,32 @@ def test_quantize_of_a_non_module_raises_input_error():
         qgraph.quantize(lambda x: x + 1, torch.randn(2, 2))
     with pytest.raises(qgraph.InputError):
         qgraph.quantize("resnet18", torch.randn(1, 3, 8, 8))
+
+
+class _ReservedNames(nn.Module):
+    """Attributes named like QGraph members (``table``, ``capture``) used to crash the capture."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.table = nn.Parameter(torch.randn(4))
+        self.capture = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.capture(self.fc(x) + self.table)
+
+
+def test_attributes_named_like_qgraph_members_are_renamed_in_the_graph_only(tmp_path):
+    torch.manual_seed(0)
+    model, x = _ReservedNames().eval(), torch.randn(16, 4)
+    qm = qgraph.quantize(model, x, "w8a8")
+    assert isinstance(model.table, nn.Parameter) and isinstance(model.capture, nn.Linear)  # the user's model is untouched
+    assert callable(qm.qgraph.table) and qm.qgraph.capture.route  # and QGraph's own members still work
+    assert torch.equal(qm.qgraph.table_attr, model.table)
+    assert "capture_attr.weight_quantizer" in dict(qm.qgraph.named_modules())
+    with torch.no_grad():
+        assert sqnr_db(model(x), qm(x)) > 25
+    res = qm.export(str(tmp_path / "reserved"), formats=("onnx", "qpack"))
+    assert res.max_abs_error <= res.tolerance
+    again = qgraph.load(str(tmp_path / "reserved.qpack"), _ReservedNames().eval())
+    assert torch.equal(again(x), qm(x))
