@@ -74,11 +74,7 @@ class GroupGainQuantize(FakeQuantize):
             return w
         return w / self.gain.repeat_interleave(self.spec.granularity.size, dim=-1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode != "quantize":
-            return super().forward(x)
-        if not self.initialized:
-            return super().forward(x)  # raises the usual "used before calibration"
+    def _quantize(self, x: torch.Tensor) -> torch.Tensor:
         spec = self.spec
         return fake_quantize_affine(self.gained(x), self.scale, self.zero_point, spec.qmin, spec.qmax, spec.granularity)
 

@@ -211,14 +211,7 @@ class TokenLSQuantize(FakeQuantize):
                 p.data = torch.empty_like(state_dict[prefix + name], dtype=torch.float32)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "off":
-            return x
-        if self.mode == "observe":
-            self._observe(x)
-            return x
-        if not self.initialized:
-            raise CalibrationError(f"activation quantizer at {self.where or '?'} used before calibration")
+    def _quantize(self, x: torch.Tensor) -> torch.Tensor:
         per_token = self.scale.dim() == 1
         if per_token and (x.dim() < 2 or x.shape[-2] != self.scale.numel()):
             raise InputError(f"per-token activation quantizer at {self.where or '?'} has {self.scale.numel()} token steps, "

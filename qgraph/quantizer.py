@@ -128,16 +128,25 @@ class FakeQuantize(nn.Module):
         n_per_scale = max(1, n // max(1, self.scale.numel()))
         return 1.0 / math.sqrt(n_per_scale * max(1, self.spec.qmax))
 
+    label: str | None = None  # how messages name this kind of quantizer (default: its role)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The mode dispatch every quantizer kind shares; kinds override ``_observe`` / ``_quantize``."""
         if self.mode == "off":
             return x
         if self.mode == "observe":
-            if self.observer is None:
-                self.observer = Observer(self.spec)
-            self.observer.update(x)
+            self._observe(x)
             return x
         if not self.initialized:
-            raise CalibrationError(f"{self.role} quantizer at {self.where or '?'} used before calibration")
+            raise CalibrationError(f"{self.label or self.role} quantizer at {self.where or '?'} used before calibration")
+        return self._quantize(x)
+
+    def _observe(self, x: torch.Tensor) -> None:
+        if self.observer is None:
+            self.observer = Observer(self.spec)
+        self.observer.update(x)
+
+    def _quantize(self, x: torch.Tensor) -> torch.Tensor:
         spec = self.spec
         if self.role == "weight" and not spec.learnable:
             if self.training:  # follow the moving weight without writing state: nothing to sync, traceable

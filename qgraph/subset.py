@@ -157,6 +157,8 @@ class SubsetQuantize(FakeQuantize):
     backward pass is an identity straight-through estimator (DFSQ itself never trains).
     """
 
+    label = "subset"
+
     def __init__(self, bits: int, post_relu: bool, where: str = "", words: int = 4, seed: int = 0) -> None:
         spec = QSpec(bits=bits, symmetric=True, signed=False, granularity=PerChannel(1))
         super().__init__(spec, "activation", where)
@@ -227,14 +229,7 @@ class SubsetQuantize(FakeQuantize):
                 setattr(self, name, torch.empty_like(state_dict[prefix + name], dtype=torch.float32))
         nn.Module._load_from_state_dict(self, state_dict, prefix, *args, **kwargs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "off":
-            return x
-        if self.mode == "observe":
-            self._observe(x)
-            return x
-        if not self.initialized:
-            raise CalibrationError(f"subset quantizer at {self.where or '?'} used before calibration")
+    def _quantize(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 3 or x.shape[1] != self.codebook.shape[0]:
             raise InputError(f"subset quantizer at {self.where or '?'} has {self.codebook.shape[0]} channel codebooks, "
                              f"got input of shape {tuple(x.shape)}")

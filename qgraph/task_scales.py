@@ -193,14 +193,7 @@ class TaskFakeQuantize(FakeQuantize):
         nn.Module._load_from_state_dict(self, state_dict, prefix, *args, **kwargs)
 
     # ----------------------------------------------------------------- forward
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "off":
-            return x
-        if self.mode == "observe":
-            self._observe(x)
-            return x
-        if not self.initialized:
-            raise CalibrationError(f"activation quantizer at {self.where or '?'} used before calibration")
+    def _quantize(self, x: torch.Tensor) -> torch.Tensor:
         spec = self.spec
         factor = self.grad_factor(x) if spec.learnable else 1.0
         return fake_quantize_affine(x, self.effective_scale(), self._zero_point_ste(), spec.qmin, spec.qmax,
