@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             loss_fn(ddp(x_tr[idx].to(dev)), y_tr[idx].to(dev)).backward()
             opt.step()
 
+    del ddp, opt  # DDP's reducer holds gloo work objects; freed now, not during interpreter teardown
     qm = qm.cpu().eval()
     os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, f"rank{rank}.qpack")

@@ -38,7 +38,7 @@ def should_sync(sync_ranks: bool | None) -> bool:
     return active_world() > 1 if sync_ranks is None else bool(sync_ranks) and active_world() > 1
 
 
-def _device(gm: nn.Module) -> torch.device:
+def _device() -> torch.device:
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -84,7 +84,7 @@ def reduce_observers(gm: nn.Module) -> None:
             slots.append((name, m.observer, None))
     if not slots:
         return
-    dev = _device(gm)
+    dev = _device()
     seen = [o is not None and o.min_val is not None for _, o, _ in slots]
     _agree_on_seen([n for n, _, _ in slots], seen, dev)
     obs = [o for (_, o, _), s in zip(slots, seen) if s]
@@ -105,7 +105,7 @@ def reduce_bitswitch_stats(acts: dict[str, nn.Module]) -> None:
     """Step 1 for bit-switch activation quantizers: LSQ init sums per bit width and the sign."""
     if not acts:
         return
-    dev = _device(next(iter(acts.values())))
+    dev = _device()
     mods = list(acts.values())
     signs = _reduce_flat([m.signed.float() for m in mods], dist.ReduceOp.MAX, dev)
     for m, s in zip(mods, signs):
@@ -120,7 +120,7 @@ def reduce_bitswitch_stats(acts: dict[str, nn.Module]) -> None:
 @torch.no_grad()
 def broadcast_state(gm: nn.Module, src: int = 0) -> None:
     """Step 2 above: every parameter and buffer from rank ``src`` (host-side caches are dropped)."""
-    dev = _device(gm)
+    dev = _device()
     for t in [*gm.parameters(), *gm.buffers()]:
         if t.numel() == 0:
             continue
