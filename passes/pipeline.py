@@ -1,4 +1,5 @@
-"""The default pipeline: canonicalize → fold_bn → (sparsify) → annotate → insert quantizers (→ calibrate)."""
+"""The default pipeline: canonicalize → fold_bn → (sparsify) → annotate → insert quantizers (→ zero biases)
+(→ calibrate → bias correction)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterable
 import torch.fx as fx
 from qgraph.passes.annotate import AnnotatePass
 from qgraph.passes.base import Change, QPass
+from qgraph.passes.bias_correction import BiasCorrectionPass, ZeroBiasPass
 from qgraph.passes.bitswitch import BitSwitchCalibratePass, BitSwitchPass
 from qgraph.passes.calibrate import CalibratePass
 from qgraph.passes.canonicalize import CanonicalizePass
@@ -29,6 +31,8 @@ def prepare_passes(recipe: Recipe, leaves: set[str], fold_bn: bool = True) -> li
         passes.append(SparsifyPass(recipe, leaves))
     passes += [AnnotatePass(recipe), InsertQuantizersPass(recipe, leaves)]
     passes += [method_pass(name, options) for name, options in recipe.methods]
+    if recipe.bias_correction:
+        passes.append(ZeroBiasPass())
     return passes
 
 
@@ -74,7 +78,12 @@ def run_passes(gm: fx.GraphModule, passes: list[QPass]) -> list[Change]:
     return [c for p in passes for c in p.changes]
 
 
-def calibrate(gm: fx.GraphModule, batches: Iterable, sync_ranks: bool = False) -> list[Change]:
+def calibrate(gm: fx.GraphModule, batches: Iterable, sync_ranks: bool = False, bias_correction: bool = False) -> list[Change]:
+    """Calibrate every quantizer on ``batches``; then, with ``bias_correction``, correct the biases on them."""
     p = BitSwitchCalibratePass(batches, sync_ranks) if is_bitswitch(gm) else CalibratePass(batches, sync_ranks)
     p.run(gm)
-    return p.changes
+    if not bias_correction:
+        return p.changes
+    bc = BiasCorrectionPass(batches, sync_ranks=sync_ranks)
+    bc.run(gm)
+    return p.changes + bc.changes

@@ -53,7 +53,7 @@ def quantize(
         batches = list(calib_data) if calib_data is not None else [qm._example_inputs]
         if not batches:
             raise InputError("calib_data is empty")
-        qm.changes += calibrate(qm.qgraph, batches, sync)
+        qm.changes += calibrate(qm.qgraph, batches, sync, bias_correction=qm.recipe.bias_correction and not qat)
     if sync:
         broadcast_state(qm.qgraph)
     qm.eval()

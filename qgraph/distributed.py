@@ -70,6 +70,11 @@ def _reduce_flat(tensors: list[torch.Tensor], op, dev: torch.device) -> list[tor
     return out
 
 
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over the ranks (a new tensor on ``t``'s device; float32 or float64)."""
+    return _reduce_flat([t], dist.ReduceOp.SUM, _device())[0]
+
+
 @torch.no_grad()
 def reduce_observers(gm: nn.Module) -> None:
     """Step 1 above, for ``FakeQuantize`` observers and the per-task observers of task-scale quantizers."""
@@ -135,4 +140,4 @@ def broadcast_state(gm: nn.Module, src: int = 0) -> None:
             m._host = None
 
 
-__all__ = ["active_world", "should_sync", "reduce_observers", "reduce_bitswitch_stats", "broadcast_state"]
+__all__ = ["active_world", "should_sync", "all_reduce_sum", "reduce_observers", "reduce_bitswitch_stats", "broadcast_state"]

@@ -98,6 +98,9 @@ class Recipe:
     # method passes run after the quantizers are inserted: ((pass name, JSON-able options), ...),
     # e.g. ("task_scales", {"tasks": ["sr", "denoise"]}); see qgraph.passes.pipeline.METHOD_PASSES
     methods: tuple[tuple[str, dict], ...] = ()
+    # after calibration, subtract each weight-quantized layer's mean output shift from its bias
+    # (qgraph.passes.bias_correction); post-training only: QAT trains the biases instead
+    bias_correction: bool = False
 
     def with_overrides(self, *overrides: Override) -> Recipe:
         return replace(self, overrides=self.overrides + tuple(overrides))
@@ -107,7 +110,7 @@ class Recipe:
         def lsq(s):
             return s.with_(learnable=True) if isinstance(s, QSpec) else s
         ovs = tuple(replace(o, weight=lsq(o.weight), activation=lsq(o.activation)) for o in self.overrides)
-        return replace(self, weight=lsq(self.weight), activation=lsq(self.activation), overrides=ovs)
+        return replace(self, weight=lsq(self.weight), activation=lsq(self.activation), overrides=ovs, bias_correction=False)
 
     def decide(self, path: str, kind: str, module_type: type | None = None) -> Decision:
         weighted = kind in WEIGHTED_KINDS
@@ -139,6 +142,7 @@ class Recipe:
             "overrides": [_override_json(o) for o in self.overrides],
             **({"sparsity": self.sparsity.to_json()} if self.sparsity is not None else {}),
             **({"methods": [[n, dict(o)] for n, o in self.methods]} if self.methods else {}),
+            **({"bias_correction": True} if self.bias_correction else {}),
         }
 
 
@@ -160,10 +164,12 @@ def recipe_from_json(d: dict) -> Recipe:
 
             sparsity = SparsitySpec.from_json(d["sparsity"])
         methods = tuple((str(n), dict(o)) for n, o in d.get("methods", []))
+        bias_correction = bool(d.get("bias_correction", False))  # files written before it existed: off
         if base is not None:
-            return replace(base, overrides=tuple(overrides), sparsity=sparsity, methods=methods or base.methods)
+            return replace(base, overrides=tuple(overrides), sparsity=sparsity, methods=methods or base.methods,
+                           bias_correction=bias_correction)
         return Recipe(d["name"], spec(d.get("weight")), spec(d.get("activation")), tuple(d["kinds"]), tuple(overrides),
-                      sparsity=sparsity, methods=methods)
+                      sparsity=sparsity, methods=methods, bias_correction=bias_correction)
     except (KeyError, TypeError, ValueError) as e:
         raise RecipeError(f"not a valid recipe description: {e}") from e
 
@@ -296,34 +302,40 @@ def _activation(bits: int = 8, observer: str = "minmax") -> QSpec:
 
 
 @register_recipe("w8a8")
-def w8a8(observer: str = "minmax") -> Recipe:
+def w8a8(observer: str = "minmax", bias_correction: bool = True) -> Recipe:
     """int8 symmetric per-channel weights, uint8 asymmetric per-tensor activations (ONNX Runtime's integer kernels);
-    embedding tables int8 per row (weight-only)."""
-    return Recipe("w8a8", _weight(8), _activation(8, observer), kinds=(*DEFAULT_KINDS, "embedding"), description=w8a8.__doc__)
+    embedding tables int8 per row (weight-only). Post-training, layer biases absorb the mean shift that
+    quantization causes (``bias_correction``, measured on the calibration data), as in every weight recipe below."""
+    return Recipe("w8a8", _weight(8), _activation(8, observer), kinds=(*DEFAULT_KINDS, "embedding"), description=w8a8.__doc__,
+                  bias_correction=bias_correction)
 
 
 @register_recipe("w4a8")
-def w4a8(observer: str = "minmax") -> Recipe:
+def w4a8(observer: str = "minmax", bias_correction: bool = True) -> Recipe:
     """int4 symmetric per-channel weights, uint8 activations."""
-    return Recipe("w4a8", _weight(4), _activation(8, observer), description=w4a8.__doc__)
+    return Recipe("w4a8", _weight(4), _activation(8, observer), description=w4a8.__doc__,
+                  bias_correction=bias_correction)
 
 
 @register_recipe("w8a16")
-def w8a16() -> Recipe:
+def w8a16(bias_correction: bool = True) -> Recipe:
     """Weight-only int8 per-channel; activations stay float."""
-    return Recipe("w8a16", _weight(8), None, kinds=("conv", "conv_transpose", "linear"), description=w8a16.__doc__)
+    return Recipe("w8a16", _weight(8), None, kinds=("conv", "conv_transpose", "linear"), description=w8a16.__doc__,
+                  bias_correction=bias_correction)
 
 
 @register_recipe("w4a16")
-def w4a16(group_size: int = 128) -> Recipe:
+def w4a16(group_size: int = 128, bias_correction: bool = True) -> Recipe:
     """Weight-only int4: linear layers in groups of ``group_size`` along the input dimension, convs per channel; float16 scales."""
-    return Recipe("w4a16", _weight(4, group_size, "float16"), None, kinds=("conv", "conv_transpose", "linear"), description=w4a16.__doc__)
+    return Recipe("w4a16", _weight(4, group_size, "float16"), None, kinds=("conv", "conv_transpose", "linear"), description=w4a16.__doc__,
+                  bias_correction=bias_correction)
 
 
 @register_recipe("w2a16")
-def w2a16(group_size: int = 64) -> Recipe:
+def w2a16(group_size: int = 64, bias_correction: bool = True) -> Recipe:
     """Weight-only int2 in groups of ``group_size`` (linear), per channel (conv); float16 scales."""
-    return Recipe("w2a16", _weight(2, group_size, "float16"), None, kinds=("conv", "conv_transpose", "linear"), description=w2a16.__doc__)
+    return Recipe("w2a16", _weight(2, group_size, "float16"), None, kinds=("conv", "conv_transpose", "linear"), description=w2a16.__doc__,
+                  bias_correction=bias_correction)
 
 
 __all__ = ["Recipe", "Override", "Decision", "register_recipe", "get_recipe", "list_recipes", "build_recipe", "recipe_from_json",

@@ -80,9 +80,10 @@ def _bottom_overrides(report, keep):
 
 def test_recipe_overrides_recover_accuracy_at_2_bits(trained_cnn, example_batch, calib, digits):
     """w2a16 wrecks the digits CNN; keeping the 3 most sensitive layers at 8 bits recovers most of it,
-    and clearly more than keeping the 3 least sensitive ones."""
+    and clearly more than keeping the 3 least sensitive ones. (Without bias correction, which alone
+    recovers most of w2a16's loss on this model: tests/test_bias_correction.py.)"""
     _, _, x_te, y_te = digits
-    qm = qgraph.quantize(trained_cnn, example_batch, recipe="w2a16", calib_data=calib)
+    qm = qgraph.quantize(trained_cnn, example_batch, recipe="w2a16(bias_correction=False)", calib_data=calib)
     rep = qm.report(calib[:2])
     overrides = rep.recipe_overrides(keep=3, bits=8)
     assert len(overrides) == 3 and all(o.weight.bits == 8 for o in overrides)
