@@ -8,6 +8,10 @@ the dtype and shape of every plain tensor, the caller's ``meta`` and a SHA-256 o
 
 Writing is deterministic (same inputs, same bytes, in any process); reading never executes code,
 checks everything and raises only ``QPackError``. The format is specified in docs/qpack.md.
+
+This module reads, writes and validates the format. Its parts live beside it: the bit packing in
+``qpack_pack``, the types in ``qpack_types`` (``PackedTensor`` and ``QPack`` are re-exported here),
+the N:M sparse encoding in ``qpack_nm``, the ``qgraph inspect`` listing in ``qpack_describe``.
 """
 
 from __future__ import annotations
@@ -18,18 +22,16 @@ import math
 import os
 import stat
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 
 import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, which safetensors' numpy loader needs)
 import numpy as np
+from qgraph.backends.qpack_nm import nm_compress, nm_expand, nm_index_bits, nm_kept
 from qgraph.backends.qpack_pack import field_width, pack_bits, packed_length, padding_is_zero, unpack_bits
+from qgraph.backends.qpack_types import ManifestEntry, PackedTensor, QPack
 
 from qgraph.errors import QPackError
 
-__all__ = [
-    "PackedTensor", "QPack", "write_qpack", "read_qpack", "pack_bits", "unpack_bits", "stored_bytes",
-    "describe_qpack", "FORMAT", "FORMAT_VERSION",
-]
+__all__ = ["PackedTensor", "QPack", "write_qpack", "read_qpack", "pack_bits", "unpack_bits", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "qgraph.qpack"
 FORMAT_VERSION = 2  # the newest version this qgraph reads; files without N:M entries are still written as version 1
@@ -44,34 +46,6 @@ CODES = {v: k for k, v in DTYPES.items()}
 SCALE_DTYPES = ("float32", "float16")
 _DOC_KEYS = {"format", "format_version", "qgraph_version", "manifest", "floats", "meta", "checksum"}
 _ENTRY_KEYS = {"bits", "qmin", "qmax", "signed", "shape", "granularity", "scale_dtype", "packing", "tensors", "encoding"}
-
-
-@dataclass
-class PackedTensor:
-    """One quantized tensor: integer codes of the tensor's shape with their scales and zero points."""
-
-    name: str
-    codes: np.ndarray
-    bits: int
-    qmin: int
-    qmax: int
-    scale: np.ndarray
-    zero_point: np.ndarray
-    granularity: dict
-    codebook: np.ndarray | None = None  # reserved: float32, 2**bits entries that the codes index
-    # N:M sparsity (format version 2): {"n", "m", "indices"}; indices uint8 [shape[0], K/m*n], the ascending
-    # in-group positions of the kept codes (K = numel/shape[0]); every other code is the zero point
-    nm: dict | None = None
-
-
-@dataclass
-class QPack:
-    """What ``read_qpack`` returns: packed tensors (codes unpacked), plain tensors, meta, writer version."""
-
-    packed: dict[str, PackedTensor] = field(default_factory=dict)
-    floats: dict[str, np.ndarray] = field(default_factory=dict)
-    meta: dict = field(default_factory=dict)
-    version: str = ""
 
 
 # --------------------------------------------------------------------------- shared checks
@@ -114,48 +88,7 @@ def scale_shape(gran, shape: tuple[int, ...]) -> tuple[int, ...]:
     raise ValueError(f"invalid granularity {gran!r}")
 
 
-@dataclass
-class _Entry:
-    """A manifest entry, checked: what every tensor of one packed tensor must look like."""
-
-    name: str
-    bits: int
-    qmin: int
-    qmax: int
-    signed: bool
-    shape: tuple[int, ...]
-    granularity: dict
-    nm: dict | None
-    expect: dict[str, tuple[str, tuple[int, ...]]]  # role -> (safetensors dtype code, shape)
-
-
-def nm_index_bits(m: int) -> int:
-    """Bits an in-group position of an N:M group of ``m`` needs (stored in a 2-, 4- or 8-bit field)."""
-    return max(1, (m - 1).bit_length())
-
-
-def nm_kept(shape: tuple[int, ...], n: int, m: int) -> int:
-    """How many codes an N:M tensor of ``shape`` keeps (raises ValueError when rows of K do not split into groups of m)."""
-    count = math.prod(shape)
-    if len(shape) < 2 or shape[0] == 0 or (count // shape[0]) % m:
-        raise ValueError(f"N:M with m={m} needs rows (axis 0) whose length K = numel / shape[0] is a multiple of m, "
-                         f"shape is {list(shape)}")
-    return count // m * n
-
-
-def expand_to(p: np.ndarray, gran: dict, shape: tuple[int, ...]) -> np.ndarray:
-    """A scale or zero point laid out by granularity JSON ``gran``, broadcast to ``shape``."""
-    p = np.asarray(p)
-    kind = gran.get("kind")
-    if kind == "per_tensor":
-        return np.broadcast_to(p.reshape(()), shape)
-    if kind == "per_channel":
-        axis = gran["axis"] % len(shape)
-        return np.broadcast_to(p.reshape([-1 if d == axis else 1 for d in range(len(shape))]), shape)
-    return np.repeat(p, gran["size"], axis=gran.get("axis", -1))
-
-
-def _check_entry(name: str, e, version: int = FORMAT_VERSION) -> _Entry:
+def _check_entry(name: str, e, version: int = FORMAT_VERSION) -> ManifestEntry:
     """Validate one manifest entry (raises ValueError with the problem)."""
     if not isinstance(e, dict) or not _ENTRY_KEYS <= set(e) or not set(e) <= _ENTRY_KEYS | {"nm"}:
         keys = sorted(e) if isinstance(e, dict) else type(e).__name__
@@ -206,10 +139,10 @@ def _check_entry(name: str, e, version: int = FORMAT_VERSION) -> _Entry:
     if nm is not None:
         expect["nm_indices"] = ("U8", (packed_length(stored, nm_index_bits(nm["m"])),))
     expect = {role: expect[role] for role in tensors}
-    return _Entry(name, bits, qmin, qmax, signed, shape, dict(e["granularity"]), nm, expect)
+    return ManifestEntry(name, bits, qmin, qmax, signed, shape, dict(e["granularity"]), nm, expect)
 
 
-def _check_doc(doc, specs: Mapping[str, tuple[str, tuple[int, ...]]], label: str) -> tuple[list[_Entry], dict]:
+def _check_doc(doc, specs: Mapping[str, tuple[str, tuple[int, ...]]], label: str) -> tuple[list[ManifestEntry], dict]:
     """Validate the qpack document against the file's tensors ``specs`` (key -> (dtype code, shape)).
 
     Returns the checked packed entries and the floats manifest; raises QPackError naming the problem.
@@ -275,7 +208,7 @@ def _checksum(arrays: Mapping[str, np.ndarray]) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _decode(entries: list[_Entry], arrays: Mapping[str, np.ndarray], label: str) -> dict[str, PackedTensor]:
+def _decode(entries: list[ManifestEntry], arrays: Mapping[str, np.ndarray], label: str) -> dict[str, PackedTensor]:
     """Check the values of every packed tensor (codes range, padding, scales) and unpack its codes."""
     out = {}
     for en in entries:
@@ -304,59 +237,10 @@ def _decode(entries: list[_Entry], arrays: Mapping[str, np.ndarray], label: str)
             raise bad("codebook has non-finite entries")
         nm = None
         if en.nm is not None:
-            codes, nm = _nm_expand(en, codes, arrays[f"{en.name}.nm_indices"], zp, bad)
+            codes, nm = nm_expand(en, codes, arrays[f"{en.name}.nm_indices"], zp, bad)
         out[en.name] = PackedTensor(en.name, codes, en.bits, en.qmin, en.qmax, scale, zp, en.granularity,
                                     None if codebook is None else np.array(codebook), nm)
     return out
-
-
-def _nm_expand(en: _Entry, kept: np.ndarray, packed_idx: np.ndarray, zp: np.ndarray, bad) -> tuple[np.ndarray, dict]:
-    """Dense codes (the zero point at pruned positions) and the ``nm`` dict from kept codes and packed indices."""
-    n, m = en.nm["n"], en.nm["m"]
-    ibits = nm_index_bits(m)
-    if not padding_is_zero(packed_idx, ibits, kept.size):
-        raise bad("the padding bits after the last N:M index are not zero")
-    idx = unpack_bits(packed_idx, ibits, kept.size, False)
-    if idx.size and int(idx.max()) >= m:
-        raise bad(f"N:M indices reach {int(idx.max())}, m is {m}")
-    rows = en.shape[0]
-    groups = idx.reshape(rows, -1, n).astype(np.int64)
-    if n > 1 and not np.all(np.diff(groups, axis=-1) > 0):
-        raise bad(f"N:M indices are not strictly ascending within every group of {n}")
-    full = np.array(expand_to(zp, en.granularity, en.shape)).astype(kept.dtype).reshape(rows, -1, m)
-    np.put_along_axis(full, groups, kept.reshape(rows, -1, n), axis=-1)
-    return full.reshape(en.shape), {"n": n, "m": m, "indices": idx.reshape(rows, -1)}
-
-
-def _nm_compress(pt: PackedTensor, codes: np.ndarray, zp: np.ndarray, gran: dict, where: str) -> tuple[dict, np.ndarray, np.ndarray]:
-    """(manifest ``nm``, kept codes, indices) of a PackedTensor with ``nm``; refuses what would not round-trip."""
-    if not isinstance(pt.nm, dict) or set(pt.nm) != {"n", "m", "indices"}:
-        raise QPackError(f"{where}: nm must be a dict with keys n, m, indices")
-    n, m = (int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else -1 for v in (pt.nm["n"], pt.nm["m"]))
-    if not 1 <= n < m <= 256:
-        raise QPackError(f"{where}: invalid N:M n={pt.nm['n']!r}, m={pt.nm['m']!r} (need integers 1 <= n < m <= 256)")
-    try:
-        kept_count = nm_kept(codes.shape, n, m)
-    except ValueError as e:
-        raise QPackError(f"{where}: {e}") from e
-    idx = np.asarray(pt.nm["indices"])
-    rows = codes.shape[0]
-    if idx.dtype != np.uint8 or idx.shape != (rows, kept_count // rows):
-        raise QPackError(f"{where}: nm indices must be uint8 of shape {[rows, kept_count // rows]}, got {idx.dtype} {list(idx.shape)}")
-    groups = idx.reshape(rows, -1, n).astype(np.int64)
-    if idx.size and (int(idx.max()) >= m or (n > 1 and not np.all(np.diff(groups, axis=-1) > 0))):
-        raise QPackError(f"{where}: nm indices must be below m={m} and strictly ascending within each group")
-    try:
-        full_zp = np.array(expand_to(zp, gran, codes.shape)).reshape(rows, -1, m)
-    except (KeyError, TypeError, ValueError, IndexError) as e:
-        raise QPackError(f"{where}: cannot lay out zero points by granularity {gran!r}: {e}") from e
-    g = codes.reshape(rows, -1, m)
-    pruned = np.ones(g.shape, bool)
-    np.put_along_axis(pruned, groups, False, axis=-1)
-    if np.any(g[pruned] != full_zp[pruned]):
-        raise QPackError(f"{where}: codes outside the kept N:M positions are not the zero point (the values would be lost)")
-    kept = np.take_along_axis(g, groups, axis=-1).reshape(-1)
-    return {"n": n, "m": m}, kept, idx.reshape(-1)
 
 
 # --------------------------------------------------------------------------- writing
@@ -402,7 +286,7 @@ def _encode(pt: PackedTensor, label: str) -> tuple[dict, dict[str, np.ndarray]]:
     width = field_width(bits)
     nm = None
     if pt.nm is not None:
-        nm, kept, idx = _nm_compress(pt, codes, zp, gran, where)
+        nm, kept, idx = nm_compress(pt, codes, zp, gran, where)
         tensors = {"codes": pack_bits(kept, bits), "scale": scale, "nm_indices": pack_bits(idx, nm_index_bits(nm["m"]))}
     else:
         tensors = {"codes": pack_bits(codes, bits), "scale": scale}
@@ -578,60 +462,3 @@ def read_qpack(path: str) -> QPack:
         raise
     except BaseException as e:  # noqa: B036  (pyo3 panics derive from BaseException)
         raise QPackError(f"{label}: unreadable qpack file ({type(e).__name__}: {e})") from e
-
-
-# --------------------------------------------------------------------------- inspection
-
-
-def stored_bytes(pt: PackedTensor) -> int:
-    """Bytes a packed tensor takes in a qpack: packed codes, scales, non-zero zero points, extras."""
-    count = np.asarray(pt.codes).size
-    if pt.nm is not None:
-        count = count // pt.nm["m"] * pt.nm["n"]
-    n = packed_length(count, pt.bits) + np.asarray(pt.scale).nbytes
-    if np.any(np.asarray(pt.zero_point) != 0):
-        n += np.asarray(pt.zero_point).size
-    if pt.codebook is not None:
-        n += np.asarray(pt.codebook).nbytes
-    if pt.nm is not None:
-        n += packed_length(count, nm_index_bits(pt.nm["m"]))
-    return int(n)
-
-
-def _gran_str(g: dict) -> str:
-    if g.get("kind") == "per_channel":
-        return f"per-channel(axis={g['axis']})"
-    if g.get("kind") == "per_group":
-        return f"per-group({g['size']}" + (f", axis={g['axis']})" if "axis" in g else ")")
-    return "per-tensor"
-
-
-def describe_qpack(path: str) -> str:
-    """A table of a qpack file's tensors: bits, granularity, shape, bytes stored, fp32 bytes / stored."""
-    qp = read_qpack(path)
-    rows = []
-    for name, pt in sorted(qp.packed.items()):
-        kind = ("int" if pt.qmin < 0 else "uint") + str(pt.bits) + (" codebook" if pt.codebook is not None else "")
-        kind += f" {pt.nm['n']}:{pt.nm['m']}" if pt.nm is not None else ""
-        rows.append((name, kind, _gran_str(pt.granularity), list(pt.codes.shape), stored_bytes(pt), 4 * pt.codes.size))
-    for name, a in qp.floats.items():
-        rows.append((name, a.dtype.name, "-", list(a.shape), a.nbytes, 4 * a.size))
-    size = os.path.getsize(path)
-    stored, fp32 = sum(r[4] for r in rows), sum(r[5] for r in rows)
-
-    def ratio(fp: int, st: int) -> str:
-        return f"{fp / st:.2f}x" if st else "-"
-
-    cells = [("tensor", "bits", "granularity", "shape", "bytes", "ratio")]
-    cells += [(n, k, g, "x".join(map(str, s)) or "()", str(b), ratio(f, b)) for n, k, g, s, b, f in rows]
-    cells.append(("total", f"{len(qp.packed)} packed", f"{len(qp.floats)} plain", "", str(stored), ratio(fp32, stored)))
-    widths = [max(len(r[i]) for r in cells) for i in range(6)]
-    lines = ["  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.insert(len(lines) - 1, lines[1])
-    recipe = qp.meta.get("recipe", "?")
-    if isinstance(recipe, dict):
-        recipe = recipe.get("name", json.dumps(recipe, sort_keys=True))
-    lines.append(f"file {size} bytes ({size - stored} header), fp32 {fp32} bytes, {ratio(fp32, size)} overall")
-    lines.append(f"recipe {recipe}, written by qgraph {qp.version}")
-    return "\n".join(lines)

@@ -169,7 +169,7 @@ def inspect_cmd(
     is_file = os.path.exists(target)
     try:
         if is_file and target.endswith(".qpack"):
-            from qgraph.backends.qpack import describe_qpack
+            from qgraph.backends.qpack_describe import describe_qpack
 
             typer.echo(describe_qpack(target))
             if model is None:

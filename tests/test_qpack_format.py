@@ -1,4 +1,4 @@
-"""qpack, the packed-weight file format (backends/qpack.py, docs/qpack.md).
+"""qpack, the packed-weight file format (backends/qpack*.py, docs/qpack.md).
 
 Round trips (bits 2..8, signed/unsigned, every granularity, float16 scales, padding), the bit order
 (against ONNX/ml_dtypes int4 packing and a hand-worked byte example), determinism across processes,
@@ -27,10 +27,10 @@ from qgraph.backends.qpack import (
     pack_bits,
     packed_length,
     read_qpack,
-    stored_bytes,
     unpack_bits,
     write_qpack,
 )
+from qgraph.backends.qpack_describe import stored_bytes
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
