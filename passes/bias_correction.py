@@ -53,6 +53,10 @@ def _weight_node(node: fx.Node):
     return node.args[2] if node.target in ADDMM else node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
 
 
+def _is_quantizer(gm: fx.GraphModule, node: fx.Node) -> bool:
+    return node.op == "call_module" and isinstance(gm.get_submodule(node.target), FakeQuantize)
+
+
 def _weight_quantized(gm: fx.GraphModule, node: fx.Node) -> bool:
     w = _weight_node(node)
     if not (isinstance(w, fx.Node) and w.op == "call_module"):
@@ -135,8 +139,8 @@ def bias_grid(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:
     if node.target in CONV_TRANSPOSE:
         return None
     x, w = (node.args[1], node.args[2]) if node.target in ADDMM else (node.args[0], _weight_node(node))
-    while isinstance(x, fx.Node) and x.op != "call_module" and is_passthrough(gm, x) and x.args and isinstance(x.args[0], fx.Node):
-        x = x.args[0]
+    while isinstance(x, fx.Node) and not _is_quantizer(gm, x) and is_passthrough(gm, x) and x.args and isinstance(x.args[0], fx.Node):
+        x = x.args[0]  # max-pool, reshape, ...: ops that keep their input's grid
     if not (isinstance(x, fx.Node) and x.op == "call_module" and isinstance(w, fx.Node) and w.op == "call_module"):
         return None
     qx, qw = gm.get_submodule(x.target), gm.get_submodule(w.target)
