@@ -83,13 +83,13 @@ def run_qgraph(model, entry, recipe: str, x: tuple, calib: list, xe: list, ref, 
     r.update(route=cap.route, leaves=len(cap.leaves), leaf_reasons=cap.leaves, notes=cap.notes,
              weights_quantized=sum(q.role == "weight" for q in qm.quantizers().values()),
              ops=sum(ANNOTATION_KEY in n.meta for n in qm.qgraph.graph.nodes), quantize_s=time.perf_counter() - t0)
-    with torch.no_grad():
+    with torch.no_grad(), qm.frozen():
         r.update(fidelity(ref, torch.cat([first_tensor(qm(*b)) for b in xe]), entry.task))
     path = os.path.join(out_dir, f"{entry.name.replace('/', '__')}_{recipe}")
     t1 = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), qm.frozen():
         default_tol = qm._default_tolerance(qm(*x))
-    r["drift"] = drift = self_divergence(qm, x)
+        r["drift"] = drift = self_divergence(qm, x)
     r["default_tolerance"] = default_tol
     try:
         res = qm.export(path, formats=("onnx",), tolerance=max(default_tol, DRIFT_FACTOR * drift), dynamic_batch=False)

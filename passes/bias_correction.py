@@ -35,7 +35,7 @@ from qgraph.capture import as_input_tuple
 from qgraph.errors import InputError
 from qgraph.granularity import PerTensor
 from qgraph.ops import ADDMM, CONV, CONV_TRANSPOSE, LINEAR, is_passthrough, module_path
-from qgraph.quantizer import FakeQuantize
+from qgraph.quantizer import FakeQuantize, frozen_weights
 
 MAX_SAMPLES = 128  # calibration samples the correction uses (one batch: the layer means are exact over it)
 
@@ -270,7 +270,7 @@ class BiasCorrectionPass(QPass):
         was_training = gm.training
         gm.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), frozen_weights(gm):  # the weights are fixed here: fake-quantize each once
                 how = self._correct(gm, [pr for _, pr, _ in probes], batches, quantizers, modes)
         finally:
             for q, mode in zip(quantizers, modes):
