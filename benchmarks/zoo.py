@@ -195,7 +195,7 @@ def table(rows: list[dict], recipes: list[str], peers: bool) -> str:
                 lines.append("| " + " | ".join(cells) + " |")
                 continue
             cap = r["route"] + (f" +{r['leaves']} leaf" if r.get("leaves") else "")
-            export = ("ok" if r.get("default_ok", True) else "ok (drift)") if r.get("export_ok") else "FAIL"
+            export = ("ok" if r.get("grid_ok", r.get("default_ok", True)) else "ok (drift)") if r.get("export_ok") else "FAIL"
             err = f"{_f(r.get('ort_max_err'), '.2g')} / {_f(r.get('tolerance'), '.2g')}"
             top1 = _f(r.get("top1"), ".0%")
             if fp.get("degenerate"):
@@ -233,7 +233,7 @@ def compact_table(rows: list[dict], peers: bool) -> str:
             cells = [row["model"], q["error"][:100], "", "", "", "", "NO"]
         else:
             top1 = _f(q.get("top1"), ".0%") + (" (near-const.)" if fp.get("degenerate") else "")
-            export = ("ok" if q.get("default_ok", True) else "ok (drift)") if q.get("export_ok") else "FAIL"
+            export = ("ok" if q.get("grid_ok", q.get("default_ok", True)) else "ok (drift)") if q.get("export_ok") else "FAIL"
             cap = q["route"] + (f" +{q['leaves']} leaf" if q.get("leaves") else "")
             cells = [row["model"], cap, f"{q['weights_quantized']}/{q['weights_total']}", export, _f(q.get("sqnr_db"), ".1f"), top1,
                      "yes" if ok else "NO"]

@@ -5,9 +5,10 @@ For one zoo model at ``w8a8`` (same build, warm-up and calibration as ``benchmar
 1. Output differences on the export check's inputs: qgraph vs ONNX Runtime with its QDQ fusion
    (integer kernels, what the export check runs), qgraph vs ONNX Runtime without graph
    optimizations (float ops between QuantizeLinear/DequantizeLinear), and the two ONNX Runtime
-   runs against each other; against the export check's default tolerance (3 output steps + 1e-4
-   of the range) and the zoo's self-divergence (largest output change under relative 1e-6 input
-   noise, ``zoo_worker.self_divergence``, over ``--trials`` draws).
+   runs against each other; against the export check's default tolerance and its two terms
+   (``qgraph.export_tolerance``: 3 output steps + 1e-4 of the range; twice the rounding drift, the
+   largest output change under relative 1e-6 noise at every activation quantizer), with the drift
+   over ``--trials`` draws.
 2. Layer by layer (unoptimized ONNX Runtime, every QuantizeLinear output read back; qgraph's
    activation quantizers in graph order): how many integer codes differ, by how much, and for the
    first layer that differs, how close qgraph's pre-rounding values of the differing codes are to a
@@ -31,6 +32,7 @@ import torch
 
 from benchmarks.zoo_models import WARMUP_MODES, bn_warmup, zoo
 from benchmarks.zoo_worker import CALIB_BATCHES
+from qgraph.export_tolerance import export_tolerance, rounding_drift
 
 
 def _session(path: str, optimize: bool) -> ort.InferenceSession:
@@ -79,12 +81,12 @@ def analyse(name: str, warmup: str, trials: int, out_dir: str, eps: float) -> No
     fused = _session(onnx_path, True).run(None, feeds(_session(onnx_path, True)))[0]
     plain_sess = _session(onnx_path, False)
     plain = plain_sess.run(None, feeds(plain_sess))[0]
-    tol = qm._default_tolerance(torch.from_numpy(ref))
+    tol = export_tolerance(qm, x, torch.from_numpy(ref))
     div = _divergences(qm, x, trials, eps)
     print(f"\n## {name} (w8a8, BatchNorm warm-up {warmup}, outputs up to {np.abs(ref).max():.3g})")
     print(f"max |qgraph - ORT fused| {np.abs(ref - fused).max():.3g}; |qgraph - ORT unoptimized| {np.abs(ref - plain).max():.3g}; "
           f"|ORT fused - ORT unoptimized| {np.abs(fused - plain).max():.3g}")
-    print(f"default tolerance {tol:.3g}; self-divergence (largest output change, relative noise {eps:g} at every quantizer), "
+    print(f"default tolerance {tol.value:.3g} (grid {tol.grid:.3g}, drift {tol.drift:.3g}); rounding drift (largest output change, relative noise {eps:g} at every quantizer), "
           f"max over the first {', '.join(map(str, div))} draws: " + ", ".join(f"{v:.3g}" for v in div.values()))
     print(f"top-1 qgraph vs ORT fused {float((ref.argmax(-1) == fused.argmax(-1)).mean()):.0%}")
 
@@ -134,10 +136,9 @@ def analyse(name: str, warmup: str, trials: int, out_dir: str, eps: float) -> No
 
 
 def _divergences(qm, x: tuple, trials: int, eps: float) -> dict[int, float]:
-    """``zoo_worker.self_divergence`` over the first k draws, for k = 1, 2, 4 and ``trials``."""
-    from benchmarks.zoo_worker import self_divergence
-
-    return {k: self_divergence(qm, x, eps=eps, trials=k) for k in sorted({1, 2, 4, trials})}
+    """``qgraph.export_tolerance.rounding_drift`` over the first k draws, for k = 1, 2, 4 and ``trials``."""
+    with torch.no_grad(), qm.frozen():
+        return {k: rounding_drift(qm, x, eps=eps, trials=k) for k in sorted({1, 2, 4, trials})}
 
 
 def main(argv=None) -> int:
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
     ap.add_argument("models", nargs="+")
     ap.add_argument("--bn-warmup", default="mean", choices=WARMUP_MODES)
     ap.add_argument("--trials", type=int, default=8)
-    ap.add_argument("--eps", type=float, default=1e-6, help="relative noise at every quantizer input (zoo_worker.self_divergence)")
+    ap.add_argument("--eps", type=float, default=1e-6, help="relative noise at every quantizer input (qgraph.export_tolerance.rounding_drift)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as d:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from qgraph.errors import ExportError, ExportMismatchError
+from qgraph.export_tolerance import export_tolerance
 from qgraph.graph import QGraph
 from qgraph.primitives import dequantize_affine
 from qgraph.quantizer import FakeQuantize, frozen_weights
@@ -30,6 +31,7 @@ class ExportResult:
     dynamic_batch: bool = False
     qpack_path: str | None = None
     qpack_bytes: int = 0
+    drift: float | None = None  # the model's own rounding drift behind a default tolerance (qgraph.export_tolerance)
 
     def __str__(self) -> str:
         parts = []
@@ -191,8 +193,9 @@ class QModel(nn.Module):
         """Write ``path.onnx`` and/or ``path.qpack`` (``formats``), plus ``path.report.json``.
 
         ONNX: ONNX Runtime runs the file on the example inputs; if its outputs differ from this
-        model's by more than ``tolerance`` (default: 3 steps of the coarsest activation grid plus 1e-4
-        of the output range) or top-1 agreement is below ``min_top1``, :class:`ExportMismatchError` is
+        model's by more than ``tolerance`` (default: the larger of 3 steps of the coarsest output grid plus
+        1e-4 of the output range, and twice the output change that float-rounding noise at every
+        activation quantizer causes; see :mod:`qgraph.export_tolerance`) or top-1 agreement is below ``min_top1``, :class:`ExportMismatchError` is
         raised (the file stays on disk for inspection). ``dynamic_batch``: let the batch dimension vary
         where the graph allows (``ExportResult.dynamic_batch`` says whether it does).
         qpack: the file is read back and every rebuilt weight must equal this model's fake-quantized
@@ -253,7 +256,10 @@ class QModel(nn.Module):
             return None
         sess = ort_backend.session(onnx_path, matmulnbits_accuracy_level=0)
         outputs = ort_backend.run(sess, args)
-        result.tolerance = tolerance if tolerance is not None else self._default_tolerance(expected)
+        if tolerance is None:
+            default = export_tolerance(self, args, expected)
+            tolerance, result.drift = default.value, default.drift
+        result.tolerance = tolerance
         agreement = ort_backend.compare(expected, outputs, tie_tolerance=result.tolerance)
         result.max_abs_error, result.top1_agreement = agreement.max_abs_error, agreement.top1_agreement
         return agreement
@@ -276,37 +282,6 @@ class QModel(nn.Module):
                                             torch.from_numpy(p.zero_point.astype("float32")), p.qmin, p.qmax, q.spec.granularity)
                 if weight is not None and not torch.equal(rebuilt, q(weight)):
                     raise ExportError(f"qpack round trip changed weight {key}: rebuilt values differ from the fake-quantized weight")
-
-    def _default_tolerance(self, expected) -> float:
-        """Three steps of the activation grids nearest the outputs, plus 1e-4 of the output range.
-
-        Integer kernels round once per op where the fake-quantized model rounds after float math;
-        such one-step differences reach the output scaled by at most a few steps of the last grids.
-        """
-        from torch.utils import _pytree as pytree
-
-        leaves = [t for t in pytree.tree_leaves(expected) if isinstance(t, torch.Tensor) and t.numel()]
-        output_range = max((float(t.detach().abs().max()) for t in leaves), default=0.0)
-        step = max((q.scale_range()[1] for q in self._output_quantizers()), default=0.0)
-        return 3 * step + 1e-4 * output_range + 1e-5
-
-    def _output_quantizers(self) -> list[FakeQuantize]:
-        """The activation quantizers nearest the graph outputs (walking back through float ops)."""
-        found, seen = [], set()
-        frontier = [n for n in self.qgraph.graph.nodes if n.op == "output"]
-        while frontier:
-            node = frontier.pop()
-            for inp in node.all_input_nodes:
-                if inp in seen:
-                    continue
-                seen.add(inp)
-                mod = self.qgraph.get_submodule(inp.target) if inp.op == "call_module" else None
-                if isinstance(mod, FakeQuantize):
-                    if mod.role == "activation" and mod.initialized:
-                        found.append(mod)
-                    continue
-                frontier.append(inp)
-        return found
 
     def _write_report(self, result: ExportResult) -> None:
         rows = self.summary_rows()

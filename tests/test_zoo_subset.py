@@ -201,11 +201,11 @@ def test_bn_warmup_modes(mode):
             assert torch.allclose(out.var((0, 2, 3)), torch.ones(8), atol=0.05)
 
 
-def test_self_divergence_reaches_the_output_through_rounding_ties():
+def test_rounding_drift_reaches_the_output_through_rounding_ties():
     """Float noise at every activation quantizer's input flips codes at ties; the flips reach the output."""
-    from benchmarks.zoo_worker import self_divergence
+    from qgraph.export_tolerance import rounding_drift
 
     model, x = _mha_block()
     qm = qgraph.quantize(model, x, "w8a8")
-    assert self_divergence(qm, (x,), eps=0.0) == 0.0
-    assert 0 < self_divergence(qm, (x,), eps=1e-3) < 0.05
+    assert rounding_drift(qm, (x,), eps=0.0) == 0.0
+    assert 0 < rounding_drift(qm, (x,), eps=1e-3) < 0.05

@@ -1,0 +1,111 @@
+"""How far ONNX Runtime may differ from the fake-quantized model before an export counts as wrong.
+
+Two correct runtimes compute every op's float math in a different order (ONNX Runtime's integer
+kernels, its float kernels, PyTorch), so their results differ by a few float32 ulps, and every code
+whose pre-rounding value lies that close to ``k + 0.5`` rounds the other way, by one step. A flipped
+code perturbs the next layers' sums and flips more: vgg16_bn differs from ONNX Runtime in 2 of its
+98,304 input codes (exact ties) and in 58 of its 80 output codes, by up to 5 steps
+(``benchmarks/zoo_export_drift.py``). The default tolerance is the larger of
+
+* **grid**: ``GRID_STEPS`` steps of the activation grids nearest the outputs plus ``RANGE_FRACTION``
+  of the output range (one-step differences in the last quantized ops, float ops after them), and
+* **drift**: ``DRIFT_FACTOR`` times the model's own divergence when every activation quantizer's input
+  is multiplied by ``1 + DRIFT_EPS * N(0, 1)`` (``DRIFT_TRIALS`` independent draws): the same
+  tie-flip mechanism, simulated. ``DRIFT_EPS`` = 1e-6 is about 8 float32 ulps, a conv's
+  accumulation of a few hundred products.
+
+Both terms scale with the outputs, so the check means as much for logits of 1e-11 as for logits of
+10: there is no absolute floor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils import _pytree as pytree
+
+from qgraph.quantizer import FakeQuantize
+
+GRID_STEPS = 3
+RANGE_FRACTION = 1e-4
+DRIFT_FACTOR = 2.0
+DRIFT_EPS = 1e-6
+DRIFT_TRIALS = 4
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    value: float  # max(grid, DRIFT_FACTOR * drift)
+    grid: float
+    drift: float
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.numel()]
+
+
+def output_quantizers(gm: torch.fx.GraphModule) -> list[FakeQuantize]:
+    """The activation quantizers nearest the graph outputs (walking back through float ops)."""
+    found, seen = [], set()
+    frontier = [n for n in gm.graph.nodes if n.op == "output"]
+    while frontier:
+        node = frontier.pop()
+        for inp in node.all_input_nodes:
+            if inp in seen:
+                continue
+            seen.add(inp)
+            mod = gm.get_submodule(inp.target) if inp.op == "call_module" else None
+            if isinstance(mod, FakeQuantize):
+                if mod.role == "activation" and mod.initialized:
+                    found.append(mod)
+                continue
+            frontier.append(inp)
+    return found
+
+
+def grid_tolerance(gm: torch.fx.GraphModule, expected) -> float:
+    """``GRID_STEPS`` steps of the output grids plus ``RANGE_FRACTION`` of the largest output magnitude."""
+    output_range = max((float(t.detach().abs().max()) for t in _tensors(expected)), default=0.0)
+    step = max((q.scale_range()[1] for q in output_quantizers(gm)), default=0.0)
+    return GRID_STEPS * step + RANGE_FRACTION * output_range
+
+
+def rounding_drift(model: torch.nn.Module, args: tuple, expected=None, eps: float = DRIFT_EPS, trials: int = DRIFT_TRIALS,
+                   seed: int = 0) -> float:
+    """The largest output change over ``trials`` runs of ``model(*args)`` in which the input of every
+    activation quantizer is multiplied by ``1 + eps * N(0, 1)`` (independent draws, seeded).
+    0 when the model has no activation quantizers (weight-only: its codes are fixed)."""
+    acts = [m for m in model.modules() if isinstance(m, FakeQuantize) and m.role == "activation"]
+    if not acts:
+        return 0.0
+    g = torch.Generator().manual_seed(seed)
+
+    def jitter(m, inputs):
+        a = inputs[0]
+        if not (isinstance(a, torch.Tensor) and a.is_floating_point()):
+            return None
+        noise = torch.randn(a.shape, generator=g).to(device=a.device, dtype=a.dtype)
+        return (a * (1 + eps * noise),) + tuple(inputs[1:])
+
+    worst = 0.0
+    with torch.no_grad():
+        ref = _tensors(model(*args) if expected is None else expected)
+        for _ in range(trials):
+            hooks = [m.register_forward_pre_hook(jitter) for m in acts]
+            try:
+                got = _tensors(model(*args))
+            finally:
+                for h in hooks:
+                    h.remove()
+            worst = max([worst] + [float((a.float() - b.float()).abs().max()) for a, b in zip(ref, got)])
+    return worst
+
+
+def export_tolerance(qm, args: tuple, expected) -> Tolerance:
+    """The default tolerance of ``QModel.export``'s ONNX check for ``qm`` on ``args`` (module docstring).
+    ``expected`` is ``qm(*args)``."""
+    grid = grid_tolerance(qm.qgraph, expected)
+    with torch.no_grad(), qm.frozen():
+        drift = rounding_drift(qm, args, expected)
+    return Tolerance(max(grid, DRIFT_FACTOR * drift), grid, drift)
