@@ -7,8 +7,9 @@ code perturbs the next layers' sums and flips more: vgg16_bn differs from ONNX R
 98,304 input codes (exact ties) and in 58 of its 80 output codes, by up to 5 steps
 (``benchmarks/zoo_export_drift.py``). The default tolerance is the larger of
 
-* **grid**: ``GRID_STEPS`` steps of the activation grids nearest the outputs plus ``RANGE_FRACTION``
-  of the output range (one-step differences in the last quantized ops, float ops after them), and
+* **grid**: ``GRID_STEPS`` steps of the activation grids the outputs are on (none when a float op
+  computes them) plus ``RANGE_FRACTION`` of the output range (one-step differences in the last
+  quantized ops, float rounding), and
 * **drift**: ``DRIFT_FACTOR`` times the model's own divergence when every activation quantizer's input
   is multiplied by ``1 + DRIFT_EPS * N(0, 1)`` (``DRIFT_TRIALS`` independent draws): the same
   tie-flip mechanism, simulated. ``DRIFT_EPS`` = 1e-6 is about 8 float32 ulps, a conv's
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils import _pytree as pytree
 
+from qgraph.ops import is_fusable_activation, is_passthrough
 from qgraph.quantizer import FakeQuantize
 
 GRID_STEPS = 3
@@ -46,7 +48,9 @@ def _tensors(out) -> list[torch.Tensor]:
 
 
 def output_quantizers(gm: torch.fx.GraphModule) -> list[FakeQuantize]:
-    """The activation quantizers nearest the graph outputs (walking back through float ops)."""
+    """The activation quantizers whose grid the graph outputs are on: reached from the outputs back
+    through ops that only move or select values (reshape, flatten, max pooling, ReLU). An output
+    computed by a float op (a classifier head whose result stays float, a softmax) is on no grid."""
     found, seen = [], set()
     frontier = [n for n in gm.graph.nodes if n.op == "output"]
     while frontier:
@@ -59,8 +63,8 @@ def output_quantizers(gm: torch.fx.GraphModule) -> list[FakeQuantize]:
             if isinstance(mod, FakeQuantize):
                 if mod.role == "activation" and mod.initialized:
                     found.append(mod)
-                continue
-            frontier.append(inp)
+            elif is_passthrough(gm, inp) or is_fusable_activation(gm, inp):
+                frontier.append(inp)
     return found
 
 
