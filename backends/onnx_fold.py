@@ -23,7 +23,10 @@ Then rewrites for ONNX Runtime's fusions (:func:`prepare_for_onnxruntime`):
    Runtime fuses into Gemm) gets its bias added by ``Sum`` instead of ``Add``: ONNX Runtime would
    otherwise fuse MatMul + Add into Gemm and Gemm + Relu into FusedGemm before it fuses the
    DequantizeLinear into MatMulNBits, and the layer would run as float GEMM on weights dequantized
-   at every run.
+   at every run. The same for an integer ``DQ(x), DQ(W) → MatMul → Add(bias)`` with no
+   ``QuantizeLinear`` after it (a linear whose result stays float, e.g. a classifier head): as Sum
+   it runs as ``MatMulIntegerToFloat``; as Gemm, ONNX Runtime 1.32 fuses no QDQ Gemm without an
+   output ``Q`` and runs a float Gemm.
 7. A weight-only conv's per-channel ``DequantizeLinear`` becomes ``Mul(Cast(codes → float), scale)``
    (with a ``Sub`` of the zero point when it is not 0): the same float arithmetic, but plain ops that
    ONNX Runtime constant-folds when it loads the model, so the conv runs at FP32 speed on float
@@ -302,7 +305,7 @@ def _int8_compute_for_packed_weights(model: onnx.ModelProto) -> int:
 
 
 def _keep_matmul_for_matmulnbits(model: onnx.ModelProto) -> int:
-    """Rule 6: bias ``Sum`` instead of ``Add`` between a weight-only MatMul and a Gemm-fusable activation."""
+    """Rule 6: bias ``Sum`` instead of ``Add`` where ONNX Runtime would fuse MatMul + Add into a float Gemm."""
     gr = _Graph(model.graph)
     changed = 0
     for add in gr.g.node:
@@ -311,16 +314,28 @@ def _keep_matmul_for_matmulnbits(model: onnx.ModelProto) -> int:
         mm = next((gr.producer.get(i) for i in add.input if i not in gr.inits), None)
         if mm is None or mm.op_type != "MatMul" or not any(i in gr.inits for i in add.input):
             continue
-        if len(gr.users.get(mm.output[0], [])) != 1 or gr.dequantized(mm.input[0]):
+        if len(gr.users.get(mm.output[0], [])) != 1:
             continue
         dq = gr.producer.get(mm.input[1])
-        if dq is None or gr.weight_dq(dq, _RANGE) is None:
+        if dq is None or not _dequantizes_codes(gr, dq):
             continue
         after = gr.users.get(add.output[0], [])
-        if len(after) == 1 and after[0].op_type in _GEMM_ACTIVATIONS and add.output[0] not in gr.outputs:
+        if gr.dequantized(mm.input[0]):  # integer MatMul with a float result (MatMulIntegerToFloat)
+            gemm_would_take_it = not any(u.op_type == "QuantizeLinear" for u in after)
+        else:  # weight-only MatMul (MatMulNBits)
+            gemm_would_take_it = len(after) == 1 and after[0].op_type in _GEMM_ACTIVATIONS and add.output[0] not in gr.outputs
+        if gemm_would_take_it:
             add.op_type = "Sum"
             changed += 1
     return changed
+
+
+def _dequantizes_codes(gr: _Graph, dq: onnx.NodeProto) -> bool:
+    """``dq`` dequantizes weight codes: an integer initializer, or one that rule 5 widens by a Cast."""
+    if gr.weight_dq(dq, _RANGE) is not None:
+        return True
+    cast = gr.producer.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
+    return cast is not None and cast.op_type == "Cast" and cast.input[0] in gr.inits
 
 
 def _foldable_weight_only_convs(model: onnx.ModelProto) -> int:

@@ -16,7 +16,10 @@ Rules:
    when it reaches another integer op the same way: ONNX Runtime runs ``DQ → MatMul`` without a
    ``Q`` after it as an integer kernel with a float result (``MatMulIntegerToFloat``), so a ``Q`` in
    front of a float op (LayerNorm, GELU, softmax) would only round once more. Convs and 2-D linears
-   keep theirs: ``QLinearConv`` and ``QGemm`` need ``DQ → op → Q``.
+   keep theirs (``QLinearConv`` and ``QGemm`` need ``DQ → op → Q``), except a 2-D linear whose
+   result is a model output (a classifier head): a last ``Q`` would only round the outputs once more
+   (0.2–1.3 dB of output SQNR on zoo classifiers), and as ``MatMulIntegerToFloat`` (the lower pass
+   and ``backends.onnx_fold`` rule 6) it still runs on integers (recorded as ``float result``).
 7. Weight-only ops: embeddings (a table lookup: per-row int8 weights, the rows it gathers stay
    float), Conv/Linear weights read by calls qgraph does not know (annotated on their ``get_attr``,
    e.g. torchvision's ``shifted_window_attention``) and ``nn.MultiheadAttention`` modules the
@@ -38,7 +41,7 @@ from torch.fx.passes.infra.pass_base import PassResult
 
 from qgraph.errors import UnsupportedOpError, node_context
 from qgraph.granularity import PerChannel, PerGroup, PerTensor
-from qgraph.ops import WEIGHT_ONLY_KINDS, classify, owner_type, reaches_integer_op, tensor_meta
+from qgraph.ops import WEIGHT_ONLY_KINDS, classify, feeds_model_output, owner_type, reaches_integer_op, tensor_meta
 from qgraph.qspec import QSpec
 from qgraph.recipes import Recipe
 
@@ -81,7 +84,11 @@ class AnnotatePass(QPass):
                 activation = None
             if weight is not None:
                 weight = self._fit_weight(gm, node, info, weight)
-            output = activation is not None and (info.kind not in FLOAT_OUTPUT_KINDS or _rank(node) == 2 or reaches_integer_op(gm, node))
+            output = activation is not None and (info.kind not in FLOAT_OUTPUT_KINDS or reaches_integer_op(gm, node)
+                                                 or _rank(node) == 2 and not feeds_model_output(gm, node))
+            if activation is not None and not output and info.kind == "linear" and _rank(node) == 2:
+                self.record("float result", node, info.module_path, "linear: its result is a model output, kept float "
+                                                                    "(a last Q would only round the outputs; ONNX Runtime: MatMulIntegerToFloat)")
             node.meta[ANNOTATION_KEY] = Annotation(info.kind, info.module_path, weight, activation, output)
             parts = [f"weight {weight.describe()}" if weight else "", f"activation {activation.describe()}" if activation else ""]
             self.record("annotated", node, info.module_path, f"{info.kind}: " + ", ".join(p for p in parts if p))

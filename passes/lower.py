@@ -7,7 +7,8 @@ Rewrite rules (run on a copy of the quantized graph, just before ONNX export):
    quantizer's scale and zero point, so the exporter writes integer initializers. The result is
    bit-identical to the fake-quantized weight.
 2. Weight-only linear ``linear(x, dequantize(W_int), b)`` with per-group or per-output-channel
-   weights becomes ``matmul(x, dequantize(W_intᵀ)) + b`` (blocks along axis 0, or one scale per
+   weights, and a linear with quantized input whose result stays float (annotate rule 6: ONNX
+   Runtime's ``MatMulIntegerToFloat``), becomes ``matmul(x, dequantize(W_intᵀ)) + b`` (blocks along axis 0, or one scale per
    column on axis 1): the ``DequantizeLinear → MatMul`` pattern ONNX Runtime fuses into
    MatMulNBits (2, 4 or 8 bits). As ``linear`` it would stay a float Gemm that dequantizes its
    weight at every run.
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import torch
 import torch.fx as fx
-from qgraph.passes.base import QPass
+from qgraph.passes.base import ANNOTATION_KEY, QPass
 from qgraph.passes.insert_quantizers import is_quantizer_node
 from torch.fx.passes.infra.pass_base import PassResult
 
@@ -58,7 +59,7 @@ class LowerPass(QPass):
                 and users[0].op == "call_function"
                 and users[0].target in LINEAR
                 and codes.dim() == 2
-                and _weight_only(gm, users[0])
+                and (_weight_only(gm, users[0]) or _float_result(users[0]))
             )
             if transpose and group:  # blocks along K: scale [N, K/g] -> [K/g, N]
                 codes, scale, zp, axis = codes.t().contiguous(), scale.t().contiguous(), zp.t().contiguous(), 0
@@ -92,6 +93,14 @@ class LowerPass(QPass):
                 if detail:
                     self.record("lowered", name, getattr(mod, "where", name), detail)
         return self.finish(gm, modified)
+
+
+def _float_result(linear: fx.Node) -> bool:
+    """A w8a8-style linear whose result stays float (annotate rule 6): as ``DequantizeLinear → MatMul``
+    ONNX Runtime runs it as ``MatMulIntegerToFloat``; as a Gemm without a ``Q`` after it, it would
+    stay a float Gemm that dequantizes its weight at every run."""
+    ann = linear.meta.get(ANNOTATION_KEY)
+    return ann is not None and ann.activation is not None and not ann.quantize_output
 
 
 def _is_param(gm, target: str) -> bool:

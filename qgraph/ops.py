@@ -201,6 +201,21 @@ def reaches_integer_op(gm: fx.GraphModule, node: fx.Node) -> bool:
     return False
 
 
+def feeds_model_output(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node``'s value is a graph output, directly or through ops that only move or select
+    values (flatten, reshape, dropout, …) or ReLU."""
+    seen, stack = set(), [node]
+    while stack:
+        n = stack.pop()
+        for u in n.users:
+            if u.op == "output":
+                return True
+            if u not in seen and (is_passthrough(gm, u) or is_fusable_activation(gm, u)):
+                seen.add(u)
+                stack.append(u)
+    return False
+
+
 def is_batch_norm(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == "call_function":
         return node.target in BATCH_NORM

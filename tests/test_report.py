@@ -128,7 +128,8 @@ def test_print_qgraph_reads_with_module_paths(digits_w8a8):
     text = str(digits_w8a8.qgraph)
     assert "\nfc1\n" in text and "quantize[int8 sym per-channel(axis=0)](fc1.weight)" in text
     assert re.search(r"linear = linear\(flatten, fc1_weight_quantizer, fc1\.bias\)  \[32, 32\]  linear w8a8", text)
-    assert text.splitlines()[-1] == "return fc2_output_quantizer"
+    assert text.splitlines()[-1] == "return linear_1"  # fc2: a classifier head, its result stays float (annotate rule 6)
+    assert "linear_1 = linear(fc1_output_quantizer, fc2_weight_quantizer, fc2.bias)" in text
 
 
 def test_report_of_a_bitswitch_model_carries_one_variant_per_bit_width(trained_cnn, example_batch, calib):
