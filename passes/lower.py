@@ -7,11 +7,11 @@ Rewrite rules (run on a copy of the quantized graph, just before ONNX export):
    quantizer's scale and zero point, so the exporter writes integer initializers. The result is
    bit-identical to the fake-quantized weight.
 2. Weight-only linear ``linear(x, dequantize(W_int), b)`` with per-group or per-output-channel
-   weights, and a linear with quantized input whose result stays float (annotate rule 6: ONNX
-   Runtime's ``MatMulIntegerToFloat``), becomes ``matmul(x, dequantize(W_intᵀ)) + b`` (blocks along axis 0, or one scale per
+   weights becomes ``matmul(x, dequantize(W_intᵀ)) + b`` (blocks along axis 0, or one scale per
    column on axis 1): the ``DequantizeLinear → MatMul`` pattern ONNX Runtime fuses into
-   MatMulNBits (2, 4 or 8 bits). As ``linear`` it would stay a float Gemm that dequantizes its
-   weight at every run.
+   MatMulNBits (2, 4 or 8 bits). So does a linear with a quantized input whose result stays float
+   (annotate rule 6), which ONNX Runtime fuses into ``MatMulIntegerToFloat``. As ``linear`` either
+   would stay a float Gemm that dequantizes its weight at every run.
 
 3. Leaf modules with a ``lower_for_export()`` method store their own integer codes (the ``W_qk``
    products of OFQ's query-key reparameterization, ``qgraph.ofq.QKRScores``).
