@@ -18,7 +18,7 @@ Rules:
    front of a float op (LayerNorm, GELU, softmax) would only round once more. Convs and 2-D linears
    keep theirs (``QLinearConv`` and ``QGemm`` need ``DQ → op → Q``), except a 2-D linear whose
    result is a model output (a classifier head): a last ``Q`` would only round the outputs once more
-   (0.2–1.3 dB of output SQNR on zoo classifiers), and as ``MatMulIntegerToFloat`` (the lower pass
+   (docs/architecture.md: +0.2 to +1.3 dB output SQNR on zoo classifiers, ad hoc), and as ``MatMulIntegerToFloat`` (the lower pass
    and ``backends.onnx_fold`` rule 6) it still runs on integers (recorded as ``float result``).
 7. Weight-only ops: embeddings (a table lookup: per-row int8 weights, the rows it gathers stay
    float), Conv/Linear weights read by calls qgraph does not know (annotated on their ``get_attr``,

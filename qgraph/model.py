@@ -193,10 +193,11 @@ class QModel(nn.Module):
         """Write ``path.onnx`` and/or ``path.qpack`` (``formats``), plus ``path.report.json``.
 
         ONNX: ONNX Runtime runs the file on the example inputs; if its outputs differ from this
-        model's by more than ``tolerance`` (default: the larger of 3 steps of the coarsest output grid plus
-        1e-4 of the output range, and twice the output change that float-rounding noise at every
-        activation quantizer causes; see :mod:`qgraph.export_tolerance`) or top-1 agreement is below ``min_top1``, :class:`ExportMismatchError` is
-        raised (the file stays on disk for inspection). ``dynamic_batch``: let the batch dimension vary
+        model's by more than ``tolerance`` or top-1 agreement is below ``min_top1``,
+        :class:`ExportMismatchError` is raised (the file stays on disk for inspection). The default
+        tolerance is the larger of 3 steps of the grids the outputs are on plus 1e-4 of the output
+        range, and twice the output change that float-rounding noise at every activation quantizer
+        causes (:mod:`qgraph.export_tolerance`; ``ExportResult.drift`` records that change). ``dynamic_batch``: let the batch dimension vary
         where the graph allows (``ExportResult.dynamic_batch`` says whether it does).
         qpack: the file is read back and every rebuilt weight must equal this model's fake-quantized
         weight bit for bit.
