@@ -8,11 +8,13 @@ The row is rewritten after every step, so a model that times out in a later step
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gc
 import json
 import os
 import sys
+import tempfile
 import time
 import traceback
 import warnings
@@ -185,21 +187,24 @@ def run_ort(model, entry, x: tuple, calib: list, xe: list, ref, out_dir: str) ->
 
     CalibrationDataReader.register(_Reader)
     t0 = time.perf_counter()
-    base = os.path.join(out_dir, entry.name.replace("/", "__"))
+    base = os.path.join(os.path.abspath(out_dir), entry.name.replace("/", "__"))
     r: dict = {"fp32_exporter": fp32_export(model, x, base + "_fp32.onnx")}
     r["fp32_export_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     src = base + "_fp32.onnx"
-    try:
-        quant_pre_process(src, base + "_pre.onnx", skip_symbolic_shape=False)
-        if not _runs_like(base + "_pre.onnx", model, x):
-            raise RuntimeError("the pre-processed file does not reproduce the float model")
-        src = base + "_pre.onnx"
-    except Exception as e:  # noqa: BLE001 - quantize the plain export instead
-        r["pre_process_error"] = _short(e)
-    names = [i.name for i in _ort_session(src).get_inputs()]
-    quantize_static(src, base + "_ort_qs.onnx", _Reader(names, calib), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    # ORT's quantization tools write uuid-named external-data files (100-350 MB on Swin) into the
+    # working directory and leave them there: give them a scratch directory that goes with the model
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix="ort_scratch_") as scratch, contextlib.chdir(scratch):
+        try:
+            quant_pre_process(src, base + "_pre.onnx", skip_symbolic_shape=False)
+            if not _runs_like(base + "_pre.onnx", model, x):
+                raise RuntimeError("the pre-processed file does not reproduce the float model")
+            src = base + "_pre.onnx"
+        except Exception as e:  # noqa: BLE001 - quantize the plain export instead
+            r["pre_process_error"] = _short(e)
+        names = [i.name for i in _ort_session(src).get_inputs()]
+        quantize_static(src, base + "_ort_qs.onnx", _Reader(names, calib), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     r["quantize_s"] = time.perf_counter() - t1
     r["export_ok"] = True  # its output is an ONNX file
     sess = _ort_session(base + "_ort_qs.onnx")
