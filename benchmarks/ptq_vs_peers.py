@@ -32,7 +32,7 @@ if ROOT not in sys.path:
 
 from benchmarks import common  # noqa: E402
 
-FUSED_OPS = ("QLinearConv", "QGemm", "QLinearMatMul", "QLinearAdd", "QLinearGlobalAveragePool", "QLinearAveragePool",
+FUSED_OPS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "Sum", "QLinearAdd", "QLinearGlobalAveragePool", "QLinearAveragePool",
              "MatMulInteger", "ConvInteger", "Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "Add", "MaxPool",
              "GlobalAveragePool", "QuantizeLinear", "DequantizeLinear", "Flatten", "Reshape", "Relu")
 

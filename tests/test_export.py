@@ -223,6 +223,9 @@ def test_dynamic_batch_export_runs_any_batch_size(tiny_w8a8, tmp_path):
         want = tiny_w8a8(x).numpy()
     assert got.shape == (37, 10)
     assert np.abs(got - want).max() <= result.tolerance
+    # the flatten's target shape is a constant [-1, 64], not computed from the input's shape at run time
+    ops = op_types(result.onnx_path)
+    assert ops["Reshape"] == 1 and not {"Shape", "Concat", "Squeeze", "Gather"} & set(ops), ops
 
 
 def test_static_batch_export_keeps_the_example_batch(tiny_w8a8, tmp_path):
