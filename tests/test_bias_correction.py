@@ -99,3 +99,36 @@ def test_qat_does_not_correct_or_add_biases():
     qm = qgraph.quantize(model, _data(1, 0)[0], "w8a8", calib_data=_data(2, 1), qat=True)
     assert not any(c.pass_name in ("bias_correction", "zero_bias") for c in qm.changes)
     assert qm.qgraph.get_submodule("a").bias is None
+
+
+def _corrections(qm) -> dict[str, str]:
+    return {c.node: c.detail for c in qm.changes if c.pass_name == "bias_correction" and c.action == "corrected"}
+
+
+class _FixedBatch(nn.Module):
+    """Control flow on the batch size: captured by torch.export, which fixes the batch size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(16, 32)
+        self.b = nn.Linear(32, 8)
+
+    def forward(self, x):
+        y = self.b(torch.relu(self.a(x)))
+        return y * 2 if x.shape[0] > 4 else y
+
+
+def test_a_fixed_batch_graph_is_corrected_batch_by_batch():
+    """The joined calibration batch does not fit a torch.export capture (its batch size is fixed): the
+    correction goes batch by batch, in rounds, and still brings the output means to the float model's."""
+    torch.manual_seed(0)
+    model, calib = _FixedBatch().eval(), _data(4, 2)
+    qm = qgraph.quantize(model, calib[0], "w2a16", calib_data=calib)
+    assert qm.qgraph.capture.route == "torch.export"
+    details = list(_corrections(qm).values())
+    assert len(details) == 2 and all("4 batches, 3 passes" in d for d in details), details
+    with torch.no_grad():
+        ref = torch.cat([model(b) for b in calib]).mean(0)
+        on = torch.cat([qm(b) for b in calib]).mean(0)
+        off = torch.cat([qgraph.quantize(model, calib[0], "w2a16(bias_correction=False)", calib_data=calib)(b) for b in calib]).mean(0)
+    assert (on - ref).abs().max() < 0.05 * (off - ref).abs().max(), (on - ref, off - ref)
