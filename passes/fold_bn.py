@@ -1,16 +1,23 @@
-"""FoldBatchNormPass: fold inference-mode BatchNorm into the convolution before it.
+"""FoldBatchNormPass: fold inference-mode BatchNorm, and other per-channel affine maps with constant
+coefficients, into the convolution (or linear layer) before it.
 
-Rewrite rules (``conv`` is a functional conv whose weight is a ``get_attr`` and whose only user
-is the BatchNorm):
+Rewrite rules (``conv`` / ``linear`` is a functional call whose weight is a ``get_attr`` used by no other
+call and whose only user is the op folded into it):
 
 1. ``conv → call_module BatchNorm{1,2,3}d`` (eval mode, tracked statistics)
 2. ``conv → F.batch_norm(x, mean, var, gamma, beta, training=False)`` (args as ``get_attr``)
 3. ``conv → aten.batch_norm`` / ``aten._native_batch_norm_legit_no_training`` (+ ``getitem 0``)
+4. ``conv|linear → mul(·, s) [→ add(·, t) | sub(·, t)]`` and ``conv|linear → add|sub(·, t)``, where ``s``
+   and ``t`` are constants (``get_attr`` tensors or numbers) that broadcast along the output channels
+   only. This is how symbolic tracing records torchvision's ``FrozenBatchNorm2d``, the norm of every
+   pretrained torchvision detection backbone (its statistics are buffers, so tracing bakes
+   ``x * scale + shift`` into two constants); also a per-feature scale (LayerScale) right after a linear.
 
-become ``conv`` with ``W' = W · γ/√(σ²+ε)`` (per output channel) and ``b' = (b − μ) · γ/√(σ²+ε) + β``.
-The new weight and bias replace the conv module's parameters (the model was copied before
-quantization, so the user's model is untouched). Folding is what lets ONNX Runtime fuse
-``DQ → Conv → Q`` into ``QLinearConv``.
+Each becomes the layer alone with ``W' = W · s`` (per output channel) and ``b' = b · s + t``; for a
+BatchNorm ``s = γ/√(σ²+ε)`` and ``t = β − μ·s``. The new weight and bias replace the layer's
+parameters (the model was copied before quantization, so the user's model is untouched). Folding is
+what lets ONNX Runtime fuse ``DQ → Conv → Q`` into ``QLinearConv``, and it saves the rounding of the
+unfolded result.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from qgraph.passes.base import QPass
 from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
 
-from qgraph.ops import BN_MODULES, CONV, classify
+from qgraph.ops import BN_MODULES, CONV, LINEAR, classify, module_path
 
 aten = torch.ops.aten
 _ATEN_BN = {getattr(aten.batch_norm, "default", None)} - {None}
@@ -53,47 +60,58 @@ class FoldBatchNormPass(QPass):
     def call(self, gm: fx.GraphModule) -> PassResult:
         modified = False
         for node in list(gm.graph.nodes):
-            stats = self._bn_stats(gm, node)
-            if stats is None:
+            if not node.users and node.op == "call_function":
+                continue  # already folded into a conv earlier in this loop
+            match = self._bn_match(gm, node) or _affine_match(gm, node)
+            if match is None:
                 continue
-            conv = node.args[0]
-            info = classify(gm, conv) if isinstance(conv, fx.Node) else None
-            if info is None or info.kind != "conv" or conv.target not in CONV or len(conv.users) != 1:
-                continue
+            layer, scale, shift, replace_node, what = match
+            info = classify(gm, layer)
             w_node, b_node = info.weight, info.bias
             w = _attr(gm, w_node)
-            if w is None or (b_node is not None and _attr(gm, b_node) is None):
-                continue
-            if any(u is not conv for u in w_node.users):
-                continue  # a shared weight cannot be folded for one user
-            mean, var, gamma, beta, eps, replace_node = stats
             with torch.no_grad():
-                inv = torch.rsqrt(var.float() + eps)
-                g = inv if gamma is None else gamma.float() * inv
-                new_w = w.detach() * g.reshape(-1, *([1] * (w.dim() - 1)))
+                new_w = w.detach() * scale.reshape(-1, *([1] * (w.dim() - 1))).to(w.dtype)
                 b = _attr(gm, b_node)
-                b = torch.zeros_like(mean) if b is None else b.detach()
-                new_b = (b - mean) * g + (0 if beta is None else beta.detach())
+                b = torch.zeros_like(scale) if b is None else b.detach()
+                new_b = b * scale + shift
             _set_attr(gm, str(w_node.target), new_w.to(w.dtype))
             if b_node is None:
                 bias_target = str(w_node.target).rpartition(".")[0] + ".bias"
                 _set_attr(gm, bias_target, new_b.to(w.dtype))
-                with gm.graph.inserting_before(conv):
+                with gm.graph.inserting_before(layer):
                     b_node = gm.graph.get_attr(bias_target)
-                args = list(conv.args)
+                args = list(layer.args)
                 while len(args) < 3:
                     args.append(None)
                 args[2] = b_node
-                conv.args = tuple(args)
+                layer.args = tuple(args)
             else:
                 _set_attr(gm, str(b_node.target), new_b.to(w.dtype))
-            replace_node.replace_all_uses_with(conv)
-            self.record("folded", node, info.module_path, f"BatchNorm into conv {conv.name}")
+            replace_node.replace_all_uses_with(layer)
+            source = module_path(node)
+            what += f" of {source}" if source and source != info.module_path else ""
+            self.record("folded", node, info.module_path, f"{what} into {info.kind} {layer.name}")
             modified = True
         result = self.finish(gm, modified)
         if modified:  # drop the folded BatchNorm modules: dead parameters would reach optimizers and stall DDP
             gm.delete_all_unused_submodules()
         return result
+
+    def _bn_match(self, gm, node):
+        """``(conv, scale, shift, node whose uses become the conv, what)`` for an inference BN after a
+        foldable conv, else None."""
+        stats = self._bn_stats(gm, node)
+        if stats is None:
+            return None
+        conv = node.args[0]
+        if not _foldable(gm, conv, ("conv",)):
+            return None
+        mean, var, gamma, beta, eps, replace_node = stats
+        with torch.no_grad():
+            inv = torch.rsqrt(var.float() + eps)
+            scale = inv if gamma is None else gamma.float() * inv
+            shift = -mean.float() * scale + (0 if beta is None else beta.detach().float())
+        return conv, scale, shift, replace_node, "BatchNorm"
 
     def _bn_stats(self, gm, node):
         """(mean, var, gamma, beta, eps, node whose uses become the conv) for an inference BN, else None."""
@@ -133,3 +151,91 @@ class FoldBatchNormPass(QPass):
                 return None
             return mean, var, _attr(gm, a[1]), _attr(gm, a[2]), a[6], users[0]
         return None
+
+
+def _foldable(gm: fx.GraphModule, layer, kinds: tuple[str, ...]) -> bool:
+    """Whether ``layer`` is a canonical conv / linear call of one of ``kinds`` whose weight (and bias) are
+    attributes used by this call alone and whose result has one user (the op folded into it)."""
+    if not isinstance(layer, fx.Node) or layer.op != "call_function" or len(layer.users) != 1:
+        return False
+    if layer.target not in CONV and layer.target not in LINEAR:
+        return False  # transposed convs keep output channels on the weight's dim 1
+    info = classify(gm, layer)
+    if info is None or info.kind not in kinds:
+        return False
+    if _attr(gm, info.weight) is None or (info.bias is not None and _attr(gm, info.bias) is None):
+        return False
+    return all(u is layer for u in info.weight.users)  # a shared weight cannot be folded for one user
+
+
+_MUL = {operator.mul, torch.mul, getattr(aten.mul, "Tensor", None)} - {None}
+_ADD = {operator.add, torch.add, getattr(aten.add, "Tensor", None)} - {None}
+_SUB = {operator.sub, torch.sub, getattr(aten.sub, "Tensor", None)} - {None}
+
+
+def _channel_vector(gm: fx.GraphModule, layer: fx.Node, operand) -> torch.Tensor | None:
+    """``operand`` as one value per output channel of ``layer`` when it is a constant that broadcasts
+    along that layer's output channels only (a scalar, a ``[C]`` vector for a linear, a ``[1, C, 1, 1]``
+    tensor for a conv2d), else None."""
+    val = layer.meta.get("val")
+    if not isinstance(val, torch.Tensor) or val.dim() == 0:
+        return None
+    w = _attr(gm, classify(gm, layer).weight)
+    channels = w.shape[0]
+    if isinstance(operand, (int, float)) and not isinstance(operand, bool):
+        return torch.full((channels,), float(operand))
+    c = _attr(gm, operand) if isinstance(operand, fx.Node) else None
+    if not isinstance(c, torch.Tensor) or not c.is_floating_point() or c.dim() > val.dim():
+        return None
+    # the channel dim counted from the right: 1 for a linear, 3 for a conv2d (N, C, H, W or C, H, W)
+    from_right = 1 if layer.target in LINEAR else w.dim() - 1
+    shape = [1] * (val.dim() - c.dim()) + list(c.shape)
+    axis = val.dim() - from_right
+    if any(s != 1 for i, s in enumerate(shape) if i != axis) or shape[axis] not in (1, channels):
+        return None
+    return c.detach().float().reshape(-1).expand(channels).clone()
+
+
+def _other(node: fx.Node, layer: fx.Node, commutative: bool):
+    """The operand of a binary ``node`` that is not ``layer`` (None when ``layer`` is not where it must be)."""
+    if len(node.args) != 2 or node.kwargs:
+        return None
+    a, b = node.args
+    if a is layer and b is not layer:
+        return b
+    if commutative and b is layer and a is not layer:
+        return a
+    return None
+
+
+def _affine_match(gm: fx.GraphModule, node: fx.Node):
+    """A conv / linear followed by a multiply and/or an add (or subtract) of per-output-channel
+    constants, e.g. torchvision's ``FrozenBatchNorm2d`` (every pretrained detection backbone), which
+    symbolic tracing records as ``x * scale + shift`` with constant tensors. Returns
+    ``(layer, scale, shift, node whose uses become the layer, what)`` or None."""
+    if node.op != "call_function" or node.target not in _MUL | _ADD | _SUB:
+        return None
+    layer = next((a for a in node.args[:2] if _foldable(gm, a, ("conv", "linear"))), None)
+    if layer is None:
+        return None
+    channels = _attr(gm, classify(gm, layer).weight).shape[0]
+    scale, shift = torch.ones(channels), torch.zeros(channels)
+    if node.target in _MUL:
+        s = _other(node, layer, commutative=True)
+        scale = None if s is None else _channel_vector(gm, layer, s)
+        if scale is None:
+            return None
+        end, what = node, "constant per-channel scale"
+        users = list(node.users)
+        if len(users) == 1 and users[0].target in _ADD | _SUB and users[0].op == "call_function":
+            t = _other(users[0], node, commutative=users[0].target in _ADD)
+            t = None if t is None else _channel_vector(gm, layer, t)
+            if t is not None:
+                shift = -t if users[0].target in _SUB else t
+                end, what = users[0], "constant per-channel scale and shift"
+        return layer, scale, shift, end, what
+    t = _other(node, layer, commutative=node.target in _ADD)
+    t = None if t is None else _channel_vector(gm, layer, t)
+    if t is None:
+        return None
+    return layer, scale, -t if node.target in _SUB else t, node, "constant per-channel shift"
