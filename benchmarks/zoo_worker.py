@@ -35,21 +35,45 @@ def first_tensor(out) -> torch.Tensor:
     return next(t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)).detach().float()
 
 
+def tensors(out) -> list[torch.Tensor]:
+    """Every tensor in a model's output, in pytree order (the order an ONNX export lists its outputs)."""
+    return [t.detach().float() for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def stacked(per_batch: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """Outputs of several batches (one list of tensors per batch) as one tensor per output."""
+    if len({len(b) for b in per_batch}) != 1:
+        raise RuntimeError(f"the number of outputs varies between batches: {[len(b) for b in per_batch]}")
+    return [torch.cat(col) for col in zip(*per_batch)]
+
+
 def _classes(y: torch.Tensor, task: str) -> torch.Tensor | None:
     if task == "features" or y.dim() < 2:
         return None
     return y.argmax(1) if task == "seg" else y.reshape(-1, y.shape[-1]).argmax(-1)
 
 
-def fidelity(ref: torch.Tensor, got: torch.Tensor, task: str) -> dict:
+def fidelity(ref: torch.Tensor | list[torch.Tensor], got: torch.Tensor | list[torch.Tensor], task: str) -> dict:
+    """SQNR of ``got`` against the float ``ref`` (and on the input-dependent part of ``ref``), and top-1
+    agreement of the first output. With several outputs (lists, e.g. the five levels of an FPN) the
+    SQNRs are the worst output's."""
     from qgraph.summary import sqnr_db
 
-    if ref.shape != got.shape:
-        return {"error": f"output shape {tuple(got.shape)} differs from the float model's {tuple(ref.shape)}"}
-    a, b = _classes(ref, task), _classes(got, task)
-    varying = ref - ref.mean(0, keepdim=True)  # the part of the float output that depends on the input
-    return {"sqnr_db": sqnr_db(ref, got), "sqnr_varying_db": sqnr_db(varying, varying + (got - ref)),
-            "top1": None if a is None else float((a == b).float().mean())}
+    refs, gots = ([ref], [got]) if isinstance(ref, torch.Tensor) else (ref, got)
+    if len(refs) != len(gots):
+        return {"error": f"{len(gots)} output(s) where the float model has {len(refs)}"}
+    for i, (r, g) in enumerate(zip(refs, gots)):
+        if r.shape != g.shape:
+            which = f"output {i} shape" if len(refs) > 1 else "output shape"
+            return {"error": f"{which} {tuple(g.shape)} differs from the float model's {tuple(r.shape)}"}
+    a, b = _classes(refs[0], task), _classes(gots[0], task)
+    varying = [r - r.mean(0, keepdim=True) for r in refs]  # the part of the float output that depends on the input
+    out = {"sqnr_db": min(sqnr_db(r, g) for r, g in zip(refs, gots)),
+           "sqnr_varying_db": min(sqnr_db(v, v + (g - r)) for v, r, g in zip(varying, refs, gots)),
+           "top1": None if a is None else float((a == b).float().mean())}
+    if len(refs) > 1:
+        out["outputs"] = len(refs)
+    return out
 
 
 def float_info(ref: torch.Tensor, task: str) -> dict:
@@ -86,7 +110,7 @@ def run_qgraph(model, entry, recipe: str, x: tuple, calib: list, xe: list, ref, 
              weights_quantized=sum(q.role == "weight" for q in qm.quantizers().values()),
              ops=sum(ANNOTATION_KEY in n.meta for n in qm.qgraph.graph.nodes), quantize_s=time.perf_counter() - t0)
     with torch.no_grad(), qm.frozen():
-        r.update(fidelity(ref, torch.cat([first_tensor(qm(*b)) for b in xe]), entry.task))
+        r.update(fidelity(ref, stacked([tensors(qm(*b)) for b in xe]), entry.task))
     path = os.path.join(out_dir, f"{entry.name.replace('/', '__')}_{recipe}")
     t1 = time.perf_counter()
     with torch.no_grad(), qm.frozen():
@@ -122,7 +146,7 @@ def run_torch_ao(model, entry, x: tuple, calib: list, xe: list, ref, out_dir: st
         for b in calib:
             prepared(*b)
         converted = convert_fx(prepared)
-        r = fidelity(ref, torch.cat([first_tensor(converted(*b)) for b in xe]), entry.task)
+        r = fidelity(ref, stacked([tensors(converted(*b)) for b in xe]), entry.task)
     r["quantize_s"] = time.perf_counter() - t0
     try:
         torch.onnx.export(converted, x, os.path.join(out_dir, f"{entry.name.replace('/', '__')}_torch_ao.onnx"), dynamo=True,
@@ -208,8 +232,8 @@ def run_ort(model, entry, x: tuple, calib: list, xe: list, ref, out_dir: str) ->
     r["quantize_s"] = time.perf_counter() - t1
     r["export_ok"] = True  # its output is an ONNX file
     sess = _ort_session(base + "_ort_qs.onnx")
-    out = [torch.from_numpy(sess.run(None, {n: t.numpy() for n, t in zip(names, b)})[0]).float() for b in xe]
-    r.update(fidelity(ref, torch.cat(out), entry.task))
+    out = [[torch.from_numpy(o).float() for o in sess.run(None, {n: t.numpy() for n, t in zip(names, b)})] for b in xe]
+    r.update(fidelity(ref, stacked(out), entry.task))
     r["seconds"] = time.perf_counter() - t0
     return r
 
@@ -240,12 +264,12 @@ def run_model(name: str, recipes: str, out_dir: str, result: str, peers: bool, w
         calib = [make(1 + i) for i in range(CALIB_BATCHES)]
         xe = [make(1 + CALIB_BATCHES + i) for i in range(EVAL_BATCHES)]
         with torch.no_grad():
-            ref = torch.cat([first_tensor(model(*b)) for b in xe])
+            ref = stacked([tensors(model(*b)) for b in xe])  # one tensor per output
     except Exception as e:  # noqa: BLE001
         row["error"] = f"float model: {_short(e)}"
         save()
         return
-    row["fp"] = float_info(ref, entry.task)
+    row["fp"] = float_info(ref[0], entry.task)
     row["fp"]["bn_warmup"] = f"{warmup}: {warmed} BatchNorm layers"
     row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
     row["build_s"] = time.perf_counter() - t0

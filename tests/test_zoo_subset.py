@@ -209,3 +209,17 @@ def test_rounding_drift_reaches_the_output_through_rounding_ties():
     qm = qgraph.quantize(model, x, "w8a8")
     assert rounding_drift(qm, (x,), eps=0.0) == 0.0
     assert 0 < rounding_drift(qm, (x,), eps=1e-3) < 0.05
+
+
+def test_zoo_fidelity_of_several_outputs_is_the_worst_outputs():
+    """A detection backbone returns five feature maps: the zoo judges the worst of them, not the first."""
+    from benchmarks.zoo_worker import fidelity
+
+    g = torch.Generator().manual_seed(0)
+    ref = [torch.randn(64, 32, generator=g), torch.randn(64, 16, 3, generator=g)]
+    noisy = [r + s * torch.randn(r.shape, generator=g) for r, s in zip(ref, (1e-3, 1e-1))]  # ~60 dB, ~20 dB
+    r = fidelity(ref, noisy, "features")
+    assert r["outputs"] == 2 and abs(r["sqnr_db"] - 20) < 1.5 and abs(r["sqnr_varying_db"] - 20) < 1.5
+    assert abs(fidelity(ref[0], noisy[0], "features")["sqnr_db"] - 60) < 1.5  # one tensor: as before
+    assert fidelity(ref, noisy[:1], "features")["error"] == "1 output(s) where the float model has 2"
+    assert "output 1 shape (64, 48)" in fidelity(ref, [noisy[0], noisy[1].reshape(64, 48)], "features")["error"]
