@@ -1,8 +1,9 @@
 """The model zoo of ``benchmarks/zoo.py``: every model built in code with random weights (no download).
 
-Families: all torchvision classification models, torchvision segmentation and video models that need
-no compiled torchvision ops, small timm members (when timm is installed), Hugging Face transformers
-from small random configs, and a few models written here that exercise what the others lack
+Families: all torchvision classification models; torchvision segmentation and video models and
+detection backbones (with their FPN / SSD feature extras), none of which needs compiled torchvision
+ops; small timm members (when timm is installed); Hugging Face transformers from small random
+configs; and a few models written here that exercise what the others lack
 (transposed / grouped / depthwise convs, concat, an ``nn.MultiheadAttention`` encoder, a block with
 Python control flow on tensor values that no tracer can capture whole).
 
@@ -42,7 +43,7 @@ def _ready(model: nn.Module) -> nn.Module:
 @dataclass
 class Entry:
     name: str
-    family: str  # torchvision, tv-seg, tv-video, timm, hf, custom
+    family: str  # torchvision, tv-seg, tv-det, tv-video, timm, hf, custom
     build: Callable[[], tuple[nn.Module, Callable[[int], tuple]]]
     task: str = "cls"  # cls: logits on the last dim; seg: classes on dim 1; lm: next-token logits; features
     input_desc: str = ""
@@ -100,6 +101,58 @@ def _tv_other(module: str, name: str, frames: int | None = None, side: int = SMA
     return build
 
 
+def trained_frozen_bn(model: nn.Module, seed: int = 1) -> int:
+    """Give every ``FrozenBatchNorm2d`` random statistics and affine parameters of the size a trained
+    one has (scale 0.5-1.5, shift 0.1·N(0, 1), mean 0.1·N(0, 1), variance 0.5-2): freshly built they
+    are the identity, and a fold of them would be a no-op. Returns how many layers it changed.
+
+    The statistics are not fitted to the data. Fitted (every layer's input normalised, as in a trained
+    network), a random ResNet-50 is chaotic: 1% input noise comes out of the float model at 9 dB
+    (mean only fitted) or 4 dB (mean and variance), so no quantized copy can be judged against it.
+    Unfitted, the float model is stable (52 dB) and its features are mostly input-independent (the
+    input-dependent part is 7% of the output), the regime of the zoo's other random convnets."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    g, count = torch.Generator().manual_seed(seed), 0
+    for m in model.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            c = m.weight.numel()
+            m.weight.copy_(0.5 + torch.rand(c, generator=g))
+            m.bias.copy_(0.1 * torch.randn(c, generator=g))
+            m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
+            m.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=g))
+            count += 1
+    return count
+
+
+DET_SIDE = 128  # an FPN over a stride-32 ResNet: C5 is 4x4, RetinaNet's P7 1x1
+
+
+def _tv_det(name: str):
+    """The backbone (+ FPN or SSD extras) of a torchvision detector: a dict of feature maps. The
+    detection heads and their post-processing (anchors, NMS: compiled torchvision ops, data-dependent
+    shapes) are not part of it."""
+    def build():
+        import torchvision.models.detection as det
+        from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+        torch.manual_seed(0)
+        if name == "resnet50_fpn_frozenbn":  # what every pretrained torchvision R-CNN / RetinaNet / FCOS backbone is
+            model = resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=0).eval()
+            trained_frozen_bn(model)
+        else:
+            model = getattr(det, name)(weights=None, weights_backbone=None).backbone
+        return _ready(model), _images(DET_SIDE)
+    return build
+
+
+DET = [  # (name, in --quick, note)
+    ("resnet50_fpn_frozenbn", True, "resnet_fpn_backbone: FrozenBatchNorm2d with trained-size statistics"),
+    ("retinanet_resnet50_fpn", False, "backbone + FPN with P6/P7"),
+    ("fasterrcnn_mobilenet_v3_large_fpn", False, "backbone + FPN"),
+    ("ssdlite320_mobilenet_v3_large", False, "backbone + SSDLite extras"),
+]
+
 HUGE = {"vit_h_14", "vit_l_16", "vit_l_32", "regnet_y_128gf"}
 
 
@@ -117,6 +170,8 @@ def torchvision_entries() -> list[Entry]:
     seg = [("fcn_resnet50", False), ("deeplabv3_mobilenet_v3_large", True), ("lraspp_mobilenet_v3_large", False)]
     for name, q in seg:
         out.append(Entry(name, "tv-seg", _tv_other("segmentation", name), "seg", f"{BATCH}x3x{SMALL}x{SMALL}", q))
+    for name, q, note in DET:
+        out.append(Entry(f"det/{name}", "tv-det", _tv_det(name), "features", f"{BATCH}x3x{DET_SIDE}x{DET_SIDE}", q, note))
     for name, q in [("r3d_18", True), ("r2plus1d_18", False)]:
         out.append(Entry(name, "tv-video", _tv_other("video", name, frames=4, side=32), "cls", f"{BATCH}x3x4x32x32", q))
     return out

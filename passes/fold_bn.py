@@ -16,8 +16,9 @@ call and whose only user is the op folded into it):
 Each becomes the layer alone with ``W' = W · s`` (per output channel) and ``b' = b · s + t``; for a
 BatchNorm ``s = γ/√(σ²+ε)`` and ``t = β − μ·s``. The new weight and bias replace the layer's
 parameters (the model was copied before quantization, so the user's model is untouched). Folding is
-what lets ONNX Runtime fuse ``DQ → Conv → Q`` into ``QLinearConv``, and it saves the rounding of the
-unfolded result.
+what lets ONNX Runtime fuse ``DQ → Conv → Q`` into ``QLinearConv`` for a BatchNorm, and it saves the
+rounding of the unfolded result: left float, FrozenBatchNorm maps cost a ResNet-50 FPN backbone 1.8 dB
+and 1.44x in ONNX Runtime (``benchmarks/fold_affine.py``, docs/benchmarks.md).
 """
 
 from __future__ import annotations
