@@ -25,6 +25,11 @@ Rewrite rules:
    is decomposed into a ``view`` under one layout and fails when the exporter re-runs the graph
    under the other. A ``.contiguous()`` does not help: ``torch.export`` drops it as a no-op when
    the strides it sees at capture are contiguous; a ``clone`` is always kept.
+6. ``get_attr`` nodes that read the same ``nn.Parameter`` under different names (tied weights: a
+   Hugging Face LM head tied to the token embedding, which symbolic tracing reads as both
+   ``lm_head.weight`` and ``word_embeddings.weight``) become the first of them, so the weight gets one
+   quantizer (with the spec of its first reader, the embedding) and the qpack and ONNX store it once.
+   ``torch.export`` graphs read each parameter once already.
 
 After this, weights are graph values that quantizers can be attached to in both dialects
 (``torch.export`` graphs already have this form). The module stays in the hierarchy and owns its
@@ -107,7 +112,29 @@ class CanonicalizePass(QPass):
             gm.graph.erase_node(node)
             self.record("replaced", new, path, f"{type(mod).__name__} module call by {fn.__name__}")
             modified = True
+        modified |= self._merge_tied(gm)
         return self.finish(gm, modified)
+
+    def _merge_tied(self, gm: fx.GraphModule) -> bool:
+        """Rule 6: one ``get_attr`` per parameter object, the first in graph order (it precedes every
+        user of a later one)."""
+        first: dict[int, fx.Node] = {}
+        modified = False
+        for node in list(gm.graph.nodes):
+            if node.op != "get_attr":
+                continue
+            try:
+                t = gm.get_parameter(str(node.target))
+            except AttributeError:
+                continue  # a buffer, a constant, a submodule
+            keep = first.setdefault(id(t), node)
+            if keep is node:
+                continue
+            node.replace_all_uses_with(keep)
+            gm.graph.erase_node(node)
+            self.record("merged", keep, str(node.target).rpartition(".")[0], f"tied weight {node.target} read as {keep.target}")
+            modified = True
+        return modified
 
     def _replace(self, gm, node: fx.Node, fn, args: tuple, what: str) -> bool:
         """``node`` → ``fn(*args)``, where string args name attributes to read with ``get_attr``."""

@@ -163,3 +163,36 @@ def test_quantize_does_not_mutate_parameters_or_training_mode():
         assert torch.equal(v, params[k]), k
     qm_ptrs = {p.data_ptr() for p in qm.parameters()}
     assert not qm_ptrs & {p.data_ptr() for p in model.parameters()}
+
+
+class _TiedLM(nn.Module):
+    """A token embedding whose table is also the output projection (Hugging Face ``tie_word_embeddings``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(40, 16)
+        self.mix = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 40, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.head(torch.relu(self.mix(self.embed(ids))))
+
+
+def test_tied_weights_get_one_quantizer_and_are_stored_once(tmp_path):
+    from qgraph.backends.qpack import read_qpack
+
+    torch.manual_seed(0)
+    model = _TiedLM().eval()
+    ids = torch.randint(0, 40, (4, 6))
+    qm = qgraph.quantize(model, ids, "w8a8", calib_data=[(torch.randint(0, 40, (4, 6)),) for _ in range(2)])
+    assert qm.qgraph.capture.route == "symbolic_trace"
+    weights = sorted(k for k, q in qm.quantizers().items() if q.role == "weight")
+    assert weights == ["embed.weight_quantizer", "mix.weight_quantizer"]  # the head reads the embedding's quantizer
+    assert any(c.action == "merged" and "head.weight read as embed.weight" in c.detail for c in qm.changes)
+    res = qm.export(str(tmp_path / "tied"))
+    assert res.max_abs_error <= res.tolerance
+    assert sorted(read_qpack(res.qpack_path).packed) == ["embed.weight", "mix.weight"]
+    back = qgraph.load(res.qpack_path, _TiedLM().eval(), ids)
+    with torch.no_grad(), qm.frozen():
+        assert torch.equal(back(ids), qm(ids))
