@@ -248,22 +248,74 @@ def _hf(kind: str):
             def mel(seed: int) -> tuple:
                 return (torch.randn(BATCH, 16, 32, generator=torch.Generator().manual_seed(seed)),)
             return _FirstOutput(m.eval(), "input_features").eval(), mel
+        elif kind in _MORE_HF:
+            m, arg, make = _MORE_HF[kind](tf)
+            return _FirstOutput(m.eval(), arg).eval(), make
         else:
             raise KeyError(kind)
         return _FirstOutput(m.eval(), "input_ids").eval(), _tokens(vocab)
     return build
 
 
+_S = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128, "max_position_embeddings": 32}
+_V = {"vocab_size": 128}
+
+
+def _audio(seed: int) -> tuple:
+    return (torch.randn(BATCH, 1600, generator=torch.Generator().manual_seed(seed)),)
+
+
+_MORE_HF = {  # kind -> tf -> (model, keyword of its input, make_input); small random configs, no download
+    "distilbert": lambda tf: (tf.DistilBertModel(tf.DistilBertConfig(**_V, dim=64, n_layers=2, n_heads=4, hidden_dim=128,
+                                                                     max_position_embeddings=32)), "input_ids", _tokens(128)),
+    "albert": lambda tf: (tf.AlbertModel(tf.AlbertConfig(**_V, embedding_size=32, **_S), add_pooling_layer=False), "input_ids", _tokens(128)),
+    "electra": lambda tf: (tf.ElectraModel(tf.ElectraConfig(**_V, embedding_size=32, **_S)), "input_ids", _tokens(128)),
+    "deberta_v2": lambda tf: (tf.DebertaV2Model(tf.DebertaV2Config(**_V, **_S)), "input_ids", _tokens(128)),
+    "mobilebert": lambda tf: (tf.MobileBertModel(tf.MobileBertConfig(**_V, hidden_size=64, embedding_size=32, intra_bottleneck_size=32,
+                                                                     true_hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                                     intermediate_size=64, max_position_embeddings=32, num_feedforward_networks=2),
+                                                 add_pooling_layer=False), "input_ids", _tokens(128)),
+    "bart_encoder": lambda tf: (tf.BartModel(tf.BartConfig(**_V, d_model=64, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4,
+                                                           decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                                                           max_position_embeddings=32)).get_encoder(), "input_ids", _tokens(128)),
+    "gemma": lambda tf: (tf.GemmaForCausalLM(tf.GemmaConfig(**_V, **_S, num_key_value_heads=2, head_dim=16, use_cache=False)), "input_ids", _tokens(128)),
+    "phi": lambda tf: (tf.PhiForCausalLM(tf.PhiConfig(**_V, **_S, use_cache=False)), "input_ids", _tokens(128)),
+    "phi3": lambda tf: (tf.Phi3ForCausalLM(tf.Phi3Config(**_V, **_S, use_cache=False, pad_token_id=0, eos_token_id=0, bos_token_id=0)),
+                        "input_ids", _tokens(128)),
+    "falcon": lambda tf: (tf.FalconForCausalLM(tf.FalconConfig(**_V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                                               use_cache=False)), "input_ids", _tokens(128)),  # LM head tied to the embedding
+    "gpt_neox": lambda tf: (tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**_V, **_S, use_cache=False)), "input_ids", _tokens(128)),
+    "opt": lambda tf: (tf.OPTForCausalLM(tf.OPTConfig(**_V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, ffn_dim=128,
+                                                      max_position_embeddings=32, word_embed_proj_dim=64, use_cache=False)), "input_ids", _tokens(128)),
+    "bloom": lambda tf: (tf.BloomForCausalLM(tf.BloomConfig(**_V, hidden_size=64, n_layer=2, n_head=4, use_cache=False)), "input_ids", _tokens(128)),
+    "clip_vision": lambda tf: (tf.CLIPVisionModel(tf.CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                                      num_attention_heads=4, image_size=32, patch_size=8)), "pixel_values", _images(32)),
+    "swin": lambda tf: (tf.SwinModel(tf.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4)),
+                        "pixel_values", _images(32)),
+    "convnext": lambda tf: (tf.ConvNextModel(tf.ConvNextConfig(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1])), "pixel_values", _images(SMALL)),
+    "segformer": lambda tf: (tf.SegformerModel(tf.SegformerConfig(depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 64, 128],
+                                                                  num_attention_heads=[1, 1, 2, 4], decoder_hidden_size=64)), "pixel_values", _images(SMALL)),
+    "wav2vec2": lambda tf: (tf.Wav2Vec2Model(tf.Wav2Vec2Config(**_S, conv_dim=(32, 32, 32), conv_stride=(5, 2, 2), conv_kernel=(10, 3, 3),
+                                                               num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)), "input_values", _audio),
+}
+
+
 HF = [  # (kind, task, in --quick)
     ("bert", "features", True), ("roberta", "features", False), ("gpt2", "lm", True), ("llama", "lm", True), ("mistral", "lm", False),
     ("qwen2", "lm", False), ("t5_encoder", "features", False), ("vit", "cls", False), ("whisper_encoder", "features", False),
+    ("distilbert", "features", False), ("albert", "features", False), ("electra", "features", False), ("deberta_v2", "features", False),
+    ("mobilebert", "features", False), ("bart_encoder", "features", False), ("gemma", "lm", False), ("phi", "lm", False),
+    ("phi3", "lm", False), ("falcon", "lm", False), ("gpt_neox", "lm", False), ("opt", "lm", False), ("bloom", "lm", False),
+    ("clip_vision", "features", False), ("swin", "features", False), ("convnext", "features", False), ("segformer", "features", False),
+    ("wav2vec2", "features", False),
 ]
 
 
 def hf_entries() -> list[Entry]:
     if importlib.util.find_spec("transformers") is None:
         return []
-    desc = {"vit": f"{BATCH}x3x32x32", "whisper_encoder": f"{BATCH}x16x32 mel"}
+    desc = {"vit": f"{BATCH}x3x32x32", "whisper_encoder": f"{BATCH}x16x32 mel", "clip_vision": f"{BATCH}x3x32x32", "swin": f"{BATCH}x3x32x32",
+            "convnext": f"{BATCH}x3x{SMALL}x{SMALL}", "segformer": f"{BATCH}x3x{SMALL}x{SMALL}", "wav2vec2": f"{BATCH}x1600 waveform"}
     return [Entry(f"hf/{k}", "hf", _hf(k), t, desc.get(k, f"{BATCH}x16 token ids"), q) for k, t, q in HF]
 
 
