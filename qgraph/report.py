@@ -349,7 +349,7 @@ def _quantizer_state(qg, qname: str, q: FakeQuantize, an: Analysis, layer: str |
         state["hist"] = {**an.act_hist[qname].to_json(), "of": "values reaching this quantizer"}
         g = grid_range(q)
         if g is not None:
-            state["grid"] = {"scale": float(q.effective_scale().reshape(-1)[0]), "zero_point": float(q.zero_point.reshape(-1)[0])}
+            state["grid"] = {"scale": float(q.effective_scale().detach().reshape(-1)[0]), "zero_point": float(q.zero_point.detach().reshape(-1)[0])}
         if qname in an.clipped:
             state["clipped"] = an.clipped[qname]
     fields = getattr(q, "report_fields", None)
