@@ -157,7 +157,6 @@ class _Probe(nn.Module):
     * ``float``: accumulate the per-channel sum of the (float) output;
     * ``sequential``: set ``delta`` = float mean − this batch's mean (over all ranks with ``sync_ranks``)
       and shift the output by it, so the layers after it see it corrected;
-    * ``apply``: shift the output by the current ``delta`` and accumulate the shifted output's sum.
     """
 
     def __init__(self, axis: int, sync_ranks: bool = False) -> None:
@@ -188,6 +187,8 @@ class _Probe(nn.Module):
             self._accumulate(y)
             return y
         if self.mode == "sequential":
+            if self.float_mean is None:
+                return y
             s = self._sums(y)
             if self.sync_ranks:  # every rank runs the same layers in the same order
                 from qgraph.distributed import all_reduce_sum
@@ -195,9 +196,7 @@ class _Probe(nn.Module):
                 s = all_reduce_sum(s)
             self.delta = self.float_mean - s[:-1] / s[-1]
             return self._shift(y)
-        y = self._shift(y)
-        self._accumulate(y)
-        return y
+        raise ValueError(f"bias probe mode {self.mode!r}")
 
     def take_mean(self) -> torch.Tensor | None:
         """The accumulated mean (over all ranks with ``sync_ranks``; every rank must call this), then reset."""
@@ -224,18 +223,17 @@ class BiasCorrectionPass(QPass):
 
     The calibration batches (up to ``max_samples`` samples) run as one joined batch, which corrects
     every layer exactly, in one quantized pass, given the corrected layers before it. Graphs that take
-    only their capture's batch size (``torch.export`` captures) run batch by batch instead, in
-    ``rounds`` passes: each pass adds the mean shift still left to every layer's correction.
+    only their capture's batch size (``torch.export`` captures) run batch by batch instead: each batch
+    is corrected the same way on its own, and the corrections are averaged.
     """
 
     name = "bias_correction"
 
-    def __init__(self, batches: Iterable, max_samples: int = MAX_SAMPLES, sync_ranks: bool = False, rounds: int = 3) -> None:
+    def __init__(self, batches: Iterable, max_samples: int = MAX_SAMPLES, sync_ranks: bool = False) -> None:
         super().__init__()
         self.batches = batches
         self.max_samples = max_samples  # per rank, with sync_ranks
         self.sync_ranks = sync_ranks
-        self.rounds = rounds
 
     def _take(self) -> list[tuple]:
         out, n = [], 0
@@ -304,39 +302,51 @@ class BiasCorrectionPass(QPass):
             for p in probes:
                 p.mode = mode
 
-        for q in quantizers:
-            q.mode = "off"
+        def quantizers_on(on: bool) -> None:
+            for q, mode in zip(quantizers, modes):
+                q.mode = mode if on else "off"
+
         joined = one_batch(batches, self.max_samples)
         if joined is not None:
+            quantizers_on(False)
+            set_mode("float")
             try:
                 gm(*joined)  # the float model: per-channel means
             except Exception:  # noqa: BLE001 - the graph takes only its capture's batch size: go batch by batch
                 joined = None
                 for p in probes:
                     p.total = None
-        if joined is None:
-            for b in batches:
-                gm(*b)
-        for p in probes:
-            p.float_mean = p.take_mean()
-        for q, mode in zip(quantizers, modes):
-            q.mode = mode
-        live = [p for p in probes if p.float_mean is not None]
         if joined is not None:
+            for p in probes:
+                p.float_mean = p.take_mean()
+            quantizers_on(True)
             set_mode("sequential")
             gm(*joined)
             return f"{joined[0].shape[0]} samples, one pass"
-        for p in live:
-            p.delta = torch.zeros_like(p.float_mean)
-        set_mode("apply")
-        for _ in range(self.rounds):
-            for b in batches:
-                gm(*b)
+        # Batch by batch: each batch is corrected exactly like a joined batch (float means, then the
+        # quantized layers in execution order, each seeing the corrected layers before it), and the
+        # corrections are averaged over the batches, weighted by their samples. (Correcting every
+        # layer at once from the shifts left after the previous round, and repeating, diverges on deep
+        # graphs: each layer also corrects the shift its upstream layers are removing at the same time.)
+        total: dict[int, torch.Tensor] = {}
+        weight: dict[int, float] = {}
+        for b in batches:
+            quantizers_on(False)
+            set_mode("float")
+            gm(*b)
             for p in probes:
-                mean = p.take_mean()
-                if p.float_mean is not None and mean is not None:
-                    p.delta = p.delta + (p.float_mean - mean)
-        return f"{len(batches)} batches, {self.rounds} passes"
+                p.float_mean, p.delta = p.take_mean(), None
+            quantizers_on(True)
+            set_mode("sequential")
+            gm(*b)
+            n = float(b[0].shape[0]) if b and isinstance(b[0], torch.Tensor) and b[0].dim() else 1.0
+            for i, p in enumerate(probes):
+                if p.delta is not None:
+                    total[i] = total[i] + n * p.delta if i in total else n * p.delta
+                    weight[i] = weight.get(i, 0.0) + n
+        for i, p in enumerate(probes):
+            p.delta = total[i] / weight[i] if i in total else None
+        return f"{len(batches)} batches, each corrected in order, averaged"
 
     @staticmethod
     def _bias_param(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:

@@ -120,15 +120,50 @@ class _FixedBatch(nn.Module):
 
 def test_a_fixed_batch_graph_is_corrected_batch_by_batch():
     """The joined calibration batch does not fit a torch.export capture (its batch size is fixed): the
-    correction goes batch by batch, in rounds, and still brings the output means to the float model's."""
+    correction goes batch by batch, each batch in execution order, and still brings the output means to the float model's."""
     torch.manual_seed(0)
     model, calib = _FixedBatch().eval(), _data(4, 2)
     qm = qgraph.quantize(model, calib[0], "w2a16", calib_data=calib)
     assert qm.qgraph.capture.route == "torch.export"
     details = list(_corrections(qm).values())
-    assert len(details) == 2 and all("4 batches, 3 passes" in d for d in details), details
+    assert len(details) == 2 and all("4 batches, each corrected in order, averaged" in d for d in details), details
     with torch.no_grad():
         ref = torch.cat([model(b) for b in calib]).mean(0)
         on = torch.cat([qm(b) for b in calib]).mean(0)
         off = torch.cat([qgraph.quantize(model, calib[0], "w2a16(bias_correction=False)", calib_data=calib)(b) for b in calib]).mean(0)
     assert (on - ref).abs().max() < 0.05 * (off - ref).abs().max(), (on - ref, off - ref)
+
+
+class _FixedBatchDeep(nn.Module):
+    """Ten amplifying layers after the batch-size branch: every upstream correction moves every
+    downstream mean, which correcting all layers at once from the same measurement overshoots."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(24, 24) for _ in range(10))
+        with torch.no_grad():
+            for m in self.layers:
+                m.weight.mul_(2.5)
+
+    def forward(self, x):
+        for m in self.layers:
+            x = torch.relu(m(x)) - 0.5
+        return x * 2 if x.shape[0] > 4 else x
+
+
+def test_a_deep_fixed_batch_graph_is_corrected_in_order_not_overshot():
+    """Batch by batch, each batch's layers are corrected in execution order (as in one joined batch):
+    the output means come to the float model's, which correcting every layer at once over rounds
+    missed by more than the uncorrected model on this graph."""
+    torch.manual_seed(0)
+    model = _FixedBatchDeep().eval()
+    calib = [(torch.randn(8, 24, generator=torch.Generator().manual_seed(i)),) for i in range(4)]
+    qm = qgraph.quantize(model, calib[0], "w4a16", calib_data=calib)
+    assert qm.qgraph.capture.route == "torch.export"
+    assert all("each corrected in order" in d for d in _corrections(qm).values())
+    off = qgraph.quantize(model, calib[0], "w4a16(bias_correction=False)", calib_data=calib)
+    with torch.no_grad():
+        ref = torch.cat([model(*b) for b in calib]).mean(0)
+        err_on = (torch.cat([qm(*b) for b in calib]).mean(0) - ref).abs().max()
+        err_off = (torch.cat([off(*b) for b in calib]).mean(0) - ref).abs().max()
+    assert err_on < 0.2 * err_off, (err_on, err_off)
