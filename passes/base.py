@@ -30,6 +30,7 @@ class QPass(PassBase):
     """A graph pass that mutates the GraphModule in place and records its changes in ``changes``."""
 
     name = "pass"
+    float_rewrite = False  # rewrites the float model without quantizing it (the pipeline runs these first)
 
     def __init__(self) -> None:
         super().__init__()

@@ -2,7 +2,7 @@
 
 Rewrite rules:
 
-1. ``call_module Conv{1,2,3}d`` (zero padding mode) → ``get_attr weight`` (+ ``get_attr bias``) →
+1. ``call_module Conv{1,2,3}d`` (zero padding mode; also a parametrized one, e.g. weight-normed) → ``get_attr weight`` (+ ``get_attr bias``) →
    ``call_function F.conv{n}d(x, weight, bias, stride, padding, dilation, groups)``.
 2. ``call_module Linear`` → ``F.linear(x, weight, bias)``.
 3. ``call_module Embedding`` (no ``max_norm``) → ``F.embedding(ids, weight, padding_idx)``.
@@ -39,6 +39,7 @@ parameters, so ``state_dict`` keys do not change. Auto-leaf modules are left alo
 from __future__ import annotations
 
 import operator
+import warnings
 
 import torch
 import torch.fx as fx
@@ -46,6 +47,7 @@ import torch.nn.functional as F
 from qgraph.passes.base import QPass
 from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
+from torch.nn.utils import parametrize
 
 from qgraph.meta import MODULE_PATH_KEY
 from qgraph.ops import SDPA
@@ -57,6 +59,7 @@ _ATEN_CONTIGUOUS = torch.ops.aten.contiguous.default
 
 class CanonicalizePass(QPass):
     name = "canonicalize"
+    float_rewrite = True
 
     def __init__(self, leaves: set[str] | None = None) -> None:
         super().__init__()
@@ -86,23 +89,26 @@ class CanonicalizePass(QPass):
             if node.op != "call_module" or node.target in self.leaves:
                 continue
             mod = gm.get_submodule(node.target)
+            kind = parametrize.type_before_parametrizations(mod)  # a weight-normed Linear is a ParametrizedLinear
             if isinstance(mod, nn.MultiheadAttention):
                 modified |= self._attention(gm, node, mod)
                 continue
-            if type(mod) is nn.Embedding and mod.max_norm is None and len(node.args) == 1 and not node.kwargs:
+            if kind is nn.Embedding and mod.max_norm is None and len(node.args) == 1 and not node.kwargs:
                 modified |= self._replace(gm, node, F.embedding, (node.args[0], f"{node.target}.weight", mod.padding_idx), "Embedding")
                 continue
-            if type(mod) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and mod.padding_mode == "zeros" and len(node.args) == 1:
+            if kind in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and mod.padding_mode == "zeros" and len(node.args) == 1:
                 fn = _CONV_FN[len(mod.kernel_size)]
                 extra = (mod.stride, mod.padding, mod.dilation, mod.groups)
-            elif type(mod) is nn.Linear and len(node.args) == 1:
+            elif kind is nn.Linear and len(node.args) == 1:
                 fn, extra = F.linear, ()
             else:
                 continue
             if node.kwargs:
                 continue
             path = str(node.target)
-            with gm.graph.inserting_before(node):
+            with gm.graph.inserting_before(node), warnings.catch_warnings():
+                # fx warns that a parametrized weight (a property) has no underlying reference; fold_weights folds it
+                warnings.filterwarnings("ignore", "Attempted to insert a get_attr Node with no underlying reference")
                 w = gm.graph.get_attr(f"{path}.weight")
                 b = gm.graph.get_attr(f"{path}.bias") if mod.bias is not None else None
                 new = gm.graph.call_function(fn, (node.args[0], w, b, *extra))
@@ -110,7 +116,7 @@ class CanonicalizePass(QPass):
             new.meta[MODULE_PATH_KEY] = path
             node.replace_all_uses_with(new)
             gm.graph.erase_node(node)
-            self.record("replaced", new, path, f"{type(mod).__name__} module call by {fn.__name__}")
+            self.record("replaced", new, path, f"{kind.__name__} module call by {fn.__name__}")
             modified = True
         modified |= self._merge_tied(gm)
         return self.finish(gm, modified)

@@ -57,6 +57,7 @@ def _set_attr(gm: fx.GraphModule, target: str, value: torch.Tensor) -> None:
 
 class FoldBatchNormPass(QPass):
     name = "fold_bn"
+    float_rewrite = True
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         modified = False

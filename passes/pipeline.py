@@ -1,5 +1,5 @@
-"""The default pipeline: canonicalize → fold_bn → (sparsify) → annotate → insert quantizers (→ zero biases)
-(→ calibrate → bias correction)."""
+"""The default pipeline: canonicalize → fold_weights → fold_bn → (sparsify) → annotate → insert quantizers
+(→ zero biases) (→ calibrate → bias correction)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from qgraph.passes.bitswitch import BitSwitchCalibratePass, BitSwitchPass
 from qgraph.passes.calibrate import CalibratePass
 from qgraph.passes.canonicalize import CanonicalizePass
 from qgraph.passes.fold_bn import FoldBatchNormPass
+from qgraph.passes.fold_weights import FoldWeightsPass
 from qgraph.passes.insert_quantizers import InsertQuantizersPass
 from qgraph.passes.sparsity import SparsifyPass
 
@@ -23,8 +24,8 @@ from qgraph.recipes import Recipe
 
 def prepare_passes(recipe: Recipe, leaves: set[str], fold_bn: bool = True) -> list[QPass]:
     if isinstance(recipe, BitSwitchRecipe):  # BatchNorm stays unfolded: one per bit width
-        return [CanonicalizePass(leaves), BitSwitchPass(recipe, leaves)]
-    passes: list[QPass] = [CanonicalizePass(leaves)]
+        return [CanonicalizePass(leaves), FoldWeightsPass(), BitSwitchPass(recipe, leaves)]
+    passes: list[QPass] = [CanonicalizePass(leaves), FoldWeightsPass()]
     if fold_bn:
         passes.append(FoldBatchNormPass())
     if recipe.sparsity is not None:

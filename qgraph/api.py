@@ -86,7 +86,7 @@ def prepare(
     model = copy.deepcopy(model).eval()
     qg = trace(model, args)
     passes = prepare_passes(r, set(qg.capture.leaves), fold_bn=fold_bn)
-    split = 1 + int(fold_bn)  # canonicalize (+ fold_bn) give the float reference graph
+    split = sum(p.float_rewrite for p in passes)  # canonicalize, fold_weights (+ fold_bn): the float reference graph
     changes = run_passes(qg, passes[:split])
     float_graph = copy.deepcopy(qg)
     changes += run_passes(qg, passes[split:])
