@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -107,7 +109,9 @@ def record_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
     """Record shape and dtype on every node (``node.meta['val']`` for tensors), by running the graph."""
     from torch.fx.passes.shape_prop import ShapeProp
 
-    with torch.no_grad():
+    # ShapeProp prints the traceback of a failing node before it raises; capture catches the error,
+    # records it and tries the next route, so the user would see a traceback for a capture that worked
+    with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
         ShapeProp(gm).propagate(*example_inputs)
     for node in gm.graph.nodes:
         tm = node.meta.get("tensor_meta")
