@@ -31,6 +31,10 @@ Rewrite rules:
    quantizer (with the spec of its first reader, the embedding) and the qpack and ONNX store it once.
    ``torch.export`` graphs read each parameter once already.
 
+7. ``scaled_dot_product_attention`` on q / k / v of rank 5 or more (window attention in timm's NesT
+   and Hiera: ``[batch, heads, windows, tokens, dim]``), without a mask: the ONNX exporter translates
+   only 4-D attention, so the leading dims but the last are merged before it and restored after it.
+
 After this, weights are graph values that quantizers can be attached to in both dialects
 (``torch.export`` graphs already have this form). The module stays in the hierarchy and owns its
 parameters, so ``state_dict`` keys do not change. Auto-leaf modules are left alone.
@@ -38,6 +42,7 @@ parameters, so ``state_dict`` keys do not change. Auto-leaf modules are left alo
 
 from __future__ import annotations
 
+import math
 import operator
 import warnings
 
@@ -50,7 +55,7 @@ from torch.fx.passes.infra.pass_base import PassResult
 from torch.nn.utils import parametrize
 
 from qgraph.meta import MODULE_PATH_KEY
-from qgraph.ops import SDPA
+from qgraph.ops import SDPA, module_path, tensor_meta
 
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _ATEN_VIEW = torch.ops.aten.view.default
@@ -68,6 +73,8 @@ class CanonicalizePass(QPass):
     def call(self, gm: fx.GraphModule) -> PassResult:
         modified = False
         for node in list(gm.graph.nodes):
+            if node.op == "call_function" and node.target in SDPA and self._attention_4d(gm, node):
+                modified = True  # rule 7 (the node is visited again below for rule 5)
             if node.op == "call_function" and node.target in SDPA and not _made_contiguous(node):
                 with gm.graph.inserting_after(node):
                     if node.target is F.scaled_dot_product_attention:  # a copy, never elided (rule 5)
@@ -120,6 +127,39 @@ class CanonicalizePass(QPass):
             modified = True
         modified |= self._merge_tied(gm)
         return self.finish(gm, modified)
+
+    def _attention_4d(self, gm: fx.GraphModule, node: fx.Node) -> bool:
+        """Rule 7: attention on q / k / v of rank 5 or more (no mask, the same leading dims) runs on
+        4-D views: all leading dims but the last merged into one, and the result reshaped back."""
+        q, k, v = (node.args + (None,) * 3)[:3]
+        mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
+        metas = [tensor_meta(t) if isinstance(t, fx.Node) else None for t in (q, k, v)]
+        if mask is not None or any(m is None for m in metas):
+            return False
+        shapes = [m[0] for m in metas]
+        if len(shapes[0]) <= 4 or len({len(sh) for sh in shapes}) != 1 or len({sh[:-2] for sh in shapes}) != 1:
+            return False
+        if not all(isinstance(d, int) for sh in shapes for d in sh):
+            return False
+        reshape = torch.ops.aten.reshape.default if node.target is not F.scaled_dot_product_attention else torch.reshape
+        lead = shapes[0][:-2]
+        flat = math.prod(lead[:-1])
+        with gm.graph.inserting_before(node):
+            views = []
+            for t, (sh, dtype) in zip((q, k, v), metas):
+                r = gm.graph.call_function(reshape, (t, [-1, *sh[-3:]]))
+                r.meta = {"val": torch.empty((flat, *sh[-3:]), dtype=dtype, device="meta"), MODULE_PATH_KEY: module_path(node)}
+                views.append(r)
+        node.args = (*views, *node.args[3:])
+        out_shape = (*lead, shapes[0][-2], shapes[2][-1])
+        with gm.graph.inserting_after(node):
+            back = gm.graph.call_function(reshape, (node, [-1, *out_shape[1:]]))
+        back.meta = {"val": torch.empty(out_shape, dtype=metas[0][1], device="meta"), MODULE_PATH_KEY: module_path(node)}
+        node.replace_all_uses_with(back, delete_user_cb=lambda u: u is not back)
+        node.meta["val"] = torch.empty((flat, *out_shape[-3:]), dtype=metas[0][1], device="meta")
+        self.record("reshaped", node, module_path(node), f"{len(lead) + 2}-D attention to 4-D ({'x'.join(map(str, lead))} -> "
+                    f"{flat}x{lead[-1]} leading dims; the ONNX exporter translates only 4-D attention)")
+        return True
 
     def _merge_tied(self, gm: fx.GraphModule) -> bool:
         """Rule 6: one ``get_attr`` per parameter object, the first in graph order (it precedes every

@@ -45,3 +45,45 @@ def test_attention_with_a_4d_bias_then_transpose_reshape_exports(recipe, tmp_pat
     assert len(sdpa) == 1  # its result is copied, not merely made .contiguous() (which torch.export drops)
     copy = [n for n in qm.qgraph.graph.nodes if n.op == "call_method" and n.target == "clone"]
     assert len(copy) == 1 and copy[0].kwargs["memory_format"] == torch.contiguous_format
+
+
+class WindowAttention5d(nn.Module):
+    """Attention over [batch, heads, windows, tokens, dim], as timm's NesT and Hiera call it."""
+
+    def __init__(self, dim: int = 32, heads: int = 2, windows: int = 4) -> None:
+        super().__init__()
+        self.heads, self.windows = heads, windows
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):  # x: [B, windows * tokens, dim]
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, self.windows, n // self.windows, 3, self.heads, c // self.heads).permute(3, 0, 4, 1, 2, 5)
+        o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # [B, heads, windows, tokens, head_dim]
+        return self.proj(o.permute(0, 2, 3, 1, 4).reshape(b, n, c))
+
+
+class _BatchBranch(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x) if x.shape[0] > 1 else -self.inner(x)
+
+
+@pytest.mark.parametrize("tracer", ["symbolic_trace", "torch.export"])
+def test_attention_on_5d_windows_exports_as_4d(tracer, tmp_path):
+    """The ONNX exporter translates only 4-D attention ("only 4D query, key, and value are supported"):
+    canonicalize runs it on 4-D views, and the file matches the quantized model."""
+    torch.manual_seed(0)
+    model = WindowAttention5d().eval()
+    if tracer == "torch.export":  # control flow on the batch size forces the torch.export route
+        model = _BatchBranch(model).eval()
+    x = torch.randn(3, 16, 32)
+    qm = qgraph.quantize(model, x, "w8a8", calib_data=[(torch.randn(3, 16, 32),)])
+    assert qm.qgraph.capture.route == tracer
+    assert [c.action for c in qm.changes if "4-D" in c.detail] == ["reshaped"]
+    with torch.no_grad():
+        assert (qm(x) - model(x)).abs().max() < 0.05
+    res = qm.export(str(tmp_path / "win"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
