@@ -31,6 +31,7 @@ from torch.utils import _pytree as pytree
 from qgraph.meta import ANNOTATION_KEY
 from qgraph.ops import is_fusable_activation
 from qgraph.quantizer import FakeQuantize
+from qgraph.summary import NodeRecorder
 
 HIST_BINS = 64
 
@@ -150,27 +151,8 @@ def find_layers(qg: fx.GraphModule) -> list[Layer]:
     return layers
 
 
-class _Recorder(fx.Interpreter):
-    """Runs a graph; keeps chosen node outputs, and hands chosen nodes' first inputs to a callback."""
-
-    def __init__(self, gm: fx.GraphModule, keep: set[str], inputs_of: set[str] = frozenset(), on_input=None) -> None:
-        super().__init__(gm)
-        self.keep, self.inputs_of, self.on_input = keep, inputs_of, on_input
-        self.values: dict[str, torch.Tensor] = {}
-
-    def run_node(self, n: fx.Node):
-        if n.name in self.inputs_of and self.on_input is not None:
-            arg = self.env.get(n.args[0]) if n.args and isinstance(n.args[0], fx.Node) else None
-            if isinstance(arg, torch.Tensor):
-                self.on_input(n, arg)
-        out = super().run_node(n)
-        if n.name in self.keep and isinstance(out, torch.Tensor):
-            self.values[n.name] = out.detach()
-        return out
-
-
 def _run(gm: fx.GraphModule, args: tuple, keep: set[str], inputs_of: set[str] = frozenset(), on_input=None):
-    rec = _Recorder(gm, keep, inputs_of, on_input)
+    rec = NodeRecorder(gm, keep, inputs_of, on_input)
     with torch.no_grad():
         out = rec.run(*args)
     return rec.values, out

@@ -11,23 +11,29 @@ from qgraph.meta import ANNOTATION_KEY
 from qgraph.quantizer import FakeQuantize
 
 
-class _Recorder(fx.Interpreter):
-    """Runs a graph and keeps the outputs of chosen nodes (by name)."""
+class NodeRecorder(fx.Interpreter):
+    """Runs a graph; keeps copies of chosen node outputs (by name), and hands chosen nodes' first
+    inputs to a callback. Copies: an in-place op after a node (timm's ``SiLU(inplace=True)``) would
+    otherwise overwrite the kept output with the activation's."""
 
-    def __init__(self, gm: fx.GraphModule, names: set[str]) -> None:
+    def __init__(self, gm: fx.GraphModule, keep: set[str], inputs_of: set[str] = frozenset(), on_input=None) -> None:
         super().__init__(gm)
-        self.names = names
+        self.keep, self.inputs_of, self.on_input = keep, inputs_of, on_input
         self.values: dict[str, torch.Tensor] = {}
 
     def run_node(self, n: fx.Node):
+        if n.name in self.inputs_of and self.on_input is not None:
+            arg = self.env.get(n.args[0]) if n.args and isinstance(n.args[0], fx.Node) else None
+            if isinstance(arg, torch.Tensor):
+                self.on_input(n, arg)
         out = super().run_node(n)
-        if n.name in self.names and isinstance(out, torch.Tensor):
-            self.values[n.name] = out.detach()
+        if n.name in self.keep and isinstance(out, torch.Tensor):
+            self.values[n.name] = out.detach().clone()
         return out
 
 
 def node_outputs(gm: fx.GraphModule, args: tuple, names: set[str]) -> dict[str, torch.Tensor]:
-    rec = _Recorder(gm, names)
+    rec = NodeRecorder(gm, names)
     with torch.no_grad():
         rec.run(*args)
     return rec.values

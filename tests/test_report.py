@@ -157,3 +157,20 @@ def test_report_of_a_task_scale_model_carries_one_variant_per_task():
     layer = rep.data["layers"][0]
     got = {t: layer["variants"]["task"][t]["cumulative"]["sqnr_db"] for t in ("a", "b")}
     assert got["a"] > got["b"] + 3, got  # on task a's data, task a's scales fit far better
+
+
+def test_per_layer_sqnr_is_not_overwritten_by_an_inplace_activation():
+    """conv → BN → SiLU(inplace=True): in the float graph the SiLU overwrites the conv's output tensor
+    in place (in the quantized graph it overwrites the output quantizer's copy). The summary must
+    compare the conv's own outputs, not SiLU(conv) against conv."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.SiLU(inplace=True),
+                          nn.Conv2d(8, 8, 3), nn.SiLU(inplace=True), nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).eval()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-0.5, 0.5)
+    calib = [(torch.randn(4, 3, 10, 10),) for _ in range(2)]
+    qm = qgraph.quantize(model, calib[0], "w8a8(bias_correction=False)", calib_data=calib)
+    rows = {r["module"]: r["sqnr_db"] for r in qm.summary_rows(torch.randn(4, 3, 10, 10))}
+    assert rows["0"] > 30 and rows["3"] > 25, rows  # SiLU(conv) vs conv would read ~5 dB
