@@ -182,6 +182,12 @@ TIMM = [  # (name, input side, in --quick)
     ("resnet18", SMALL, False), ("efficientnet_b0", SMALL, False), ("mobilenetv3_small_100", SMALL, True),
     ("convnext_atto", SMALL, False), ("regnetx_002", SMALL, False), ("vit_tiny_patch16_224", 224, True),
     ("deit_tiny_distilled_patch16_224", 224, False), ("swin_tiny_patch4_window7_224", 224, False), ("maxvit_pico_rw_256", 256, False),
+    # added 2026-12-05: families that found bugs (weight standardization, 5-D attention, fixed-batch bias correction) and more
+    ("nf_resnet26", SMALL, False), ("mobilevit_xxs", SMALL, False), ("mobilevitv2_050", SMALL, False), ("efficientvit_b0", SMALL, False),
+    ("edgenext_xx_small", SMALL, False), ("poolformer_s12", SMALL, False), ("fastvit_t8", SMALL, False), ("ghostnet_050", SMALL, False),
+    ("hrnet_w18_small", SMALL, False), ("repvgg_a0", SMALL, False), ("resnest14d", SMALL, False), ("dla34", SMALL, False),
+    ("lcnet_050", SMALL, False), ("nest_tiny", 224, False), ("hiera_tiny_224", 224, False), ("tiny_vit_5m_224", 224, False),
+    ("convit_tiny", 224, False), ("levit_128s", 224, False), ("deit3_small_patch16_224", 224, False),
 ]
 
 
