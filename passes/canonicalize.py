@@ -2,8 +2,9 @@
 
 Rewrite rules:
 
-1. ``call_module Conv{1,2,3}d`` (zero padding mode; also a parametrized one, e.g. weight-normed) → ``get_attr weight`` (+ ``get_attr bias``) →
-   ``call_function F.conv{n}d(x, weight, bias, stride, padding, dilation, groups)``.
+1. ``call_module Conv{1,2,3}d`` (zero padding mode; also a parametrized one, e.g. weight-normed) →
+   ``get_attr weight`` (+ ``get_attr bias``) → ``call_function F.conv{n}d(x, weight, bias, stride,
+   padding, dilation, groups)``.
 2. ``call_module Linear`` → ``F.linear(x, weight, bias)``.
 3. ``call_module Embedding`` (no ``max_norm``) → ``F.embedding(ids, weight, padding_idx)``.
 4. ``call_module MultiheadAttention`` used as self-attention (``attn(x, x, x)``, no masks, packed
@@ -30,7 +31,6 @@ Rewrite rules:
    ``lm_head.weight`` and ``word_embeddings.weight``) become the first of them, so the weight gets one
    quantizer (with the spec of its first reader, the embedding) and the qpack and ONNX store it once.
    ``torch.export`` graphs read each parameter once already.
-
 7. ``scaled_dot_product_attention`` on q / k / v of rank 5 or more (window attention in timm's NesT
    and Hiera: ``[batch, heads, windows, tokens, dim]``), without a mask: the ONNX exporter translates
    only 4-D attention, so the leading dims but the last are merged before it and restored after it.

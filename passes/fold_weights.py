@@ -15,11 +15,15 @@ a new parameter ``<layer path>.folded_weight`` holding the result, when
 2. it is a ``get_attr`` of a parametrized tensor (``torch.nn.utils.parametrize``, e.g.
    ``parametrizations.weight_norm``): reading it runs the parametrization, and the name is not in
    the ``state_dict`` (its parameters are ``parametrizations.weight.original0/1``), so a qpack could
-   not store or restore it. Like BatchNorm folding, this happens before quantization,
-so quantization-aware training trains the folded weight (the reparameterization is not trained).
+   not store or restore it.
+
+Like BatchNorm folding, this happens before quantization, so quantization-aware training trains the
+folded weight (the reparameterization itself is not trained).
 """
 
 from __future__ import annotations
+
+import operator
 
 import torch
 import torch.fx as fx
@@ -30,12 +34,13 @@ from torch.nn.utils import parametrize
 
 from qgraph.ops import classify, module_path
 
-_RANDOM = ("rand", "bernoulli", "normal", "dropout", "uniform", "multinomial", "poisson")
+_RANDOM = {"rand", "randn", "rand_like", "randn_like", "randint", "randint_like", "randperm", "bernoulli", "normal",
+           "uniform", "multinomial", "poisson", "exponential", "geometric", "cauchy", "log_normal"}
 
 
 def _is_random(node: fx.Node) -> bool:
-    name = getattr(node.target, "__name__", str(node.target)).lower()
-    return any(r in name for r in _RANDOM)
+    name = str(getattr(node.target, "__name__", node.target)).split(".")[0].rstrip("_").lower()  # aten "normal_.default"
+    return name in _RANDOM or "dropout" in name
 
 
 def _parameter_subgraph(node: fx.Node) -> list[fx.Node] | None:
@@ -56,13 +61,6 @@ def _parameter_subgraph(node: fx.Node) -> list[fx.Node] | None:
     return list(seen)
 
 
-def _fetch(gm: fx.GraphModule, target: str):
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _evaluate(gm: fx.GraphModule, nodes: list[fx.Node], order: dict[fx.Node, int], out: fx.Node) -> torch.Tensor:
     env: dict[fx.Node, object] = {}
     with torch.no_grad():
@@ -70,7 +68,7 @@ def _evaluate(gm: fx.GraphModule, nodes: list[fx.Node], order: dict[fx.Node, int
             args = fx.node.map_arg(n.args, env.__getitem__)
             kwargs = fx.node.map_arg(n.kwargs, env.__getitem__)
             if n.op == "get_attr":
-                env[n] = _fetch(gm, str(n.target))
+                env[n] = operator.attrgetter(str(n.target))(gm)
             elif n.op == "call_function":
                 env[n] = n.target(*args, **kwargs)
             else:
