@@ -101,3 +101,20 @@ def test_qat_exports_verified_onnx(mlp, tmp_path):
     result = qm.export(str(tmp_path / "qat"))  # export switches to eval itself
     assert not qm.training
     assert result.max_abs_error <= result.tolerance
+
+
+def test_a_fixed_shape_capture_called_with_another_batch_size_names_the_cause():
+    class FixedBatch(nn.Module):  # control flow on the batch size: torch.export fixes it
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.fc(x) * 2 if x.shape[0] > 4 else self.fc(x)
+
+    torch.manual_seed(0)
+    qm = qgraph.quantize(FixedBatch().eval(), torch.randn(8, 6), "w8a8", calib_data=[(torch.randn(8, 6),)])
+    assert qm.qgraph.capture.route == "torch.export"
+    assert qm(torch.randn(8, 6)).shape == (8, 3)
+    with pytest.raises(qgraph.InputError, match=r"captured with torch.export.*x.size\(\)\[0\] == 8.*\(3, 6\)"):
+        qm(torch.randn(3, 6))
