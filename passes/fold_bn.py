@@ -31,7 +31,7 @@ from qgraph.passes.base import QPass
 from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
 
-from qgraph.ops import BN_MODULES, CONV, LINEAR, classify, module_path
+from qgraph.ops import BN_MODULES, CONV, LINEAR, classify, module_path, tensor_meta
 
 aten = torch.ops.aten
 _ATEN_BN = {getattr(aten.batch_norm, "default", None)} - {None}
@@ -179,20 +179,21 @@ def _channel_vector(gm: fx.GraphModule, layer: fx.Node, operand) -> torch.Tensor
     """``operand`` as one value per output channel of ``layer`` when it is a constant that broadcasts
     along that layer's output channels only (a scalar, a ``[C]`` vector for a linear, a ``[1, C, 1, 1]``
     tensor for a conv2d), else None."""
-    val = layer.meta.get("val")
-    if not isinstance(val, torch.Tensor) or val.dim() == 0:
+    meta = tensor_meta(layer)
+    if meta is None or not meta[0]:
         return None
+    rank = len(meta[0])
     w = _attr(gm, classify(gm, layer).weight)
     channels = w.shape[0]
     if isinstance(operand, (int, float)) and not isinstance(operand, bool):
         return torch.full((channels,), float(operand))
     c = _attr(gm, operand) if isinstance(operand, fx.Node) else None
-    if not isinstance(c, torch.Tensor) or not c.is_floating_point() or c.dim() > val.dim():
+    if not isinstance(c, torch.Tensor) or not c.is_floating_point() or c.dim() > rank:
         return None
     # the channel dim counted from the right: 1 for a linear, 3 for a conv2d (N, C, H, W or C, H, W)
     from_right = 1 if layer.target in LINEAR else w.dim() - 1
-    shape = [1] * (val.dim() - c.dim()) + list(c.shape)
-    axis = val.dim() - from_right
+    shape = [1] * (rank - c.dim()) + list(c.shape)
+    axis = rank - from_right
     if any(s != 1 for i, s in enumerate(shape) if i != axis) or shape[axis] not in (1, channels):
         return None
     return c.detach().float().reshape(-1).expand(channels).clone()

@@ -201,9 +201,10 @@ def _export(model: nn.Module, args: tuple, expected) -> tuple[QGraph | None, str
     if dropped:
         expected = _filter_outputs(expected)
     try:
-        ep = torch.export.export(target, args, strict=False)
+        ep = _export_batch_dynamic(target, args)
         exported = ep.module()
         qg = QGraph(exported, exported.graph, model.__class__.__name__)
+        record_shapes(qg, args)  # the example's concrete shapes, next to the exporter's symbolic ones
         with torch.no_grad():
             ok = _outputs_match(expected, qg(*args))
         if ok:
@@ -218,6 +219,21 @@ def _export(model: nn.Module, args: tuple, expected) -> tuple[QGraph | None, str
     qg.meta[CAPTURE_KEY] = CaptureInfo("torch.export", {}, notes)
     qg.meta[MODULE_TYPES_KEY] = _module_types(model)
     return qg, ""
+
+
+def _export_batch_dynamic(model: nn.Module, args: tuple):
+    """``torch.export`` with the batch dim (dim 0 of every tensor input) left dynamic where the model
+    allows it (``Dim.AUTO``: the exporter keeps it symbolic, or specialises it where the code needs a
+    fixed value), so the graph runs, calibrates and exports for any batch size; plain static export
+    when that fails."""
+    auto = getattr(torch.export.Dim, "AUTO", None)
+    if auto is not None and any(isinstance(a, torch.Tensor) and a.dim() > 0 for a in args):
+        shapes = tuple({0: auto} if isinstance(a, torch.Tensor) and a.dim() > 0 else None for a in args)
+        try:
+            return torch.export.export(model, args, dynamic_shapes=shapes, strict=False)
+        except Exception:  # noqa: BLE001 - e.g. a batch of 1 in the example inputs: specialise instead
+            pass
+    return torch.export.export(model, args, strict=False)
 
 
 def _drop_dead_code(gm: fx.GraphModule, args: tuple, expected) -> None:

@@ -324,11 +324,15 @@ def _add_info(node: fx.Node) -> OpInfo | None:
 
 
 def tensor_meta(node: fx.Node):
-    """(shape, dtype) recorded on a node by capture, or None."""
+    """(shape, dtype) recorded on a node by capture, or None: the shapes of the example inputs' run
+    (``tensor_meta``, concrete ints) where capture recorded them, else the exporter's ``val`` (whose
+    batch dim may be symbolic)."""
+    tm = node.meta.get("tensor_meta")
+    if tm is not None and hasattr(tm, "shape") and all(isinstance(d, int) for d in tm.shape):
+        return tuple(tm.shape), tm.dtype
     val = node.meta.get("val")
     if isinstance(val, torch.Tensor):
         return tuple(val.shape), val.dtype
-    tm = node.meta.get("tensor_meta")
     if tm is not None and hasattr(tm, "shape"):
         return tuple(tm.shape), tm.dtype
     return None

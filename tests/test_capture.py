@@ -36,7 +36,7 @@ class GatedNet(nn.Module):
 
 
 class ShapeBranch(nn.Module):
-    """Control flow in the root forward on a shape: fx fails, torch.export (static shapes) works."""
+    """Control flow in the root forward on a shape: fx fails, torch.export works (batch dim left dynamic)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -124,11 +124,10 @@ def test_root_value_control_flow_is_a_capture_error_naming_both_routes():
 
 
 def _shape_of(node):
-    val = node.meta.get("val")
-    if isinstance(val, torch.Tensor):
-        return tuple(val.shape)
-    tm = node.meta.get("tensor_meta")
-    return tuple(tm.shape) if tm is not None and hasattr(tm, "shape") else None
+    from qgraph.ops import tensor_meta
+
+    tm = tensor_meta(node)
+    return None if tm is None else tm[0]
 
 
 def test_every_call_node_has_a_shape_symbolic(gated):
@@ -214,3 +213,19 @@ def test_attributes_named_like_qgraph_members_are_renamed_in_the_graph_only(tmp_
     assert res.max_abs_error <= res.tolerance
     again = qgraph.load(str(tmp_path / "reserved.qpack"), _ReservedNames().eval())
     assert torch.equal(again(x), qm(x))
+
+
+def test_torch_export_capture_keeps_the_batch_dim_dynamic(tmp_path):
+    """Captured on a batch of 3, the quantized model runs on other batch sizes, calibrates on joined
+    batches, and exports with a dynamic batch dim."""
+    torch.manual_seed(0)
+    model = ShapeBranch().eval()
+    calib = [(torch.randn(3, 8),) for _ in range(3)]
+    qm = qgraph.quantize(model, calib[0], "w8a8", calib_data=calib)
+    assert qm.qgraph.capture.route == "torch.export"
+    assert all("9 samples, one pass" in c.detail for c in qm.changes if c.pass_name == "bias_correction" and c.action == "corrected")
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        assert sqnr_db(model(x), qm(x)) > 30
+    res = qm.export(str(tmp_path / "branch"), formats=("onnx",))
+    assert res.dynamic_batch and res.max_abs_error <= res.tolerance
