@@ -165,8 +165,7 @@ def trace(model: nn.Module, example_inputs) -> QGraph:
     gm, leaves, error = _symbolic(model)
     if gm is not None:
         try:
-            record_shapes(gm, args)
-            ok = _outputs_match(expected, gm(*args))
+            ok = _outputs_match(expected, record_shapes(gm, args))
         except Exception as e:
             ok, error = False, f"{type(e).__name__}: {e}"
         if ok:
@@ -204,9 +203,8 @@ def _export(model: nn.Module, args: tuple, expected) -> tuple[QGraph | None, str
         ep = _export_batch_dynamic(target, args)
         exported = ep.module()
         qg = QGraph(exported, exported.graph, model.__class__.__name__)
-        record_shapes(qg, args)  # the example's concrete shapes, next to the exporter's symbolic ones
-        with torch.no_grad():
-            ok = _outputs_match(expected, qg(*args))
+        # the example's concrete shapes, next to the exporter's symbolic ones, and the outputs to check
+        ok = _outputs_match(expected, record_shapes(qg, args))
         if ok:
             _drop_dead_code(qg, args, expected)
     except Exception as e:

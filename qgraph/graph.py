@@ -105,15 +105,17 @@ def _rename_reserved(root, graph: fx.Graph):
     return proxy
 
 
-def record_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
-    """Record shape and dtype on every node (``node.meta['val']`` for tensors), by running the graph."""
+def record_shapes(gm: fx.GraphModule, example_inputs: tuple):
+    """Record shape and dtype on every node (``node.meta['val']`` for tensors), by running the graph;
+    returns the graph's outputs of that run."""
     from torch.fx.passes.shape_prop import ShapeProp
 
     # ShapeProp prints the traceback of a failing node before it raises; capture catches the error,
     # records it and tries the next route, so the user would see a traceback for a capture that worked
     with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-        ShapeProp(gm).propagate(*example_inputs)
+        out = ShapeProp(gm).propagate(*example_inputs)
     for node in gm.graph.nodes:
         tm = node.meta.get("tensor_meta")
         if "val" not in node.meta and tm is not None and hasattr(tm, "shape"):
             node.meta["val"] = torch.empty(tm.shape, dtype=tm.dtype, device="meta")
+    return out
