@@ -11,6 +11,7 @@ import networkx as nx
 import torch
 import torch.fx as fx
 
+from qgraph.errors import InputError
 from qgraph.meta import CAPTURE_KEY
 from qgraph.ops import module_path, tensor_meta
 
@@ -43,6 +44,18 @@ class QGraph(fx.GraphModule):
         super().__init__(_rename_reserved(root, graph), graph, class_name)
         if capture is not None:
             self.meta[CAPTURE_KEY] = capture
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except AssertionError as e:  # a torch.export capture checks the shapes it was specialised to
+            if not str(e).startswith("Guard failed"):
+                raise
+            shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor))
+            raise InputError(f"this model was captured with torch.export, which fixed its input shapes: "
+                             f"{str(e).removeprefix('Guard failed: ')} does not hold for inputs of shape {shapes}. "
+                             f"Run it on inputs shaped like the example inputs, or capture again with example "
+                             f"inputs of the new shape") from e
 
     @property
     def capture(self) -> CaptureInfo:

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from qgraph.errors import ExportError, ExportMismatchError, InputError
+from qgraph.errors import ExportError, ExportMismatchError
 from qgraph.export_tolerance import export_tolerance
 from qgraph.graph import QGraph
 from qgraph.primitives import dequantize_affine
@@ -73,16 +73,7 @@ class QModel(nn.Module):
         object.__setattr__(self, "_example_inputs", example_inputs)
 
     def forward(self, *args, **kwargs):
-        try:
-            return self.qgraph(*args, **kwargs)
-        except AssertionError as e:  # a torch.export capture checks the shapes it was specialised to
-            if not str(e).startswith("Guard failed"):
-                raise
-            shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor))
-            raise InputError(f"this model was captured with torch.export, which fixed its input shapes: "
-                             f"{str(e).removeprefix('Guard failed: ')} does not hold for inputs of shape {shapes}. "
-                             f"Run it on inputs shaped like the example inputs, or quantize again with example "
-                             f"inputs of the new shape") from e
+        return self.qgraph(*args, **kwargs)  # a fixed-shape capture called with other shapes: InputError
 
     def frozen(self):
         """``with qm.frozen(): ...``: every weight is fake-quantized once and reused while it does not

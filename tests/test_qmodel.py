@@ -104,6 +104,7 @@ def test_qat_exports_verified_onnx(mlp, tmp_path):
 
 
 def test_a_fixed_shape_capture_called_with_another_batch_size_names_the_cause():
+    # the quantized model and the plain captured graph both translate torch.export's bare guard failure
     class FixedBatch(nn.Module):  # control flow on the batch size: torch.export fixes it
         def __init__(self) -> None:
             super().__init__()
@@ -118,3 +119,6 @@ def test_a_fixed_shape_capture_called_with_another_batch_size_names_the_cause():
     assert qm(torch.randn(8, 6)).shape == (8, 3)
     with pytest.raises(qgraph.InputError, match=r"captured with torch.export.*x.size\(\)\[0\] == 8.*\(3, 6\)"):
         qm(torch.randn(3, 6))
+    graph = qgraph.trace(FixedBatch().eval(), torch.randn(8, 6))  # the captured graph itself says the same
+    with pytest.raises(qgraph.InputError, match=r"captured with torch.export.*x.size\(\)\[0\] == 8.*\(3, 6\)"):
+        graph(torch.randn(3, 6))
