@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
+from qgraph.dead_code import eliminate_dead_code
 from qgraph.meta import ANNOTATION_KEY  # noqa: F401  (re-exported for passes)
 
 
@@ -51,7 +52,7 @@ class QPass(PassBase):
 
     def finish(self, gm: fx.GraphModule, modified: bool) -> PassResult:
         if modified:
-            gm.graph.eliminate_dead_code()
+            eliminate_dead_code(gm.graph)
             gm.graph.lint()
             gm.recompile()
         return PassResult(gm, modified)

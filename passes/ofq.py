@@ -33,6 +33,7 @@ from qgraph.passes.insert_quantizers import is_quantizer_node
 from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
 
+from qgraph.dead_code import eliminate_dead_code
 from qgraph.meta import MODULE_PATH_KEY
 from qgraph.ofq import QKRScores, StatsQuantize, TokenLSQuantize, matches_any
 from qgraph.ops import classify
@@ -104,7 +105,7 @@ class OFQPass(QPass):
                         + (" (softmax output)" if after_softmax else " with learnable biases β1, β2"))
             modified = True
         if modified:
-            gm.graph.eliminate_dead_code()
+            eliminate_dead_code(gm.graph)
             gm.delete_all_unused_submodules()
             gm.graph.lint()
             gm.recompile()
@@ -196,7 +197,7 @@ class OFQPass(QPass):
                         f"{'StatsQ ' + str(self.bits) + '-bit' if qk.qk_quantizer else 'float'}; scores cost H·N·C² = "
                         f"{heads}·N·{c}² MACs instead of 2·N·C² for q, k")
             modified = True
-        gm.graph.eliminate_dead_code()
+        eliminate_dead_code(gm.graph)
         for lin in sorted(linears, key=lambda n: n.name):
             if lin.graph is gm.graph and lin.users:
                 self._split_v(gm, lin, values)
@@ -241,7 +242,7 @@ class OFQPass(QPass):
         for n in (w_attr, y):
             n.meta[MODULE_PATH_KEY] = base
         v_node.replace_all_uses_with(v)
-        g.eliminate_dead_code()
+        eliminate_dead_code(g)
         self.record("split", y, base, f"v = rows of {path}'s weight ({heads}×{d} of {w.shape[0]}); the fused q/k/v linear goes "
                     "(q and k live in the QKR module)")
         _drop_orphans(gm, info.module_path)

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
+import torch
 import torch.fx as fx
+import torch.utils._pytree as pytree
 from qgraph.passes.annotate import AnnotatePass
 from qgraph.passes.base import Change, QPass
 from qgraph.passes.bias_correction import BiasCorrectionPass, ZeroBiasPass
@@ -18,7 +21,7 @@ from qgraph.passes.insert_quantizers import InsertQuantizersPass
 from qgraph.passes.sparsity import SparsifyPass
 
 from qgraph.bitswitch import BitSwitchRecipe, is_bitswitch
-from qgraph.errors import QGraphError, RecipeError
+from qgraph.errors import CaptureError, QGraphError, RecipeError
 from qgraph.recipes import Recipe
 
 
@@ -77,6 +80,55 @@ def run_passes(gm: fx.GraphModule, passes: list[QPass]) -> list[Change]:
             raise
         done.append(p.name)
     return [c for p in passes for c in p.changes]
+
+
+# a float rewrite (a conv call made functional, BatchNorm folded into the weights) changes the graph's
+# outputs only by float rounding; below this, it changed the model
+FLOAT_REWRITE_MIN_SQNR_DB = 40.0
+
+
+def run_float_rewrites(gm: fx.GraphModule, passes: list[QPass], args: tuple) -> list[Change]:
+    """Run the passes that rewrite the float model (canonicalize, fold_weights, fold_bn) and check on the
+    example inputs, after each pass that changed something, that the graph still computes what it did:
+    a rewrite that alters the model (a dropped in-place op, a wrong fold) raises :class:`CaptureError`
+    naming the pass, instead of leaving every number after it silently wrong."""
+    with torch.no_grad():
+        reference = gm(*args)
+    done: list[str] = []
+    for p in passes:
+        run_passes(gm, [p])
+        if p.changes:
+            with torch.no_grad():
+                worst = output_sqnr_db(reference, gm(*args))
+            if worst < FLOAT_REWRITE_MIN_SQNR_DB:
+                after = f" (after {', '.join(done)})" if done else ""
+                raise CaptureError(f"pass {p.name}{after} changed what the float model computes on the example inputs: "
+                                   f"output SQNR {worst:.1f} dB where float rounding stays above {FLOAT_REWRITE_MIN_SQNR_DB:.0f} dB. "
+                                   f"This is a qgraph bug; please report it with the model"
+                                   + (" (quantize with fold_bn=False avoids this pass)" if p.name == "fold_bn" else ""))
+        done.append(p.name)
+    return [c for p in passes for c in p.changes]
+
+
+def output_sqnr_db(reference, got) -> float:
+    """The worst SQNR (dB) over the tensors of two output structures; -inf when their structure differs."""
+    a, _ = pytree.tree_flatten(reference)
+    b, _ = pytree.tree_flatten(got)
+    if len(a) != len(b):
+        return -math.inf
+    worst = math.inf
+    for x, y in zip(a, b):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            if isinstance(x, torch.Tensor) and not torch.equal(x, y):
+                return -math.inf
+            continue
+        if x.shape != y.shape:
+            return -math.inf
+        noise = (x.double() - y.double()).pow(2).mean()
+        signal = x.double().pow(2).mean()
+        if noise > 0:
+            worst = min(worst, 10 * math.log10(signal / noise) if signal > 0 else -math.inf)
+    return worst
 
 
 def calibrate(gm: fx.GraphModule, batches: Iterable, sync_ranks: bool = False, bias_correction: bool = False) -> list[Change]:

@@ -74,7 +74,7 @@ def prepare(
 ) -> QModel:
     """Capture and rewrite ``model`` with quantizers that are not calibrated yet (``quantize`` without
     its calibration step; ``qgraph.load`` fills the quantizers from a file instead)."""
-    from qgraph.passes.pipeline import prepare_passes, run_passes
+    from qgraph.passes.pipeline import prepare_passes, run_float_rewrites, run_passes
 
     if not isinstance(model, nn.Module):
         raise InputError(f"expected a torch.nn.Module to quantize, got {type(model).__name__}")
@@ -87,7 +87,7 @@ def prepare(
     qg = trace(model, args)
     passes = prepare_passes(r, set(qg.capture.leaves), fold_bn=fold_bn)
     split = sum(p.float_rewrite for p in passes)  # canonicalize, fold_weights (+ fold_bn): the float reference graph
-    changes = run_passes(qg, passes[:split])
+    changes = run_float_rewrites(qg, passes[:split], args)
     float_graph = copy.deepcopy(qg)
     changes += run_passes(qg, passes[split:])
     return QModel(qg, float_graph, r, args, changes, fold_bn=fold_bn)

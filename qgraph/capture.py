@@ -27,6 +27,7 @@ import torch.fx as fx
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from qgraph.dead_code import eliminate_dead_code
 from qgraph.errors import CaptureError, InputError
 from qgraph.graph import CaptureInfo, QGraph, record_shapes
 from qgraph.meta import CAPTURE_KEY
@@ -239,7 +240,7 @@ def _drop_dead_code(gm: fx.GraphModule, args: tuple, expected) -> None:
     they would get quantizers that calibration never reaches. Kept if the graph then disagrees
     with the model (an in-place op whose result is unused)."""
     before = copy.deepcopy(gm.graph)
-    if not gm.graph.eliminate_dead_code():
+    if not eliminate_dead_code(gm.graph):
         return
     gm.recompile()
     try:
