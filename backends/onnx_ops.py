@@ -5,6 +5,7 @@
 * ``qgraph::dequantize`` → ``Cast(int codes → container) → DequantizeLinear``; the Cast of an
   initializer is folded into a typed initializer after export (int4 packed two to a byte, int2
   four to a byte; :func:`qgraph.backends.onnx_fold.fold_constant_quantization`).
+* ``aten::conv3d`` → ``Conv`` (works around an onnxscript bug with bias-less 3-D convs: :func:`conv3d`).
 
 Weight containers: int8/uint8, int4/uint4 (opset 21), int2/uint2 (opset 25, only when the export
 runs at opset 25: :func:`translation_table` takes the opset). Axis and block size follow the
@@ -93,6 +94,27 @@ def dequantize_int2(q, scale, zero_point, qmin: int, qmax: int, axis: int, group
     return op.DequantizeLinear(qc, scale, zp, **_qdq_attrs(axis, group_size, _scale_rank(scale)))
 
 
+def conv3d(input, weight, bias=None, stride=(1, 1, 1), padding=(0, 0, 0), dilation=(1, 1, 1), groups: int = 1):
+    """``aten::conv3d`` as one ``Conv``, without a bias input when the layer has none.
+
+    onnxscript 0.7's own translation gives a bias-less conv3d a zero bias of shape [C, 2] (copied from
+    its complex variant; microsoft/onnxscript#2931, fix open in #2935), which ONNX Runtime rejects
+    ("bias must be a 1D tensor of size output_channels"): every Conv3d(bias=False) in a float export,
+    e.g. ``qgraph.export_onnx`` of torchvision's MViT or R3D."""
+    def triple(v):
+        return [v] * 3 if isinstance(v, int) else list(v) * (3 if len(v) == 1 else 1)
+
+    pads = triple(padding)
+    unbatched = len(input.shape) == 4  # conv3d also takes one unbatched [C, T, H, W] clip
+    if unbatched:
+        input = op.Unsqueeze(input, op.Constant(value_ints=[0]))
+    inputs = (input, weight) if bias is None else (input, weight, bias)
+    kernel = list(weight.shape[2:]) if weight.shape is not None and all(isinstance(d, int) for d in weight.shape[2:]) else None
+    out = op.Conv(*inputs, strides=triple(stride), pads=pads + pads, dilations=triple(dilation), group=groups,
+                  **({"kernel_shape": kernel} if kernel else {}))
+    return op.Squeeze(out, op.Constant(value_ints=[0])) if unbatched else out
+
+
 def translation_table(opset: int = 21) -> dict:
     """Translations for an export at ``opset`` (INT2 containers from opset 25 on)."""
     import qgraph.primitives  # noqa: F401  (registers the custom ops)
@@ -100,4 +122,5 @@ def translation_table(opset: int = 21) -> dict:
     return {
         torch.ops.qgraph.fake_quantize.default: fake_quantize,
         torch.ops.qgraph.dequantize.default: dequantize_int2 if opset >= INT2_OPSET else dequantize,
+        torch.ops.aten.conv3d.default: conv3d,
     }

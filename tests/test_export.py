@@ -247,3 +247,22 @@ def test_a_classifier_heads_result_stays_float_and_runs_on_integers(tiny, tmp_pa
     ort_session(result.onnx_path, optimized_path=str(tmp_path / "opt.onnx"))
     ops = op_types(tmp_path / "opt.onnx")
     assert ops["QGemm"] == 1 and ops["MatMulIntegerToFloat"] == 1 and ops["Gemm"] == ops["DequantizeLinear"] == 0, ops
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv3d_exports_with_and_without_bias(tmp_path, bias):
+    # onnxscript 0.7 gives a bias-less conv3d a [C, 2] zero bias that ONNX Runtime rejects; qgraph
+    # translates aten.conv3d itself (float export, and a w8a8 export without bias correction)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv3d(4, 6, 3, padding=1, bias=bias), nn.ReLU(),
+                          nn.Conv3d(6, 6, (1, 3, 3), stride=(1, 2, 2), groups=2, bias=bias)).eval()
+    x = torch.randn(2, 4, 3, 8, 8)
+    qgraph.export_onnx(model, x, str(tmp_path / "fp32.onnx"))
+    sess = ort_session(str(tmp_path / "fp32.onnx"))
+    for batch in (x, torch.randn(5, 4, 3, 8, 8)):  # the batch stays dynamic
+        got = sess.run(None, {sess.get_inputs()[0].name: batch.numpy()})[0]
+        np.testing.assert_allclose(got, model(batch).detach().numpy(), atol=1e-5)
+    recipe = qgraph.get_recipe("w8a8", bias_correction=False)  # keeps the convs bias-less
+    qm = qgraph.quantize(model, x, recipe, calib_data=[(torch.randn(2, 4, 3, 8, 8),) for _ in range(2)])
+    result = qm.export(str(tmp_path / "w8a8"))
+    assert result.max_abs_error <= result.tolerance
