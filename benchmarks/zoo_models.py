@@ -52,10 +52,10 @@ class Entry:
     huge: bool = False  # over 250M parameters: only with --huge (memory, and a quarter of the run time)
 
 
-def _images(side: int, channels: int = 3, frames: int | None = None) -> Callable[[int], tuple]:
+def _images(side: int, channels: int = 3, frames: int | None = None, batch: int = BATCH) -> Callable[[int], tuple]:
     def make(seed: int) -> tuple:
         g = torch.Generator().manual_seed(seed)
-        shape = (BATCH, channels, frames, side, side) if frames else (BATCH, channels, side, side)
+        shape = (batch, channels, frames, side, side) if frames else (batch, channels, side, side)
         return (torch.randn(*shape, generator=g),)
     return make
 
@@ -90,14 +90,27 @@ def _tv_classifier(name: str):
     return build
 
 
-def _tv_other(module: str, name: str, frames: int | None = None, side: int = SMALL):
+def _tv_other(module: str, name: str, frames: int | None = None, side: int = SMALL, batch: int = BATCH):
     def build():
+        import contextlib
+        from unittest import mock
+
         import torchvision
+        import torchvision.models.video.mvit as mvit
 
         torch.manual_seed(0)
         kw = {"weights_backbone": None, "num_classes": 21} if module == "segmentation" else {"num_classes": CLASSES}
-        model = _ready(getattr(getattr(torchvision.models, module), name)(weights=None, **kw))
-        return model, _images(side, frames=frames)
+        patch = contextlib.nullcontext()
+        if name.startswith("mvit"):
+            # the MViT builders fix 224x224 x 16 frames (the size of their position embeddings); the
+            # model itself takes any size, so their shared constructor is called with the zoo's
+            def small(**a):
+                return _mvit(**{**a, "spatial_size": (side, side), "temporal_size": frames})
+            _mvit = mvit._mvit
+            patch = mock.patch.object(mvit, "_mvit", small)
+        with patch:
+            model = _ready(getattr(getattr(torchvision.models, module), name)(weights=None, **kw))
+        return model, _images(side, frames=frames, batch=batch)
     return build
 
 
@@ -156,6 +169,17 @@ DET = [  # (name, in --quick, note)
 HUGE = {"vit_h_14", "vit_l_16", "vit_l_32", "regnet_y_128gf"}
 
 
+VIDEO = [  # (name, in --quick, frames, side, batch, note): every torchvision video classifier
+    ("r3d_18", True, 4, 32, BATCH, ""), ("r2plus1d_18", False, 4, 32, BATCH, ""), ("mc3_18", False, 4, 32, BATCH, ""),
+    ("swin3d_t", False, 4, 32, BATCH, ""), ("swin3d_s", False, 4, 32, BATCH, ""), ("swin3d_b", False, 4, 32, BATCH, ""),
+    ("mvit_v1_b", False, 4, 32, BATCH, "built for 4x32x32 clips (the builder's default is 16x224x224)"),
+    ("mvit_v2_s", False, 4, 32, BATCH, "built for 4x32x32 clips (the builder's default is 16x224x224)"),
+    # S3D ends in a fixed 2x7x7 average pool, so it needs 16 frames of 224x224: 2 clips a batch keep it
+    # within a few minutes (top-1 on 24 clips)
+    ("s3d", False, 16, 224, 2, "16x224x224 clips, 2 a batch (its final 2x7x7 pool fixes the input size)"),
+]
+
+
 def torchvision_entries() -> list[Entry]:
     import torchvision
 
@@ -167,13 +191,15 @@ def torchvision_entries() -> list[Entry]:
         note = f"image_size={side}" if name.startswith("vit_") else ""
         out.append(Entry(name, "torchvision", _tv_classifier(name), "cls", f"{BATCH}x3x{side}x{side}", name in quick, note,
                          huge=name in HUGE))
-    seg = [("fcn_resnet50", False), ("deeplabv3_mobilenet_v3_large", True), ("lraspp_mobilenet_v3_large", False)]
+    seg = [("fcn_resnet50", False), ("fcn_resnet101", False), ("deeplabv3_resnet50", False), ("deeplabv3_resnet101", False),
+           ("deeplabv3_mobilenet_v3_large", True), ("lraspp_mobilenet_v3_large", False)]
     for name, q in seg:
         out.append(Entry(name, "tv-seg", _tv_other("segmentation", name), "seg", f"{BATCH}x3x{SMALL}x{SMALL}", q))
     for name, q, note in DET:
         out.append(Entry(f"det/{name}", "tv-det", _tv_det(name), "features", f"{BATCH}x3x{DET_SIDE}x{DET_SIDE}", q, note))
-    for name, q in [("r3d_18", True), ("r2plus1d_18", False)]:
-        out.append(Entry(name, "tv-video", _tv_other("video", name, frames=4, side=32), "cls", f"{BATCH}x3x4x32x32", q))
+    for name, q, frames, side, batch, note in VIDEO:
+        out.append(Entry(name, "tv-video", _tv_other("video", name, frames, side, batch), "cls", f"{batch}x3x{frames}x{side}x{side}",
+                         q, note))
     return out
 
 
