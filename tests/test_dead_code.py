@@ -5,13 +5,13 @@ caught (torchvision's MViT-v2 lost its residual pooling: fx's dead-code eliminat
 import pytest
 import torch
 import torch.fx as fx
+from qgraph.passes.base import QPass
+from qgraph.passes.pipeline import run_float_rewrites
 from torch import nn
 
 import qgraph
 from qgraph.dead_code import eliminate_dead_code, may_mutate
 from qgraph.errors import CaptureError
-from qgraph.passes.base import QPass
-from qgraph.passes.pipeline import run_float_rewrites
 
 
 def add_into(x, y):  # writes into its argument and returns nothing anyone reads (like MViT's _add_shortcut)
