@@ -23,6 +23,7 @@ from qgraph.passes.sparsity import SparsifyPass
 from qgraph.bitswitch import BitSwitchRecipe, is_bitswitch
 from qgraph.errors import CaptureError, QGraphError, RecipeError
 from qgraph.recipes import Recipe
+from qgraph.summary import sqnr_db
 
 
 def prepare_passes(recipe: Recipe, leaves: set[str], fold_bn: bool = True) -> list[QPass]:
@@ -124,10 +125,7 @@ def output_sqnr_db(reference, got) -> float:
             continue
         if x.shape != y.shape:
             return -math.inf
-        noise = (x.double() - y.double()).pow(2).mean()
-        signal = x.double().pow(2).mean()
-        if noise > 0:
-            worst = min(worst, 10 * math.log10(signal / noise) if signal > 0 else -math.inf)
+        worst = min(worst, sqnr_db(x, y))
     return worst
 
 
