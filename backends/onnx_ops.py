@@ -6,6 +6,8 @@
   initializer is folded into a typed initializer after export (int4 packed two to a byte, int2
   four to a byte; :func:`qgraph.backends.onnx_fold.fold_constant_quantization`).
 * ``aten::conv3d`` → ``Conv`` (works around an onnxscript bug with bias-less 3-D convs: :func:`conv3d`).
+* mixture-of-experts grouped matmuls (``transformers::grouped_mm_fallback``, ``aten::_grouped_mm``
+  with offsets, which torchlib does not translate) → one ``MatMul`` per expert (:func:`grouped_mm`).
 
 Weight containers: int8/uint8, int4/uint4 (opset 21), int2/uint2 (opset 25, only when the export
 runs at opset 25: :func:`translation_table` takes the opset). Axis and block size follow the
@@ -115,6 +117,56 @@ def conv3d(input, weight, bias=None, stride=(1, 1, 1), padding=(0, 0, 0), dilati
     return op.Squeeze(out, op.Constant(value_ints=[0])) if unbatched else out
 
 
+def grouped_mm(input, weight, offs=None, bias=None, out_dtype=None):
+    """A mixture-of-experts grouped matmul (``transformers::grouped_mm_fallback``, ``aten::_grouped_mm``):
+    ``input [S, K]`` holds the tokens sorted by expert, ``offs [E]`` the cumulative row count of each
+    expert, and rows ``offs[e-1]:offs[e]`` are multiplied by ``weight[e] [K, N]``; rows past ``offs[-1]``
+    come out zero. One ``Slice → MatMul`` per expert (E is fixed by the weight's shape), then one
+    ``Concat``: no ``[S, K, N]`` gather of per-row weights. Without ``offs``: a batched ``MatMul``."""
+    if offs is None:
+        out = op.MatMul(input, weight)
+    else:
+        experts = weight.shape[0] if weight.shape is not None else None
+        if len(input.shape) != 2 or len(weight.shape) != 3 or not isinstance(experts, int):
+            raise NotImplementedError(f"grouped matmul with offsets: only input [S, K] × weight [E, K, N] with a fixed E is "
+                                      f"translated (got input rank {len(input.shape)}, weight shape {weight.shape})")
+        ends = op.Cast(offs, to=ir.DataType.INT64)
+        zero = op.Constant(value_ints=[0])
+        axis0 = op.Constant(value_ints=[0])
+        start, parts = zero, []
+        for e in range(experts):
+            end = op.Slice(ends, op.Constant(value_ints=[e]), op.Constant(value_ints=[e + 1]))
+            w = op.Gather(weight, op.Constant(value_int=e), axis=0)
+            part = op.MatMul(op.Slice(input, start, end, axis0), w)
+            if bias is not None:
+                part = op.Add(part, op.Gather(bias, op.Constant(value_int=e), axis=0))
+            parts.append(part)
+            start = end
+        # rows no expert owns (past offs[-1]) are zero, as in the eager op
+        rest = op.Sub(op.Shape(input, start=0, end=1), start)
+        n = op.Shape(weight, start=2, end=3)
+        parts.append(op.CastLike(op.ConstantOfShape(op.Concat(rest, n, axis=0)), parts[0]))
+        out = op.Concat(*parts, axis=0)
+    if offs is None and bias is not None:
+        out = op.Add(out, bias)
+    if out_dtype is not None and out_dtype != -1:
+        out = op.Cast(out, to=out_dtype)
+    return out
+
+
+def _grouped_mm_ops() -> list:
+    """The grouped-matmul overloads this torch (and transformers, if imported) registers."""
+    found = []
+    aten = getattr(torch.ops.aten, "_grouped_mm", None)
+    if aten is not None:
+        found.append(aten.default)
+    try:
+        found.append(torch.ops.transformers.grouped_mm_fallback.default)
+    except (AttributeError, RuntimeError):  # transformers not imported, or older than its MoE integration
+        pass
+    return found
+
+
 def translation_table(opset: int = 21) -> dict:
     """Translations for an export at ``opset`` (INT2 containers from opset 25 on)."""
     import qgraph.primitives  # noqa: F401  (registers the custom ops)
@@ -123,4 +175,5 @@ def translation_table(opset: int = 21) -> dict:
         torch.ops.qgraph.fake_quantize.default: fake_quantize,
         torch.ops.qgraph.dequantize.default: dequantize_int2 if opset >= INT2_OPSET else dequantize,
         torch.ops.aten.conv3d.default: conv3d,
+        **dict.fromkeys(_grouped_mm_ops(), grouped_mm),
     }

@@ -25,6 +25,14 @@ Rules:
    e.g. torchvision's ``shifted_window_attention``) and ``nn.MultiheadAttention`` modules the
    canonicalize pass could not rewrite: the weight gets the recipe's weight spec, no activation is
    quantized.
+8. The router of a mixture-of-experts layer (a linear whose result reaches a ``topk`` within three
+   ops) stays float, weight included: its logits choose the experts, and rounding flips the choice
+   between near-tied experts, a jump in the output no tolerance can bound (Mixtral w8a8: 7 of 128
+   tokens differed by up to 0.047 between ONNX Runtime and PyTorch with a quantized router).
+9. Expert weights of mixture-of-experts layers (``[E, N, K]`` parameters read by a grouped matmul,
+   :func:`qgraph.ops.is_grouped_mm`): weight-only, no integer kernel reads them; a per-channel spec
+   becomes one scale per row of the last axis (per expert and output channel), a per-group spec
+   keeps its groups along the last axis (the input dimension) where they divide it.
 
 The result is an :class:`Annotation` under ``node.meta["qgraph.annotation"]``; nothing else is
 changed, so the pass reports ``modified=False``.
@@ -41,7 +49,7 @@ from torch.fx.passes.infra.pass_base import PassResult
 
 from qgraph.errors import UnsupportedOpError, node_context
 from qgraph.granularity import PerChannel, PerGroup, PerTensor
-from qgraph.ops import WEIGHT_ONLY_KINDS, classify, feeds_model_output, owner_type, reaches_integer_op, tensor_meta
+from qgraph.ops import WEIGHT_ONLY_KINDS, classify, feeds_model_output, feeds_topk, owner_type, reaches_integer_op, tensor_meta
 from qgraph.qspec import QSpec
 from qgraph.recipes import Recipe
 
@@ -78,6 +86,10 @@ class AnnotatePass(QPass):
                 self.record("kept float", node, info.module_path, "add: its sum reaches no conv/linear/matmul input (only float ops), "
                                                                   "so quantizing it would only add error")
                 continue
+            if info.kind == "linear" and feeds_topk(node):
+                self.record("kept float", node, info.module_path, "linear: a mixture-of-experts router (its result reaches a top-k "
+                                                                  "that picks the experts; rounding would flip near-tied choices)")
+                continue
             if weight_only(gm, node, info):
                 if weight is None:
                     continue
@@ -104,6 +116,8 @@ class AnnotatePass(QPass):
         shape = self._weight_shape(gm, node, info)
         if shape is None:
             return spec
+        if info.kind == "experts" and not isinstance(g, PerTensor):
+            return self._fit_experts(node, info, spec, shape)
         if len(shape) < 2 and not isinstance(g, PerTensor):
             raise UnsupportedOpError(
                 f"{info.kind} {node_context(node, info.module_path)}: {len(shape)}-D weight not supported by "
@@ -128,6 +142,18 @@ class AnnotatePass(QPass):
         if isinstance(g, PerChannel) and g.axis != info.weight_channel_axis:
             return spec.with_(granularity=PerChannel(info.weight_channel_axis))
         return spec
+
+    def _fit_experts(self, node, info, spec: QSpec, shape) -> QSpec:
+        """Expert weights ``[E, ·, ·]`` (rule 9): per-channel becomes one scale per row of the last axis,
+        one per (expert, output channel) when the rows are output channels; groups run along the last axis."""
+        k = shape[-1]
+        layout = "[experts, out, in]" if info.weight_channel_axis == 1 else "[experts, in, out]: rows are inputs"
+        if isinstance(spec.granularity, PerGroup) and k % spec.granularity.size == 0:
+            return spec
+        why = (f"last axis {k} is not a multiple of {spec.granularity.size}" if isinstance(spec.granularity, PerGroup)
+               else "one scale per row")
+        self.record("fallback", node, info.module_path, f"{spec.granularity} → per-group({k}) on {tuple(shape)} {layout} ({why})")
+        return spec.with_(granularity=PerGroup(k))
 
     @staticmethod
     def _weight_shape(gm, node, info):

@@ -72,7 +72,10 @@ class InsertQuantizersPass(QPass):
             path = ann.module_path
             if node.op == "get_attr":  # a weight read by calls qgraph does not know: quantize it where it is read
                 if node not in weight_q:
-                    weight_q[node] = self._insert_after(gm, node, ann.weight, "weight", f"{path}.weight_quantizer", path)
+                    attr = str(node.target).rpartition(".")[2]  # experts.gate_up_proj -> experts.gate_up_proj_quantizer
+                    name = "weight_quantizer" if attr == "weight" else f"{attr}_quantizer"
+                    name = f"{path}.{name}" if path else name
+                    weight_q[node] = self._insert_after(gm, node, ann.weight, "weight", name, path)
                 node.replace_all_uses_with(weight_q[node], delete_user_cb=lambda u, q=weight_q[node]: u is not q)
                 modified = True
                 continue

@@ -73,9 +73,16 @@ PASSTHROUGH_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Flatten, nn.
 AVERAGING_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 INTEGER_CONSUMERS = ("conv", "conv_transpose", "linear", "matmul")
 
+# grouped matmuls of mixture-of-experts layers: ``(x [S, K] sorted by expert, W [E, K, N], offs [E])``,
+# rows ``offs[e-1]:offs[e]`` times ``W[e]``. Matched by name: the Hugging Face op exists only once
+# transformers is imported, and ``aten._grouped_mm`` only in newer torch.
+GROUPED_MM_NAMES = ("transformers::grouped_mm_fallback", "aten::_grouped_mm")
+
 # op kinds a recipe can name
-WEIGHTED_KINDS = ("conv", "conv_transpose", "linear", "embedding")
-WEIGHT_ONLY_KINDS = ("embedding",)  # a table lookup: the weight is quantized, its output is not
+WEIGHTED_KINDS = ("conv", "conv_transpose", "linear", "embedding", "experts")
+# a table lookup; the expert weights of a grouped matmul (no integer kernel reads them): the weight
+# is quantized, the activations are not
+WEIGHT_ONLY_KINDS = ("embedding", "experts")
 ACTIVATION_KINDS = ("matmul", "add")
 KINDS = WEIGHTED_KINDS + ACTIVATION_KINDS
 
@@ -201,6 +208,28 @@ def reaches_integer_op(gm: fx.GraphModule, node: fx.Node) -> bool:
     return False
 
 
+TOPK = {torch.topk} | _ops("topk.default")
+# what routers put between their logits and the top-k: a probability map, a dtype cast, a reshape
+_ROUTER_STEPS = {torch.softmax, F.softmax, torch.sigmoid, F.sigmoid, torch.reshape} | _ops(
+    "softmax.int", "_softmax.default", "sigmoid.default", "to.dtype", "_to_copy.default", "view.default", "reshape.default"
+)
+_ROUTER_STEP_METHODS = {"softmax", "sigmoid", "to", "float", "type_as", "view", "reshape"}
+
+
+def feeds_topk(node: fx.Node, hops: int = 3) -> bool:
+    """Whether ``node``'s value reaches a ``topk`` directly or through at most ``hops - 1`` of the
+    steps a router takes (softmax or sigmoid, a dtype cast, a reshape): the router of a
+    mixture-of-experts layer, whose logits pick the experts."""
+    frontier = [node]
+    for _ in range(hops):
+        users = [u for n in frontier for u in n.users]
+        if any(u.target in TOPK or (u.op == "call_method" and u.target == "topk") for u in users):
+            return True
+        frontier = [u for u in users if (u.op == "call_function" and u.target in _ROUTER_STEPS)
+                    or (u.op == "call_method" and u.target in _ROUTER_STEP_METHODS)]
+    return False
+
+
 def feeds_model_output(gm: fx.GraphModule, node: fx.Node) -> bool:
     """Whether ``node``'s value is a graph output, directly or through ops that only move or select
     values (flatten, reshape, dropout, …) or ReLU."""
@@ -254,7 +283,7 @@ def classify(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
             return _add_info(node)
         return None
     if node.op == "get_attr":
-        return _opaque_weight_info(gm, node)
+        return _expert_weight_info(node) or _opaque_weight_info(gm, node)
     if node.op == "call_method":
         if node.target in MATMUL_METHODS and len(node.args) >= 2:
             a, b = node.args[0], node.args[1]
@@ -275,6 +304,42 @@ def classify(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
         kind = "linear" if isinstance(mod, nn.Linear) else "conv_transpose" if isinstance(mod, CONV_TRANSPOSE_MODULES) else "conv"
         return OpInfo(kind, str(node.target), None, None, [x], 1 if kind == "conv_transpose" else 0)
     return None
+
+
+def is_grouped_mm(node: fx.Node) -> bool:
+    t = node.target
+    if node.op != "call_function":
+        return False
+    if isinstance(t, torch._ops.OpOverload):
+        return t.name() in GROUPED_MM_NAMES
+    if isinstance(t, torch._ops.OpOverloadPacket):  # torch.ops.transformers.grouped_mm_fallback under symbolic trace
+        return t._qualified_op_name in GROUPED_MM_NAMES
+    return t is getattr(torch, "_grouped_mm", None) or t is getattr(F, "grouped_mm", None)  # symbolic trace
+
+
+def _expert_weight_info(node: fx.Node) -> OpInfo | None:
+    """A 3-D parameter every reader of which is a grouped matmul's weight ``[E, K, N]``, directly or
+    through a transpose (Hugging Face MoE layers store ``[E, N, K]``, the rows of ``nn.Linear``):
+    kind ``experts``, quantized on its ``get_attr`` (weight-only). ``weight_channel_axis``: the
+    axis of the stored tensor that holds the output channels (N)."""
+    tm = tensor_meta(node)
+    if tm is None or len(tm[0]) != 3 or not tm[1].is_floating_point or not node.users:
+        return None
+    axes = set()
+    for user in node.users:
+        mm, out_axis = user, 2
+        if (user.op == "call_function" and user.target in (torch.transpose, *_ops("transpose.int"))
+                or user.op == "call_method" and user.target == "transpose"):
+            dims = {d % 3 for d in user.args[1:3]}
+            if dims != {1, 2} or len(user.users) != 1:
+                return None
+            mm, out_axis = next(iter(user.users)), 1
+        if not (is_grouped_mm(mm) and len(mm.args) > 1 and mm.args[1] is (user if mm is not user else node)):
+            return None
+        axes.add(out_axis)
+    if len(axes) != 1:
+        return None
+    return OpInfo("experts", str(node.target).rpartition(".")[0], node, None, [], axes.pop())
 
 
 def _opaque_weight_info(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 _UNSET = object()
 DEFAULT_KINDS = ("conv", "conv_transpose", "linear", "matmul", "add")
+WEIGHT_ONLY_RECIPE_KINDS = ("conv", "conv_transpose", "linear", "experts")  # experts: mixture-of-experts weights (annotate rule 9)
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class Override:
     """Refine a recipe for matching ops.
 
     Match by ``name`` (a glob on the module path, e.g. ``"layer4.*"``), ``regex`` (``re.search`` on
-    the module path), ``op`` (an op kind: conv, conv_transpose, linear, embedding, matmul, add) or
+    the module path), ``op`` (an op kind: conv, conv_transpose, linear, embedding, experts, matmul, add) or
     ``module_type`` (a class or its name, e.g. ``"Linear"``); all given criteria must match.
     Then ``skip=True`` keeps the op float, or ``weight`` / ``activation`` replace the specs
     (``None`` disables that quantizer).
@@ -304,37 +305,39 @@ def _activation(bits: int = 8, observer: str = "minmax") -> QSpec:
 @register_recipe("w8a8")
 def w8a8(observer: str = "minmax", bias_correction: bool = True) -> Recipe:
     """int8 symmetric per-channel weights, uint8 asymmetric per-tensor activations (ONNX Runtime's integer kernels);
-    embedding tables int8 per row (weight-only). Post-training, layer biases absorb the mean shift that
+    embedding tables int8 per row and mixture-of-experts weights int8 per expert and output channel (both
+    weight-only). Post-training, layer biases absorb the mean shift that
     quantization causes (``bias_correction``, measured on the calibration data), as in every weight recipe below."""
-    return Recipe("w8a8", _weight(8), _activation(8, observer), kinds=(*DEFAULT_KINDS, "embedding"), description=w8a8.__doc__,
+    return Recipe("w8a8", _weight(8), _activation(8, observer), kinds=(*DEFAULT_KINDS, "embedding", "experts"),
+                  description=w8a8.__doc__,
                   bias_correction=bias_correction)
 
 
 @register_recipe("w4a8")
 def w4a8(observer: str = "minmax", bias_correction: bool = True) -> Recipe:
     """int4 symmetric per-channel weights, uint8 activations."""
-    return Recipe("w4a8", _weight(4), _activation(8, observer), description=w4a8.__doc__,
+    return Recipe("w4a8", _weight(4), _activation(8, observer), kinds=(*DEFAULT_KINDS, "experts"), description=w4a8.__doc__,
                   bias_correction=bias_correction)
 
 
 @register_recipe("w8a16")
 def w8a16(bias_correction: bool = True) -> Recipe:
     """Weight-only int8 per-channel; activations stay float."""
-    return Recipe("w8a16", _weight(8), None, kinds=("conv", "conv_transpose", "linear"), description=w8a16.__doc__,
+    return Recipe("w8a16", _weight(8), None, kinds=WEIGHT_ONLY_RECIPE_KINDS, description=w8a16.__doc__,
                   bias_correction=bias_correction)
 
 
 @register_recipe("w4a16")
 def w4a16(group_size: int = 128, bias_correction: bool = True) -> Recipe:
     """Weight-only int4: linear layers in groups of ``group_size`` along the input dimension, convs per channel; float16 scales."""
-    return Recipe("w4a16", _weight(4, group_size, "float16"), None, kinds=("conv", "conv_transpose", "linear"), description=w4a16.__doc__,
+    return Recipe("w4a16", _weight(4, group_size, "float16"), None, kinds=WEIGHT_ONLY_RECIPE_KINDS, description=w4a16.__doc__,
                   bias_correction=bias_correction)
 
 
 @register_recipe("w2a16")
 def w2a16(group_size: int = 64, bias_correction: bool = True) -> Recipe:
     """Weight-only int2 in groups of ``group_size`` (linear), per channel (conv); float16 scales."""
-    return Recipe("w2a16", _weight(2, group_size, "float16"), None, kinds=("conv", "conv_transpose", "linear"), description=w2a16.__doc__,
+    return Recipe("w2a16", _weight(2, group_size, "float16"), None, kinds=WEIGHT_ONLY_RECIPE_KINDS, description=w2a16.__doc__,
                   bias_correction=bias_correction)
 
 

@@ -1,0 +1,117 @@
+"""Mixture-of-experts layers: expert weights quantized weight-only, the router kept float, the grouped
+matmul exported to ONNX (one MatMul per expert) and verified in ONNX Runtime, qpack round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import ort_session
+from qgraph.backends import ort as ort_backend
+from torch import nn
+
+import qgraph
+
+# Hugging Face's grouped matmul: what its MoE layers run under torch.export (torch._grouped_mm's
+# export kernel takes bfloat16 only)
+moe_integration = pytest.importorskip("transformers.integrations.moe")
+
+
+class TinyMoE(nn.Module):
+    """Top-2 routing over 4 experts, the rows sorted by expert and multiplied by one grouped matmul per
+    projection (as Hugging Face's MoE layers do), expert weights stored [E, out, in] and transposed."""
+
+    def __init__(self, dim: int = 16, hidden: int = 32, experts: int = 4, top_k: int = 2, classes: int = 10) -> None:
+        super().__init__()
+        self.inp = nn.Linear(dim, dim)
+        self.router = nn.Linear(dim, experts, bias=False)
+        self.up = nn.Parameter(torch.randn(experts, hidden, dim) * dim**-0.5)
+        self.down = nn.Parameter(torch.randn(experts, dim, hidden) * hidden**-0.5)
+        self.head = nn.Linear(dim, classes)
+        self.experts, self.top_k = experts, top_k
+
+    def forward(self, x):
+        mm = torch.ops.transformers.grouped_mm_fallback
+        h = self.inp(x)
+        weights, chosen = torch.softmax(self.router(h), dim=-1).topk(self.top_k, dim=-1)
+        flat = chosen.reshape(-1)
+        order = flat.argsort()
+        token = order // self.top_k
+        counts = torch.histc(flat.float(), bins=self.experts, min=0, max=self.experts - 1)  # a fixed shape, unlike bincount
+        offs = torch.cumsum(counts, 0).to(torch.int32)
+        rows = h[token]
+        y = mm(torch.relu(mm(rows, self.up.transpose(-2, -1), offs)), self.down.transpose(-2, -1), offs)
+        y = y * weights.reshape(-1)[order, None]
+        out = torch.zeros_like(h).index_add(0, token, y)
+        return self.head(out + h)
+
+
+@pytest.fixture(scope="module")
+def moe():
+    torch.manual_seed(0)
+    model = TinyMoE().eval()
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(8, 16, generator=g),)
+    calib = [(torch.randn(8, 16, generator=g),) for _ in range(4)]
+    return model, x, calib
+
+
+def test_experts_quantized_router_float_and_export(moe, tmp_path):
+    model, x, calib = moe
+    qm = qgraph.quantize(model, x, "w8a8", calib)
+    weights = {n: q for n, q in qm.quantizers().items() if q.role == "weight"}
+    assert {"up_quantizer", "down_quantizer"} <= set(weights)
+    assert "router.weight_quantizer" not in weights
+    assert any(c.action == "kept float" and c.module_path == "router" and "router" in c.detail for c in qm.changes)
+    # one scale per expert and output channel
+    assert tuple(weights["up_quantizer"].scale.shape) == (4, 32, 1)
+    with torch.no_grad():
+        wq = weights["up_quantizer"](model.up)
+    err = (wq - model.up).abs()
+    assert 0 < err.max() <= weights["up_quantizer"].scale.max() / 2 + 1e-7
+    res = qm.export(str(tmp_path / "moe"))  # raises if ONNX Runtime disagrees
+    assert res.max_abs_error < 1e-4
+    # the file runs other batches too, and the qpack rebuilds the same model
+    x2 = torch.randn(5, 16, generator=torch.Generator().manual_seed(7))
+    got = ort_backend.run(ort_session(res.onnx_path), (x2,))[0]
+    with torch.no_grad(), qm.frozen():
+        want = qm(x2)
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
+    back = qgraph.load(res.qpack_path, TinyMoE().eval())
+    with torch.no_grad():
+        assert torch.equal(back.quantizers()["up_quantizer"](back.qgraph.get_parameter("up")), wq)
+
+
+def test_experts_per_group_w4a16(moe, tmp_path):
+    model, x, calib = moe
+    qm = qgraph.quantize(model, x, "w4a16(group_size=8)", calib)
+    q = qm.quantizers()["down_quantizer"]
+    assert tuple(q.scale.shape) == (4, 16, 4)  # [E, out, in / 8]
+    res = qm.export(str(tmp_path / "moe4"))
+    assert res.max_abs_error < 1e-4
+
+
+def test_hugging_face_mixtral_exports(tmp_path):
+    import transformers as tf
+
+    cfg = tf.MixtralConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                           intermediate_size=32, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=16, use_cache=False)
+    torch.manual_seed(0)
+    lm = tf.MixtralForCausalLM(cfg).eval()
+
+    class Logits(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, ids):
+            return self.lm(input_ids=ids).logits
+
+    g = torch.Generator().manual_seed(1)
+    ids = [(torch.randint(0, 64, (2, 8), generator=g),) for _ in range(3)]
+    qm = qgraph.quantize(Logits().eval(), ids[0], "w8a8", ids[1:])
+    names = set(qm.quantizers())
+    assert {"lm.model.layers.0.mlp.experts.gate_up_proj_quantizer", "lm.model.layers.0.mlp.experts.down_proj_quantizer"} <= names
+    assert not any(n.startswith("lm.model.layers.0.mlp.gate.") for n in names)
+    res = qm.export(str(tmp_path / "mixtral"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
