@@ -327,6 +327,12 @@ _MORE_HF = {  # kind -> tf -> (model, keyword of its input, make_input); small r
     "convnext": lambda tf: (tf.ConvNextModel(tf.ConvNextConfig(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1])), "pixel_values", _images(SMALL)),
     "segformer": lambda tf: (tf.SegformerModel(tf.SegformerConfig(depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 64, 128],
                                                                   num_attention_heads=[1, 1, 2, 4], decoder_hidden_size=64)), "pixel_values", _images(SMALL)),
+    # mixture of experts: 4 experts, top-2; the experts' [E, out, in] weights run through a grouped matmul under torch.export
+    "mixtral": lambda tf: (tf.MixtralForCausalLM(tf.MixtralConfig(**_V, **_S, num_key_value_heads=2, num_local_experts=4,
+                                                                  num_experts_per_tok=2, use_cache=False)), "input_ids", _tokens(128)),
+    "qwen2_moe": lambda tf: (tf.Qwen2MoeForCausalLM(tf.Qwen2MoeConfig(**_V, **_S, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
+                                                                      moe_intermediate_size=64, shared_expert_intermediate_size=64,
+                                                                      use_cache=False)), "input_ids", _tokens(128)),
     "wav2vec2": lambda tf: (tf.Wav2Vec2Model(tf.Wav2Vec2Config(**_S, conv_dim=(32, 32, 32), conv_stride=(5, 2, 2), conv_kernel=(10, 3, 3),
                                                                num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)), "input_values", _audio),
 }
@@ -339,7 +345,7 @@ HF = [  # (kind, task, in --quick)
     ("mobilebert", "features", False), ("bart_encoder", "features", False), ("gemma", "lm", False), ("phi", "lm", False),
     ("phi3", "lm", False), ("falcon", "lm", False), ("gpt_neox", "lm", False), ("opt", "lm", False), ("bloom", "lm", False),
     ("clip_vision", "features", False), ("swin", "features", False), ("convnext", "features", False), ("segformer", "features", False),
-    ("wav2vec2", "features", False),
+    ("wav2vec2", "features", False), ("mixtral", "lm", False), ("qwen2_moe", "lm", False),
 ]
 
 
@@ -538,4 +544,8 @@ def weight_kinds(model: nn.Module) -> list[set[str]]:
                 add("linear", w)
         elif isinstance(m, nn.Embedding):
             add("embedding", m.weight)
+        elif type(m).__name__.endswith("Experts"):  # Hugging Face MoE layers: [E, out, in] expert weights
+            for p in m.parameters(recurse=False):
+                if p.dim() == 3:
+                    add("experts", p)
     return list(kinds.values())
