@@ -17,8 +17,9 @@ Two passes, both recorded as changes:
   per-channel output mean; then quantized, in execution order, where each layer's bias gets
   ``mean_float − mean_quantized`` and its output is shifted by the same amount before the next
   layer sees it, so every correction accounts for the corrected layers upstream. The corrections
-  are then kept only if they raise the output SQNR against the float model on the same data
-  (recorded either way; see :meth:`BiasCorrectionPass._judge`).
+  are then kept only if they raise the output SQNR against the float model on the same data, where
+  a correction gave some layer its first nonzero bias (recorded either way; see
+  :meth:`BiasCorrectionPass._judge`).
 
 Layers whose bias is shared by another call, or is not a plain parameter, are left alone and recorded.
 """
@@ -212,6 +213,11 @@ class _Probe(nn.Module):
         return None if s is None or not s.numel() else s[:-1] / s[-1]
 
 
+def _flat(out) -> torch.Tensor:
+    """Every tensor in a graph's output, flattened into one float vector."""
+    return torch.cat([t.detach().float().reshape(-1) for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)])
+
+
 def one_batch(batches: list[tuple], max_samples: int = MAX_SAMPLES) -> tuple | None:
     """The calibration batches joined along dim 0 (at most ``max_samples``), or None when they do not join."""
     if not all(b and all(isinstance(t, torch.Tensor) and t.dim() > 0 for t in b) for b in batches):
@@ -299,15 +305,18 @@ class BiasCorrectionPass(QPass):
                 detail = (f"bias shifted by up to {float(probe.delta.abs().max()):.3g} ({how}"
                           + ("; on the int32 grid s_x·s_w)" if grid is not None else ")"))
                 applied.append((node, bias, before, bias.detach().clone(), detail))
-        if applied:
+        keep = True
+        if any(not before.any() for _, _, before, _, _ in applied):  # some layer gets its first nonzero bias: check
             with_db, without_db = self._judge(gm, applied)
             keep = with_db >= without_db
             verdict = (f"; output SQNR on the calibration data {with_db:.2f} dB with the corrections, {without_db:.2f} dB without: "
                        + ("kept" if keep else "all reverted"))
-            with torch.no_grad():
-                for node, bias, before, after, detail in applied:
-                    bias.copy_(after if keep else before)
-                    self.record("corrected" if keep else "reverted", node, module_path(node), detail + verdict)
+        else:
+            verdict = ""
+        with torch.no_grad():
+            for node, bias, before, after, detail in applied:
+                bias.copy_(after if keep else before)
+                self.record("corrected" if keep else "reverted", node, module_path(node), detail + verdict)
         for node in skipped:
             self.record("skipped", node, module_path(node), "bias correction: the bias is not a parameter of this layer alone")
         return PassResult(gm, bool(applied) and keep)
@@ -318,34 +327,25 @@ class BiasCorrectionPass(QPass):
         A correction removes a layer's *mean* error; where that mean is negligible, a bias the layer did
         not have can still cost more than it removes: it moves outputs that were exactly zero (a padding
         token's zero embedding at the first position, through every bias-less projection of a transformer,
-        then blown up by RMSNorm: Gemma w8a8 lost 5.6 dB), so the corrections are kept only if they help."""
-        quantizers = [m for m in gm.modules() if isinstance(m, FakeQuantize)]
-        modes = [q.mode for q in quantizers]
-
+        then blown up by RMSNorm: Gemma w8a8 lost 5.6 dB). So when a correction gives some layer its
+        first nonzero bias, the corrections are kept only if they help (two more quantized forwards on
+        the calibration data; graphs whose corrected layers all had biases, e.g. BatchNorm folded into
+        every conv, skip the check)."""
         def outputs() -> torch.Tensor:
-            flat = []
-            for run in self._runs:
-                flat += [t.detach().float().reshape(-1) for t in pytree.tree_leaves(gm(*run)) if isinstance(t, torch.Tensor)]
-            return torch.cat(flat)
+            return torch.cat([_flat(gm(*run)) for run in self._runs])
 
         was_training = gm.training
         gm.eval()
         try:
             with torch.no_grad(), frozen_weights(gm):
-                for q in quantizers:
-                    q.mode = "off"
                 for _, bias, before, _, _ in applied:
                     bias.copy_(before)
-                ref = outputs()  # the float model, with its own biases
-                for q, mode in zip(quantizers, modes):
-                    q.mode = mode
+                ref = torch.cat(self._float_outputs)  # the float model, with its own biases (from _correct)
                 noise_without = (outputs() - ref).pow(2).sum()
                 for _, bias, _, after, _ in applied:
                     bias.copy_(after)
                 noise_with = (outputs() - ref).pow(2).sum()
         finally:
-            for q, mode in zip(quantizers, modes):
-                q.mode = mode
             gm.train(was_training)
         sums = torch.stack([ref.pow(2).sum(), noise_with, noise_without]).double()
         if self.sync_ranks:  # every rank must reach the same verdict
@@ -371,7 +371,7 @@ class BiasCorrectionPass(QPass):
             quantizers_on(False)
             set_mode("float")
             try:
-                gm(*joined)  # the float model: per-channel means
+                self._float_outputs = [_flat(gm(*joined))]  # the float model: per-channel means (and its output, for _judge)
             except Exception:  # noqa: BLE001 - the graph takes only its capture's batch size: go batch by batch
                 joined = None
                 for p in probes:
@@ -391,10 +391,11 @@ class BiasCorrectionPass(QPass):
         # graphs: each layer also corrects the shift its upstream layers are removing at the same time.)
         total: dict[int, torch.Tensor] = {}
         weight: dict[int, float] = {}
+        self._float_outputs = []
         for b in batches:
             quantizers_on(False)
             set_mode("float")
-            gm(*b)
+            self._float_outputs.append(_flat(gm(*b)))
             for p in probes:
                 p.float_mean, p.delta = p.take_mean(), None
             quantizers_on(True)
