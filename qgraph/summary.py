@@ -50,14 +50,15 @@ def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
     return 10 * math.log10(signal / noise)
 
 
+def _quantizer_nodes(gm: fx.GraphModule, node: fx.Node) -> list[fx.Node]:
+    """The quantizers an op reads; for a weight annotated on its ``get_attr`` (experts, weights read by
+    unknown calls), the quantizer that reads it."""
+    around = list(node.users) if node.op == "get_attr" else node.all_input_nodes
+    return [n for n in around if n.op == "call_module" and isinstance(gm.get_submodule(n.target), FakeQuantize)]
+
+
 def _quantizers_of(gm: fx.GraphModule, node: fx.Node) -> list[FakeQuantize]:
-    found = []
-    for inp in node.all_input_nodes:
-        if inp.op == "call_module":
-            m = gm.get_submodule(inp.target)
-            if isinstance(m, FakeQuantize):
-                found.append(m)
-    return found
+    return [gm.get_submodule(n.target) for n in _quantizer_nodes(gm, node)]
 
 
 def summary_rows(qgraph: fx.GraphModule, float_graph: fx.GraphModule | None, args: tuple | None) -> list[dict]:
@@ -65,9 +66,12 @@ def summary_rows(qgraph: fx.GraphModule, float_graph: fx.GraphModule | None, arg
     names = {n.name for n in annotated}
     err: dict[str, float] = {}
     if float_graph is not None and args is not None:
+        # a get_attr weight is compared after its quantizer (the float graph reads the same name unquantized)
+        seen = {n.name: (qs[0].name if n.op == "get_attr" and (qs := _quantizer_nodes(qgraph, n)) else n.name) for n in annotated}
         ref = node_outputs(float_graph, args, names)
-        got = node_outputs(qgraph, args, names)
-        err = {k: sqnr_db(ref[k], got[k]) for k in names if k in ref and k in got and ref[k].shape == got[k].shape}
+        got = node_outputs(qgraph, args, set(seen.values()))
+        err = {k: sqnr_db(ref[k], got[seen[k]]) for k in names
+               if k in ref and seen[k] in got and ref[k].shape == got[seen[k]].shape}
     rows = []
     for n in annotated:
         ann = n.meta[ANNOTATION_KEY]

@@ -69,6 +69,9 @@ def test_experts_quantized_router_float_and_export(moe, tmp_path):
         wq = weights["up_quantizer"](model.up)
     err = (wq - model.up).abs()
     assert 0 < err.max() <= weights["up_quantizer"].scale.max() / 2 + 1e-7
+    # the summary reports the expert weights' own error (not the unquantized get_attr: inf)
+    rows = {r["module"] or r["node"]: r for r in qm.summary_rows() if r["op"] == "experts"}
+    assert set(rows) == {"up", "down"} and all(30 < r["sqnr_db"] < 80 and r["scale_min"] > 0 for r in rows.values()), rows
     res = qm.export(str(tmp_path / "moe"))  # raises if ONNX Runtime disagrees
     assert res.max_abs_error < 1e-4
     # the file runs other batches too, and the qpack rebuilds the same model
