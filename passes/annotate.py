@@ -26,7 +26,8 @@ Rules:
    canonicalize pass could not rewrite: the weight gets the recipe's weight spec, no activation is
    quantized.
 8. The router of a mixture-of-experts layer (a linear whose result reaches a ``topk`` within three
-   ops) stays float, weight included: its logits choose the experts, and rounding flips the choice
+   ops, and the graph computes with the top-k indices rather than only returning them) stays float,
+   weight included: its logits choose the experts, and rounding flips the choice
    between near-tied experts, a jump in the output no tolerance can bound (Mixtral w8a8: 7 of 128
    tokens differed by up to 0.047 between ONNX Runtime and PyTorch with a quantized router).
 9. Expert weights of mixture-of-experts layers (``[E, N, K]`` parameters read by a grouped matmul,

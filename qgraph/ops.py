@@ -216,14 +216,24 @@ _ROUTER_STEPS = {torch.softmax, F.softmax, torch.sigmoid, F.sigmoid, torch.resha
 _ROUTER_STEP_METHODS = {"softmax", "sigmoid", "to", "float", "type_as", "view", "reshape"}
 
 
+def _routes(topk: fx.Node) -> bool:
+    """Whether a ``topk``'s indices are computed with inside the graph (dispatch to experts), not only
+    returned (a classifier's top-5 predictions)."""
+    for u in topk.users:
+        if u.op == "call_function" and u.target is operator.getitem and u.args[1:2] == (1,):
+            if any(v.op != "output" for v in u.users):
+                return True
+    return False
+
+
 def feeds_topk(node: fx.Node, hops: int = 3) -> bool:
     """Whether ``node``'s value reaches a ``topk`` directly or through at most ``hops - 1`` of the
-    steps a router takes (softmax or sigmoid, a dtype cast, a reshape): the router of a
-    mixture-of-experts layer, whose logits pick the experts."""
+    steps a router takes (softmax or sigmoid, a dtype cast, a reshape), and the graph computes with
+    the chosen indices: the router of a mixture-of-experts layer, whose logits pick the experts."""
     frontier = [node]
     for _ in range(hops):
         users = [u for n in frontier for u in n.users]
-        if any(u.target in TOPK or (u.op == "call_method" and u.target == "topk") for u in users):
+        if any((u.target in TOPK or (u.op == "call_method" and u.target == "topk")) and _routes(u) for u in users):
             return True
         frontier = [u for u in users if (u.op == "call_function" and u.target in _ROUTER_STEPS)
                     or (u.op == "call_method" and u.target in _ROUTER_STEP_METHODS)]

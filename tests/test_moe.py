@@ -118,3 +118,20 @@ def test_hugging_face_mixtral_exports(tmp_path):
     assert not any(n.startswith("lm.model.layers.0.mlp.gate.") for n in names)
     res = qm.export(str(tmp_path / "mixtral"), formats=("onnx",))
     assert res.max_abs_error <= res.tolerance
+
+
+def test_a_classifier_returning_its_top_k_keeps_a_quantized_head():
+    """Only a top-k whose indices the graph computes with is a router: a head whose top-5 is the output stays quantized."""
+    class TopFive(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head = nn.Linear(16, 16), nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.body(x))).softmax(-1).topk(5)
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 16)
+    qm = qgraph.quantize(TopFive().eval(), (x,), "w8a8", [(torch.randn(4, 16),)])
+    assert "head.weight_quantizer" in qm.quantizers()
+    assert not any(c.action == "kept float" and "router" in c.detail for c in qm.changes)
