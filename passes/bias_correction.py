@@ -80,9 +80,15 @@ def _channel_axis(node: fx.Node) -> int:
     return -1 if node.target in LINEAR or node.target in ADDMM else 1
 
 
-def _owner(gm: fx.GraphModule, node: fx.Node) -> str:
+def _owner(gm: fx.GraphModule, node: fx.Node) -> tuple[str, str]:
+    """The module that owns the layer's weight, and the name its bias gets there: ``bias`` next to a
+    ``weight``, ``<name>_bias`` next to a matrix parameter of another name (``x @ self.proj``)."""
     w = _weight_node(node)
-    return w.target.rsplit(".", 1)[0] if w.target.endswith(".weight_quantizer") else w.target
+    src = w.args[0] if w.args and isinstance(w.args[0], fx.Node) else None
+    if src is not None and src.op == "get_attr":
+        owner, _, attr = str(src.target).rpartition(".")
+        return owner, "bias" if attr in ("weight", "folded_weight") else f"{attr}_bias"
+    return (w.target.rsplit(".", 1)[0] if w.target.endswith(".weight_quantizer") else w.target), "bias"
 
 
 class ZeroBiasPass(QPass):
@@ -96,12 +102,13 @@ class ZeroBiasPass(QPass):
             slot, bias = _bias_slot(node)
             if bias is not None or node.target in ADDMM:
                 continue
-            owner = _owner(gm, node)
+            owner, name = _owner(gm, node)
             out = self._out_channels(gm, node)
             if out is None:
                 continue
             mod = gm.get_submodule(owner) if owner else gm
-            name = "bias" if getattr(mod, "bias", None) is None else "bias_correction"
+            if getattr(mod, name, None) is not None:
+                name = f"{name}_correction" if name != "bias" else "bias_correction"
             while name in dict(mod.named_parameters(recurse=False)) or name in dict(mod.named_buffers(recurse=False)):
                 name += "_"
             if name == "bias" and hasattr(mod, "bias"):

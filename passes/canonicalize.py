@@ -31,6 +31,11 @@ Rewrite rules:
    ``lm_head.weight`` and ``word_embeddings.weight``) become the first of them, so the weight gets one
    quantizer (with the spec of its first reader, the embedding) and the qpack and ONNX store it once.
    ``torch.export`` graphs read each parameter once already.
+8. ``x @ W.T`` (``matmul`` / ``mm`` of an activation and the transpose of a 2-D ``nn.Parameter``:
+   ``.T``, ``.t()``, ``transpose(0, 1)``, ``permute(1, 0)``) → ``linear(x, W)``: the same product,
+   with the weight read as stored (``[out, in]``), so it is quantized per output channel like any
+   linear, its ``[in, out]`` copy is not folded into a second parameter, and a weight tied to an
+   embedding stays one tensor. ``x @ W`` and ``W @ x`` need no rewrite (``ops.classify``).
 7. ``scaled_dot_product_attention`` on q / k / v of rank 5 or more (window attention in timm's NesT
    and Hiera: ``[batch, heads, windows, tokens, dim]``), without a mask: the ONNX exporter translates
    only 4-D attention, so the leading dims but the last are merged before it and restored after it.
@@ -55,7 +60,7 @@ from torch.fx.passes.infra.pass_base import PassResult
 from torch.nn.utils import parametrize
 
 from qgraph.meta import MODULE_PATH_KEY
-from qgraph.ops import SDPA, module_path, tensor_meta
+from qgraph.ops import BATCHED_MATMUL, MATMUL, MATMUL_METHODS, SDPA, is_matrix_parameter, module_path, tensor_meta
 
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _ATEN_VIEW = torch.ops.aten.view.default
@@ -84,6 +89,9 @@ class CanonicalizePass(QPass):
                 c.meta = {k: v for k, v in node.meta.items() if k != "val"}
                 node.replace_all_uses_with(c, delete_user_cb=lambda u, c=c: u is not c)
                 modified = True
+                continue
+            if self._linear_of_transposed(gm, node):
+                modified = True  # rule 8
                 continue
             if node.op == "call_function" and node.target is _ATEN_VIEW:
                 node.target = torch.ops.aten.reshape.default  # rule 5
@@ -127,6 +135,29 @@ class CanonicalizePass(QPass):
             modified = True
         modified |= self._merge_tied(gm)
         return self.finish(gm, modified)
+
+    def _linear_of_transposed(self, gm: fx.GraphModule, node: fx.Node) -> bool:
+        """Rule 8: ``matmul(x, W.T)`` → ``linear(x, W)``."""
+        is_mm = node.op == "call_function" and node.target in MATMUL or node.op == "call_method" and node.target in MATMUL_METHODS
+        if not is_mm or node.target in BATCHED_MATMUL or len(node.args) != 2 or node.kwargs:
+            return False
+        x, wt = node.args
+        if not isinstance(x, fx.Node) or x.op == "get_attr" or not isinstance(wt, fx.Node):
+            return False
+        w = _transposed_matrix(gm, wt)
+        if w is None:
+            return False
+        aten = isinstance(node.target, torch._ops.OpOverload)
+        with gm.graph.inserting_before(node):
+            new = gm.graph.call_function(torch.ops.aten.linear.default if aten else F.linear, (x, w))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        if not wt.users:
+            gm.graph.erase_node(wt)
+        path = str(w.target).rpartition(".")[0]
+        self.record("replaced", new, path, f"x @ {w.target}.T by linear(x, {w.target})")
+        return True
 
     def _attention_4d(self, gm: fx.GraphModule, node: fx.Node) -> bool:
         """Rule 7: attention on q / k / v of rank 5 or more (no mask, the same leading dims) runs on
@@ -241,6 +272,26 @@ class CanonicalizePass(QPass):
         self.record("replaced", out, path, f"MultiheadAttention ({heads} heads) by in-projection, scaled_dot_product_attention, "
                                            f"out-projection{note}")
         return True
+
+
+_T_FNS = {torch.t, torch.ops.aten.t.default, torch.ops.aten.numpy_T.default, "t"}  # no dims
+_TRANSPOSE_FNS = {torch.transpose, torch.ops.aten.transpose.int, "transpose"}  # two dims
+_PERMUTE_FNS = {torch.permute, torch.ops.aten.permute.default, "permute"}  # the new order
+
+
+def _transposed_matrix(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
+    """The ``get_attr`` of a 2-D parameter ``W`` when ``node`` is ``W.T`` (any spelling), else None."""
+    if node.op not in ("call_function", "call_method") or node.kwargs or not node.args:
+        return None
+    t, src, dims = node.target, node.args[0], node.args[1:]
+    if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+        dims = tuple(dims[0])  # permute([1, 0])
+    if not (t is getattr and dims in (("T",), ("mT",)) or t in _T_FNS and not dims
+            or all(isinstance(d, int) for d in dims) and (
+                t in _TRANSPOSE_FNS and len(dims) == 2 and {d % 2 for d in dims} == {0, 1}
+                or t in _PERMUTE_FNS and tuple(d % 2 for d in dims) == (1, 0))):
+        return None
+    return src if isinstance(src, fx.Node) and is_matrix_parameter(gm, src) else None
 
 
 def _made_contiguous(node: fx.Node) -> bool:

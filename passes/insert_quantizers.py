@@ -72,10 +72,7 @@ class InsertQuantizersPass(QPass):
             path = ann.module_path
             if node.op == "get_attr":  # a weight read by calls qgraph does not know: quantize it where it is read
                 if node not in weight_q:
-                    attr = str(node.target).rpartition(".")[2]  # experts.gate_up_proj -> experts.gate_up_proj_quantizer
-                    name = "weight_quantizer" if attr == "weight" else f"{attr}_quantizer"
-                    name = f"{path}.{name}" if path else name
-                    weight_q[node] = self._insert_after(gm, node, ann.weight, "weight", name, path)
+                    weight_q[node] = self._insert_after(gm, node, ann.weight, "weight", _weight_quantizer_name(node, path), path)
                 node.replace_all_uses_with(weight_q[node], delete_user_cb=lambda u, q=weight_q[node]: u is not q)
                 modified = True
                 continue
@@ -83,7 +80,7 @@ class InsertQuantizersPass(QPass):
             if ann.weight is not None:
                 w = info.weight
                 if w not in weight_q:
-                    weight_q[w] = self._insert_after(gm, w, ann.weight, "weight", f"{path}.weight_quantizer" if path else f"{w.name}_quantizer", path)
+                    weight_q[w] = self._insert_after(gm, w, ann.weight, "weight", _weight_quantizer_name(w, path), path)
                 self._replace_arg(node, w, weight_q[w])
                 modified = True
             if ann.activation is None:
@@ -309,3 +306,13 @@ def module_weight_spec(mod: nn.Module, spec: QSpec) -> QSpec:
 
 
 __all__ = ["ActivationQuantizer", "InsertQuantizersPass", "is_quantizer_node", "module_weight_spec"]
+
+
+def _weight_quantizer_name(w: fx.Node, path: str) -> str:
+    """``<layer>.weight_quantizer``; a matrix read under another name gets ``<owner>.<name>_quantizer``
+    (``experts.gate_up_proj_quantizer``, ``proj_quantizer`` for ``x @ self.proj``)."""
+    if w.op == "get_attr":
+        owner, _, attr = str(w.target).rpartition(".")
+        if attr not in ("weight", "folded_weight"):
+            return f"{owner}.{attr}_quantizer" if owner else f"{attr}_quantizer"
+    return f"{path}.weight_quantizer" if path else f"{w.name}_quantizer"

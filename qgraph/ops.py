@@ -37,7 +37,7 @@ CONV_TRANSPOSE = {F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d} | 
 )
 LINEAR = {F.linear} | _ops("linear.default")
 ADDMM = {torch.addmm} | _ops("addmm.default")  # addmm(bias, x, W[in, out]): Hugging Face Conv1D (GPT-2)
-MATMUL = {torch.matmul, operator.matmul, torch.bmm} | _ops("matmul.default", "bmm.default")
+MATMUL = {torch.matmul, operator.matmul, torch.mm, torch.bmm} | _ops("matmul.default", "mm.default", "bmm.default")
 EMBEDDING = {F.embedding} | _ops("embedding.default")  # F.embedding(ids, W) but aten.embedding(W, ids)
 SDPA = {F.scaled_dot_product_attention} | _ops("scaled_dot_product_attention.default")
 ADD = {operator.add, torch.add, operator.iadd} | _ops("add.Tensor", "add_.Tensor")
@@ -61,7 +61,8 @@ AVERAGING = {
 AVERAGING_METHODS = {"mean"}
 PASSTHROUGH_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze", "unsqueeze", "clone"}
 FUSABLE_METHODS = {"relu", "relu_"}
-MATMUL_METHODS = {"matmul", "bmm"}
+MATMUL_METHODS = {"matmul", "mm", "bmm"}
+BATCHED_MATMUL = {torch.bmm, "bmm"} | _ops("bmm.default")  # both operands 3-D: never a weight
 ADD_METHODS = {"add", "add_"}
 
 CONV_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -279,9 +280,7 @@ def classify(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
                 return OpInfo("linear", _weight_path(w) or module_path(node), w, b if isinstance(b, fx.Node) else None, [x], 1)
             return None
         if t in MATMUL:
-            a, b = node.args[0], node.args[1]
-            if isinstance(a, fx.Node) and isinstance(b, fx.Node):
-                return OpInfo("matmul", module_path(node), activations=[a, b])
+            return _matmul_info(gm, node)
         if t in SDPA:
             return _sdpa_info(node)
         if t in EMBEDDING:
@@ -296,9 +295,7 @@ def classify(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
         return _expert_weight_info(node) or _opaque_weight_info(gm, node)
     if node.op == "call_method":
         if node.target in MATMUL_METHODS and len(node.args) >= 2:
-            a, b = node.args[0], node.args[1]
-            if isinstance(a, fx.Node) and isinstance(b, fx.Node):
-                return OpInfo("matmul", module_path(node), activations=[a, b])
+            return _matmul_info(gm, node)
         if node.target in ADD_METHODS:
             return _add_info(node)
         return None
@@ -314,6 +311,34 @@ def classify(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
         kind = "linear" if isinstance(mod, nn.Linear) else "conv_transpose" if isinstance(mod, CONV_TRANSPOSE_MODULES) else "conv"
         return OpInfo(kind, str(node.target), None, None, [x], 1 if kind == "conv_transpose" else 0)
     return None
+
+
+def _matmul_info(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
+    """A matmul of two activations (kind ``matmul``), or one whose operand is a 2-D parameter, which
+    is a linear layer written as ``x @ W`` / ``W @ x`` (kind ``linear``: the parameter is its weight,
+    quantized per output channel and stored as integers; Hugging Face Mamba's
+    ``dt_proj.weight @ x``). ``weight_channel_axis``: 1 for ``x @ W`` (``W`` is ``[in, out]``, as in
+    ``addmm``), 0 for ``W @ x``. ``x @ W.T`` is rewritten to ``linear(x, W)`` by canonicalize."""
+    a, b = node.args[0], node.args[1]
+    if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
+        return None
+    if node.target not in BATCHED_MATMUL:
+        for w, x, axis in ((b, a, 1), (a, b, 0)):
+            if is_matrix_parameter(gm, w) and x.op != "get_attr":
+                return OpInfo("linear", _weight_path(w) or module_path(node), w, None, [x], axis)
+    return OpInfo("matmul", module_path(node), activations=[a, b])
+
+
+def is_matrix_parameter(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """``node`` reads a 2-D floating-point ``nn.Parameter`` (not a buffer: fixed tables and
+    transforms are not layer weights)."""
+    if node.op != "get_attr":
+        return False
+    try:
+        p = gm.get_parameter(str(node.target))
+    except AttributeError:
+        return False
+    return p.dim() == 2 and p.is_floating_point()
 
 
 def is_grouped_mm(node: fx.Node) -> bool:

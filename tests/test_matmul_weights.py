@@ -1,0 +1,94 @@
+"""Linear layers written as matmuls with a parameter (``x @ W``, ``x @ W.T``, ``W @ x``): the parameter
+is a weight, quantized per output channel and stored as integers, in both capture routes and in
+weight-only recipes; the ONNX file matches in ONNX Runtime and the qpack restores the same weights."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+import qgraph
+
+
+class MatmulNet(nn.Module):
+    """Token ids → embedding → ``x @ W_in`` ([in, out]) → ``x @ W_mid.T`` ([out, in]) → ``W_mix @ x``
+    across tokens → logits ``x @ embedding.T`` (the table tied as the head)."""
+
+    def __init__(self, vocab: int = 32, dim: int = 32, tokens: int = 8) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.w_in = nn.Parameter(torch.randn(dim, 64) * dim**-0.5)
+        self.w_mid = nn.Parameter(torch.randn(dim, 64) * 64**-0.5)
+        self.w_mix = nn.Parameter(torch.randn(tokens, tokens) * tokens**-0.5)
+        self.register_buffer("table", torch.randn(dim, dim))  # a buffer is not a weight
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        h = torch.relu(h @ self.w_in)
+        h = torch.relu(h @ self.w_mid.T)
+        h = h + self.w_mix @ h  # mixes tokens: [T, T] @ [B, T, dim]
+        h = h @ self.table
+        return h @ self.emb.weight.t()
+
+
+class _BatchBranch(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x) if x.shape[0] > 1 else -self.inner(x)  # control flow on the batch size: torch.export
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randint(0, 32, (4, 8), generator=g),) for _ in range(5)]
+
+
+@pytest.mark.parametrize("route", ["symbolic_trace", "torch.export"])
+def test_parameter_matmuls_are_linear_layers(route, tmp_path):
+    torch.manual_seed(0)
+    net = MatmulNet().eval()
+    model = net if route == "symbolic_trace" else _BatchBranch(net).eval()
+    pre = "" if route == "symbolic_trace" else "inner."
+    data = _data()
+    qm = qgraph.quantize(model, data[0], "w8a8", data[1:])
+    assert qm.qgraph.capture.route == route
+    weights = {n: q for n, q in qm.quantizers().items() if q.role == "weight"}
+    # the tied table has one quantizer (its first reader, the lookup); the three matrices are weights
+    want = {f"{pre}emb.weight_quantizer", f"{pre}w_in_quantizer", f"{pre}w_mid_quantizer", f"{pre}w_mix_quantizer"}
+    assert set(weights) == want, sorted(weights)
+    # per output channel: [in, out] stored → one scale per column; [out, in] and W @ x → one per row
+    assert weights[f"{pre}w_in_quantizer"].scale.numel() == 64
+    assert weights[f"{pre}w_mid_quantizer"].scale.numel() == 32
+    assert weights[f"{pre}w_mix_quantizer"].scale.numel() == 8
+    assert any(c.action == "replaced" and "w_mid.T" in c.detail for c in qm.changes)
+    assert not any(n.startswith(f"{pre}table") for n in qm.quantizers())
+    with torch.no_grad():
+        want, got = model(*data[0]), qm(*data[0])
+    assert 10 * torch.log10(want.pow(2).mean() / (got - want).pow(2).mean()) > 25  # SQNR in dB
+    res = qm.export(str(tmp_path / "mm"))  # raises if ONNX Runtime disagrees
+    assert res.max_abs_error <= res.tolerance
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(res.onnx_path).graph.initializer}
+    int8 = sorted(tuple(a.shape) for a in inits.values() if a.dtype.name == "int8" and a.ndim == 2)
+    assert int8 == [(8, 8), (32, 32), (32, 64), (32, 64)], int8  # the weights are stored as int8 codes
+    back = qgraph.load(res.qpack_path, model)
+    with torch.no_grad():
+        for name, q in weights.items():
+            param = name.removesuffix("_quantizer")  # emb.weight_quantizer quantizes emb.weight, w_in_quantizer w_in
+            assert torch.equal(back.quantizers()[name](back.qgraph.get_parameter(param)), q(qm.qgraph.get_parameter(param))), name
+
+
+def test_weight_only_recipe_quantizes_parameter_matmuls(tmp_path):
+    """Before, w4a16 left every matmul float: a model written with ``x @ W`` was not compressed at all."""
+    torch.manual_seed(0)
+    model = MatmulNet().eval()
+    data = _data()
+    qm = qgraph.quantize(model, data[0], "w4a16", data[1:])
+    assert {"w_in_quantizer", "w_mid_quantizer", "w_mix_quantizer"} <= set(qm.quantizers())
+    assert all(q.role == "weight" for q in qm.quantizers().values())
+    res = qm.export(str(tmp_path / "mm4"))
+    assert res.max_abs_error <= res.tolerance
