@@ -8,7 +8,8 @@ the layer (two roundings; 59 weight quantizers for the 30 convs of timm's nf_res
 exported model recomputes the weight in float on every run instead of storing integer weights.
 
 Rules: the weight argument of a conv / linear / embedding call is evaluated once, and the layer reads
-a new parameter ``<layer path>.folded_weight`` holding the result, when
+a new parameter ``<layer path>.folded_weight`` holding the result (the path of the module owning
+the parameters it is computed from, when one module owns them all), when
 
 1. it is not a ``get_attr`` but depends on ``get_attr`` nodes alone (no graph input, no module call,
    no random op): the parameters it was computed from drop out of the graph;
@@ -76,6 +77,22 @@ def _evaluate(gm: fx.GraphModule, nodes: list[fx.Node], order: dict[fx.Node, int
     return env[out]
 
 
+def _source_owner(w: fx.Node) -> str | None:
+    """The module owning every parameter ``w`` is computed from, when there is one: a conv weight
+    reshaped where another module calls ``F.conv1d`` (Hugging Face Mamba's ``conv1d.weight``, read
+    by its mixer) is folded and quantized as ``conv1d``'s, not the caller's."""
+    owners, stack, seen = set(), [w], set()
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "get_attr":
+            owners.add(str(n.target).rpartition(".")[0])
+        stack.extend(n.all_input_nodes)
+    return owners.pop() if len(owners) == 1 and "" not in owners else None
+
+
 class FoldWeightsPass(QPass):
     name = "fold_weights"
     float_rewrite = True
@@ -107,7 +124,7 @@ class FoldWeightsPass(QPass):
                                if n.op != "get_attr"})
             if not isinstance(value, torch.Tensor) or not value.is_floating_point():
                 continue
-            path = module_path(node)
+            path = _source_owner(w) or module_path(node)
             try:
                 owner = gm.get_submodule(path) if path else gm
                 target = f"{path}.folded_weight" if path else "folded_weight"
