@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import warnings
 
 import onnx
@@ -17,11 +18,38 @@ from qgraph.backends.onnx_fold import fold_constant_quantization, prepare_for_on
 from qgraph.backends.onnx_ops import INT2_OPSET, is_2bit, translation_table
 
 from qgraph.errors import ExportError
+from qgraph.ops import module_path
 
 OPSET = 21
 IR_VERSION = 10  # ONNX Runtime rejects onnx.helper's newer default
 # the IR version written for an opset: the lowest that allows it (ONNX Runtime 1.32 reads IR <= 13)
 IR_FOR_OPSET = {21: 10, 22: 10, 23: 11, 24: 12, 25: 13, 26: 13}
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_FAILED_NODE = re.compile(r"translating node %(\S+) : .*?target=(?:torch\.ops\.)?([\w.:]+?)(?:\.default)?\]")
+
+
+def exporter_failure(e: BaseException, gm: torch.nn.Module) -> str:
+    """What the ONNX exporter's error means, in one message: the graph node it failed on (with the
+    model's module path that calls it) and the innermost cause. The exporter's own first line is a
+    generic "Failed to convert ... step 3/3" and the cause sits in its chained exceptions."""
+    chain = [e]
+    while chain[-1].__cause__ is not None and len(chain) < 20:
+        chain.append(chain[-1].__cause__)
+    text = [_ANSI.sub("", str(c)) for c in chain]
+    root = chain[-1]
+    cause = f"{type(root).__name__}: {text[-1].strip().splitlines()[0] if text[-1].strip() else ''}"
+    step = (text[0].strip().splitlines() or [""])[0].removesuffix(" Next steps:").strip()
+    where = ""
+    m = next((m for t in text for m in [_FAILED_NODE.search(t)] if m), None)
+    if m is not None:
+        node, op = m.groups()
+        nodes = gm.graph.nodes if isinstance(getattr(gm, "graph", None), torch.fx.Graph) else []
+        paths = sorted({module_path(n) or "the model's own forward" for n in nodes if op in str(n.target)})
+        at = f", called in {', '.join(paths[:5])}{' and others' if len(paths) > 5 else ''}" if paths else ""
+        where = f" on node %{node} (op {op}{at})"
+    return f"the ONNX exporter failed{where}: {cause}" + (f" [{type(e).__name__}: {step}]" if step else "")
 
 
 def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None = None, dynamic_batch: bool = True) -> onnx.ModelProto:
@@ -54,7 +82,7 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
                 optimize=False,  # its full optimizer is most of the translation time; _clean_up does what we need
             )
     except Exception as e:
-        raise ExportError(f"the ONNX exporter failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        raise ExportError(exporter_failure(e, gm)) from e
     _clean_up(program.model)
     model = program.model_proto
     _name_batch_dim(model)

@@ -266,3 +266,41 @@ def test_conv3d_exports_with_and_without_bias(tmp_path, bias):
     qm = qgraph.quantize(model, x, recipe, calib_data=[(torch.randn(2, 4, 3, 8, 8),) for _ in range(2)])
     result = qm.export(str(tmp_path / "w8a8"))
     assert result.max_abs_error <= result.tolerance
+
+
+@torch.library.custom_op("qgraph_test::double", mutates_args=())
+def _double(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+
+@_double.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+def test_an_op_without_onnx_translation_is_named_with_its_caller(tmp_path):
+    """The exporter's own first line ("Failed to convert ... step 3/3") does not say what failed:
+    the error names the node, the op, the module that calls it and the exporter's innermost cause."""
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return torch.ops.qgraph_test.double(self.fc(x))
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = Block()
+
+        def forward(self, x):
+            return self.block(x)
+
+    qm = qgraph.quantize(Net().eval(), torch.randn(2, 8), "w8a8")
+    with pytest.raises(qgraph.ExportError) as info:
+        qm.export(str(tmp_path / "custom"), formats=("onnx",))
+    msg = str(info.value)
+    assert "qgraph_test.double" in msg and "called in block" in msg, msg
+    assert "No ONNX function found" in msg, msg
