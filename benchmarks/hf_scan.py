@@ -12,12 +12,8 @@ bugs; this scan covers the breadth.
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing as mp
 import os
 import sys
-import tempfile
-import time
 import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +21,7 @@ if ROOT not in sys.path:
     sys.path.append(ROOT)
 
 import benchmarks.zoo_models as zm  # noqa: E402
-from benchmarks.zoo_worker import run_model  # noqa: E402
+from benchmarks.scan_runner import scan  # noqa: E402
 
 _V, _S = zm._V, zm._S
 _ENC = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
@@ -115,24 +111,11 @@ def _register(names: list[str]) -> None:
         zm.HF.append((f"scan_{k}", MODELS[k][0], False))
 
 
-def _line(name: str, row: dict | None, seconds: float) -> str:
-    if row is None:
-        return f"| {name} | - | - | - | - | - | timeout or crash | {seconds:.0f} |"
-    if "error" in row:
-        return f"| {name} | - | - | - | - | - | float model: {row['error'][:90]} | {seconds:.0f} |"
-    q = row["qgraph"].get("w8a8", {})
-    if "error" in q:
-        return f"| {name} | - | - | - | - | - | {q['error'][:90]} | {seconds:.0f} |"
-    top1 = "-" if q.get("top1") is None else f"{q['top1']:.1%}"
-    export = "ok" if q.get("export_ok") else f"FAIL: {q.get('export_error', '')[:80]}"
-    return (f"| {name} | {q['route']} | {q['weights_quantized']}/{q['weights_total']} | {export} | {q['sqnr_db']:.1f} | {top1} | "
-            f"{'' if q.get('export_ok') else 'export'} | {seconds:.0f} |")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("models", nargs="?", help="comma-separated names (default: all)")
     ap.add_argument("--timeout", type=float, default=400.0, help="seconds per model")
+    ap.add_argument("--jobs", type=int, default=1, help="models run at once")
     args = ap.parse_args(argv)
     names = args.models.split(",") if args.models else list(MODELS)
     unknown = [n for n in names if n not in MODELS]
@@ -140,23 +123,7 @@ def main(argv=None) -> int:
         ap.error(f"unknown model(s) {unknown}; known: {', '.join(MODELS)}")
     warnings.filterwarnings("ignore")
     _register(names)
-    out = tempfile.mkdtemp(prefix="qgraph_hf_scan_")
-    print("| model | capture | w8a8 weights | export | SQNR dB | top-1 | problem | s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for k in names:
-        result = os.path.join(out, f"{k}.json")
-        t0 = time.perf_counter()
-        child = mp.get_context("fork").Process(target=run_model, args=(f"hf/scan_{k}", "w8a8", out, result, False))
-        child.start()
-        child.join(args.timeout)
-        if child.is_alive():
-            child.kill()
-        try:
-            with open(result) as f:
-                row = json.load(f)
-        except (OSError, ValueError):
-            row = None
-        print(_line(k, row, time.perf_counter() - t0), flush=True)
+    scan([(k, f"hf/scan_{k}") for k in names], args.timeout, args.jobs)
     return 0
 
 

@@ -217,12 +217,13 @@ TIMM = [  # (name, input side, in --quick)
 ]
 
 
-def _timm(name: str, side: int):
+def _timm(name: str, side: int, **kw):
+    """``kw``: extra ``timm.create_model`` arguments (``img_size`` builds a fixed-size model smaller)."""
     def build():
         import timm
 
         torch.manual_seed(0)
-        return _ready(timm.create_model(name, pretrained=False, num_classes=CLASSES)), _images(side)
+        return _ready(timm.create_model(name, pretrained=False, num_classes=CLASSES, **kw)), _images(side)
     return build
 
 
@@ -518,8 +519,11 @@ def bn_warmup(model: nn.Module, make_input: Callable[[int], tuple], mode: str = 
     return len(bns)
 
 
+SCANNED: list[Entry] = []  # entries a scan (benchmarks/*_scan.py) adds for its run; the forked workers inherit them
+
+
 def zoo() -> dict[str, Entry]:
-    entries = torchvision_entries() + timm_entries() + hf_entries() + custom_entries()
+    entries = torchvision_entries() + timm_entries() + hf_entries() + custom_entries() + SCANNED
     return {e.name: e for e in entries}
 
 

@@ -1,0 +1,63 @@
+"""The runner the scans share (``hf_scan.py``, ``timm_scan.py``): each model goes through
+``zoo_worker.run_model`` (w8a8, the zoo's calibration and held-out inputs, export and ONNX Runtime
+verification, no peers) in a forked child with a timeout, ``jobs`` at a time, and prints one
+Markdown row as each finishes."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import tempfile
+import time
+
+from benchmarks.zoo_worker import run_model
+
+HEADER = ("| model | capture | w8a8 weights | export | SQNR dB | top-1 | problem | s |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- |")
+
+
+def line(name: str, row: dict | None, seconds: float) -> str:
+    if row is None:
+        return f"| {name} | - | - | - | - | - | timeout or crash | {seconds:.0f} |"
+    if "error" in row:
+        return f"| {name} | - | - | - | - | - | float model: {row['error'][:90]} | {seconds:.0f} |"
+    q = row["qgraph"].get("w8a8", {})
+    if "error" in q:
+        return f"| {name} | - | - | - | - | - | {q['error'][:160]} | {seconds:.0f} |"
+    top1 = "-" if q.get("top1") is None else f"{q['top1']:.1%}"
+    export = "ok" if q.get("export_ok") else f"FAIL: {q.get('export_error', '')[:160]}"
+    return (f"| {name} | {q['route']} | {q['weights_quantized']}/{q['weights_total']} | {export} | {q['sqnr_db']:.1f} | {top1} | "
+            f"{'' if q.get('export_ok') else 'export'} | {seconds:.0f} |")
+
+
+def scan(models: list[tuple[str, str]], timeout: float, jobs: int = 1, json_dir: str | None = None) -> None:
+    """``models``: (label, zoo name) pairs, registered in ``zoo_models`` before this is called."""
+    out = json_dir or tempfile.mkdtemp(prefix="qgraph_scan_")
+    os.makedirs(out, exist_ok=True)
+    print(HEADER, flush=True)
+    ctx = mp.get_context("fork")
+    pending = list(models)
+    running: list[tuple[str, str, mp.Process, float]] = []
+    while pending or running:
+        while pending and len(running) < jobs:
+            label, name = pending.pop(0)
+            result = os.path.join(out, f"{name.replace('/', '__')}.json")
+            child = ctx.Process(target=run_model, args=(name, "w8a8", out, result, False))
+            child.start()
+            running.append((label, result, child, time.perf_counter()))
+        time.sleep(0.2)
+        for item in list(running):
+            label, result, child, t0 = item
+            if child.is_alive() and time.perf_counter() - t0 < timeout:
+                continue
+            if child.is_alive():
+                child.kill()
+            child.join()
+            running.remove(item)
+            try:
+                with open(result) as f:
+                    row = json.load(f)
+            except (OSError, ValueError):
+                row = None
+            print(line(label, row, time.perf_counter() - t0), flush=True)
