@@ -13,7 +13,11 @@ code perturbs the next layers' sums and flips more: vgg16_bn differs from ONNX R
 * **drift**: ``DRIFT_FACTOR`` times the model's own divergence when every activation quantizer's input
   is multiplied by ``1 + DRIFT_EPS * N(0, 1)`` (``DRIFT_TRIALS`` independent draws): the same
   tie-flip mechanism, simulated. ``DRIFT_EPS`` = 1e-6 is about 8 float32 ulps, a conv's
-  accumulation of a few hundred products.
+  accumulation of a few hundred products. One draw's divergence is heavy-tailed (it jumps with the
+  particular codes that flip): timm's resnext26ts, 32 draws, median 8.7e-7, largest 5.3e-6, while
+  ONNX Runtime's fused kernels differ by 2.8e-6. The largest of 4 draws (9.8e-7) made a correct export
+  fail; the largest of 16 (5.3e-6) covers it, so ``DRIFT_TRIALS`` is 16 (each draw is one forward
+  pass on the example inputs, small beside the export itself).
 
 Both terms scale with the outputs, so the check means as much for logits of 1e-11 as for logits of
 10: there is no absolute floor.
@@ -33,7 +37,7 @@ GRID_STEPS = 3
 RANGE_FRACTION = 1e-4
 DRIFT_FACTOR = 2.0
 DRIFT_EPS = 1e-6
-DRIFT_TRIALS = 4
+DRIFT_TRIALS = 16
 
 
 @dataclass(frozen=True)
