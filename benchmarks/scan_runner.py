@@ -1,7 +1,8 @@
 """The runner the scans share (``hf_scan.py``, ``timm_scan.py``): each model goes through
 ``zoo_worker.run_model`` (w8a8, the zoo's calibration and held-out inputs, export and ONNX Runtime
-verification, no peers) in a forked child with a timeout, ``jobs`` at a time, and prints one
-Markdown row as each finishes."""
+verification, no peers) in a forked child with a timeout, ``jobs`` at a time, prints one
+Markdown row as each finishes, judged by the zoo's w8a8 criteria (``benchmarks.zoo.passes``), and a
+summary line at the end."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import os
 import tempfile
 import time
 
+from benchmarks.zoo import passes
 from benchmarks.zoo_worker import run_model
 
-HEADER = ("| model | capture | w8a8 weights | export | SQNR dB | top-1 | problem | s |\n"
+HEADER = ("| model | capture | w8a8 weights | export | SQNR dB | top-1 | zoo criteria | s |\n"
           "| --- | --- | --- | --- | --- | --- | --- | --- |")
 
 
@@ -25,10 +27,12 @@ def line(name: str, row: dict | None, seconds: float) -> str:
     q = row["qgraph"].get("w8a8", {})
     if "error" in q:
         return f"| {name} | - | - | - | - | - | {q['error'][:160]} | {seconds:.0f} |"
-    top1 = "-" if q.get("top1") is None else f"{q['top1']:.1%}"
+    top1 = "-" if q.get("top1") is None else f"{q['top1']:.1%}" + (" (near-const.)" if row.get("fp", {}).get("degenerate") else "")
     export = "ok" if q.get("export_ok") else f"FAIL: {q.get('export_error', '')[:160]}"
+    ok, why = passes(row, "qgraph")
+    verdict = "pass" if ok else "FAIL: export" if not q.get("export_ok") else f"FAIL: {why[:120]}"
     return (f"| {name} | {q['route']} | {q['weights_quantized']}/{q['weights_total']} | {export} | {q['sqnr_db']:.1f} | {top1} | "
-            f"{'' if q.get('export_ok') else 'export'} | {seconds:.0f} |")
+            f"{verdict} | {seconds:.0f} |")
 
 
 def scan(models: list[tuple[str, str]], timeout: float, jobs: int = 1, json_dir: str | None = None) -> None:
@@ -39,6 +43,7 @@ def scan(models: list[tuple[str, str]], timeout: float, jobs: int = 1, json_dir:
     ctx = mp.get_context("fork")
     pending = list(models)
     running: list[tuple[str, str, mp.Process, float]] = []
+    passed = 0
     while pending or running:
         while pending and len(running) < jobs:
             label, name = pending.pop(0)
@@ -60,4 +65,6 @@ def scan(models: list[tuple[str, str]], timeout: float, jobs: int = 1, json_dir:
                     row = json.load(f)
             except (OSError, ValueError):
                 row = None
+            passed += bool(row) and passes(row, "qgraph")[0]
             print(line(label, row, time.perf_counter() - t0), flush=True)
+    print(f"\n{passed}/{len(models)} models passed (the zoo's w8a8 criteria)", flush=True)
