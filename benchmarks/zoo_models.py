@@ -204,7 +204,7 @@ def torchvision_entries() -> list[Entry]:
 
 
 # ---------------------------------------------------------------------------------------------- timm
-TIMM = [  # (name, input side, in --quick)
+TIMM = [  # (name, input side, in --quick[, timm.create_model arguments])
     ("resnet18", SMALL, False), ("efficientnet_b0", SMALL, False), ("mobilenetv3_small_100", SMALL, True),
     ("convnext_atto", SMALL, False), ("regnetx_002", SMALL, False), ("vit_tiny_patch16_224", 224, True),
     ("deit_tiny_distilled_patch16_224", 224, False), ("swin_tiny_patch4_window7_224", 224, False), ("maxvit_pico_rw_256", 256, False),
@@ -214,6 +214,9 @@ TIMM = [  # (name, input side, in --quick)
     ("hrnet_w18_small", SMALL, False), ("repvgg_a0", SMALL, False), ("resnest14d", SMALL, False), ("dla34", SMALL, False),
     ("lcnet_050", SMALL, False), ("nest_tiny", 224, False), ("hiera_tiny_224", 224, False), ("tiny_vit_5m_224", 224, False),
     ("convit_tiny", 224, False), ("levit_128s", 224, False), ("deit3_small_patch16_224", 224, False),
+    # added 2026-12-06 from benchmarks/timm_scan.py: resnext26ts (the export check's drift estimate), botnet26t
+    # (relative position tables multiplied by queries: parameter matmuls; optional 4th item: timm arguments)
+    ("resnext26ts", SMALL, False), ("botnet26t_256", 64, False, {"img_size": 64}),
 ]
 
 
@@ -230,7 +233,7 @@ def _timm(name: str, side: int, **kw):
 def timm_entries() -> list[Entry]:
     if importlib.util.find_spec("timm") is None:
         return []
-    return [Entry(f"timm/{n}", "timm", _timm(n, s), "cls", f"{BATCH}x3x{s}x{s}", q) for n, s, q in TIMM]
+    return [Entry(f"timm/{n}", "timm", _timm(n, s, **(kw[0] if kw else {})), "cls", f"{BATCH}x3x{s}x{s}", q) for n, s, q, *kw in TIMM]
 
 
 # ---------------------------------------------------------------------------------------------- Hugging Face
@@ -548,6 +551,9 @@ def weight_kinds(model: nn.Module) -> list[set[str]]:
                 add("linear", w)
         elif isinstance(m, nn.Embedding):
             add("embedding", m.weight)
+        elif type(m).__name__ == "PosEmbedRel":  # timm's relative position tables, multiplied by the queries
+            add("linear", m.height_rel)
+            add("linear", m.width_rel)
         elif type(m).__name__.endswith("Experts"):  # Hugging Face MoE layers: [E, out, in] expert weights
             for p in m.parameters(recurse=False):
                 if p.dim() == 3:
