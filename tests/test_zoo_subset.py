@@ -223,3 +223,25 @@ def test_zoo_fidelity_of_several_outputs_is_the_worst_outputs():
     assert abs(fidelity(ref[0], noisy[0], "features")["sqnr_db"] - 60) < 1.5  # one tensor: as before
     assert fidelity(ref, noisy[:1], "features")["error"] == "1 output(s) where the float model has 2"
     assert "output 1 shape (64, 48)" in fidelity(ref, [noisy[0], noisy[1].reshape(64, 48)], "features")["error"]
+
+
+def test_scan_rows_carry_the_zoos_verdict(rows):
+    """The scans (hf_scan, timm_scan) print the zoo's verdict: a real row passes, a failed export or a
+    low top-1 fails, and near-constant outputs are judged by SQNR whatever their top-1."""
+    import copy
+
+    from benchmarks.scan_runner import line
+
+    row, _ = rows["custom/unetish"]
+    assert "| pass |" in line("unetish", row, 1.0)
+    broken = copy.deepcopy(row)
+    broken["qgraph"]["w8a8"].update(export_ok=False, export_error="ExportMismatchError: max abs error 1")
+    assert "| FAIL: export |" in line("unetish", broken, 1.0)
+    low = copy.deepcopy(row)
+    low["task"], low["fp"]["degenerate"] = "cls", False
+    low["qgraph"]["w8a8"].update(top1=0.5, sqnr_db=30.0)
+    assert "FAIL: top-1 50.0%" in line("unetish", low, 1.0)
+    low["fp"]["degenerate"] = True
+    assert "50.0% (near-const.) | pass |" in line("unetish", low, 1.0)
+    low["qgraph"]["w8a8"]["sqnr_db"] = 10.0
+    assert "FAIL: near-constant float outputs: judged by SQNR 10.0 dB" in line("unetish", low, 1.0)
