@@ -32,7 +32,7 @@ import torch
 
 from benchmarks.zoo_models import WARMUP_MODES, bn_warmup, zoo
 from benchmarks.zoo_worker import CALIB_BATCHES
-from qgraph.export_tolerance import export_tolerance, rounding_drift
+from qgraph.export_tolerance import DRIFT_TRIALS, export_tolerance, rounding_drift
 
 
 def _session(path: str, optimize: bool) -> ort.InferenceSession:
@@ -136,16 +136,17 @@ def analyse(name: str, warmup: str, trials: int, out_dir: str, eps: float) -> No
 
 
 def _divergences(qm, x: tuple, trials: int, eps: float) -> dict[int, float]:
-    """``qgraph.export_tolerance.rounding_drift`` over the first k draws, for k = 1, 2, 4 and ``trials``."""
+    """``qgraph.export_tolerance.rounding_drift`` over the first k draws, for k = 1, 4, ``DRIFT_TRIALS`` (the
+    export check's count) and ``trials``."""
     with torch.no_grad(), qm.frozen():
-        return {k: rounding_drift(qm, x, eps=eps, trials=k) for k in sorted({1, 2, 4, trials})}
+        return {k: rounding_drift(qm, x, eps=eps, trials=k) for k in sorted({1, 4, DRIFT_TRIALS, trials})}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("models", nargs="+")
     ap.add_argument("--bn-warmup", default="mean", choices=WARMUP_MODES)
-    ap.add_argument("--trials", type=int, default=8)
+    ap.add_argument("--trials", type=int, default=32, help="draws for the drift's tail (the export check uses DRIFT_TRIALS)")
     ap.add_argument("--eps", type=float, default=1e-6, help="relative noise at every quantizer input (qgraph.export_tolerance.rounding_drift)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
