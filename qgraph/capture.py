@@ -21,6 +21,7 @@ Every route is checked: the graph must reproduce the model's eager outputs on th
 from __future__ import annotations
 
 import copy
+import operator
 
 import torch
 import torch.fx as fx
@@ -203,6 +204,7 @@ def _export(model: nn.Module, args: tuple, expected) -> tuple[QGraph | None, str
     try:
         ep = _export_batch_dynamic(target, args)
         exported = ep.module()
+        inlined = _inline_grad_mode_regions(exported)
         qg = QGraph(exported, exported.graph, model.__class__.__name__)
         # the example's concrete shapes, next to the exporter's symbolic ones, and the outputs to check
         ok = _outputs_match(expected, record_shapes(qg, args))
@@ -213,11 +215,54 @@ def _export(model: nn.Module, args: tuple, expected) -> tuple[QGraph | None, str
     if not ok:
         return None, "graph does not reproduce the model's outputs"
     notes = []
+    if inlined:
+        notes.append(f"ops in torch.no_grad()/enable_grad() regions were inlined to be quantized like the rest ({inlined})")
     if dropped:
         notes.append(f"outputs that are not tensors were dropped from the graph (returned as None): {', '.join(dropped)}")
     qg.meta[CAPTURE_KEY] = CaptureInfo("torch.export", {}, notes)
     qg.meta[MODULE_TYPES_KEY] = _module_types(model)
     return qg, ""
+
+
+def _inline_grad_mode_regions(gm: fx.GraphModule) -> str:
+    """Inline the ``wrap_with_set_grad_enabled`` regions ``torch.export`` makes of code under
+    ``torch.no_grad()`` (a Marian/Pegasus sinusoidal position table read): the passes look at the
+    top-level graph only, so what stays inside is never quantized. Grad mode does not change forward
+    values; the results of a no_grad region are detached, so training still sends them no gradient. Returns the inlined submodules' names, comma-separated ("" when none)."""
+    hop = getattr(torch.ops.higher_order, "wrap_with_set_grad_enabled", None)
+    done = []
+    for node in list(gm.graph.nodes):
+        if hop is None or node.op != "call_function" or node.target is not hop:
+            continue
+        sub_node, operands = node.args[1], node.args[2:]
+        users = list(node.users)
+        if getattr(sub_node, "op", None) != "get_attr" or not all(u.target is operator.getitem for u in users):
+            continue
+        sub = gm.get_submodule(sub_node.target)
+        placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
+        if len(placeholders) != len(operands) or any(n.op in ("get_attr", "call_module") for n in sub.graph.nodes):
+            continue  # attributes of the region's own module would not resolve in the parent
+        with gm.graph.inserting_before(node):
+            outs = gm.graph.graph_copy(sub.graph, dict(zip(placeholders, operands)))
+        outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
+        if not node.args[0]:  # under no_grad: the results carry no gradient (a QAT step must not train the table)
+            with gm.graph.inserting_before(node):
+                outs = [gm.graph.call_function(torch.ops.aten.detach.default, (o,)) if isinstance(o, fx.Node) else o for o in outs]
+            for d in outs:
+                if isinstance(d, fx.Node) and "val" in d.args[0].meta:
+                    d.meta["val"] = d.args[0].meta["val"]
+        for u in users:
+            u.replace_all_uses_with(outs[u.args[1]])
+            gm.graph.erase_node(u)
+        gm.graph.erase_node(node)
+        if not sub_node.users:
+            gm.graph.erase_node(sub_node)
+            gm.delete_submodule(sub_node.target)
+        done.append(str(sub_node.target))
+    if done:
+        gm.graph.lint()
+        gm.recompile()
+    return ", ".join(done)
 
 
 def _export_batch_dynamic(model: nn.Module, args: tuple):

@@ -229,3 +229,45 @@ def test_torch_export_capture_keeps_the_batch_dim_dynamic(tmp_path):
         assert sqnr_db(model(x), qm(x)) > 30
     res = qm.export(str(tmp_path / "branch"), formats=("onnx",))
     assert res.dynamic_batch and res.max_abs_error <= res.tolerance
+
+
+class NoGradTable(nn.Module):
+    """A position table read under ``torch.no_grad()`` (Marian/Pegasus) in a model that only
+    ``torch.export`` captures: the exporter wraps that read in a grad-mode region."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos = nn.Embedding(16, 8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        with torch.no_grad():
+            p = self.pos(torch.arange(x.shape[1]))
+        y = self.fc(x + p)
+        if y.shape[0] > 1:
+            return torch.relu(y)
+        return y
+
+
+def test_no_grad_regions_are_inlined_and_their_weights_quantized(tmp_path):
+    torch.manual_seed(0)
+    model, x = NoGradTable().eval(), torch.randn(3, 5, 8)
+    qg = qgraph.trace(model, x)
+    assert qg.capture.route == "torch.export"
+    assert any("no_grad" in note for note in qg.capture.notes), qg.capture.notes
+    assert not any("wrap_with_set_grad_enabled" in str(n.target) for n in qg.graph.nodes)
+    torch.testing.assert_close(qg(x), model(x))
+    qm = qgraph.quantize(model, x, "w8a8", calib_data=[torch.randn(3, 5, 8) for _ in range(2)])
+    assert {"pos.weight_quantizer", "fc.weight_quantizer"} <= set(qm.quantizers()), sorted(qm.quantizers())
+    res = qm.export(str(tmp_path / "m"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
+
+
+def test_inlined_no_grad_region_still_gets_no_gradient():
+    torch.manual_seed(0)
+    model, x = NoGradTable().train(), torch.randn(3, 5, 8)
+    qm = qgraph.quantize(model, x, "w8a8", calib_data=[torch.randn(3, 5, 8)], qat=True)
+    qm(x).sum().backward()
+    grads = {n: p.grad for n, p in qm.named_parameters() if n.endswith(".weight")}
+    assert any(k.endswith("fc.weight") and g is not None and g.abs().sum() > 0 for k, g in grads.items()), list(grads)
+    assert all(g is None or not g.abs().sum() for k, g in grads.items() if k.endswith("pos.weight")), list(grads)
