@@ -216,7 +216,7 @@ def _export(model: nn.Module, args: tuple, expected) -> tuple[QGraph | None, str
         return None, "graph does not reproduce the model's outputs"
     notes = []
     if inlined:
-        notes.append(f"ops in torch.no_grad()/enable_grad() regions were inlined to be quantized like the rest ({inlined})")
+        notes.append(f"code under torch.no_grad()/enable_grad() was inlined and quantized like the rest (in {inlined})")
     if dropped:
         notes.append(f"outputs that are not tensors were dropped from the graph (returned as None): {', '.join(dropped)}")
     qg.meta[CAPTURE_KEY] = CaptureInfo("torch.export", {}, notes)
@@ -228,7 +228,8 @@ def _inline_grad_mode_regions(gm: fx.GraphModule) -> str:
     """Inline the ``wrap_with_set_grad_enabled`` regions ``torch.export`` makes of code under
     ``torch.no_grad()`` (a Marian/Pegasus sinusoidal position table read): the passes look at the
     top-level graph only, so what stays inside is never quantized. Grad mode does not change forward
-    values; the results of a no_grad region are detached, so training still sends them no gradient. Returns the inlined submodules' names, comma-separated ("" when none)."""
+    values; the results of a no_grad region are detached, so training still sends them no gradient.
+    Returns the module paths of the inlined regions, comma-separated ("" when none)."""
     hop = getattr(torch.ops.higher_order, "wrap_with_set_grad_enabled", None)
     done = []
     for node in list(gm.graph.nodes):
@@ -258,7 +259,8 @@ def _inline_grad_mode_regions(gm: fx.GraphModule) -> str:
         if not sub_node.users:
             gm.graph.erase_node(sub_node)
             gm.delete_submodule(sub_node.target)
-        done.append(str(sub_node.target))
+        stack = node.meta.get("nn_module_stack")
+        done.append((next(reversed(stack.values()))[0] if stack else "") or "the root module")
     if done:
         gm.graph.lint()
         gm.recompile()
