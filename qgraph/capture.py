@@ -216,7 +216,7 @@ def _export(model: nn.Module, args: tuple, expected) -> tuple[QGraph | None, str
         return None, "graph does not reproduce the model's outputs"
     notes = []
     if inlined:
-        notes.append(f"code under torch.no_grad()/enable_grad() was inlined and quantized like the rest (in {inlined})")
+        notes.append(f"code under torch.no_grad()/enable_grad() was inlined into the graph, where the passes see it (in {inlined})")
     if dropped:
         notes.append(f"outputs that are not tensors were dropped from the graph (returned as None): {', '.join(dropped)}")
     qg.meta[CAPTURE_KEY] = CaptureInfo("torch.export", {}, notes)
