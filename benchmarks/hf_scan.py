@@ -11,17 +11,15 @@ bugs; this scan covers the breadth.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.append(ROOT)
 
 import benchmarks.zoo_models as zm  # noqa: E402
-from benchmarks.scan_runner import scan  # noqa: E402
+from benchmarks.scan_runner import cli  # noqa: E402
 
 _V, _S = zm._V, zm._S
 _ENC = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
@@ -112,19 +110,7 @@ def _register(names: list[str]) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("models", nargs="?", help="comma-separated names (default: all)")
-    ap.add_argument("--timeout", type=float, default=400.0, help="seconds per model")
-    ap.add_argument("--jobs", type=int, default=1, help="models run at once")
-    args = ap.parse_args(argv)
-    names = args.models.split(",") if args.models else list(MODELS)
-    unknown = [n for n in names if n not in MODELS]
-    if unknown:
-        ap.error(f"unknown model(s) {unknown}; known: {', '.join(MODELS)}")
-    warnings.filterwarnings("ignore")
-    _register(names)
-    scan([(k, f"hf/scan_{k}") for k in names], args.timeout, args.jobs)
-    return 0
+    return cli(argv, __doc__.split("\n\n")[0], list(MODELS), _register, "hf/scan_", 400.0)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,14 @@ summary line at the end."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing as mp
 import os
 import tempfile
 import time
+import warnings
+from collections.abc import Callable
 
 from benchmarks.zoo import passes
 from benchmarks.zoo_worker import run_model
@@ -68,3 +71,22 @@ def scan(models: list[tuple[str, str]], timeout: float, jobs: int = 1, json_dir:
             passed += bool(row) and passes(row, "qgraph")[0]
             print(line(label, row, time.perf_counter() - t0), flush=True)
     print(f"\n{passed}/{len(models)} models passed (the zoo's w8a8 criteria)", flush=True)
+
+
+def cli(argv, description: str, known: list[str], register: Callable[[list[str]], None], prefix: str,
+        timeout: float) -> int:
+    """The scans' shared command line: ``[names] [--timeout S] [--jobs N]``; ``register(names)`` makes
+    them visible to ``zoo_models.zoo()`` as ``<prefix><name>``."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("models", nargs="?", help="comma-separated names (default: all)")
+    ap.add_argument("--timeout", type=float, default=timeout, help="seconds per model")
+    ap.add_argument("--jobs", type=int, default=1, help="models run at once")
+    args = ap.parse_args(argv)
+    names = args.models.split(",") if args.models else list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        ap.error(f"unknown model(s) {unknown}; known: {', '.join(known)}")
+    warnings.filterwarnings("ignore")
+    register(names)
+    scan([(n, f"{prefix}{n}") for n in names], args.timeout, args.jobs)
+    return 0

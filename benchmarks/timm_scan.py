@@ -12,17 +12,15 @@ scan covers the breadth.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.append(ROOT)
 
 import benchmarks.zoo_models as zm  # noqa: E402
-from benchmarks.scan_runner import scan  # noqa: E402
+from benchmarks.scan_runner import cli  # noqa: E402
 
 _CONV = """cs3darknet_focus_s dpn48b res2net50_14w_8s resnext26ts lambda_resnet26t gcresnet33ts eca_resnet33ts skresnet18
 selecsls42b rexnet_100 tinynet_e mixnet_s fbnetv3_b hardcorenas_a mnasnet_small spnasnet_100 tf_efficientnet_lite0
@@ -50,19 +48,7 @@ def _register(names: list[str]) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("models", nargs="?", help="comma-separated timm names (default: all)")
-    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per model")
-    ap.add_argument("--jobs", type=int, default=1, help="models run at once")
-    args = ap.parse_args(argv)
-    names = args.models.split(",") if args.models else list(MODELS)
-    unknown = [n for n in names if n not in MODELS]
-    if unknown:
-        ap.error(f"unknown model(s) {unknown}; known: {', '.join(MODELS)}")
-    warnings.filterwarnings("ignore")
-    _register(names)
-    scan([(n, f"timm/scan_{n}") for n in names], args.timeout, args.jobs)
-    return 0
+    return cli(argv, __doc__.split("\n\n")[0], list(MODELS), _register, "timm/scan_", 600.0)
 
 
 if __name__ == "__main__":
