@@ -231,9 +231,11 @@ def _inline_grad_mode_regions(gm: fx.GraphModule) -> str:
     values; the results of a no_grad region are detached, so training still sends them no gradient.
     Returns the module paths of the inlined regions, comma-separated ("" when none)."""
     hop = getattr(torch.ops.higher_order, "wrap_with_set_grad_enabled", None)
+    if hop is None:
+        return ""
     done = []
     for node in list(gm.graph.nodes):
-        if hop is None or node.op != "call_function" or node.target is not hop:
+        if node.op != "call_function" or node.target is not hop:
             continue
         sub_node, operands = node.args[1], node.args[2:]
         users = list(node.users)
@@ -247,11 +249,7 @@ def _inline_grad_mode_regions(gm: fx.GraphModule) -> str:
             outs = gm.graph.graph_copy(sub.graph, dict(zip(placeholders, operands)))
         outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
         if not node.args[0]:  # under no_grad: the results carry no gradient (a QAT step must not train the table)
-            with gm.graph.inserting_before(node):
-                outs = [gm.graph.call_function(torch.ops.aten.detach.default, (o,)) if isinstance(o, fx.Node) else o for o in outs]
-            for d in outs:
-                if isinstance(d, fx.Node) and "val" in d.args[0].meta:
-                    d.meta["val"] = d.args[0].meta["val"]
+            outs = [_detached(gm.graph, o) if isinstance(o, fx.Node) else o for o in outs]
         for u in users:
             u.replace_all_uses_with(outs[u.args[1]])
             gm.graph.erase_node(u)
@@ -265,6 +263,14 @@ def _inline_grad_mode_regions(gm: fx.GraphModule) -> str:
         gm.graph.lint()
         gm.recompile()
     return ", ".join(done)
+
+
+def _detached(graph: fx.Graph, value: fx.Node) -> fx.Node:
+    with graph.inserting_after(value):
+        d = graph.call_function(torch.ops.aten.detach.default, (value,))
+    if "val" in value.meta:
+        d.meta["val"] = value.meta["val"]
+    return d
 
 
 def _export_batch_dynamic(model: nn.Module, args: tuple):
