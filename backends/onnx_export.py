@@ -83,7 +83,13 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
             )
     except Exception as e:
         raise ExportError(exporter_failure(e, gm)) from e
-    _clean_up(program.model)
+    try:
+        _clean_up(program.model)
+    except Exception as e:  # a bug in onnxscript's passes: say which step and node, not a traceback from inside it
+        cause = f"{e}: {e.__cause__}" if e.__cause__ is not None else str(e)
+        raise ExportError(f"simplifying the exported ONNX graph (onnxscript constant folding and clean-up) failed: "
+                          f"{type(e).__name__}: {cause}"
+                          + (". With dynamic_batch=False shapes are constants, which may avoid it" if dynamic_batch else "")) from e
     model = program.model_proto
     _name_batch_dim(model)
     _name_outputs(model)
@@ -102,6 +108,40 @@ except ImportError:  # pragma: no cover - depends on the installed onnxscript
     _MATERIALIZE_RESHAPE = None
 
 
+_NO_FOLD_DOMAIN = "qgraph.no_fold"  # not imported by the model: onnxscript's folder skips such nodes
+
+
+def _runtime_split(node) -> bool:
+    """A ``SplitToSequence`` whose chunk size is computed at run time and is not a list of sizes: the
+    exporter writes ``torch.chunk``/``torch.split`` along a dynamic batch this way (chunk size =
+    ``Squeeze(Shape(x)[0:1])``), and onnxscript 0.7's folder raises on it (``split_to_sequence``:
+    ``'NoneType' object has no attribute 'ndim'``)."""
+    if node.op_type != "SplitToSequence" or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2 or node.inputs[1] is None:
+        return False
+    split = node.inputs[1]
+    producer = split.producer()
+    constant = split.const_value is not None or split.is_initializer() or (producer is not None and producer.op_type == "Constant")
+    one_d = split.shape is not None and split.shape.rank() == 1
+    return not constant and not one_d
+
+
+@contextlib.contextmanager
+def _shielded_from_folding(model):
+    """Hide the nodes onnxscript's constant folder would crash on (``_runtime_split``) behind a domain
+    the model does not import, and put them back afterwards; nothing about them could be folded."""
+    from onnx_ir.traversal import RecursiveGraphIterator
+
+    nodes = [n for n in RecursiveGraphIterator(model.graph) if _runtime_split(n)]
+    domains = [n.domain for n in nodes]
+    for n in nodes:
+        n.domain = _NO_FOLD_DOMAIN
+    try:
+        yield
+    finally:
+        for n, d in zip(nodes, domains):
+            n.domain = d
+
+
 def _clean_up(model) -> None:
     """Fold constant subexpressions (shape arithmetic, reshapes of constants), lift ``Constant`` nodes to
     initializers, share identical initializers and drop dead nodes: the parts of the exporter's
@@ -117,7 +157,8 @@ def _clean_up(model) -> None:
     import onnxscript.optimizer
     import onnxscript.rewriter
 
-    onnxscript.optimizer.fold_constants_ir(model)
+    with _shielded_from_folding(model):
+        onnxscript.optimizer.fold_constants_ir(model)
     if _MATERIALIZE_RESHAPE is not None:
         onnxscript.rewriter.rewrite(model, pattern_rewrite_rules=[_MATERIALIZE_RESHAPE])
     for pass_ in (common.LiftConstantsToInitializersPass(), common.DeduplicateInitializersPass(), common.RemoveUnusedNodesPass()):

@@ -304,3 +304,51 @@ def test_an_op_without_onnx_translation_is_named_with_its_caller(tmp_path):
     msg = str(info.value)
     assert "qgraph_test.double" in msg and "called in block" in msg, msg
     assert "No ONNX function found" in msg, msg
+
+
+class _SharedEncoder(nn.Module):
+    """Both images through one encoder as one batch, then split apart again: ``chunk`` along the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, a, b):
+        f = torch.relu(self.conv(torch.cat([a, b], 0)))
+        fa, fb = f.chunk(2, dim=0)
+        return self.head((fa - fb).mean((2, 3)))
+
+
+def test_chunk_along_a_dynamic_batch_exports_and_runs_any_batch_size(tmp_path):
+    """The exporter computes the chunk size from the batch at run time (``SplitToSequence`` with a
+    run-time scalar), which onnxscript 0.7's constant folder used to crash on (RAFT, Siamese nets)."""
+    g = torch.Generator().manual_seed(0)
+    model = _SharedEncoder().eval()
+    x = (torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g))
+    calib = [(torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)) for _ in range(2)]
+    qm = qgraph.quantize(model, x, "w8a8", calib)
+    result = qm.export(str(tmp_path / "siamese"), formats=("onnx",))
+    assert result.dynamic_batch is True and result.max_abs_error <= result.tolerance
+    assert "SplitToSequence" in op_types(result.onnx_path)
+    sess = ort_session(result.onnx_path)
+    a, b = torch.randn(3, 3, 8, 8, generator=g), torch.randn(3, 3, 8, 8, generator=g)
+    got = sess.run(None, {sess.get_inputs()[0].name: a.numpy(), sess.get_inputs()[1].name: b.numpy()})[0]
+    with torch.no_grad():
+        want = qm(a, b).numpy()
+    assert got.shape == (3, 4)
+    assert np.abs(got - want).max() <= result.tolerance
+
+
+def test_a_crash_in_onnx_clean_up_is_an_export_error_naming_the_node(tiny_w8a8, tmp_path, monkeypatch):
+    import onnxscript.optimizer
+
+    def broken_fold(model):
+        try:
+            raise AttributeError("'NoneType' object has no attribute 'ndim'")
+        except AttributeError as e:
+            raise RuntimeError("Error during constant folding for node 'node_split' (::SplitToSequence)") from e
+
+    monkeypatch.setattr(onnxscript.optimizer, "fold_constants_ir", broken_fold)
+    with pytest.raises(qgraph.ExportError, match=r"constant folding .* node 'node_split' \(::SplitToSequence\): 'NoneType'.*dynamic_batch=False"):
+        tiny_w8a8.export(str(tmp_path / "broken"), formats=("onnx",))
