@@ -267,7 +267,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one or two models per family")
     ap.add_argument("--only", help="comma-separated names or globs (e.g. resnet18,hf/*,vit_*)")
-    ap.add_argument("--family", help="torchvision, tv-seg, tv-det, tv-video, timm, hf, custom (comma-separated)")
+    ap.add_argument("--family", help="torchvision, tv-seg, tv-det, tv-video, tv-flow, timm, hf, custom (comma-separated)")
     ap.add_argument("--recipes", default="w8a8,w4a16")
     ap.add_argument("--no-peers", action="store_true", help="skip torch.ao FX and ORT quantize_static")
     ap.add_argument("--huge", action="store_true", help="include the models over 250M parameters (vit_h_14, vit_l_*, regnet_y_128gf)")

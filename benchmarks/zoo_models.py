@@ -43,7 +43,7 @@ def _ready(model: nn.Module) -> nn.Module:
 @dataclass
 class Entry:
     name: str
-    family: str  # torchvision, tv-seg, tv-det, tv-video, timm, hf, custom
+    family: str  # torchvision, tv-seg, tv-det, tv-video, tv-flow, timm, hf, custom
     build: Callable[[], tuple[nn.Module, Callable[[int], tuple]]]
     task: str = "cls"  # cls: logits on the last dim; seg: classes on dim 1; lm: next-token logits; features
     input_desc: str = ""
@@ -58,6 +58,23 @@ def _images(side: int, channels: int = 3, frames: int | None = None, batch: int 
         shape = (batch, channels, frames, side, side) if frames else (batch, channels, side, side)
         return (torch.randn(*shape, generator=g),)
     return make
+
+
+def _image_pairs(side: int, batch: int) -> Callable[[int], tuple]:
+    """Two images a sample (optical flow: frame t and frame t+1)."""
+    def make(seed: int) -> tuple:
+        g = torch.Generator().manual_seed(seed)
+        return tuple(torch.randn(batch, 3, side, side, generator=g) for _ in range(2))
+    return make
+
+
+def _tv_flow(name: str):
+    def build():
+        import torchvision
+
+        torch.manual_seed(0)
+        return _ready(getattr(torchvision.models.optical_flow, name)(weights=None)), _image_pairs(FLOW_SIDE, FLOW_BATCH)
+    return build
 
 
 def _tokens(vocab: int, length: int = 16) -> Callable[[int], tuple]:
@@ -166,6 +183,12 @@ DET = [  # (name, in --quick, note)
     ("ssdlite320_mobilenet_v3_large", False, "backbone + SSDLite extras"),
 ]
 
+# RAFT's correlation pyramid needs feature maps of at least 16x16 (images of 128x128); it runs 12
+# recurrent refinements and returns all 12 flow fields. Both images go through the shared encoder as
+# one batch that is chunked apart again (torch.chunk along a dynamic batch in the ONNX file).
+FLOW = [("raft_small", False, "12 flow updates, image pairs; data-dependent checks: captured by torch.export")]
+FLOW_SIDE, FLOW_BATCH = 128, 2
+
 HUGE = {"vit_h_14", "vit_l_16", "vit_l_32", "regnet_y_128gf"}
 
 
@@ -197,6 +220,8 @@ def torchvision_entries() -> list[Entry]:
         out.append(Entry(name, "tv-seg", _tv_other("segmentation", name), "seg", f"{BATCH}x3x{SMALL}x{SMALL}", q))
     for name, q, note in DET:
         out.append(Entry(f"det/{name}", "tv-det", _tv_det(name), "features", f"{BATCH}x3x{DET_SIDE}x{DET_SIDE}", q, note))
+    for name, q, note in FLOW:
+        out.append(Entry(name, "tv-flow", _tv_flow(name), "features", f"2 x {FLOW_BATCH}x3x{FLOW_SIDE}x{FLOW_SIDE}", q, note))
     for name, q, frames, side, batch, note in VIDEO:
         out.append(Entry(name, "tv-video", _tv_other("video", name, frames, side, batch), "cls", f"{batch}x3x{frames}x{side}x{side}",
                          q, note))
