@@ -10,6 +10,7 @@ from torch import nn
 from qgraph.capture import as_input_tuple, trace
 from qgraph.errors import InputError
 from qgraph.model import QModel
+from qgraph.precision import float32_inputs
 from qgraph.recipes import Override, Recipe, build_recipe
 
 
@@ -82,9 +83,11 @@ def prepare(
     fold_bn = fold_bn and not getattr(r, "bits", None)  # bit-switch recipes keep one BatchNorm per bit width
     if qat:
         r = r.with_learnable_scales()
-    args = as_input_tuple(example_inputs)
     model = copy.deepcopy(model).eval()
-    qg = trace(model, args)
+    qg = trace(model, example_inputs, owns_model=True)
+    args = as_input_tuple(example_inputs)
+    if qg.capture.upcast:
+        args = float32_inputs(args)
     passes = prepare_passes(r, set(qg.capture.leaves), fold_bn=fold_bn)
     split = sum(p.float_rewrite for p in passes)  # canonicalize, fold_weights (+ fold_bn): the float reference graph
     changes = run_float_rewrites(qg, passes[:split], args)

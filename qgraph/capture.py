@@ -33,6 +33,7 @@ from qgraph.errors import CaptureError, InputError
 from qgraph.graph import CaptureInfo, QGraph, record_shapes
 from qgraph.meta import CAPTURE_KEY
 from qgraph.ops import MODULE_TYPES_KEY
+from qgraph.precision import float32_inputs, upcast
 
 _MAX_LEAF_ROUNDS = 64
 
@@ -148,19 +149,33 @@ def _symbolic(model: nn.Module) -> tuple[fx.GraphModule | None, dict[str, str], 
     return None, leaves, f"gave up after {_MAX_LEAF_ROUNDS} leaf rounds"
 
 
-def trace(model: nn.Module, example_inputs) -> QGraph:
+def trace(model: nn.Module, example_inputs, *, owns_model: bool = False) -> QGraph:
     """Capture ``model`` as a :class:`QGraph` with shapes and dtypes on every node.
 
     Symbolic tracing comes first. When it only works with leaves (code inside them is quantized
     at best by module swapping), ``torch.export`` is tried too and, if it captures the whole model,
     preferred; the notes say which leaves that avoided.
 
+    A float16/bfloat16 model is captured as float32 (:mod:`qgraph.precision`): on a copy, or in place
+    with ``owns_model`` (the caller passes a copy of its own).
+
     Raises :class:`InputError` when the model fails on ``example_inputs`` and :class:`CaptureError`
     when no route yields a graph that reproduces the model's outputs.
     """
     if not isinstance(model, nn.Module):
         raise InputError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    model, upcast_note = upcast(model, in_place=owns_model)
     args = as_input_tuple(example_inputs)
+    if upcast_note:
+        args = float32_inputs(args)
+    qg = _capture(model, args)
+    if upcast_note:
+        qg.capture.notes.append(upcast_note)
+        qg.capture.upcast = True
+    return qg
+
+
+def _capture(model: nn.Module, args: tuple) -> QGraph:
     expected = run_eager(model, args)
     tried: list[str] = []
 

@@ -23,6 +23,7 @@ class CaptureInfo:
     route: str  # "symbolic_trace" or "torch.export"
     leaves: dict[str, str] = field(default_factory=dict)  # module path -> reason it became a leaf
     notes: list[str] = field(default_factory=list)
+    upcast: bool = False  # a half-precision model captured as float32: half inputs are cast (qgraph.precision)
 
     def describe(self) -> str:
         lines = [f"captured with {self.route}"]
@@ -46,6 +47,10 @@ class QGraph(fx.GraphModule):
             self.meta[CAPTURE_KEY] = capture
 
     def __call__(self, *args, **kwargs):
+        if self.capture.upcast:
+            from qgraph.precision import float32_inputs
+
+            args = float32_inputs(args)
         try:
             return super().__call__(*args, **kwargs)
         except AssertionError as e:  # a torch.export capture checks the shapes it was specialised to

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -271,3 +273,30 @@ def test_inlined_no_grad_region_still_gets_no_gradient():
     grads = {n: p.grad for n, p in qm.named_parameters() if n.endswith(".weight")}
     assert any(k.endswith("fc.weight") and g is not None and g.abs().sum() > 0 for k, g in grads.items()), list(grads)
     assert all(g is None or not g.abs().sum() for k, g in grads.items() if k.endswith("pos.weight")), list(grads)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_model_is_quantized_and_exported_in_float32(dtype, tmp_path):
+    """A bfloat16/float16 model (an LLM loaded in bfloat16) used to crash inside torch.conv2d (half
+    inputs, float32 fake-quantized weights). It is captured as a float32 copy; half inputs are cast."""
+    from helpers import tiny_conv_setup
+
+    model, x, calib = tiny_conv_setup()
+    half = model.to(dtype)
+    qm = qgraph.quantize(half, x.to(dtype), "w8a8", [c.to(dtype) for c in calib])
+    assert next(half.parameters()).dtype == dtype  # the user's model is not touched
+    assert qm.qgraph.capture.upcast and any(str(dtype).removeprefix("torch.") in n for n in qm.qgraph.capture.notes)
+    with torch.no_grad(), qm.frozen():
+        out = qm(x.to(dtype))
+        ref = copy.deepcopy(half).float()(x.to(dtype).float())  # the same weights, in float32
+    assert out.dtype == torch.float32
+    assert sqnr_db(ref, out) > 25
+    result = qm.export(str(tmp_path / "half"), formats=("onnx", "qpack"))
+    assert result.max_abs_error <= result.tolerance
+
+
+def test_tracing_a_half_precision_model_leaves_it_half():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU()).to(torch.bfloat16)
+    qg = qgraph.trace(model, torch.randn(2, 8, dtype=torch.bfloat16))
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert qg.capture.upcast and qg(torch.randn(2, 8, dtype=torch.bfloat16)).dtype == torch.float32
