@@ -17,6 +17,7 @@ import torch
 from qgraph.backends.onnx_fold import fold_constant_quantization, prepare_for_onnxruntime
 from qgraph.backends.onnx_ops import INT2_OPSET, is_2bit, translation_table
 
+from qgraph.capture import batch_dynamic_shapes
 from qgraph.errors import ExportError
 from qgraph.ops import module_path
 
@@ -64,9 +65,7 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
     if opset is None:
         opset = INT2_OPSET if has_2bit_weights(gm) else OPSET
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    dynamic = None
-    if dynamic_batch:
-        dynamic = tuple({0: torch.export.Dim.AUTO} if isinstance(a, torch.Tensor) and a.dim() else None for a in args)
+    dynamic = batch_dynamic_shapes(args) if dynamic_batch else None
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")

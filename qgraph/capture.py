@@ -288,14 +288,24 @@ def _detached(graph: fx.Graph, value: fx.Node) -> fx.Node:
     return d
 
 
+def batch_dynamic_shapes(args: tuple) -> tuple | None:
+    """``dynamic_shapes`` for ``torch.export`` that mark dim 0 of every tensor input ``Dim.AUTO``,
+    nested like the inputs (a list of tensors gets a list of specs); None when no input has a batch
+    dim (or this torch has no ``Dim.AUTO``)."""
+    auto = getattr(torch.export.Dim, "AUTO", None)
+    leaves = [t for t in pytree.tree_leaves(args) if isinstance(t, torch.Tensor) and t.dim() > 0]
+    if auto is None or not leaves:
+        return None
+    return tuple(pytree.tree_map(lambda t: {0: auto} if isinstance(t, torch.Tensor) and t.dim() > 0 else None, a) for a in args)
+
+
 def _export_batch_dynamic(model: nn.Module, args: tuple):
     """``torch.export`` with the batch dim (dim 0 of every tensor input) left dynamic where the model
     allows it (``Dim.AUTO``: the exporter keeps it symbolic, or specialises it where the code needs a
     fixed value), so the graph runs, calibrates and exports for any batch size; plain static export
     when that fails."""
-    auto = getattr(torch.export.Dim, "AUTO", None)
-    if auto is not None and any(isinstance(a, torch.Tensor) and a.dim() > 0 for a in args):
-        shapes = tuple({0: auto} if isinstance(a, torch.Tensor) and a.dim() > 0 else None for a in args)
+    shapes = batch_dynamic_shapes(args)
+    if shapes is not None:
         try:
             return torch.export.export(model, args, dynamic_shapes=shapes, strict=False)
         except Exception:  # noqa: BLE001 - e.g. a batch of 1 in the example inputs: specialise instead

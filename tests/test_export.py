@@ -352,3 +352,30 @@ def test_a_crash_in_onnx_clean_up_is_an_export_error_naming_the_node(tiny_w8a8, 
     monkeypatch.setattr(onnxscript.optimizer, "fold_constants_ir", broken_fold)
     with pytest.raises(qgraph.ExportError, match=r"constant folding .* node 'node_split' \(::SplitToSequence\): 'NoneType'.*dynamic_batch=False"):
         tiny_w8a8.export(str(tmp_path / "broken"), formats=("onnx",))
+
+
+class _TwoViews(nn.Module):
+    """``forward`` takes a list of tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 4), nn.Linear(8, 4)
+
+    def forward(self, views):
+        return self.a(views[0]) + self.b(views[1])
+
+
+def test_a_list_input_exports_with_a_dynamic_batch(tmp_path):
+    """The dynamic-batch spec used to be flat (one entry per argument), and torch.export rejected it for
+    a list argument ('inputs[0] is a list, but dynamic_shapes[0] is not')."""
+    g = torch.Generator().manual_seed(0)
+    views = lambda n: [torch.randn(n, 8, generator=g), torch.randn(n, 8, generator=g)]  # noqa: E731
+    qm = qgraph.quantize(_TwoViews().eval(), (views(4),), "w8a8", [(views(4),) for _ in range(2)])
+    result = qm.export(str(tmp_path / "views"), formats=("onnx",))
+    assert result.dynamic_batch is True and result.max_abs_error <= result.tolerance
+    sess = ort_session(result.onnx_path)
+    x = views(3)
+    got = sess.run(None, {i.name: t.numpy() for i, t in zip(sess.get_inputs(), x)})[0]
+    with torch.no_grad():
+        want = qm(x).numpy()
+    assert got.shape == (3, 4) and np.abs(got - want).max() <= result.tolerance
