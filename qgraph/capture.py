@@ -184,7 +184,8 @@ def _capture(model: nn.Module, args: tuple) -> QGraph:
         try:
             ok = _outputs_match(expected, record_shapes(gm, args))
         except Exception as e:
-            ok, error = False, f"{type(e).__name__}: {e}"
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""  # fx appends the graph and a tlparse hint
+            ok, error = False, f"{type(e).__name__}: {first}"
         if ok:
             _drop_dead_code(gm, args, expected)
             gm.meta[CAPTURE_KEY] = CaptureInfo("symbolic_trace", leaves)
