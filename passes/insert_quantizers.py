@@ -103,6 +103,7 @@ class InsertQuantizersPass(QPass):
                 modified = True
         for leaf in sorted(self.leaves):
             modified |= self._quantize_leaf(gm, leaf)
+        self._note_float_weights(gm)
         self._limit_bias_grids(gm)
         return self.finish(gm, modified)
 
@@ -232,6 +233,25 @@ class InsertQuantizersPass(QPass):
         cap = gm.meta.get(CAPTURE_KEY)
         if cap is not None:
             cap.notes[:] = [n for n in cap.notes if not n.startswith(f"leaf {leaf} (")] + [text]
+
+
+    def _note_float_weights(self, gm) -> None:
+        """Record, and add to the capture notes, the modules whose weight matrices stay float because
+        qgraph has no quantized form for them (an ``nn.LSTM``): otherwise nothing would say so."""
+        from qgraph.float_weights import float_weight_modules
+        from qgraph.meta import CAPTURE_KEY
+
+        found = float_weight_modules(gm, self.leaves)
+        for path, kind in found.items():
+            self.record("kept float", path, path, f"{kind}: qgraph has no quantized form for it; its weights stay float, in the exports too")
+        cap = gm.meta.get(CAPTURE_KEY)
+        if found and cap is not None:
+            listed = ", ".join(f"{p} ({k})" for p, k in found.items())
+            cap.notes[:] = [n for n in cap.notes if not n.startswith(FLOAT_WEIGHTS_NOTE)] + [
+                f"{FLOAT_WEIGHTS_NOTE}: {listed}; their weights stay float, in the exports too"]
+
+
+FLOAT_WEIGHTS_NOTE = "stayed float, no quantized form in qgraph"
 
 
 class ActivationQuantizer(FakeQuantize):

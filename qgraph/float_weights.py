@@ -1,0 +1,94 @@
+"""Which weight matrices of a quantized graph stayed float because qgraph has no quantized form for
+the module that reads them (``nn.LSTM``/``nn.GRU``/``nn.RNN`` and their cells, ``nn.Bilinear``, a
+user's module reading its own parameters inside an op qgraph does not know, a TorchScript submodule,
+which runs as one opaque call).
+
+Conv/Linear/Embedding/attention weights, and any weight an op qgraph knows reads (a router's linear),
+are left out: the recipe or annotate decided about those (skip globs, overrides, routers kept float),
+and the passes record the decisions. So are weights inside auto-leaves, whose
+notes already list what stayed float, and parameters the graph never reads (a head eval mode skips).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from qgraph.ops import classify, owner_type
+from qgraph.quantizer import FakeQuantize
+from qgraph.wrappers import SWAPPABLE, QuantizedModule, QuantizedMultiheadAttention
+
+DECIDED_BY_RECIPE = SWAPPABLE + (nn.Embedding, nn.EmbeddingBag, nn.MultiheadAttention)
+
+
+def _reads_into_quantizer(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """A ``get_attr`` whose value reaches a weight quantizer, directly or through weight transforms
+    (sparsity masks)."""
+    frontier, seen = list(node.users), set()
+    while frontier:
+        user = frontier.pop()
+        if user in seen or user.op != "call_module":
+            continue
+        seen.add(user)
+        mod = gm.get_submodule(str(user.target))
+        if isinstance(mod, FakeQuantize):
+            return True
+        if getattr(mod, "is_weight_transform", False):
+            frontier += list(user.users)
+    return False
+
+
+def _read_by_known_op(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """A ``get_attr`` read as the weight of an op qgraph knows (a linear, conv, embedding): whether it
+    is quantized was the recipe's or annotate's decision (a mixture-of-experts router stays float),
+    and the passes record it."""
+    for user in node.users:
+        info = classify(gm, user)
+        if info is not None and info.weight is node:
+            return True
+    return False
+
+
+def float_weight_modules(gm: fx.GraphModule, leaves: set[str] = frozenset()) -> dict[str, str]:
+    """``{module path: type name}`` of the modules whose weight matrices the graph reads in float, and
+    that no recipe rule covers. A weight matrix is a parameter of 2 or more dimensions named
+    ``weight*`` (``weight``, LSTM's ``weight_ih_l0``): position tables, class tokens and relative
+    position biases are added to activations, not multiplied, and stay float by design."""
+    used: dict[str, bool] = {}  # parameter name -> quantized
+    scripted: list[str] = []
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            mod = gm.get_submodule(str(node.target))
+            if isinstance(mod, FakeQuantize):
+                continue
+            swapped = isinstance(mod, (QuantizedModule, QuantizedMultiheadAttention))
+            for name, _ in mod.named_parameters():
+                used[f"{node.target}.{name}"] = swapped
+        elif node.op == "get_attr":
+            if isinstance(_fetch(gm, str(node.target)), torch._C.ScriptModule):  # a TorchScript submodule, called as a whole
+                scripted.append(str(node.target).removesuffix("._c"))
+                continue
+            used[str(node.target)] = used.get(str(node.target), False) or _reads_into_quantizer(gm, node) or _read_by_known_op(gm, node)
+    params = dict(gm.named_parameters(remove_duplicate=False))
+    found: dict[str, str] = {}
+    for name, quantized in used.items():
+        p = params.get(name)
+        if quantized or p is None or p.dim() < 2 or not name.rpartition(".")[2].startswith("weight"):
+            continue
+        owner = name.rpartition(".")[0]
+        if any(owner == leaf or owner.startswith(leaf + ".") for leaf in leaves):
+            continue
+        t = owner_type(gm, owner)
+        if t is not None and issubclass(t, DECIDED_BY_RECIPE + (FakeQuantize,)):
+            continue
+        found[owner] = t.__name__ if t is not None else "module"
+    found.update({path: "TorchScript module" for path in scripted if not any(path == leaf or path.startswith(leaf + ".") for leaf in leaves)})
+    return found
+
+
+def _fetch(gm: fx.GraphModule, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+    return obj
