@@ -17,7 +17,7 @@ import torch
 from qgraph.backends.onnx_fold import fold_constant_quantization, prepare_for_onnxruntime
 from qgraph.backends.onnx_ops import INT2_OPSET, is_2bit, translation_table
 
-from qgraph.capture import batch_dynamic_shapes
+from qgraph.batch_dim import batch_dynamic_shapes
 from qgraph.errors import ExportError
 from qgraph.ops import module_path
 

@@ -28,6 +28,7 @@ import torch.fx as fx
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from qgraph.batch_dim import batch_dynamic_shapes, tracing_inputs
 from qgraph.dead_code import eliminate_dead_code
 from qgraph.errors import CaptureError, InputError
 from qgraph.graph import CaptureInfo, QGraph, record_shapes
@@ -289,28 +290,22 @@ def _detached(graph: fx.Graph, value: fx.Node) -> fx.Node:
     return d
 
 
-def batch_dynamic_shapes(args: tuple) -> tuple | None:
-    """``dynamic_shapes`` for ``torch.export`` that mark dim 0 of every tensor input ``Dim.AUTO``,
-    nested like the inputs (a list of tensors gets a list of specs); None when no input has a batch
-    dim (or this torch has no ``Dim.AUTO``)."""
-    auto = getattr(torch.export.Dim, "AUTO", None)
-    leaves = [t for t in pytree.tree_leaves(args) if isinstance(t, torch.Tensor) and t.dim() > 0]
-    if auto is None or not leaves:
-        return None
-    return tuple(pytree.tree_map(lambda t: {0: auto} if isinstance(t, torch.Tensor) and t.dim() > 0 else None, a) for a in args)
-
-
 def _export_batch_dynamic(model: nn.Module, args: tuple):
     """``torch.export`` with the batch dim (dim 0 of every tensor input) left dynamic where the model
     allows it (``Dim.AUTO``: the exporter keeps it symbolic, or specialises it where the code needs a
-    fixed value), so the graph runs, calibrates and exports for any batch size; plain static export
-    when that fails."""
+    fixed value), so the graph runs, calibrates and exports for any batch size, also when the example
+    is a single sample; plain static export when that fails."""
     shapes = batch_dynamic_shapes(args)
     if shapes is not None:
-        try:
-            return torch.export.export(model, args, dynamic_shapes=shapes, strict=False)
-        except Exception:  # noqa: BLE001 - e.g. a batch of 1 in the example inputs: specialise instead
-            pass
+        for example in tracing_inputs(args):  # a single sample is traced as two (qgraph.batch_dim)
+            try:
+                ep = torch.export.export(model, example, dynamic_shapes=shapes, strict=False)
+                if example is not args:
+                    with torch.no_grad():
+                        ep.module()(*args)  # the batch may have been specialised to 2 after all
+                return ep
+            except Exception:  # noqa: BLE001 - the batch cannot stay dynamic: specialise instead
+                continue
     return torch.export.export(model, args, strict=False)
 
 

@@ -326,3 +326,29 @@ def test_weights_with_no_quantized_form_are_named_as_float():
     assert {c.module_path for c in qm.changes if c.action == "kept float"} >= {"rnn", "script"}
     assert "rnn (LSTM)" in str(qm.summary())
     assert set(qm.quantizers()) >= {"proj.weight_quantizer"} and "head.weight_quantizer" not in qm.quantizers()
+
+
+class _ShapeBranch(nn.Module):
+    """Control flow on a shape in the root forward: symbolic tracing cannot, torch.export can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        if x.shape[1] > 3:
+            x = x[:, 1:]
+        return self.fc(x.mean(1))
+
+
+def test_a_single_sample_example_keeps_the_batch_of_a_torch_export_capture_dynamic():
+    """torch.export fixes a dimension whose example size is 1; with a single-sample example the
+    capture refused the calibration batches ('x.size()[0] == 1 does not hold')."""
+    g = torch.Generator().manual_seed(0)
+    qm = qgraph.quantize(_ShapeBranch().eval(), torch.randn(1, 6, 8, generator=g), "w8a8",
+                         [torch.randn(4, 6, 8, generator=g) for _ in range(2)])
+    assert qm.qgraph.capture.route == "torch.export"
+    x = torch.randn(5, 6, 8, generator=g)
+    with torch.no_grad():
+        assert qm(x).shape == (5, 4)
+        assert sqnr_db(qm._float_graph(x), qm(x)) > 30

@@ -1,0 +1,45 @@
+"""The batch dimension when exporting: dim 0 of every tensor input, kept symbolic where the model allows.
+
+``torch.export`` specialises a dimension whose example size is 0 or 1 (its "0/1 specialisation"),
+so a single example sample (batch 1, the common way to pass example inputs) fixed the batch of a
+``torch.export`` capture at 1, and the graph refused calibration batches of 8 (a Llama wrapper).
+Capture therefore traces a single-sample example as two copies of it (``doubled``), and keeps that
+graph only if it also runs the original inputs. (The ONNX exporter, given the same spec, keeps a
+batch of 1 symbolic on its own: ResNet-18 and the Llama graph both export with a dynamic batch.)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils import _pytree as pytree
+
+
+def _batched(t) -> bool:
+    return isinstance(t, torch.Tensor) and t.dim() > 0
+
+
+def batch_dynamic_shapes(args: tuple) -> tuple | None:
+    """``dynamic_shapes`` for ``torch.export`` that mark dim 0 of every tensor input ``Dim.AUTO``,
+    nested like the inputs (a list of tensors gets a list of specs); None when no input has a batch
+    dim (or this torch has no ``Dim.AUTO``)."""
+    auto = getattr(torch.export.Dim, "AUTO", None)
+    if auto is None or not any(_batched(t) for t in pytree.tree_leaves(args)):
+        return None
+    return tuple(pytree.tree_map(lambda t: {0: auto} if _batched(t) else None, a) for a in args)
+
+
+def single_sample(args: tuple) -> bool:
+    """Every tensor input with a batch dim has batch size 1 (and there is one)."""
+    sizes = [t.shape[0] for t in pytree.tree_leaves(args) if _batched(t)]
+    return bool(sizes) and all(s == 1 for s in sizes)
+
+
+def doubled(args: tuple) -> tuple:
+    """``args`` with every batched tensor repeated twice along dim 0."""
+    return tuple(pytree.tree_map(lambda t: torch.cat([t, t]) if _batched(t) else t, a) for a in args)
+
+
+def tracing_inputs(args: tuple) -> list[tuple]:
+    """The example inputs to try, in order, for a batch-dynamic trace: two copies of a single sample
+    first (see the module docstring), then the inputs themselves."""
+    return [doubled(args), args] if single_sample(args) else [args]
