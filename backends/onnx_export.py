@@ -19,6 +19,7 @@ from qgraph.backends.onnx_ops import INT2_OPSET, is_2bit, translation_table
 
 from qgraph.batch_dim import batch_dynamic_shapes
 from qgraph.errors import ExportError
+from qgraph.meta import CAPTURE_KEY
 from qgraph.ops import module_path
 
 OPSET = 21
@@ -59,13 +60,17 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
     ``opset``: by default 21, or 25 when the graph dequantizes 2-bit weights (INT2 initializers);
     an explicit opset below 25 keeps 2-bit weights in int4 containers.
     With ``dynamic_batch`` the first dimension of every tensor input may vary (named ``batch`` in
-    the file) where the graph allows it; graphs captured with static shapes (``torch.export``
-    captures) keep the example batch size. ``batch_is_dynamic(model)`` tells which happened.
+    the file) where the graph allows it; a ``torch.export`` capture whose batch the exporter fixed
+    (``capture.static_batch``: its graph may hold the batch size as a constant) keeps the example
+    batch size. ``batch_is_dynamic(model)`` tells which happened.
     """
     if opset is None:
         opset = INT2_OPSET if has_2bit_weights(gm) else OPSET
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    dynamic = batch_dynamic_shapes(args) if dynamic_batch else None
+    capture = getattr(gm, "meta", {}).get(CAPTURE_KEY)
+    if capture is not None and capture.static_batch:  # its graph may hold the example batch size as a constant
+        dynamic_batch = False
+    dynamic = batch_dynamic_shapes(args, gm.forward) if dynamic_batch else None
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")

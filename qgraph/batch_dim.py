@@ -10,6 +10,8 @@ batch of 1 symbolic on its own: ResNet-18 and the Llama graph both export with a
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch.utils import _pytree as pytree
 
@@ -18,14 +20,26 @@ def _batched(t) -> bool:
     return isinstance(t, torch.Tensor) and t.dim() > 0
 
 
-def batch_dynamic_shapes(args: tuple) -> tuple | None:
+def batch_dynamic_shapes(args: tuple, forward=None) -> tuple | None:
     """``dynamic_shapes`` for ``torch.export`` that mark dim 0 of every tensor input ``Dim.AUTO``,
-    nested like the inputs (a list of tensors gets a list of specs); None when no input has a batch
-    dim (or this torch has no ``Dim.AUTO``)."""
+    nested like the inputs (a list of tensors gets a list of specs) and like ``forward``'s signature
+    (the arguments that ``*args`` collects are one tuple there: a positional wrapper
+    ``forward(self, *args)`` was rejected, and captured with a fixed batch); None when no input has a
+    batch dim (or this torch has no ``Dim.AUTO``)."""
     auto = getattr(torch.export.Dim, "AUTO", None)
     if auto is None or not any(_batched(t) for t in pytree.tree_leaves(args)):
         return None
-    return tuple(pytree.tree_map(lambda t: {0: auto} if _batched(t) else None, a) for a in args)
+    specs = [pytree.tree_map(lambda t: {0: auto} if _batched(t) else None, a) for a in args]
+    if forward is not None:
+        try:
+            params = list(inspect.signature(forward).parameters.values())
+        except (TypeError, ValueError):  # a builtin or C++ forward: no signature to follow
+            params = []
+        for i, p in enumerate(params):
+            if p.kind is inspect.Parameter.VAR_POSITIONAL:
+                specs = specs[:i] + [tuple(specs[i:])]
+                break
+    return tuple(specs)
 
 
 def single_sample(args: tuple) -> bool:

@@ -236,7 +236,7 @@ def _export(model: nn.Module, args: tuple, expected) -> tuple[QGraph | None, str
         notes.append(f"code under torch.no_grad()/enable_grad() was inlined into the graph, where the passes see it (in {inlined})")
     if dropped:
         notes.append(f"outputs that are not tensors were dropped from the graph (returned as None): {', '.join(dropped)}")
-    qg.meta[CAPTURE_KEY] = CaptureInfo("torch.export", {}, notes)
+    qg.meta[CAPTURE_KEY] = CaptureInfo("torch.export", {}, notes, static_batch=_static_batch(ep))
     qg.meta[MODULE_TYPES_KEY] = _module_types(model)
     return qg, ""
 
@@ -290,12 +290,24 @@ def _detached(graph: fx.Graph, value: fx.Node) -> fx.Node:
     return d
 
 
+def _static_batch(ep) -> bool:
+    """The exported program's tensor inputs all have a fixed first dimension (the exporter
+    specialised the batch, or the dynamic attempt failed): shape constants inside the graph may then
+    hold the example's batch size, so the ONNX file must not claim a dynamic one."""
+    names = set(ep.graph_signature.user_inputs)
+    vals = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in names]
+    dims = [v.shape[0] for v in vals if isinstance(v, torch.Tensor) and v.dim() > 0]
+    from torch.fx.experimental.symbolic_shapes import is_concrete_int  # a SymInt the exporter fixed counts too
+
+    return bool(dims) and all(is_concrete_int(d) for d in dims)
+
+
 def _export_batch_dynamic(model: nn.Module, args: tuple):
     """``torch.export`` with the batch dim (dim 0 of every tensor input) left dynamic where the model
     allows it (``Dim.AUTO``: the exporter keeps it symbolic, or specialises it where the code needs a
     fixed value), so the graph runs, calibrates and exports for any batch size, also when the example
     is a single sample; plain static export when that fails."""
-    shapes = batch_dynamic_shapes(args)
+    shapes = batch_dynamic_shapes(args, model.forward)
     if shapes is not None:
         for example in tracing_inputs(args):  # a single sample is traced as two (qgraph.batch_dim)
             try:

@@ -24,6 +24,7 @@ class CaptureInfo:
     leaves: dict[str, str] = field(default_factory=dict)  # module path -> reason it became a leaf
     notes: list[str] = field(default_factory=list)
     upcast: bool = False  # a half-precision model captured as float32: half inputs are cast (qgraph.precision)
+    static_batch: bool = False  # a torch.export capture whose batch dim was fixed (the ONNX file keeps it fixed too)
 
     def describe(self) -> str:
         lines = [f"captured with {self.route}"]

@@ -352,3 +352,45 @@ def test_a_single_sample_example_keeps_the_batch_of_a_torch_export_capture_dynam
     with torch.no_grad():
         assert qm(x).shape == (5, 4)
         assert sqnr_db(qm._float_graph(x), qm(x)) > 30
+
+
+class _BakedBatch(nn.Module):
+    """Needs torch.export (control flow on a shape), and its code fixes the batch at 4."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(40, 4)
+
+    def forward(self, x):
+        if x.shape[1] > 3:
+            x = x[:, 1:]
+        return self.fc(torch.relu(x).reshape(4, -1))
+
+
+def test_a_capture_with_a_fixed_batch_exports_a_fixed_batch(tmp_path):
+    """The ONNX file of a graph whose batch torch.export fixed used to claim a dynamic batch while its
+    reshape kept the example's 4 (ONNX Runtime failed at any other batch size)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 6, 8, generator=g)
+    qm = qgraph.quantize(_BakedBatch().eval(), x, "w8a8", [torch.randn(4, 6, 8, generator=g)])
+    assert qm.qgraph.capture.route == "torch.export" and qm.qgraph.capture.static_batch
+    result = qm.export(str(tmp_path / "baked"), formats=("onnx",))
+    assert result.dynamic_batch is False and result.max_abs_error <= result.tolerance
+
+
+def test_a_varargs_forward_keeps_a_dynamic_batch():
+    """forward(self, *args) wrappers: torch.export rejected the flat dynamic-shape spec, and the
+    capture fell back to a fixed batch."""
+    class Varargs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = _ShapeBranch()
+
+        def forward(self, *args):
+            return self.inner(args[0]) + args[1]
+
+    g = torch.Generator().manual_seed(0)
+    qm = qgraph.quantize(Varargs().eval(), (torch.randn(4, 6, 8, generator=g), torch.randn(4, 4, generator=g)), "w8a8")
+    assert qm.qgraph.capture.route == "torch.export" and not qm.qgraph.capture.static_batch
+    with torch.no_grad():
+        assert qm(torch.randn(3, 6, 8), torch.randn(3, 4)).shape == (3, 4)
