@@ -245,3 +245,15 @@ def test_scan_rows_carry_the_zoos_verdict(rows):
     assert "50.0% (near-const.) | pass |" in line("unetish", low, 1.0)
     low["qgraph"]["w8a8"]["sqnr_db"] = 10.0
     assert "FAIL: near-constant float outputs: judged by SQNR 10.0 dB" in line("unetish", low, 1.0)
+
+
+def test_usage_scan_cases_run_end_to_end(tmp_path):
+    """Two cases of benchmarks/usage_scan.py (chunk along the batch, an LSTM): quantize, export, verify,
+    and the dynamic-batch file agrees with the quantized model at batch 3."""
+    from benchmarks.usage_scan import run_case
+
+    for name in ("chunk", "lstm"):
+        row = run_case(name, str(tmp_path))
+        assert row["export"].startswith("ok") and row["batch3"].startswith("ok"), row
+        assert row["sqnr_db"] > 20, row
+    assert any(n.startswith("stayed float") and "rnn (LSTM)" in n for n in row["notes"])

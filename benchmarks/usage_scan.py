@@ -1,0 +1,275 @@
+"""How users call ``quantize`` on their own models, beyond the zoo's one-tensor classifiers.
+
+Each case is a small random-weight model written the way user code is: inputs that are lists or pairs,
+``torch.chunk`` along the batch, optional arguments, dict outputs, recurrent and TorchScript
+submodules, weight-normalised and 1-D convolutions, half-precision weights, a single-sample example,
+Hugging Face encoder-decoders and two-tower models. Every case goes through the default path:
+``quantize(model, example, "w8a8", calib)``, ``export`` with its default dynamic batch (ONNX Runtime
+verification included), then, where the batch stayed dynamic, the ONNX file is run at batch 3 and
+compared with the quantized model. One Markdown row per case: capture route, weights quantized,
+export, SQNR against the float model on held-out inputs, the batch-3 check, and the capture notes
+that say what stayed float.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/usage_scan.py            # every case, about 2 minutes on 2 cores
+    PYTHONPATH=. .venv/bin/python benchmarks/usage_scan.py chunk lstm # some of them
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from qgraph.backends import ort as ort_backend
+from torch import nn
+from torch.utils import _pytree as pytree
+
+import qgraph
+from qgraph.export_tolerance import export_tolerance
+from qgraph.precision import float32_inputs
+from qgraph.summary import sqnr_db
+
+
+class _Base(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 4)
+
+    def enc(self, x):
+        return torch.relu(self.conv(x))
+
+    def head(self, f):
+        return self.fc(f.mean((2, 3)))
+
+
+class Chunk(_Base):  # both images through one encoder as a batch, split apart again (RAFT, Siamese nets)
+    def forward(self, a, b):
+        fa, fb = self.enc(torch.cat([a, b])).chunk(2)
+        return self.head(fa - fb)
+
+
+class ListInput(_Base):
+    def forward(self, views):
+        return self.head(self.enc(views[0]) + self.enc(views[1]))
+
+
+class OptionalArgs(_Base):
+    def forward(self, x, mask=None, scale: float = 1.0):
+        y = self.head(self.enc(x)) * scale
+        return y if mask is None else y * mask
+
+
+class DictOutput(_Base):
+    def forward(self, x):
+        f = self.enc(x)
+        return {"features": f, "logits": self.head(f)}
+
+
+class Recurrent(nn.Module):
+    def __init__(self, cell: type[nn.Module]) -> None:
+        super().__init__()
+        self.proj, self.rnn, self.head = nn.Linear(8, 16), cell(16, 16, batch_first=True), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h, _ = self.rnn(torch.relu(self.proj(x)))
+        return self.head(h[:, -1])
+
+
+class Scripted(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head = torch.jit.script(nn.Sequential(nn.Linear(8, 16), nn.ReLU())), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+class Audio1d(nn.Module):  # weight norm, a strided transposed conv and a grouped conv, in 1-D
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre = nn.utils.parametrizations.weight_norm(nn.Conv1d(4, 16, 5, padding=2))
+        self.up = nn.ConvTranspose1d(16, 16, 4, stride=2, padding=1)
+        self.grouped = nn.Conv1d(16, 8, 3, padding=1, groups=4)
+
+    def forward(self, x):
+        return self.grouped(torch.relu(self.up(torch.relu(self.pre(x)))))
+
+
+def _images(n: int, g: torch.Generator, side: int = 16) -> torch.Tensor:
+    return torch.randn(n, 3, side, side, generator=g)
+
+
+def _small_cnn(dtype: torch.dtype | None = None):
+    import torchvision
+
+    m = torchvision.models.resnet18(num_classes=4)
+    return m.to(dtype) if dtype is not None else m
+
+
+def _hf(kind: str):
+    import transformers as tf
+
+    small = {"vocab_size": 128, "d_model": 64, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
+             "decoder_attention_heads": 4, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128}
+    if kind == "t5":
+        return tf.T5ForConditionalGeneration(tf.T5Config(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+                                                         decoder_start_token_id=0))
+    if kind == "bart":
+        return tf.BartForConditionalGeneration(tf.BartConfig(**small, max_position_embeddings=32))
+    if kind == "clip":
+        text = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "max_position_embeddings": 16}
+        vision = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": 32,
+                  "patch_size": 8}
+        return tf.CLIPModel(tf.CLIPConfig(text_config=text, vision_config=vision, projection_dim=32))
+    if kind == "llama":
+        return tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                                  intermediate_size=128, num_key_value_heads=2, use_cache=False))
+    raise KeyError(kind)
+
+
+class _Kw(nn.Module):
+    """Positional tensors to a Hugging Face model's keyword arguments; returns one output field."""
+
+    def __init__(self, model: nn.Module, names: tuple[str, ...], field: str) -> None:
+        super().__init__()
+        self.model, self.names, self.field = model, names, field
+
+    def forward(self, *args):
+        return getattr(self.model(**dict(zip(self.names, args))), self.field)
+
+
+def _tokens(n: int, g: torch.Generator, length: int = 12) -> torch.Tensor:
+    return torch.randint(2, 128, (n, length), generator=g)
+
+
+def _padded(n: int, g: torch.Generator, length: int = 16) -> tuple:
+    ids = torch.randint(2, 128, (n, length), generator=g)
+    mask = (torch.arange(length)[None] < torch.randint(4, length + 1, (n, 1), generator=g)).long()
+    return ids * mask, mask
+
+
+# name -> (what it exercises, builder returning (model, make(batch, generator) -> input tuple))
+Case = tuple[str, Callable[[], tuple[nn.Module, Callable[[int, torch.Generator], tuple]]]]
+CASES: dict[str, Case] = {
+    "chunk": ("torch.chunk along the batch (two inputs)", lambda: (Chunk(), lambda n, g: (_images(n, g), _images(n, g)))),
+    "list_input": ("forward(self, views: list[Tensor])", lambda: (ListInput(), lambda n, g: ([_images(n, g), _images(n, g)],))),
+    "optional_args": ("example inputs (x, None, 2.0)", lambda: (OptionalArgs(), lambda n, g: (_images(n, g), None, 2.0))),
+    "dict_output": ("returns {'features', 'logits'}", lambda: (DictOutput(), lambda n, g: (_images(n, g),))),
+    "lstm": ("nn.LSTM between linears", lambda: (Recurrent(nn.LSTM), lambda n, g: (torch.randn(n, 6, 8, generator=g),))),
+    "gru": ("nn.GRU between linears", lambda: (Recurrent(nn.GRU), lambda n, g: (torch.randn(n, 6, 8, generator=g),))),
+    "torchscript": ("a torch.jit.script submodule", lambda: (Scripted(), lambda n, g: (torch.randn(n, 8, generator=g),))),
+    "audio_1d": ("weight_norm, ConvTranspose1d, grouped Conv1d", lambda: (Audio1d(), lambda n, g: (torch.randn(n, 4, 32, generator=g),))),
+    "resnet18_bf16": ("a bfloat16 model and inputs", lambda: (_small_cnn(torch.bfloat16),
+                                                             lambda n, g: (_images(n, g, 32).to(torch.bfloat16),))),
+    "resnet18_fp16": ("a float16 model and inputs", lambda: (_small_cnn(torch.float16),
+                                                            lambda n, g: (_images(n, g, 32).to(torch.float16),))),
+    "llama_bf16": ("a bfloat16 Llama", lambda: (_Kw(_hf("llama").to(torch.bfloat16), ("input_ids",), "logits"),
+                                                lambda n, g: (_tokens(n, g),))),
+    "bert_padded": ("BERT with a padding attention mask", lambda: (_bert(), lambda n, g: _padded(n, g))),
+    "t5": ("T5 encoder-decoder (input_ids, decoder_input_ids)", lambda: (_Kw(_hf("t5"), ("input_ids", "decoder_input_ids"), "logits"),
+                                                                         lambda n, g: (_tokens(n, g), _tokens(n, g, 8)))),
+    "bart": ("BART encoder-decoder", lambda: (_Kw(_hf("bart"), ("input_ids", "decoder_input_ids"), "logits"),
+                                              lambda n, g: (_tokens(n, g), _tokens(n, g, 8)))),
+    "clip": ("CLIP text and image towers", lambda: (_Kw(_hf("clip"), ("input_ids", "pixel_values"), "logits_per_image"),
+                                                    lambda n, g: (_tokens(n, g), _images(n, g, 32)))),
+}
+SINGLE_SAMPLE = {"llama_bf16", "t5"}  # their example is one sample; calibration uses batches of 4
+
+
+def _bert():
+    import transformers as tf
+
+    cfg = tf.BertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                        max_position_embeddings=32)
+    return _Kw(tf.BertModel(cfg, add_pooling_layer=False), ("input_ids", "attention_mask"), "last_hidden_state")
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    return [t.float() for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def _float_model(model: nn.Module) -> nn.Module:
+    """The reference: the user's model in float32 (half models are compared at float32)."""
+    return copy.deepcopy(model).float().eval()
+
+
+def run_case(name: str, out_dir: str) -> dict:
+    what, build = CASES[name]
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    model, make = build()
+    model.eval()
+    example = make(1 if name in SINGLE_SAMPLE else 4, g)
+    calib = [make(4, g) for _ in range(3)]
+    held_out = make(4, g)
+    row: dict = {"case": name, "what": what}
+    t0 = time.perf_counter()
+    try:
+        qm = qgraph.quantize(model, example, "w8a8", calib)
+    except Exception as e:  # noqa: BLE001 - the row says what failed
+        return {**row, "error": f"quantize: {type(e).__name__}: {str(e).splitlines()[0][:200]}", "s": time.perf_counter() - t0}
+    cap = qm.qgraph.capture
+    row.update(route=cap.route, weights=sum(q.role == "weight" for q in qm.quantizers().values()),
+               notes=[n for n in cap.notes if not n.startswith(("captured with torch.export", "fell back"))])
+    reference = _float_model(model)
+    with torch.no_grad(), qm.frozen():
+        f = _tensors(reference(*[a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in held_out]))
+        q = _tensors(qm(*held_out))
+    row["sqnr_db"] = sqnr_db(torch.cat([t.flatten() for t in f]), torch.cat([t.flatten() for t in q]))
+    try:
+        res = qm.export(f"{out_dir}/{name}", formats=("onnx",))
+        row.update(export=f"ok ({res.max_abs_error:.2g} <= {res.tolerance:.2g})", dynamic=res.dynamic_batch)
+        if res.dynamic_batch:  # the file at another batch size, judged by the same default rule on those inputs
+            sess = ort_backend.session(res.onnx_path, matmulnbits_accuracy_level=0)
+            x3 = float32_inputs(make(3, g))  # the file takes float32 (half models are quantized as float32)
+            got = ort_backend.run(sess, x3)
+            with torch.no_grad(), qm.frozen():
+                want = qm(*x3)
+            tol = export_tolerance(qm, x3, want).value
+            err = max(float(np.abs(np.asarray(o, dtype=np.float32) - w.numpy()).max()) for o, w in zip(got, _tensors(want)))
+            row["batch3"] = f"{'ok' if err <= tol else 'MISMATCH'} ({err:.2g} <= {tol:.2g})"
+    except Exception as e:  # noqa: BLE001
+        row["export"] = f"FAIL: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    row["s"] = time.perf_counter() - t0
+    return row
+
+
+def line(r: dict) -> str:
+    if "error" in r:
+        return f"| {r['case']} | {r['what']} | - | - | - | - | FAIL: {r['error']} | {r['s']:.0f} |"
+    notes = "; ".join(r["notes"]) or "-"
+    batch = r.get("batch3", "static batch" if "dynamic" in r else "-")
+    return (f"| {r['case']} | {r['what']} | {r['route']} | {r['weights']} | {r['sqnr_db']:.1f} | {r['export']}, batch 3: {batch} | "
+            f"{notes} | {r['s']:.0f} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("cases", nargs="*", help=f"some of: {', '.join(CASES)}")
+    args = ap.parse_args(argv)
+    unknown = set(args.cases) - set(CASES)
+    if unknown:
+        ap.error(f"unknown case(s) {sorted(unknown)}; known: {', '.join(CASES)}")
+    warnings.simplefilter("ignore")
+    out_dir = tempfile.mkdtemp(prefix="qgraph_usage_")
+    print("| case | what | capture | weights quantized | SQNR dB | export (ORT error <= tolerance) | notes | s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    failed = 0
+    for name in args.cases or list(CASES):
+        r = run_case(name, out_dir)
+        failed += "error" in r or not r.get("export", "").startswith("ok") or "MISMATCH" in r.get("batch3", "")
+        print(line(r), flush=True)
+    total = len(args.cases or CASES)
+    print(f"\n{total - failed}/{total} cases quantize, export, verify (and run at batch 3 where the batch is dynamic)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
