@@ -65,7 +65,9 @@ def compare(reference, outputs: list[np.ndarray], tie_tolerance: float = 0.0) ->
     whose ONNX Runtime argmax scores within ``tie_tolerance`` of the reference maximum counts as
     agreeing "up to ties".
     """
-    ref = [t.detach().cpu().float().numpy() for t in pytree.tree_leaves(reference) if isinstance(t, torch.Tensor)]
+    # Python numbers the model returns (a batch size: x.shape[0]) are graph outputs in the file too
+    ref = [t.detach().cpu().float().numpy() if isinstance(t, torch.Tensor) else np.asarray(t, dtype=np.float32)
+           for t in pytree.tree_leaves(reference) if isinstance(t, (torch.Tensor, bool, int, float))]
     if len(ref) != len(outputs):
         raise ValueError(f"PyTorch gave {len(ref)} outputs, ONNX Runtime {len(outputs)}")
     max_err = max_ref = 0.0

@@ -71,6 +71,11 @@ class DictOutput(_Base):
         return {"features": f, "logits": self.head(f)}
 
 
+class CountOutput(_Base):  # returns the logits and a Python int (the batch size)
+    def forward(self, x):
+        return self.head(self.enc(x)), x.shape[0]
+
+
 class Recurrent(nn.Module):
     def __init__(self, cell: type[nn.Module]) -> None:
         super().__init__()
@@ -162,6 +167,7 @@ CASES: dict[str, Case] = {
     "list_input": ("forward(self, views: list[Tensor])", lambda: (ListInput(), lambda n, g: ([_images(n, g), _images(n, g)],))),
     "optional_args": ("example inputs (x, None, 2.0)", lambda: (OptionalArgs(), lambda n, g: (_images(n, g), None, 2.0))),
     "dict_output": ("returns {'features', 'logits'}", lambda: (DictOutput(), lambda n, g: (_images(n, g),))),
+    "int_output": ("returns (logits, x.shape[0])", lambda: (CountOutput(), lambda n, g: (_images(n, g),))),
     "lstm": ("nn.LSTM between linears", lambda: (Recurrent(nn.LSTM), lambda n, g: (torch.randn(n, 6, 8, generator=g),))),
     "gru": ("nn.GRU between linears", lambda: (Recurrent(nn.GRU), lambda n, g: (torch.randn(n, 6, 8, generator=g),))),
     "torchscript": ("a torch.jit.script submodule", lambda: (Scripted(), lambda n, g: (torch.randn(n, 8, generator=g),))),
@@ -192,7 +198,9 @@ def _bert():
 
 
 def _tensors(out) -> list[torch.Tensor]:
-    return [t.float() for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+    """Every output as a float tensor, Python numbers included (the ONNX file returns them too)."""
+    return [t.float() if isinstance(t, torch.Tensor) else torch.tensor(float(t))
+            for t in pytree.tree_leaves(out) if isinstance(t, (torch.Tensor, bool, int, float))]
 
 
 def _float_model(model: nn.Module) -> nn.Module:

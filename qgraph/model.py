@@ -261,7 +261,10 @@ class QModel(nn.Module):
             default = export_tolerance(self, args, expected)
             tolerance, result.drift = default.value, default.drift
         result.tolerance = tolerance
-        agreement = ort_backend.compare(expected, outputs, tie_tolerance=result.tolerance)
+        try:
+            agreement = ort_backend.compare(expected, outputs, tie_tolerance=result.tolerance)
+        except ValueError as e:  # output count or shapes differ: the file does not compute this model
+            raise ExportError(f"ONNX Runtime's outputs do not line up with the model's: {e}. The file is at {onnx_path}") from e
         result.max_abs_error, result.top1_agreement = agreement.max_abs_error, agreement.top1_agreement
         return agreement
 

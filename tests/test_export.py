@@ -379,3 +379,23 @@ def test_a_list_input_exports_with_a_dynamic_batch(tmp_path):
     with torch.no_grad():
         want = qm(x).numpy()
     assert got.shape == (3, 4) and np.abs(got - want).max() <= result.tolerance
+
+
+def test_a_python_number_among_the_outputs_is_compared_too(tiny, tmp_path):
+    """forward returning (logits, x.shape[0]): the file has two outputs, and the check used to fail
+    with a raw ValueError ('PyTorch gave 1 outputs, ONNX Runtime 2')."""
+    class WithCount(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x), x.shape[0]
+
+    model, x, calib = tiny
+    qm = qgraph.quantize(WithCount(model), x, "w8a8", calib)
+    result = qm.export(str(tmp_path / "count"), formats=("onnx",))
+    assert result.max_abs_error <= result.tolerance
+    sess = ort_session(result.onnx_path)
+    assert len(sess.get_outputs()) == 2
+    assert int(sess.run(None, {sess.get_inputs()[0].name: x[:5].numpy()})[1]) == 5
