@@ -234,11 +234,10 @@ class InsertQuantizersPass(QPass):
         if cap is not None:
             cap.notes[:] = [n for n in cap.notes if not n.startswith(f"leaf {leaf} (")] + [text]
 
-
     def _note_float_weights(self, gm) -> None:
         """Record, and add to the capture notes, the modules whose weight matrices stay float because
         qgraph has no quantized form for them (an ``nn.LSTM``): otherwise nothing would say so."""
-        from qgraph.float_weights import float_weight_modules
+        from qgraph.float_weights import NOTE_PREFIX, float_weight_modules
         from qgraph.meta import CAPTURE_KEY
 
         found = float_weight_modules(gm, self.leaves)
@@ -247,11 +246,8 @@ class InsertQuantizersPass(QPass):
         cap = gm.meta.get(CAPTURE_KEY)
         if found and cap is not None:
             listed = ", ".join(f"{p} ({k})" for p, k in found.items())
-            cap.notes[:] = [n for n in cap.notes if not n.startswith(FLOAT_WEIGHTS_NOTE)] + [
-                f"{FLOAT_WEIGHTS_NOTE}: {listed}; their weights stay float, in the exports too"]
-
-
-FLOAT_WEIGHTS_NOTE = "stayed float, no quantized form in qgraph"
+            cap.notes[:] = [n for n in cap.notes if not n.startswith(NOTE_PREFIX)] + [
+                f"{NOTE_PREFIX}: {listed}; their weights stay float, in the exports too"]
 
 
 class ActivationQuantizer(FakeQuantize):

@@ -26,6 +26,7 @@ import operator
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.fx.experimental.symbolic_shapes import is_concrete_int
 from torch.utils import _pytree as pytree
 
 from qgraph.batch_dim import batch_dynamic_shapes, tracing_inputs
@@ -297,9 +298,7 @@ def _static_batch(ep) -> bool:
     names = set(ep.graph_signature.user_inputs)
     vals = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in names]
     dims = [v.shape[0] for v in vals if isinstance(v, torch.Tensor) and v.dim() > 0]
-    from torch.fx.experimental.symbolic_shapes import is_concrete_int  # a SymInt the exporter fixed counts too
-
-    return bool(dims) and all(is_concrete_int(d) for d in dims)
+    return bool(dims) and all(is_concrete_int(d) for d in dims)  # a SymInt the exporter fixed counts too
 
 
 def _export_batch_dynamic(model: nn.Module, args: tuple):

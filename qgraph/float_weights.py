@@ -19,6 +19,7 @@ from qgraph.ops import classify, owner_type
 from qgraph.quantizer import FakeQuantize
 from qgraph.wrappers import SWAPPABLE, QuantizedModule, QuantizedMultiheadAttention
 
+NOTE_PREFIX = "stayed float, no quantized form in qgraph"  # the capture note the insert pass adds
 DECIDED_BY_RECIPE = SWAPPABLE + (nn.Embedding, nn.EmbeddingBag, nn.MultiheadAttention)
 
 
