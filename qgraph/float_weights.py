@@ -11,6 +11,8 @@ notes already list what stayed float, and parameters the graph never reads (a he
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.fx as fx
 from torch import nn
@@ -67,7 +69,7 @@ def float_weight_modules(gm: fx.GraphModule, leaves: set[str] = frozenset()) -> 
             for name, _ in mod.named_parameters():
                 used[f"{node.target}.{name}"] = swapped
         elif node.op == "get_attr":
-            if isinstance(_fetch(gm, str(node.target)), torch._C.ScriptModule):  # a TorchScript submodule, called as a whole
+            if isinstance(operator.attrgetter(str(node.target))(gm), torch._C.ScriptModule):  # a TorchScript submodule, called as a whole
                 scripted.append(str(node.target).removesuffix("._c"))
                 continue
             used[str(node.target)] = used.get(str(node.target), False) or _reads_into_quantizer(gm, node) or _read_by_known_op(gm, node)
@@ -78,18 +80,15 @@ def float_weight_modules(gm: fx.GraphModule, leaves: set[str] = frozenset()) -> 
         if quantized or p is None or p.dim() < 2 or not name.rpartition(".")[2].startswith("weight"):
             continue
         owner = name.rpartition(".")[0]
-        if any(owner == leaf or owner.startswith(leaf + ".") for leaf in leaves):
+        if _inside(owner, leaves):  # the leaf's own note lists what stayed float in it
             continue
         t = owner_type(gm, owner)
         if t is not None and issubclass(t, DECIDED_BY_RECIPE + (FakeQuantize,)):
             continue
         found[owner] = t.__name__ if t is not None else "module"
-    found.update({path: "TorchScript module" for path in scripted if not any(path == leaf or path.startswith(leaf + ".") for leaf in leaves)})
+    found.update({path: "TorchScript module" for path in scripted if not _inside(path, leaves)})
     return found
 
 
-def _fetch(gm: fx.GraphModule, target: str):
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part, None)
-    return obj
+def _inside(path: str, leaves: set[str]) -> bool:
+    return any(path == leaf or path.startswith(leaf + ".") for leaf in leaves)
