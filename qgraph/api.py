@@ -10,6 +10,7 @@ from torch import nn
 from qgraph.capture import as_input_tuple, trace
 from qgraph.errors import InputError
 from qgraph.model import QModel
+from qgraph.model_wrappers import unwrap
 from qgraph.precision import float32_inputs
 from qgraph.recipes import Override, Recipe, build_recipe
 
@@ -83,8 +84,11 @@ def prepare(
     fold_bn = fold_bn and not getattr(r, "bits", None)  # bit-switch recipes keep one BatchNorm per bit width
     if qat:
         r = r.with_learnable_scales()
+    model, unwrapped = unwrap(model)  # before the copy: a DistributedDataParallel wrapper holds a process group
     model = copy.deepcopy(model).eval()
     qg = trace(model, example_inputs, owns_model=True)
+    if unwrapped:
+        qg.capture.notes.insert(0, unwrapped)
     args = as_input_tuple(example_inputs)
     if qg.capture.upcast:
         args = float32_inputs(args)

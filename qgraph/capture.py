@@ -34,6 +34,7 @@ from qgraph.dead_code import eliminate_dead_code
 from qgraph.errors import CaptureError, InputError
 from qgraph.graph import CaptureInfo, QGraph, record_shapes
 from qgraph.meta import CAPTURE_KEY
+from qgraph.model_wrappers import unwrap
 from qgraph.ops import MODULE_TYPES_KEY
 from qgraph.precision import float32_inputs, upcast
 
@@ -159,18 +160,22 @@ def trace(model: nn.Module, example_inputs, *, owns_model: bool = False) -> QGra
     preferred; the notes say which leaves that avoided.
 
     A float16/bfloat16 model is captured as float32 (:mod:`qgraph.precision`): on a copy, or in place
-    with ``owns_model`` (the caller passes a copy of its own).
+    with ``owns_model`` (the caller passes a copy of its own). A ``torch.compile``/``DataParallel``
+    wrapper is looked through (:mod:`qgraph.model_wrappers`).
 
     Raises :class:`InputError` when the model fails on ``example_inputs`` and :class:`CaptureError`
     when no route yields a graph that reproduces the model's outputs.
     """
     if not isinstance(model, nn.Module):
         raise InputError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    model, unwrapped = unwrap(model)
     model, upcast_note = upcast(model, in_place=owns_model)
     args = as_input_tuple(example_inputs)
     if upcast_note:
         args = float32_inputs(args)
     qg = _capture(model, args)
+    if unwrapped:
+        qg.capture.notes.insert(0, unwrapped)
     if upcast_note:
         qg.capture.notes.append(upcast_note)
         qg.capture.upcast = True

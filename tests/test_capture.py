@@ -394,3 +394,18 @@ def test_a_varargs_forward_keeps_a_dynamic_batch():
     assert qm.qgraph.capture.route == "torch.export" and not qm.qgraph.capture.static_batch
     with torch.no_grad():
         assert qm(torch.randn(3, 6, 8), torch.randn(3, 4)).shape == (3, 4)
+
+
+@pytest.mark.parametrize("wrap", [torch.compile, nn.DataParallel], ids=["torch.compile", "DataParallel"])
+def test_a_wrapped_model_is_captured_through_its_wrapper(wrap):
+    """torch.compile / DataParallel wrappers used to force the torch.export route (compiling the model
+    to run the example) and prefix every path (_orig_mod., module.), so skip globs missed."""
+    from helpers import tiny_conv_setup
+
+    model, x, calib = tiny_conv_setup()
+    qm = qgraph.quantize(wrap(model), x, "w8a8", calib, skip=["head"])
+    cap = qm.qgraph.capture
+    assert cap.route == "symbolic_trace" and "wrapper" in cap.notes[0]
+    assert "conv1.weight_quantizer" in qm.quantizers() and "head.weight_quantizer" not in qm.quantizers()
+    with torch.no_grad(), qm.frozen():
+        assert sqnr_db(model(x), qm(x)) > 25
