@@ -9,8 +9,11 @@ user's batches still fit; the outputs are float32. Integer inputs (token ids) ar
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -22,8 +25,8 @@ def half_dtypes(model: nn.Module) -> list[str]:
 
 
 def float32_inputs(args: tuple) -> tuple:
-    """``args`` with every float16/bfloat16 tensor cast to float32."""
-    return tuple(a.float() if isinstance(a, torch.Tensor) and a.dtype in HALF else a for a in args)
+    """``args`` with every float16/bfloat16 tensor cast to float32, also inside lists and tuples."""
+    return tuple(pytree.tree_map(lambda a: a.float() if isinstance(a, torch.Tensor) and a.dtype in HALF else a, a) for a in args)
 
 
 def upcast(model: nn.Module, in_place: bool) -> tuple[nn.Module, str]:
@@ -33,8 +36,6 @@ def upcast(model: nn.Module, in_place: bool) -> tuple[nn.Module, str]:
     if not dtypes:
         return model, ""
     if not in_place:
-        import copy
-
         model = copy.deepcopy(model)
     model.float()
     return model, (f"the model's {'/'.join(dtypes)} parameters and buffers were cast to float32 on qgraph's copy: "

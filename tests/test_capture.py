@@ -409,3 +409,20 @@ def test_a_wrapped_model_is_captured_through_its_wrapper(wrap):
     assert "conv1.weight_quantizer" in qm.quantizers() and "head.weight_quantizer" not in qm.quantizers()
     with torch.no_grad(), qm.frozen():
         assert sqnr_db(model(x), qm(x)) > 25
+
+
+def test_half_inputs_inside_a_list_are_cast_too():
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(8, 4)
+
+        def forward(self, xs):
+            return self.a(xs[0]) + self.a(xs[1])
+
+    x = ([torch.randn(4, 8).bfloat16(), torch.randn(4, 8).bfloat16()],)
+    model = Pair().to(torch.bfloat16)
+    qm = qgraph.quantize(model, x, "w8a8", [x])
+    with torch.no_grad(), qm.frozen():
+        ref = copy.deepcopy(model).float()([t.float() for t in x[0]])
+        assert sqnr_db(ref, qm(*x)) > 30
