@@ -20,21 +20,32 @@ def _batched(t) -> bool:
     return isinstance(t, torch.Tensor) and t.dim() > 0
 
 
-def batch_dynamic_shapes(args: tuple, forward=None) -> tuple | None:
+def batch_dynamic_shapes(args: tuple, forward=None, keywords: tuple[str, ...] | None = None) -> tuple | dict | None:
     """``dynamic_shapes`` for ``torch.export`` that mark dim 0 of every tensor input ``Dim.AUTO``,
     nested like the inputs (a list of tensors gets a list of specs) and like ``forward``'s signature
     (the arguments that ``*args`` collects are one tuple there: a positional wrapper
     ``forward(self, *args)`` was rejected, and captured with a fixed batch); None when no input has a
-    batch dim (or this torch has no ``Dim.AUTO``)."""
+    batch dim (or this torch has no ``Dim.AUTO``). With ``keywords`` (inputs given by name) a dict by
+    parameter name; names that ``**kwargs`` collects are one dict under its name."""
     auto = getattr(torch.export.Dim, "AUTO", None)
     if auto is None or not any(_batched(t) for t in pytree.tree_leaves(args)):
         return None
     specs = [pytree.tree_map(lambda t: {0: auto} if _batched(t) else None, a) for a in args]
+    params = []
     if forward is not None:
         try:
             params = list(inspect.signature(forward).parameters.values())
         except (TypeError, ValueError):  # a builtin or C++ forward: no signature to follow
             params = []
+    if keywords:
+        named = {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        out = {k: s for k, s in zip(keywords, specs) if k in named}
+        rest = {k: s for k, s in zip(keywords, specs) if k not in named}
+        var_kw = next((p.name for p in params if p.kind is p.VAR_KEYWORD), None)
+        if rest and var_kw:
+            out[var_kw] = rest
+        return out
+    if params:
         for i, p in enumerate(params):
             if p.kind is inspect.Parameter.VAR_POSITIONAL:
                 specs = specs[:i] + [tuple(specs[i:])]

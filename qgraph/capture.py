@@ -21,6 +21,7 @@ Every route is checked: the graph must reproduce the model's eager outputs on th
 from __future__ import annotations
 
 import copy
+import functools
 import operator
 
 import torch
@@ -33,6 +34,14 @@ from qgraph.batch_dim import batch_dynamic_shapes, tracing_inputs
 from qgraph.dead_code import eliminate_dead_code
 from qgraph.errors import CaptureError, InputError
 from qgraph.graph import CaptureInfo, QGraph, record_shapes
+from qgraph.keyword_inputs import (
+    bind_inputs,
+    concrete_defaults,
+    is_keyword_inputs,
+    keep_only_inputs,
+    ordered_keywords,
+    positional_exported,
+)
 from qgraph.meta import CAPTURE_KEY
 from qgraph.model_wrappers import unwrap
 from qgraph.ops import MODULE_TYPES_KEY
@@ -41,25 +50,34 @@ from qgraph.precision import float32_inputs, upcast
 _MAX_LEAF_ROUNDS = 64
 
 
-def as_input_tuple(example_inputs) -> tuple:
-    """Normalise example inputs to a tuple of positional arguments."""
+def as_input_tuple(example_inputs, keywords: tuple[str, ...] | None = None) -> tuple:
+    """Normalise example inputs (or a batch) to a tuple of positional arguments; a mapping is bound by
+    name to ``keywords``, the inputs of a graph captured from keyword inputs (``capture.keywords``)."""
+    bound = bind_inputs(example_inputs, keywords)
+    if bound is not None:
+        return bound
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
     if isinstance(example_inputs, list):
         return tuple(example_inputs)
     if isinstance(example_inputs, tuple):
         return example_inputs
-    if isinstance(example_inputs, dict):
-        raise InputError("example inputs must be positional (a tensor or a tuple of tensors), got a dict; "
-                         "wrap the model so its forward takes positional tensors")
     raise InputError(f"example inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
 
 
-def run_eager(model: nn.Module, args: tuple):
-    """Run the model on example inputs, turning a failure into an InputError that says so."""
+def batch_inputs(gm: fx.GraphModule, batch) -> tuple:
+    """A calibration or evaluation batch as the positional inputs of the captured graph ``gm``: a
+    tensor, a tuple of tensors, or (for a model captured from inputs given by name) a mapping."""
+    cap = gm.meta.get(CAPTURE_KEY)
+    return as_input_tuple(batch, getattr(cap, "keywords", None))
+
+
+def run_eager(model: nn.Module, args: tuple, keywords: tuple[str, ...] | None = None):
+    """Run the model on example inputs (by name when ``keywords`` names them), turning a failure into
+    an InputError that says so."""
     try:
         with torch.no_grad():
-            return model(*args)
+            return model(**dict(zip(keywords, args))) if keywords else model(*args)
     except Exception as e:  # the user's model raised: say the inputs do not fit
         shapes = ", ".join(f"{tuple(a.shape)} {str(a.dtype).replace('torch.', '')}" if isinstance(a, torch.Tensor) else type(a).__name__ for a in args)
         raise InputError(f"the model fails on the example inputs ({shapes}): {type(e).__name__}: {e}") from e
@@ -134,13 +152,16 @@ def _outputs_match(expected, got) -> bool:
     return True
 
 
-def _symbolic(model: nn.Module) -> tuple[fx.GraphModule | None, dict[str, str], str]:
+def _symbolic(model: nn.Module, keywords: tuple[str, ...] | None = None) -> tuple[fx.GraphModule | None, dict[str, str], str]:
     leaves: dict[str, str] = {}
     last_error = ""
+    concrete = concrete_defaults(model.forward, keywords) if keywords else None
     for _ in range(_MAX_LEAF_ROUNDS):
         tracer = _AutoLeafTracer(set(leaves))
         try:
-            graph = tracer.trace(model)
+            graph = tracer.trace(model, concrete_args=concrete)
+            if keywords:
+                keep_only_inputs(graph, keywords)
         except Exception as e:
             where = getattr(e, "_qgraph_failed_in", "")
             last_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -170,10 +191,15 @@ def trace(model: nn.Module, example_inputs, *, owns_model: bool = False) -> QGra
         raise InputError(f"expected a torch.nn.Module, got {type(model).__name__}")
     model, unwrapped = unwrap(model)
     model, upcast_note = upcast(model, in_place=owns_model)
-    args = as_input_tuple(example_inputs)
+    if is_keyword_inputs(example_inputs):  # a dict / BatchEncoding: forward's arguments by name
+        named = ordered_keywords(model.forward, example_inputs)
+        keywords, args = tuple(named), tuple(named.values())
+    else:
+        keywords, args = None, as_input_tuple(example_inputs)
     if upcast_note:
         args = float32_inputs(args)
-    qg = _capture(model, args)
+    qg = _capture(model, args, keywords)
+    qg.capture.keywords = keywords
     if unwrapped:
         qg.capture.notes.insert(0, unwrapped)
     if upcast_note:
@@ -182,11 +208,13 @@ def trace(model: nn.Module, example_inputs, *, owns_model: bool = False) -> QGra
     return qg
 
 
-def _capture(model: nn.Module, args: tuple) -> QGraph:
-    expected = run_eager(model, args)
+def _capture(model: nn.Module, args: tuple, keywords: tuple[str, ...] | None) -> QGraph:
+    """Capture with the routes in turn; ``keywords`` names ``args`` when the example inputs were given
+    by name (the graph takes them positionally, in that order, under those names)."""
+    expected = run_eager(model, args, keywords)
     tried: list[str] = []
 
-    gm, leaves, error = _symbolic(model)
+    gm, leaves, error = _symbolic(model, keywords)
     if gm is not None:
         try:
             ok = _outputs_match(expected, record_shapes(gm, args))
@@ -199,7 +227,7 @@ def _capture(model: nn.Module, args: tuple) -> QGraph:
             gm.meta[MODULE_TYPES_KEY] = _module_types(model)
             if not leaves:
                 return gm
-            qg, why = _export(model, args, expected)
+            qg, why = _export(model, args, expected, keywords)
             if qg is None:
                 gm.capture.notes.append(f"torch.export could not capture the whole model either ({why}), so the leaves stay")
                 return gm
@@ -211,7 +239,7 @@ def _capture(model: nn.Module, args: tuple) -> QGraph:
     else:
         tried.append(f"symbolic_trace: {error}")
 
-    qg, why = _export(model, args, expected)
+    qg, why = _export(model, args, expected, keywords)
     if qg is None:
         tried.append(f"torch.export: {why}")
         raise CaptureError(f"no capture route handles {model.__class__.__name__}:\n  " + "\n  ".join(tried))
@@ -219,14 +247,16 @@ def _capture(model: nn.Module, args: tuple) -> QGraph:
     return qg
 
 
-def _export(model: nn.Module, args: tuple, expected) -> tuple[QGraph | None, str]:
+def _export(model: nn.Module, args: tuple, expected, keywords: tuple[str, ...] | None = None) -> tuple[QGraph | None, str]:
     """The torch.export route: ``(graph, "")`` or ``(None, why it failed)``."""
     target, dropped = _without_opaque_outputs(model, expected)
     if dropped:
         expected = _filter_outputs(expected)
     try:
-        ep = _export_batch_dynamic(target, args)
+        ep = _export_batch_dynamic(target, args, keywords)
         exported = ep.module()
+        if keywords:
+            positional_exported(exported)
         inlined = _inline_grad_mode_regions(exported)
         qg = QGraph(exported, exported.graph, model.__class__.__name__)
         # the example's concrete shapes, next to the exporter's symbolic ones, and the outputs to check
@@ -306,23 +336,28 @@ def _static_batch(ep) -> bool:
     return bool(dims) and all(is_concrete_int(d) for d in dims)  # a SymInt the exporter fixed counts too
 
 
-def _export_batch_dynamic(model: nn.Module, args: tuple):
+def _export_batch_dynamic(model: nn.Module, args: tuple, keywords: tuple[str, ...] | None = None):
     """``torch.export`` with the batch dim (dim 0 of every tensor input) left dynamic where the model
     allows it (``Dim.AUTO``: the exporter keeps it symbolic, or specialises it where the code needs a
     fixed value), so the graph runs, calibrates and exports for any batch size, also when the example
     is a single sample; plain static export when that fails."""
-    shapes = batch_dynamic_shapes(args, model.forward)
+    def export(example, shapes=None):
+        if keywords:  # by name, as the model is called
+            return torch.export.export(model, (), dict(zip(keywords, example)), dynamic_shapes=shapes, strict=False)
+        return torch.export.export(model, example, dynamic_shapes=shapes, strict=False)
+
+    shapes = batch_dynamic_shapes(args, model.forward, keywords)
     if shapes is not None:
         for example in tracing_inputs(args):  # a single sample is traced as two (qgraph.batch_dim)
             try:
-                ep = torch.export.export(model, example, dynamic_shapes=shapes, strict=False)
+                ep = export(example, shapes)
                 if example is not args:
                     with torch.no_grad():
-                        ep.module()(*args)  # the batch may have been specialised to 2 after all
+                        ep.module()(**dict(zip(keywords, args))) if keywords else ep.module()(*args)  # the batch may have been specialised to 2 after all
                 return ep
             except Exception:  # noqa: BLE001 - the batch cannot stay dynamic: specialise instead
                 continue
-    return torch.export.export(model, args, strict=False)
+    return export(args)
 
 
 def _drop_dead_code(gm: fx.GraphModule, args: tuple, expected) -> None:
@@ -368,6 +403,7 @@ def _without_opaque_outputs(model: nn.Module, expected) -> tuple[nn.Module, list
     view = copy.copy(model)
     inner = model.forward
 
+    @functools.wraps(inner)  # the model's signature, which torch.export binds inputs and dynamic shapes to
     def forward(*a, **k):
         return _filter_outputs(inner(*a, **k))
 

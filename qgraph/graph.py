@@ -25,6 +25,7 @@ class CaptureInfo:
     notes: list[str] = field(default_factory=list)
     upcast: bool = False  # a half-precision model captured as float32: half inputs are cast (qgraph.precision)
     static_batch: bool = False  # a torch.export capture whose batch dim was fixed (the ONNX file keeps it fixed too)
+    keywords: tuple[str, ...] | None = None  # example inputs given by name: the graph's inputs, in order (qgraph.keyword_inputs)
 
     def describe(self) -> str:
         lines = [f"captured with {self.route}"]
@@ -52,6 +53,7 @@ class QGraph(fx.GraphModule):
             from qgraph.precision import float32_inputs
 
             args = float32_inputs(args)
+            kwargs = dict(zip(kwargs, float32_inputs(tuple(kwargs.values()))))
         try:
             return super().__call__(*args, **kwargs)
         except AssertionError as e:  # a torch.export capture checks the shapes it was specialised to
