@@ -36,7 +36,7 @@ from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
 from torch.utils import _pytree as pytree
 
-from qgraph.capture import as_input_tuple
+from qgraph.capture import batch_inputs
 from qgraph.errors import InputError
 from qgraph.granularity import PerTensor
 from qgraph.ops import ADDMM, CONV, CONV_TRANSPOSE, LINEAR, is_passthrough, module_path
@@ -252,10 +252,10 @@ class BiasCorrectionPass(QPass):
         self.max_samples = max_samples  # per rank, with sync_ranks
         self.sync_ranks = sync_ranks
 
-    def _take(self) -> list[tuple]:
+    def _take(self, gm: fx.GraphModule) -> list[tuple]:
         out, n = [], 0
         for b in self.batches:
-            b = as_input_tuple(b)
+            b = batch_inputs(gm, b)
             out.append(b)
             n += b[0].shape[0] if b and isinstance(b[0], torch.Tensor) and b[0].dim() else 1
             if n >= self.max_samples:
@@ -269,7 +269,7 @@ class BiasCorrectionPass(QPass):
         skipped = [n for n in targets(gm) if n not in nodes]
         if not nodes:
             return PassResult(gm, False)
-        batches = self._take()
+        batches = self._take(gm)
         probes: list[tuple[fx.Node, _Probe, fx.Node]] = []
         for i, node in enumerate(nodes):
             probe = _Probe(_channel_axis(node), self.sync_ranks)

@@ -34,7 +34,7 @@ from qgraph.passes.base import ANNOTATION_KEY, QPass
 from torch.fx.passes.infra.pass_base import PassResult
 
 from qgraph.bitswitch import BitSwitchActQuantizer, BitSwitchRecipe, DoubleRoundWeightQuantizer, SwitchableBatchNorm, set_bits
-from qgraph.capture import as_input_tuple
+from qgraph.capture import batch_inputs
 from qgraph.errors import InputError
 from qgraph.granularity import PerChannel, PerTensor
 from qgraph.ops import BN_MODULES, classify, owner_type
@@ -124,7 +124,7 @@ class BitSwitchCalibratePass(QPass):
         acts = {n: m for n, m in gm.named_modules() if isinstance(m, BitSwitchActQuantizer)}
         if not acts:
             return PassResult(gm, False)
-        batches = [as_input_tuple(b) for b in self.batches]
+        batches = [batch_inputs(gm, b) for b in self.batches]
         if not batches:
             raise InputError("calib_data yielded no batches")
         was_training = gm.training

@@ -18,7 +18,7 @@ import torch.fx as fx
 from qgraph.passes.base import QPass
 from torch.fx.passes.infra.pass_base import PassResult
 
-from qgraph.capture import as_input_tuple
+from qgraph.capture import batch_inputs
 from qgraph.errors import InputError
 from qgraph.quantizer import FakeQuantize
 
@@ -42,7 +42,7 @@ class CalibratePass(QPass):
         count = 0
         with torch.no_grad():
             for i, batch in enumerate(self.batches):
-                args = as_input_tuple(batch)
+                args = batch_inputs(gm, batch)
                 try:
                     gm(*args)
                 except Exception as e:

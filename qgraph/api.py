@@ -9,6 +9,7 @@ from torch import nn
 
 from qgraph.capture import as_input_tuple, trace
 from qgraph.errors import InputError
+from qgraph.keyword_inputs import is_keyword_inputs, ordered_keywords
 from qgraph.model import QModel
 from qgraph.model_wrappers import unwrap
 from qgraph.precision import float32_inputs
@@ -29,11 +30,14 @@ def quantize(
 ) -> QModel:
     """Quantize ``model`` and return a :class:`QModel`.
 
-    ``example_inputs``: a tensor or tuple of positional tensors the model accepts.
+    ``example_inputs``: a tensor or tuple of positional tensors the model accepts, or a mapping of
+    ``forward``'s arguments by name (a dict, a tokenizer's ``BatchEncoding``): the quantized model then
+    takes those arguments (``qm(**batch)`` or positionally, in ``forward``'s order), and calibration
+    batches may be mappings with the same keys.
     ``recipe``: a name (``qgraph.list_recipes()``) or a :class:`Recipe`, or a list composing a
     sparsity recipe with a quantization recipe (``["nm(2,4)", "w8a8"]``); ``overrides`` refine it
     (:class:`Override`), ``skip`` lists module-path globs that stay float.
-    ``calib_data``: an iterable of batches (a tensor or a tuple of tensors each) for post-training
+    ``calib_data``: an iterable of batches (a tensor, a tuple of tensors or a mapping by name each) for post-training
     calibration; without it the example inputs calibrate. With the ``tasks(...)`` recipe it is a mapping
     ``{task: batches}`` and each task's scales come from its own batches. ``qat=True`` makes scales learnable
     (LSQ) so the returned model can be trained. The input model is not modified.
@@ -47,6 +51,9 @@ def quantize(
 
     sync = should_sync(sync_ranks)
     qm = prepare(model, example_inputs, recipe, overrides=overrides, skip=skip, qat=qat, fold_bn=fold_bn)
+    keywords = qm.qgraph.capture.keywords
+    if isinstance(calib_data, Mapping) and keywords and set(calib_data) <= set(keywords):
+        calib_data = [calib_data]  # one batch of inputs by name (a tokenizer's BatchEncoding), not {task: batches}
     if isinstance(calib_data, Mapping):  # {task: batches} for task-specific scales (recipe "tasks(...)")
         from qgraph.passes.task_scales import calibrate_tasks
 
@@ -89,7 +96,7 @@ def prepare(
     qg = trace(model, example_inputs, owns_model=True)
     if unwrapped:
         qg.capture.notes.insert(0, unwrapped)
-    args = as_input_tuple(example_inputs)
+    args = as_input_tuple(example_inputs, qg.capture.keywords)  # a dict: bound by name, in the graph's order
     if qg.capture.upcast:
         args = float32_inputs(args)
     passes = prepare_passes(r, set(qg.capture.leaves), fold_bn=fold_bn)
@@ -102,8 +109,13 @@ def prepare(
 def export_onnx(model: nn.Module, example_inputs, path: str, dynamic_batch: bool = True):
     """Export any module to ONNX the way qgraph exports quantized ones (opset 21, one file, no
     exporter debug metadata), e.g. the FP32 baseline a quantized file is compared with.
-    Returns the ``onnx.ModelProto``.
+    ``example_inputs`` may be a mapping of ``forward``'s arguments by name (the file's inputs are then
+    named after them). Returns the ``onnx.ModelProto``.
     """
     from qgraph.backends.onnx_export import export_onnx as _export
 
+    model, _ = unwrap(model)
+    if is_keyword_inputs(example_inputs):
+        named = ordered_keywords(model.forward, example_inputs)
+        return _export(model.eval(), (), path, dynamic_batch=dynamic_batch, kwargs=named)
     return _export(model.eval(), as_input_tuple(example_inputs), path, dynamic_batch=dynamic_batch)

@@ -88,10 +88,10 @@ class QModel(nn.Module):
         return {n: m for n, m in self.qgraph.named_modules() if isinstance(m, FakeQuantize)}
 
     def summary_rows(self, data=None) -> list[dict]:
-        from qgraph.capture import as_input_tuple
+        from qgraph.capture import batch_inputs
         from qgraph.summary import summary_rows
 
-        args = as_input_tuple(data) if data is not None else self._example_inputs
+        args = batch_inputs(self.qgraph, data) if data is not None else self._example_inputs
         was = self.training
         self.eval()
         try:

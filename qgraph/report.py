@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.fx as fx
@@ -185,12 +185,10 @@ def build_report(qm, data=None, *, local: bool = True, max_batches: int | None =
 
 
 def _measure(qm, data, local: bool, max_batches: int | None) -> Report:
-    from qgraph.capture import as_input_tuple
-
     fg = qm._float_graph
     if fg is None:
         raise InputError("this QModel has no float reference graph to compare with")
-    batches = _batches(data, qm._example_inputs, as_input_tuple)
+    batches = _batches(data, qm)
     if max_batches is not None:
         batches = batches[:max_batches]
     if not batches:
@@ -204,15 +202,17 @@ def _measure(qm, data, local: bool, max_batches: int | None) -> Report:
         qm.train(was)
 
 
-def _batches(data, example, as_input_tuple) -> list[tuple]:
+def _batches(data, qm) -> list[tuple]:
+    from qgraph.capture import batch_inputs
+
     if data is None:
-        return [example]
-    if isinstance(data, torch.Tensor):
-        return [(data,)]
+        return [qm._example_inputs]
+    if isinstance(data, torch.Tensor) or isinstance(data, Mapping):  # one batch (a mapping: inputs by name)
+        return [batch_inputs(qm.qgraph, data)]
     if isinstance(data, tuple) and all(isinstance(t, torch.Tensor) for t in data):
         return [data]
     if isinstance(data, Iterable):
-        return [as_input_tuple(b) for b in data]
+        return [batch_inputs(qm.qgraph, b) for b in data]
     raise InputError(f"report data must be a tensor, a tuple of tensors or an iterable of batches, got {type(data).__name__}")
 
 
