@@ -54,7 +54,8 @@ def exporter_failure(e: BaseException, gm: torch.nn.Module) -> str:
     return f"the ONNX exporter failed{where}: {cause}" + (f" [{type(e).__name__}: {step}]" if step else "")
 
 
-def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None = None, dynamic_batch: bool = True) -> onnx.ModelProto:
+def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None = None, dynamic_batch: bool = True,
+                kwargs: dict | None = None) -> onnx.ModelProto:
     """Export ``gm`` on ``args`` to ``path`` (one self-contained file) and return the model.
 
     ``opset``: by default 21, or 25 when the graph dequantizes 2-bit weights (INT2 initializers);
@@ -62,7 +63,8 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
     With ``dynamic_batch`` the first dimension of every tensor input may vary (named ``batch`` in
     the file) where the graph allows it; a ``torch.export`` capture whose batch the exporter fixed
     (``capture.static_batch``: its graph may hold the batch size as a constant) keeps the example
-    batch size. ``batch_is_dynamic(model)`` tells which happened.
+    batch size. ``batch_is_dynamic(model)`` tells which happened. ``kwargs``: inputs given by name
+    (``args`` is then empty), which the file's inputs are named after.
     """
     if opset is None:
         opset = INT2_OPSET if has_2bit_weights(gm) else OPSET
@@ -70,13 +72,17 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
     capture = getattr(gm, "meta", {}).get(CAPTURE_KEY)
     if capture is not None and capture.static_batch:  # its graph may hold the example batch size as a constant
         dynamic_batch = False
-    dynamic = batch_dynamic_shapes(args, gm.forward) if dynamic_batch else None
+    if kwargs:
+        dynamic = batch_dynamic_shapes(tuple(kwargs.values()), gm.forward, tuple(kwargs)) if dynamic_batch else None
+    else:
+        dynamic = batch_dynamic_shapes(args, gm.forward) if dynamic_batch else None
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 gm,
                 args,
+                kwargs=kwargs,
                 dynamo=True,
                 opset_version=opset,
                 external_data=False,
