@@ -151,12 +151,12 @@ def _packed(qm: QModel) -> tuple[list, dict[str, np.ndarray]]:
 def write_bitswitch_qpack(qm: QModel, path: str) -> int:
     """Write the one INT8 qpack of a bit-switch model; returns the file size."""
     from qgraph.backends.qpack import write_qpack
-    from qgraph.packing import _INPUTS_KEY, _input_spec
+    from qgraph.packing import _INPUTS_KEY, example_input_specs
 
     packed, floats = _packed(qm)
     meta = {
         "recipe": qm.recipe.to_json(),
-        _INPUTS_KEY: [_input_spec(a) for a in qm._example_inputs],
+        _INPUTS_KEY: example_input_specs(qm),
         "fold_bn": False,
         META_KEY: {"bits": list(qm.recipe.bits), "layers": {k: list(v) for k, v in bitswitch_layers(qm).items()}},
     }
@@ -188,7 +188,6 @@ def derive_weights(path: str, bits) -> dict[str, tuple[torch.Tensor, torch.Tenso
 def load_bitswitch(path: str, pack, model: nn.Module, example_inputs, bits=None) -> QModel:
     """Rebuild a bit-switch QModel from its INT8 qpack (see ``qgraph.load``) and switch it to ``bits``."""
     from qgraph.api import prepare
-    from qgraph.capture import as_input_tuple
     from qgraph.packing import _INPUTS_KEY, _synth_inputs, used_state
     from qgraph.recipes import recipe_from_json
 
@@ -199,7 +198,7 @@ def load_bitswitch(path: str, pack, model: nn.Module, example_inputs, bits=None)
         raise QPackError(f"{path}: the file does not record a recipe and example inputs ({e})") from e
     if not isinstance(recipe, BitSwitchRecipe):
         raise QPackError(f"{path}: the recorded recipe {recipe.name!r} is not a bit-switch recipe")
-    args = as_input_tuple(example_inputs) if example_inputs is not None else _synth_inputs(specs)
+    args = example_inputs if example_inputs is not None else _synth_inputs(specs)  # prepare checks them
     qm = prepare(model, args, recipe=recipe)
     gm = qm.qgraph
     sources = _weight_sources(gm)

@@ -125,7 +125,7 @@ def write(qm, path: str) -> int:
     packed, floats = packed_weights(qm)
     meta = {
         "recipe": qm.recipe.to_json(),
-        _INPUTS_KEY: [_input_spec(a) for a in qm._example_inputs],
+        _INPUTS_KEY: example_input_specs(qm),
         "fold_bn": qm.fold_bn,
     }
     from qgraph.task_scales import qpack_meta
@@ -134,13 +134,23 @@ def write(qm, path: str) -> int:
     return write_qpack(path, packed, floats, meta)
 
 
-def _input_spec(a) -> dict:
-    if isinstance(a, torch.Tensor):
-        return {"shape": list(a.shape), "dtype": str(a.dtype).replace("torch.", "")}
-    raise QGraphError(f"example inputs must be tensors to be recorded in a qpack, got {type(a).__name__}")
+def example_input_specs(qm) -> list[dict]:
+    """Shape and dtype of each example input, for the qpack's meta (and its name, for inputs given by
+    name), so ``load`` can make inputs of the same kind."""
+    names = qm.qgraph.capture.keywords or (None,) * len(qm._example_inputs)
+    return [_input_spec(a, name) for a, name in zip(qm._example_inputs, names)]
 
 
-def _synth_inputs(specs: list[dict]) -> tuple:
+def _input_spec(a, name: str | None = None) -> dict:
+    if not isinstance(a, torch.Tensor):
+        raise QGraphError(f"example inputs must be tensors to be recorded in a qpack, got {type(a).__name__}")
+    spec = {"shape": list(a.shape), "dtype": str(a.dtype).replace("torch.", "")}
+    return {"name": name, **spec} if name else spec
+
+
+def _synth_inputs(specs: list[dict]) -> tuple | dict:
+    """Inputs of the recorded shapes and dtypes (random normal floats, zero integers); a dict by name
+    when the example inputs were given by name."""
     g = torch.Generator().manual_seed(0)
     out = []
     for s in specs:
@@ -149,6 +159,8 @@ def _synth_inputs(specs: list[dict]) -> tuple:
             out.append(torch.randn(s["shape"], generator=g).to(dtype))
         else:
             out.append(torch.zeros(s["shape"], dtype=dtype))
+    if specs and all(s.get("name") for s in specs):
+        return {s["name"]: t for s, t in zip(specs, out)}
     return tuple(out)
 
 
@@ -165,7 +177,6 @@ def load(path: str, model: nn.Module | Callable, example_inputs=None, bits=None,
     """
     from qgraph.api import prepare
     from qgraph.backends.qpack import read_qpack
-    from qgraph.capture import as_input_tuple
     from qgraph.errors import QPackError
     from qgraph.recipes import recipe_from_json
 
@@ -192,7 +203,7 @@ def load(path: str, model: nn.Module | Callable, example_inputs=None, bits=None,
         specs = meta[_INPUTS_KEY]
     except (KeyError, QGraphError) as e:
         raise QPackError(f"{path}: the file does not record a recipe and example inputs ({e})") from e
-    args = as_input_tuple(example_inputs) if example_inputs is not None else _synth_inputs(specs)
+    args = example_inputs if example_inputs is not None else _synth_inputs(specs)  # prepare checks them
     qm = prepare(model, args, recipe=recipe, fold_bn=meta.get("fold_bn", True))
     gm = qm.qgraph
     wq = weight_quantizers(gm)
