@@ -1,0 +1,163 @@
+"""Example inputs given by name (a dict, a tokenizer's BatchEncoding): capture, calibrate, call, export, load."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import qgraph
+from qgraph.backends.ort import session
+from qgraph.errors import InputError
+from qgraph.summary import sqnr_db
+
+
+class TokenNet(nn.Module):
+    """A Hugging Face-like forward: every argument optional, flags, and a ``**kwargs`` catch-all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 16)
+        self.mix = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, input_ids=None, token_type_ids=None, attention_mask=None, return_dict=True, **kwargs):
+        h = self.emb(input_ids)
+        if token_type_ids is not None:
+            h = h + token_type_ids.unsqueeze(-1).float()
+        if attention_mask is not None:
+            h = h * attention_mask.unsqueeze(-1).float()
+        logits = self.head(torch.relu(self.mix(h))).mean(1)
+        return {"logits": logits} if return_dict else logits
+
+
+class ShapeGatedTokenNet(TokenNet):
+    """Control flow on a shape: symbolic tracing fails, torch.export captures it."""
+
+    def forward(self, input_ids=None, token_type_ids=None, attention_mask=None, return_dict=True, **kwargs):
+        if input_ids.shape[1] > 4:
+            input_ids = input_ids.flip(1)
+        return super().forward(input_ids, token_type_ids, attention_mask, return_dict)
+
+
+def _batch(n: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(n, 7, dtype=torch.long)
+    mask[0, 5:] = 0
+    # deliberately not in forward's order: the graph takes forward's order
+    return {"attention_mask": mask, "input_ids": torch.randint(0, 50, (n, 7), generator=g)}
+
+
+@pytest.mark.parametrize("cls, route", [(TokenNet, "symbolic_trace"), (ShapeGatedTokenNet, "torch.export")])
+def test_dict_inputs_quantize_call_and_export_by_name(cls, route, tmp_path):
+    torch.manual_seed(0)
+    model = cls().eval()
+    example = _batch(4)
+    qm = qgraph.quantize(model, example, calib_data=[_batch(8, s) for s in range(3)])
+    cap = qm.qgraph.capture
+    assert cap.route == route
+    assert cap.keywords == ("input_ids", "attention_mask")  # forward's order, the flag and **kwargs left out
+    placeholders = [n.target for n in qm.qgraph.graph.nodes if n.op == "placeholder"]
+    assert placeholders == ["input_ids", "attention_mask"]
+
+    new = _batch(3, seed=9)  # another batch size, called by name and positionally
+    by_name = qm(**new)["logits"]
+    assert torch.equal(by_name, qm(new["input_ids"], new["attention_mask"])["logits"])
+    with torch.no_grad():
+        ref = model(**new)["logits"]
+    assert sqnr_db(ref, by_name) > 25
+
+    result = qm.export(str(tmp_path / "m.onnx"))
+    assert result.max_abs_error <= result.tolerance
+    proto = onnx.load(result.onnx_path)
+    assert [i.name for i in proto.graph.input] == ["input_ids", "attention_mask"]
+    out = session(result.onnx_path).run(None, {k: v.numpy() for k, v in new.items()})[0]
+    with torch.no_grad():
+        want = qm(**new)["logits"].numpy()
+    assert np.abs(out - want).max() <= result.tolerance
+
+
+def test_single_mapping_calibration_batch_and_report():
+    torch.manual_seed(0)
+    model = TokenNet().eval()
+    one = _batch(16, seed=3)
+    qm = qgraph.quantize(model, _batch(2), calib_data=one)  # one batch by name, not {task: batches}
+    listed = qgraph.quantize(model, _batch(2), calib_data=[one])
+    default = qgraph.quantize(model, _batch(2))  # calibrated on the example alone: other activation scales
+    scales = {n: q.scale for n, q in qm.quantizers().items()}
+    assert all(torch.equal(scales[n], q.scale) for n, q in listed.quantizers().items())
+    assert any(not torch.equal(scales[n], q.scale) for n, q in default.quantizers().items())
+    rows = qm.summary_rows(one)
+    assert rows and all(r["sqnr_db"] is None or r["sqnr_db"] > 15 for r in rows)
+    assert qm.report(one).ranking
+
+
+def test_hugging_face_model_called_with_a_batch_encoding(tmp_path):
+    tf = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = tf.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=16, num_labels=3)
+    model = tf.BertForSequenceClassification(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 100, (4, 10), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    enc = tf.BatchEncoding({"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "attention_mask": mask})
+    qm = qgraph.quantize(model, enc, calib_data=enc)
+    assert qm.qgraph.capture.keywords == ("input_ids", "attention_mask", "token_type_ids")  # BertForSequenceClassification's order
+    with torch.no_grad():
+        ref = model(**enc).logits
+    assert sqnr_db(ref, qm(**enc).logits) > 20
+    result = qm.export(str(tmp_path / "bert.onnx"))
+    assert result.max_abs_error <= result.tolerance
+    assert [i.name for i in onnx.load(result.onnx_path).graph.input] == list(qm.qgraph.capture.keywords)
+
+    fp = qgraph.export_onnx(model, enc, str(tmp_path / "bert_fp.onnx"))  # the float baseline, by name too
+    assert [i.name for i in fp.graph.input] == list(qm.qgraph.capture.keywords)
+    out = session(str(tmp_path / "bert_fp.onnx")).run(None, {k: v.numpy() for k, v in enc.items()})[0]
+    assert np.abs(out - ref.numpy()).max() < 1e-4
+
+
+def test_qpack_of_a_dict_input_model_loads_without_example_inputs(tmp_path):
+    torch.manual_seed(0)
+    model = TokenNet().eval()
+    qm = qgraph.quantize(model, _batch(4), calib_data=[_batch(8)])
+    result = qm.export(str(tmp_path / "m.onnx"), verify=False)
+    fresh = TokenNet()  # other weights: load replaces them
+    back = qgraph.load(result.qpack_path, fresh)
+    assert back.qgraph.capture.keywords == ("input_ids", "attention_mask")
+    new = _batch(3, seed=5)
+    with torch.no_grad():
+        assert torch.equal(back(**new)["logits"], qm(**new)["logits"])
+
+
+def test_unknown_name_in_example_inputs_is_named():
+    class Strict(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x, scale=1.0):
+            return self.fc(x) * scale
+
+    with pytest.raises(InputError, match=r"no parameter named 'inputs'; it takes x, scale"):
+        qgraph.quantize(Strict(), {"inputs": torch.randn(2, 4)})
+    with pytest.raises(InputError, match=r"lack 'x', which the model's forward\(\) requires"):
+        qgraph.quantize(Strict(), {"scale": torch.tensor(2.0)})
+
+
+def test_batches_must_match_the_captured_names():
+    torch.manual_seed(0)
+    qm = qgraph.quantize(TokenNet().eval(), _batch(2))
+    bad = _batch(2)
+    bad["labels"] = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(InputError, match="not captured labels"):
+        qm.summary_rows(bad)
+    with pytest.raises(InputError, match="missing attention_mask"):
+        qgraph.quantize(TokenNet().eval(), _batch(2), calib_data=[{"input_ids": torch.zeros(2, 7, dtype=torch.long)}])
+
+    positional = qgraph.quantize(nn.Sequential(nn.Linear(4, 4)).eval(), torch.randn(2, 4))
+    with pytest.raises(InputError, match="captured from positional example inputs"):
+        positional.summary_rows({"x": torch.randn(2, 4)})
