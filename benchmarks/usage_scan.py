@@ -3,7 +3,8 @@
 Each case is a small random-weight model written the way user code is: inputs that are lists or pairs,
 ``torch.chunk`` along the batch, optional arguments, dict outputs, recurrent and TorchScript
 submodules, weight-normalised and 1-D convolutions, half-precision weights, a single-sample example,
-Hugging Face encoder-decoders and two-tower models. Every case goes through the default path:
+Hugging Face encoder-decoders and two-tower models, Hugging Face models called with a tokenizer's
+``BatchEncoding``. Every case goes through the default path:
 ``quantize(model, example, "w8a8", calib)``, ``export`` with its default dynamic batch (ONNX Runtime
 verification included), then, where the batch stayed dynamic, the ONNX file is run at batch 3 and
 compared with the quantized model. One Markdown row per case: capture route, weights quantized,
@@ -22,7 +23,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 import qgraph
+from qgraph.capture import batch_inputs
 from qgraph.export_tolerance import export_tolerance
 from qgraph.precision import float32_inputs
 from qgraph.summary import sqnr_db
@@ -117,7 +119,7 @@ def _small_cnn(dtype: torch.dtype | None = None):
     return m.to(dtype) if dtype is not None else m
 
 
-def _hf(kind: str):
+def _hf(kind: str, use_cache: bool = False):
     import transformers as tf
 
     small = {"vocab_size": 128, "d_model": 64, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
@@ -135,7 +137,7 @@ def _hf(kind: str):
         return tf.CLIPModel(tf.CLIPConfig(text_config=text, vision_config=vision, projection_dim=32))
     if kind == "llama":
         return tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                                  intermediate_size=128, num_key_value_heads=2, use_cache=False))
+                                                  intermediate_size=128, num_key_value_heads=2, use_cache=use_cache))
     raise KeyError(kind)
 
 
@@ -150,6 +152,20 @@ class _Kw(nn.Module):
         return getattr(self.model(**dict(zip(self.names, args))), self.field)
 
 
+def _by_name(n: int, g: torch.Generator, *names: str) -> dict:
+    """A tokenizer-like batch (a ``BatchEncoding``) of padded ``input_ids`` and ``attention_mask``, plus
+    zero ``token_type_ids`` / short ``decoder_input_ids`` when named."""
+    import transformers as tf
+
+    ids, mask = _padded(n, g)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in names:
+        batch["token_type_ids"] = torch.zeros_like(ids)
+    if "decoder_input_ids" in names:
+        batch["decoder_input_ids"] = _tokens(n, g, 8)
+    return tf.BatchEncoding(batch)
+
+
 def _tokens(n: int, g: torch.Generator, length: int = 12) -> torch.Tensor:
     return torch.randint(2, 128, (n, length), generator=g)
 
@@ -160,7 +176,7 @@ def _padded(n: int, g: torch.Generator, length: int = 16) -> tuple:
     return ids * mask, mask
 
 
-# name -> (what it exercises, builder returning (model, make(batch, generator) -> input tuple))
+# name -> (what it exercises, builder returning (model, make(batch, generator) -> input tuple or mapping by name))
 Case = tuple[str, Callable[[], tuple[nn.Module, Callable[[int, torch.Generator], tuple]]]]
 CASES: dict[str, Case] = {
     "chunk": ("torch.chunk along the batch (two inputs)", lambda: (Chunk(), lambda n, g: (_images(n, g), _images(n, g)))),
@@ -187,6 +203,13 @@ CASES: dict[str, Case] = {
                                               lambda n, g: (_tokens(n, g), _tokens(n, g, 8)))),
     "clip": ("CLIP text and image towers", lambda: (_Kw(_hf("clip"), ("input_ids", "pixel_values"), "logits_per_image"),
                                                     lambda n, g: (_tokens(n, g), _images(n, g, 32)))),
+    # the Hugging Face model itself, called with a tokenizer's BatchEncoding (no positional wrapper)
+    "bert_by_name": ("BertModel(**batch_encoding), ModelOutput", lambda: (_bert().model,
+                                                                          lambda n, g: _by_name(n, g, "token_type_ids"))),
+    "llama_by_name": ("LlamaForCausalLM(**batch_encoding), with a KV cache", lambda: (_hf("llama", use_cache=True),
+                                                                                     lambda n, g: _by_name(n, g))),
+    "t5_by_name": ("T5ForConditionalGeneration(**batch_encoding)", lambda: (_hf("t5"),
+                                                                             lambda n, g: _by_name(n, g, "decoder_input_ids"))),
 }
 SINGLE_SAMPLE = {"llama_bf16", "t5"}
 SKIP = {"torch_compile": ["fc"]}  # module paths as in the model itself, not behind the wrapper's _orig_mod.  # their example is one sample; calibration uses batches of 4
@@ -211,6 +234,10 @@ def _float_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).float().eval()
 
 
+def _call(model, inputs):
+    return model(**inputs) if isinstance(inputs, Mapping) else model(*inputs)
+
+
 def run_case(name: str, out_dir: str) -> dict:
     what, build = CASES[name]
     torch.manual_seed(0)
@@ -231,15 +258,16 @@ def run_case(name: str, out_dir: str) -> dict:
                notes=[n for n in cap.notes if not n.startswith(("captured with torch.export", "fell back"))])
     reference = _float_model(model)
     with torch.no_grad(), qm.frozen():
-        f = _tensors(reference(*[a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in held_out]))
-        q = _tensors(qm(*held_out))
+        f = _tensors(_call(reference, pytree.tree_map(lambda a: a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a,
+                                                      held_out)))
+        q = _tensors(_call(qm, held_out))
     row["sqnr_db"] = sqnr_db(torch.cat([t.flatten() for t in f]), torch.cat([t.flatten() for t in q]))
     try:
         res = qm.export(f"{out_dir}/{name}", formats=("onnx",))
         row.update(export=f"ok ({res.max_abs_error:.2g} <= {res.tolerance:.2g})", dynamic=res.dynamic_batch)
         if res.dynamic_batch:  # the file at another batch size, judged by the same default rule on those inputs
             sess = ort_backend.session(res.onnx_path, matmulnbits_accuracy_level=0)
-            x3 = float32_inputs(make(3, g))  # the file takes float32 (half models are quantized as float32)
+            x3 = float32_inputs(batch_inputs(qm.qgraph, make(3, g)))  # float32, as the file takes (half models are quantized as float32)
             got = ort_backend.run(sess, x3)
             with torch.no_grad(), qm.frozen():
                 want = qm(*x3)
