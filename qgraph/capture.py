@@ -164,13 +164,25 @@ def _symbolic(model: nn.Module, keywords: tuple[str, ...] | None = None) -> tupl
                 keep_only_inputs(graph, keywords)
         except Exception as e:
             where = getattr(e, "_qgraph_failed_in", "")
-            last_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            last_error = _decorated_forward(model) if "co_varnames is too small" in str(e) else ""
+            last_error = last_error or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             if not where or where in leaves:
                 return None, leaves, last_error
             leaves[where] = last_error
             continue
         return QGraph(tracer.root, graph, model.__class__.__name__), leaves, ""
     return None, leaves, f"gave up after {_MAX_LEAF_ROUNDS} leaf rounds"
+
+
+def _decorated_forward(model: nn.Module) -> str:
+    """Why fx refused a ``forward`` that a decorator wraps and that takes ``*args``/``**kwargs``
+    (Hugging Face models): fx rewrites the outer wrapper's code with the inner signature's argument
+    count and fails with "ValueError: code: co_varnames is too small", which names neither."""
+    fwd = type(model).forward
+    if getattr(fwd, "__wrapped__", None) is None:
+        return ""
+    return (f"fx cannot trace {type(model).__name__}.forward: a decorator wraps it and it takes *args or **kwargs "
+            "(torch.fx's 'co_varnames is too small')")
 
 
 def trace(model: nn.Module, example_inputs, *, owns_model: bool = False) -> QGraph:

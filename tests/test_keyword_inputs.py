@@ -6,10 +6,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from qgraph.backends.ort import session
 from torch import nn
 
 import qgraph
-from qgraph.backends.ort import session
 from qgraph.errors import InputError
 from qgraph.summary import sqnr_db
 
@@ -107,6 +107,8 @@ def test_hugging_face_model_called_with_a_batch_encoding(tmp_path):
     enc = tf.BatchEncoding({"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "attention_mask": mask})
     qm = qgraph.quantize(model, enc, calib_data=enc)
     assert qm.qgraph.capture.keywords == ("input_ids", "attention_mask", "token_type_ids")  # BertForSequenceClassification's order
+    # symbolic tracing refuses the decorated forward; the note says so instead of fx's "co_varnames is too small"
+    assert "fx cannot trace BertForSequenceClassification.forward: a decorator wraps it" in qm.qgraph.capture.describe()
     with torch.no_grad():
         ref = model(**enc).logits
     assert sqnr_db(ref, qm(**enc).logits) > 20
