@@ -63,7 +63,8 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
     With ``dynamic_batch`` the first dimension of every tensor input may vary (named ``batch`` in
     the file) where the graph allows it; a ``torch.export`` capture whose batch the exporter fixed
     (``capture.static_batch``: its graph may hold the batch size as a constant) keeps the example
-    batch size. ``batch_is_dynamic(model)`` tells which happened. ``kwargs``: inputs given by name
+    batch size. ``batch_is_dynamic(model)`` tells which happened. The sequence length of token inputs
+    (2-D integer tensors) is left dynamic too (named ``sequence``), unless the capture fixed it. ``kwargs``: inputs given by name
     (``args`` is then empty), which the file's inputs are named after.
     """
     if opset is None:
@@ -72,10 +73,11 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
     capture = getattr(gm, "meta", {}).get(CAPTURE_KEY)
     if capture is not None and capture.static_batch:  # its graph may hold the example batch size as a constant
         dynamic_batch = False
+    sequence = capture is None or not capture.static_sequence  # likewise the sequence length of token inputs
     if kwargs:
-        dynamic = batch_dynamic_shapes(tuple(kwargs.values()), gm.forward, tuple(kwargs)) if dynamic_batch else None
+        dynamic = batch_dynamic_shapes(tuple(kwargs.values()), gm.forward, tuple(kwargs), sequence) if dynamic_batch else None
     else:
-        dynamic = batch_dynamic_shapes(args, gm.forward) if dynamic_batch else None
+        dynamic = batch_dynamic_shapes(args, gm.forward, sequence=sequence) if dynamic_batch else None
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -201,13 +203,29 @@ def strip_debug_info(model: onnx.ModelProto) -> None:
 
 
 def _name_batch_dim(model: onnx.ModelProto) -> None:
-    """Call the symbolic first dimension of the inputs ``batch`` everywhere it appears in inputs/outputs."""
-    names = {i.type.tensor_type.shape.dim[0].dim_param for i in model.graph.input
-             if i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].dim_param}
+    """Call the symbolic first dimension of the inputs ``batch`` everywhere it appears in inputs/outputs,
+    and the symbolic second dimension of 2-D integer inputs (token ids, masks) ``sequence``. Where the
+    inputs carry several independent symbols for one of them (an encoder's and a decoder's sequence
+    length), the first keeps the plain name and the others are named after their input
+    (``decoder_input_ids_sequence``): one name for two sizes would tell ONNX Runtime they are equal."""
+    def symbolic(i, axis: int) -> str:
+        dims = i.type.tensor_type.shape.dim
+        return dims[axis].dim_param if len(dims) > axis else ""
+
+    integer = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL}
+    rename: dict[str, str] = {}
+    for axis, label in ((0, "batch"), (1, "sequence")):
+        for i in model.graph.input:
+            sym = symbolic(i, axis)
+            if not sym or sym in rename:
+                continue
+            if axis == 1 and (len(i.type.tensor_type.shape.dim) != 2 or i.type.tensor_type.elem_type not in integer):
+                continue
+            rename[sym] = label if label not in rename.values() else f"{i.name}_{label}"
     for v in list(model.graph.input) + list(model.graph.output):
         for d in v.type.tensor_type.shape.dim:
-            if d.dim_param in names:
-                d.dim_param = "batch"
+            if d.dim_param in rename:
+                d.dim_param = rename[d.dim_param]
 
 
 def batch_is_dynamic(model: onnx.ModelProto) -> bool:

@@ -1,4 +1,6 @@
-"""The batch dimension when exporting: dim 0 of every tensor input, kept symbolic where the model allows.
+"""The batch dimension when exporting: dim 0 of every tensor input, kept symbolic where the model allows;
+and the sequence dimension of token inputs (dim 1 of a 2-D integer or boolean tensor: ``input_ids``,
+``attention_mask``), because a tokenizer pads each batch to its own longest text.
 
 ``torch.export`` specialises a dimension whose example size is 0 or 1 (its "0/1 specialisation"),
 so a single example sample (batch 1, the common way to pass example inputs) fixed the batch of a
@@ -20,9 +22,15 @@ def _batched(t) -> bool:
     return isinstance(t, torch.Tensor) and t.dim() > 0
 
 
-def batch_dynamic_shapes(args: tuple, forward=None, keywords: tuple[str, ...] | None = None) -> tuple | dict | None:
-    """``dynamic_shapes`` for ``torch.export`` that mark dim 0 of every tensor input ``Dim.AUTO``,
-    nested like the inputs (a list of tensors gets a list of specs) and like ``forward``'s signature
+def is_token_sequence(t) -> bool:
+    """A ``[batch, sequence]`` tensor of token ids or mask values (integer or boolean, 2-D)."""
+    return isinstance(t, torch.Tensor) and t.dim() == 2 and not t.is_floating_point() and not t.is_complex()
+
+
+def batch_dynamic_shapes(args: tuple, forward=None, keywords: tuple[str, ...] | None = None,
+                         sequence: bool = False) -> tuple | dict | None:
+    """``dynamic_shapes`` for ``torch.export`` that mark dim 0 of every tensor input ``Dim.AUTO``
+    (with ``sequence``, dim 1 of token inputs too: :func:`is_token_sequence`), nested like the inputs (a list of tensors gets a list of specs) and like ``forward``'s signature
     (the arguments that ``*args`` collects are one tuple there: a positional wrapper
     ``forward(self, *args)`` was rejected, and captured with a fixed batch); None when no input has a
     batch dim (or this torch has no ``Dim.AUTO``). With ``keywords`` (inputs given by name) a dict by
@@ -30,7 +38,12 @@ def batch_dynamic_shapes(args: tuple, forward=None, keywords: tuple[str, ...] | 
     auto = getattr(torch.export.Dim, "AUTO", None)
     if auto is None or not any(_batched(t) for t in pytree.tree_leaves(args)):
         return None
-    specs = [pytree.tree_map(lambda t: {0: auto} if _batched(t) else None, a) for a in args]
+    def spec(t):
+        if not _batched(t):
+            return None
+        return {0: auto, 1: auto} if sequence and is_token_sequence(t) else {0: auto}
+
+    specs = [pytree.tree_map(spec, a) for a in args]
     params = []
     if forward is not None:
         try:
@@ -51,6 +64,10 @@ def batch_dynamic_shapes(args: tuple, forward=None, keywords: tuple[str, ...] | 
                 specs = specs[:i] + [tuple(specs[i:])]
                 break
     return tuple(specs)
+
+
+def has_token_sequences(args: tuple) -> bool:
+    return any(is_token_sequence(t) for t in pytree.tree_leaves(args))
 
 
 def single_sample(args: tuple) -> bool:

@@ -30,7 +30,7 @@ from torch import nn
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 from torch.utils import _pytree as pytree
 
-from qgraph.batch_dim import batch_dynamic_shapes, tracing_inputs
+from qgraph.batch_dim import batch_dynamic_shapes, has_token_sequences, is_token_sequence, tracing_inputs
 from qgraph.dead_code import eliminate_dead_code
 from qgraph.errors import CaptureError, InputError
 from qgraph.graph import CaptureInfo, QGraph, record_shapes
@@ -284,7 +284,8 @@ def _export(model: nn.Module, args: tuple, expected, keywords: tuple[str, ...] |
         notes.append(f"code under torch.no_grad()/enable_grad() was inlined into the graph, where the passes see it (in {inlined})")
     if dropped:
         notes.append(f"outputs that are not tensors were dropped from the graph (returned as None): {', '.join(dropped)}")
-    qg.meta[CAPTURE_KEY] = CaptureInfo("torch.export", {}, notes, static_batch=_static_batch(ep))
+    qg.meta[CAPTURE_KEY] = CaptureInfo("torch.export", {}, notes, static_batch=_static_batch(ep),
+                                           static_sequence=_static_sequence(ep))
     qg.meta[MODULE_TYPES_KEY] = _module_types(model)
     return qg, ""
 
@@ -342,24 +343,37 @@ def _static_batch(ep) -> bool:
     """The exported program's tensor inputs all have a fixed first dimension (the exporter
     specialised the batch, or the dynamic attempt failed): shape constants inside the graph may then
     hold the example's batch size, so the ONNX file must not claim a dynamic one."""
-    names = set(ep.graph_signature.user_inputs)
-    vals = [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in names]
-    dims = [v.shape[0] for v in vals if isinstance(v, torch.Tensor) and v.dim() > 0]
+    dims = [v.shape[0] for v in _user_input_values(ep) if isinstance(v, torch.Tensor) and v.dim() > 0]
     return bool(dims) and all(is_concrete_int(d) for d in dims)  # a SymInt the exporter fixed counts too
+
+
+def _static_sequence(ep) -> bool:
+    """Some token input's sequence length is fixed in the exported program (see :func:`_static_batch`)."""
+    return any(is_concrete_int(v.shape[1]) for v in _user_input_values(ep) if is_token_sequence(v))
+
+
+def _user_input_values(ep) -> list:
+    names = set(ep.graph_signature.user_inputs)
+    return [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in names]
 
 
 def _export_batch_dynamic(model: nn.Module, args: tuple, keywords: tuple[str, ...] | None = None):
     """``torch.export`` with the batch dim (dim 0 of every tensor input) left dynamic where the model
     allows it (``Dim.AUTO``: the exporter keeps it symbolic, or specialises it where the code needs a
     fixed value), so the graph runs, calibrates and exports for any batch size, also when the example
-    is a single sample; plain static export when that fails."""
+    is a single sample. Token inputs (``input_ids``, an ``attention_mask``) keep their sequence
+    length dynamic too, so batches padded to other lengths calibrate and run; where that fails, the
+    batch alone; plain static export when that fails too."""
     def export(example, shapes=None):
         if keywords:  # by name, as the model is called
             return torch.export.export(model, (), dict(zip(keywords, example)), dynamic_shapes=shapes, strict=False)
         return torch.export.export(model, example, dynamic_shapes=shapes, strict=False)
 
-    shapes = batch_dynamic_shapes(args, model.forward, keywords)
-    if shapes is not None:
+    attempts = [True, False] if has_token_sequences(args) else [False]
+    for sequence in attempts:
+        shapes = batch_dynamic_shapes(args, model.forward, keywords, sequence=sequence)
+        if shapes is None:
+            break
         for example in tracing_inputs(args):  # a single sample is traced as two (qgraph.batch_dim)
             try:
                 ep = export(example, shapes)
@@ -367,7 +381,7 @@ def _export_batch_dynamic(model: nn.Module, args: tuple, keywords: tuple[str, ..
                     with torch.no_grad():
                         ep.module()(**dict(zip(keywords, args))) if keywords else ep.module()(*args)  # the batch may have been specialised to 2 after all
                 return ep
-            except Exception:  # noqa: BLE001 - the batch cannot stay dynamic: specialise instead
+            except Exception:  # noqa: BLE001 - these dims cannot stay dynamic: fewer, or specialise
                 continue
     return export(args)
 

@@ -25,6 +25,7 @@ class CaptureInfo:
     notes: list[str] = field(default_factory=list)
     upcast: bool = False  # a half-precision model captured as float32: half inputs are cast (qgraph.precision)
     static_batch: bool = False  # a torch.export capture whose batch dim was fixed (the ONNX file keeps it fixed too)
+    static_sequence: bool = False  # ... whose token inputs' sequence length was fixed (qgraph.batch_dim)
     keywords: tuple[str, ...] | None = None  # example inputs given by name: the graph's inputs, in order (qgraph.keyword_inputs)
 
     def describe(self) -> str:
