@@ -11,7 +11,7 @@ A quantizer that saw nothing (a branch the data never reached) is an error namin
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.fx as fx
@@ -47,7 +47,7 @@ class CalibratePass(QPass):
                     gm(*args)
                 except Exception as e:
                     hint = ""
-                    if len(args) > 1:
+                    if len(args) > 1 and not isinstance(batch, Mapping):
                         hint = (f"; the batch has {len(args)} parts, which go to forward() as positional arguments: if your "
                                 "loader yields (inputs, labels), pass calib_data=(x for x, _ in loader)")
                     raise InputError(f"calibration batch {i} does not fit the model: {type(e).__name__}: {e}{hint}") from e
