@@ -5,8 +5,8 @@ Everything here runs offline: the data is scikit-learn's bundled ``load_digits``
 
 Factory convention (used by ``qgraph quantize MODULE:FACTORY``): a factory takes no arguments and
 returns ``(model, example_inputs)`` or ``(model, example_inputs, calib_batches)``, where
-``example_inputs`` is a tensor or a tuple of positional tensors and ``calib_batches`` is an iterable
-of batches in the same form.
+``example_inputs`` is a tensor, a tuple of positional tensors or a mapping of ``forward``'s arguments
+by name (``examples/digits_bert.py``) and ``calib_batches`` is an iterable of batches in the same form.
 """
 
 from __future__ import annotations

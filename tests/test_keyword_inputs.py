@@ -42,12 +42,12 @@ class ShapeGatedTokenNet(TokenNet):
         return super().forward(input_ids, token_type_ids, attention_mask, return_dict)
 
 
-def _batch(n: int, seed: int = 0) -> dict:
+def _batch(n: int, seed: int = 0, length: int = 7) -> dict:
     g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(n, 7, dtype=torch.long)
+    mask = torch.ones(n, length, dtype=torch.long)
     mask[0, 5:] = 0
     # deliberately not in forward's order: the graph takes forward's order
-    return {"attention_mask": mask, "input_ids": torch.randint(0, 50, (n, 7), generator=g)}
+    return {"attention_mask": mask, "input_ids": torch.randint(0, 50, (n, length), generator=g)}
 
 
 @pytest.mark.parametrize("cls, route", [(TokenNet, "symbolic_trace"), (ShapeGatedTokenNet, "torch.export")])
@@ -55,14 +55,15 @@ def test_dict_inputs_quantize_call_and_export_by_name(cls, route, tmp_path):
     torch.manual_seed(0)
     model = cls().eval()
     example = _batch(4)
-    qm = qgraph.quantize(model, example, calib_data=[_batch(8, s) for s in range(3)])
+    # batches padded to their own lengths, as a tokenizer pads them: the sequence length stays dynamic
+    qm = qgraph.quantize(model, example, calib_data=[_batch(8, s, length=7 + 2 * s) for s in range(3)])
     cap = qm.qgraph.capture
     assert cap.route == route
     assert cap.keywords == ("input_ids", "attention_mask")  # forward's order, the flag and **kwargs left out
     placeholders = [n.target for n in qm.qgraph.graph.nodes if n.op == "placeholder"]
     assert placeholders == ["input_ids", "attention_mask"]
 
-    new = _batch(3, seed=9)  # another batch size, called by name and positionally
+    new = _batch(3, seed=9, length=6)  # another batch size and length, called by name and positionally
     by_name = qm(**new)["logits"]
     assert torch.equal(by_name, qm(new["input_ids"], new["attention_mask"])["logits"])
     with torch.no_grad():
@@ -73,6 +74,7 @@ def test_dict_inputs_quantize_call_and_export_by_name(cls, route, tmp_path):
     assert result.max_abs_error <= result.tolerance
     proto = onnx.load(result.onnx_path)
     assert [i.name for i in proto.graph.input] == ["input_ids", "attention_mask"]
+    assert all([d.dim_param for d in i.type.tensor_type.shape.dim] == ["batch", "sequence"] for i in proto.graph.input)
     out = session(result.onnx_path).run(None, {k: v.numpy() for k, v in new.items()})[0]
     with torch.no_grad():
         want = qm(**new)["logits"].numpy()
@@ -163,3 +165,57 @@ def test_batches_must_match_the_captured_names():
     positional = qgraph.quantize(nn.Sequential(nn.Linear(4, 4)).eval(), torch.randn(2, 4))
     with pytest.raises(InputError, match="captured from positional example inputs"):
         positional.summary_rows({"x": torch.randn(2, 4)})
+
+
+class PositionalTokens(nn.Module):
+    """Token inputs passed positionally (a wrapper around a Hugging Face-like model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = ShapeGatedTokenNet()
+
+    def forward(self, input_ids, attention_mask):
+        return self.net(input_ids, attention_mask=attention_mask)["logits"]
+
+
+def test_positional_token_inputs_keep_a_dynamic_sequence_length(tmp_path):
+    torch.manual_seed(0)
+    batches = [_batch(8, s, length=7 + 2 * s) for s in range(3)]
+    qm = qgraph.quantize(PositionalTokens().eval(), (batches[0]["input_ids"], batches[0]["attention_mask"]),
+                         calib_data=[(b["input_ids"], b["attention_mask"]) for b in batches])
+    assert qm.qgraph.capture.route == "torch.export" and not qm.qgraph.capture.static_sequence
+    new = _batch(3, seed=9, length=12)
+    out = qm(new["input_ids"], new["attention_mask"])
+    result = qm.export(str(tmp_path / "p.onnx"))
+    got = session(result.onnx_path).run(None, {"input_ids": new["input_ids"].numpy(),
+                                                "attention_mask": new["attention_mask"].numpy()})[0]
+    assert np.abs(got - out.detach().numpy()).max() <= result.tolerance
+
+
+class EncoderDecoderTokens(nn.Module):
+    """Two token inputs whose lengths are independent (an encoder's and a decoder's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 16)
+        self.out = nn.Linear(16, 8)
+
+    def forward(self, input_ids, decoder_input_ids):
+        context = self.emb(input_ids).mean(1, keepdim=True)
+        return self.out(torch.relu(self.emb(decoder_input_ids) + context))
+
+
+def test_independent_sequence_lengths_get_their_own_names_in_the_onnx_file(tmp_path):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    ids = {"input_ids": torch.randint(0, 50, (4, 12), generator=g), "decoder_input_ids": torch.randint(0, 50, (4, 8), generator=g)}
+    qm = qgraph.quantize(EncoderDecoderTokens().eval(), ids)
+    result = qm.export(str(tmp_path / "ed.onnx"))
+    proto = onnx.load(result.onnx_path)
+    dims = {i.name: [d.dim_param for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
+    assert dims == {"input_ids": ["batch", "sequence"], "decoder_input_ids": ["batch", "decoder_input_ids_sequence"]}
+    new = {"input_ids": torch.randint(0, 50, (2, 5), generator=g), "decoder_input_ids": torch.randint(0, 50, (2, 9), generator=g)}
+    got = session(result.onnx_path).run(None, {k: v.numpy() for k, v in new.items()})[0]
+    with torch.no_grad():
+        want = qm(**new).numpy()
+    assert got.shape == (2, 9, 8) and np.abs(got - want).max() <= result.tolerance
