@@ -5,8 +5,11 @@
 Trains DigitsCNN (~3 s), quantizes it with ``qgraph.quantize`` (W8A8, 8 calibration batches),
 prints the per-node summary, exports verified QDQ ONNX, exports the FP32 model to ONNX as well,
 and compares accuracy, file size and latency (ONNX Runtime and torch on one thread) on the
-540-image digits test set. Exits non-zero if INT8 loses more than 1 accuracy point against FP32
-or ONNX Runtime disagrees with the fake-quantized PyTorch model.
+540-image digits test set. Then the same one call for a Hugging Face model fed as a tokenizer feeds
+it: a small BERT trained on the digits (``examples/digits_bert.py``, ~6 s; skipped without
+``transformers``) is quantized from a ``BatchEncoding`` and compared in PyTorch and ONNX Runtime.
+Exits non-zero if INT8 loses more than 1 accuracy point against FP32 (2 for the BERT) or ONNX
+Runtime disagrees with the fake-quantized PyTorch model.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from examples.models import accuracy, calib_batches, load_digits_data, train_dig
 
 MAX_ACC_DROP = 0.01  # INT8 may lose at most 1 accuracy point against FP32
 MIN_AGREEMENT = 0.99  # ONNX Runtime and the fake-quant model must agree on >= 99% of top-1 predictions
+MAX_BERT_DROP = 0.02  # the BERT (84% FP32) may lose at most 2 points
 
 
 def interleaved_median_ms(fns: list, runs: int, warmup: int = 3) -> list[float]:
@@ -188,7 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"accuracy     {args.recipe} ORT vs FP32 PyTorch: {100 * (acc[q_ort_name] - acc[fp32_name]):+.2f} points")
     print(f"top-1 agreement, {args.recipe} ONNX Runtime vs qm: {100 * agreement:.2f}% "
           f"({int(round(agreement * len(x_te)))}/{len(x_te)})")
-    print(f"total time {time.perf_counter() - t_start:.1f} s")
 
     failures = []
     if drop > MAX_ACC_DROP:
@@ -197,9 +200,60 @@ def main(argv: list[str] | None = None) -> int:
         failures.append(f"fake-quant accuracy dropped {100 * (acc[fp32_name] - acc[q_name]):.2f} points")
     if agreement < MIN_AGREEMENT:
         failures.append(f"ONNX Runtime agrees with qm on only {100 * agreement:.2f}% of the test set")
+    failures += bert_part(args.out, args.recipe)
+    print(f"total time {time.perf_counter() - t_start:.1f} s")
     for f in failures:
         print(f"FAIL: {f}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def bert_part(out: Path, recipe: str) -> list[str]:
+    """5. A Hugging Face BERT trained on the digits, quantized from a tokenizer-style ``BatchEncoding``
+    (batches padded to their own lengths) and compared in PyTorch and ONNX Runtime. Returns failures."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        print("\n(transformers is not installed: the BERT part is skipped)")
+        return []
+    from qgraph.backends.ort import session
+
+    from examples.digits_bert import accuracy as bert_accuracy
+    from examples.digits_bert import digits_bert, tokenize
+
+    _, _, x_te, y_te = load_digits_data(seed=0)
+    t = time.perf_counter()
+    model, example, calib = digits_bert()
+    print(f"\ntrained a BertForSequenceClassification ({sum(p.numel() for p in model.parameters()):,} params) "
+          f"on the digits as token sequences in {time.perf_counter() - t:.1f} s")
+    t = time.perf_counter()
+    qm = qgraph.quantize(model, example, recipe=recipe, calib_data=calib)  # the BatchEncoding as it is
+    res = qm.export(str(out / "digits_bert"))
+    fp32_path = out / "digits_bert_fp32.onnx"
+    qgraph.export_onnx(model, example, str(fp32_path))
+    print(f"quantized from a BatchEncoding ({', '.join(qm.qgraph.capture.keywords)}) and exported in "
+          f"{time.perf_counter() - t:.1f} s: {res}")
+
+    def ort_accuracy(path) -> float:
+        sess, correct = session(str(path)), 0
+        for i in range(0, len(x_te), 128):  # batches padded to their own lengths, as a tokenizer pads them
+            enc = tokenize(x_te[i:i + 128])
+            logits = sess.run(None, {k: v.numpy() for k, v in enc.items()})[0]
+            correct += int((logits.argmax(1) == y_te[i:i + 128].numpy()).sum())
+        return correct / len(x_te)
+
+    acc = {
+        "FP32 (PyTorch)": (bert_accuracy(model, x_te, y_te), state_dict_bytes(model)),
+        "FP32 (ONNX Runtime)": (ort_accuracy(fp32_path), fp32_path.stat().st_size),
+        f"{recipe.upper()} fake-quant (PyTorch)": (bert_accuracy(qm, x_te, y_te), None),
+        f"{recipe.upper()} (ONNX Runtime)": (ort_accuracy(res.onnx_path), Path(res.onnx_path).stat().st_size),
+    }
+    print_table(f"BERT, digits as token sequences ({len(x_te)} test images)", ["model", "accuracy %", "size KB"],
+                [[k, f"{100 * a:.2f}", "-" if n is None else f"{n / 1024:.1f}"] for k, (a, n) in acc.items()])
+    (fp32, _), _, (fq, _), (q_ort, _) = acc.values()
+    failures = []
+    if fp32 - q_ort > MAX_BERT_DROP or fp32 - fq > MAX_BERT_DROP:
+        failures.append(f"BERT {recipe} accuracy dropped {100 * (fp32 - min(q_ort, fq)):.2f} points (> {100 * MAX_BERT_DROP:.0f})")
+    return failures
 
 
 if __name__ == "__main__":
