@@ -64,6 +64,9 @@ def load_factory(spec: str):
 
 def call_factory(spec: str, factory):
     """Call the factory and check it returned ``(model, example_inputs[, calib_batches])``."""
+    from collections.abc import Mapping
+
+    import torch
     from torch import nn
 
     from qgraph.errors import QGraphError
@@ -82,6 +85,8 @@ def call_factory(spec: str, factory):
     if not isinstance(model, nn.Module):
         raise FactoryError(f"factory {spec} returned a {type(model).__name__} as the model, not a torch.nn.Module")
     calib = out[2] if len(out) == 3 else None
+    if isinstance(calib, Mapping) and calib and all(isinstance(v, torch.Tensor) for v in calib.values()):
+        calib = [calib]  # one batch by name (a BatchEncoding), not an iterable of batches: its keys are not batches
     if calib is not None and not hasattr(calib, "__iter__"):
         raise FactoryError(f"factory {spec} returned a {type(calib).__name__} as calib_batches, not an iterable")
     return model, example_inputs, calib

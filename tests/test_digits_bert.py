@@ -56,3 +56,13 @@ def test_cli_quantizes_the_factory(tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "digits_bert.onnx").exists()
     assert "batch           dynamic" in res.output
+
+
+def test_cli_factory_may_return_one_batch_by_name_as_calib_batches():
+    from qgraph import cli
+
+    model, example, calib = digits_bert()
+    _, _, got_calib = cli.call_factory("m:f", lambda: (model, example, calib[0]))
+    assert isinstance(got_calib, list) and len(got_calib) == 1 and got_calib[0] is calib[0]  # not its keys
+    _, _, listed = cli.call_factory("m:f", lambda: (model, example, calib))
+    assert listed is calib
