@@ -219,3 +219,26 @@ def test_independent_sequence_lengths_get_their_own_names_in_the_onnx_file(tmp_p
     with torch.no_grad():
         want = qm(**new).numpy()
     assert got.shape == (2, 9, 8) and np.abs(got - want).max() <= result.tolerance
+
+
+def test_qat_trains_on_batches_by_name_of_varying_length(tmp_path):
+    torch.manual_seed(0)
+    model = TokenNet().eval()
+    batches = [_batch(8, s, length=5 + s) for s in range(4)]
+    qm = qgraph.quantize(model, batches[0], "w8a8", calib_data=batches, qat=True)
+    scales = {n: q.scale.detach().clone() for n, q in qm.quantizers().items() if q.scale.requires_grad}
+    assert scales
+    opt = torch.optim.SGD(qm.parameters(), lr=0.05)
+    target = torch.arange(8) % 5
+    for b in batches * 3:
+        loss = torch.nn.functional.cross_entropy(qm(**b)["logits"], target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    moved = [n for n, q in qm.quantizers().items() if n in scales and not torch.equal(q.scale.detach(), scales[n])]
+    assert moved  # the learnable scales took gradient steps through batches by name
+    result = qm.eval().export(str(tmp_path / "qat.onnx"))
+    new = _batch(2, seed=5, length=10)
+    got = session(result.onnx_path).run(None, {k: v.numpy() for k, v in new.items()})[0]
+    with torch.no_grad():
+        assert np.abs(got - qm(**new)["logits"].numpy()).max() <= result.tolerance
