@@ -42,6 +42,7 @@ def ordered_keywords(forward, inputs: Mapping) -> dict:
     if unknown and not takes_any:
         raise InputError(f"the model's forward() has no parameter named {', '.join(map(repr, unknown))}; "
                          f"it takes {', '.join(named) or 'no named parameters'}")
+    _check_tensors(inputs, "example input")
     required = [p.name for p in params if p.kind not in _VAR and p.default is inspect.Parameter.empty
                 and p.name not in inputs]
     if required:
@@ -122,7 +123,22 @@ def bind_inputs(batch, keywords: tuple[str, ...] | None) -> tuple | None:
                          + ", ".join(keywords) + "): "
                          + "; ".join(s for s in (f"missing {', '.join(missing)}" if missing else "",
                                                  f"not captured {', '.join(map(str, extra))}" if extra else "") if s))
+    _check_tensors(batch, "batch input")
     return tuple(batch[k] for k in keywords)
+
+
+def _check_tensors(inputs: Mapping, what: str) -> None:
+    """Token ids given as Python lists or NumPy arrays (a tokenizer called without
+    ``return_tensors="pt"``) are an InputError naming the key, not an AttributeError inside the model."""
+    from torch.utils import _pytree as pytree
+
+    for k, v in inputs.items():
+        leaves = pytree.tree_leaves(v) if isinstance(v, (list, tuple)) else [v]
+        numbers = isinstance(v, (list, tuple)) and leaves and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in leaves)
+        if numbers or type(v).__module__ == "numpy":
+            kind = "NumPy array" if type(v).__module__ == "numpy" else type(v).__name__
+            raise InputError(f"{what} {k!r} is a {kind}, not a tensor: call the tokenizer with "
+                             "return_tensors='pt' (or convert with torch.as_tensor)")
 
 
 def is_keyword_inputs(example_inputs) -> bool:

@@ -150,6 +150,11 @@ def test_unknown_name_in_example_inputs_is_named():
         qgraph.quantize(Strict(), {"inputs": torch.randn(2, 4)})
     with pytest.raises(InputError, match=r"lack 'x', which the model's forward\(\) requires"):
         qgraph.quantize(Strict(), {"scale": torch.tensor(2.0)})
+    with pytest.raises(InputError, match=r"example input 'input_ids' is a list, not a tensor: call the tokenizer with return_tensors='pt'"):
+        qgraph.quantize(TokenNet(), {"input_ids": [[1, 2, 3], [4, 5, 6]]})  # a tokenizer called without return_tensors
+    qm = qgraph.quantize(TokenNet(), _batch(2))
+    with pytest.raises(InputError, match=r"batch input 'attention_mask' is a NumPy array, not a tensor"):
+        qm.report({k: v.numpy() for k, v in _batch(2).items()})
 
 
 def test_batches_must_match_the_captured_names():
