@@ -284,8 +284,13 @@ def _export(model: nn.Module, args: tuple, expected, keywords: tuple[str, ...] |
         notes.append(f"code under torch.no_grad()/enable_grad() was inlined into the graph, where the passes see it (in {inlined})")
     if dropped:
         notes.append(f"outputs that are not tensors were dropped from the graph (returned as None): {', '.join(dropped)}")
+    static_sequence = _static_sequence(ep)
+    if static_sequence:
+        lengths = sorted({int(a.shape[1]) for a in pytree.tree_leaves(args) if is_token_sequence(a)})
+        notes.append(f"torch.export fixed the token inputs' sequence length ({', '.join(map(str, lengths))}): batches must "
+                     "have the example's length (a tokenizer's padding='max_length')")
     qg.meta[CAPTURE_KEY] = CaptureInfo("torch.export", {}, notes, static_batch=_static_batch(ep),
-                                           static_sequence=_static_sequence(ep))
+                                       static_sequence=static_sequence)
     qg.meta[MODULE_TYPES_KEY] = _module_types(model)
     return qg, ""
 

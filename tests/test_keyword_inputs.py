@@ -247,3 +247,30 @@ def test_qat_trains_on_batches_by_name_of_varying_length(tmp_path):
     got = session(result.onnx_path).run(None, {k: v.numpy() for k, v in new.items()})[0]
     with torch.no_grad():
         assert np.abs(got - qm(**new)["logits"].numpy()).max() <= result.tolerance
+
+
+class FixedLengthTokenNet(ShapeGatedTokenNet):
+    """A head over the flattened sequence: only the example's length fits (torch.export route)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flat = nn.Linear(7 * 16, 5)
+
+    def forward(self, input_ids=None, attention_mask=None):
+        if input_ids.shape[1] > 4:
+            input_ids = input_ids.flip(1)
+        h = self.emb(input_ids) * attention_mask.unsqueeze(-1).float()
+        return self.flat(h.flatten(1))
+
+
+def test_a_fixed_sequence_length_is_said_and_kept_in_the_onnx_file(tmp_path):
+    torch.manual_seed(0)
+    qm = qgraph.quantize(FixedLengthTokenNet().eval(), _batch(4), calib_data=[_batch(8, s) for s in range(2)])
+    cap = qm.qgraph.capture
+    assert cap.route == "torch.export" and cap.static_sequence and not cap.static_batch
+    assert "fixed the token inputs' sequence length (7)" in cap.describe()
+    result = qm.export(str(tmp_path / "fixed.onnx"))
+    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in onnx.load(result.onnx_path).graph.input]
+    assert dims == [["batch", 7], ["batch", 7]]
+    with pytest.raises(InputError, match="sequence length|input shapes"):
+        qm(**_batch(2, length=9))
