@@ -20,6 +20,7 @@ from torch.fx.passes.infra.pass_base import PassResult
 
 from qgraph.capture import batch_inputs
 from qgraph.errors import InputError
+from qgraph.keyword_inputs import untensored_hint
 from qgraph.quantizer import FakeQuantize
 
 
@@ -47,7 +48,9 @@ class CalibratePass(QPass):
                     gm(*args)
                 except Exception as e:
                     hint = ""
-                    if len(args) > 1 and not isinstance(batch, Mapping):
+                    if isinstance(batch, Mapping) and untensored_hint(batch, "batch input"):
+                        hint = "; " + untensored_hint(batch, "batch input")
+                    elif len(args) > 1 and not isinstance(batch, Mapping):
                         hint = (f"; the batch has {len(args)} parts, which go to forward() as positional arguments: if your "
                                 "loader yields (inputs, labels), pass calib_data=(x for x, _ in loader)")
                     raise InputError(f"calibration batch {i} does not fit the model: {type(e).__name__}: {e}{hint}") from e

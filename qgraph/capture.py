@@ -41,6 +41,7 @@ from qgraph.keyword_inputs import (
     keep_only_inputs,
     ordered_keywords,
     positional_exported,
+    untensored_hint,
 )
 from qgraph.meta import CAPTURE_KEY
 from qgraph.model_wrappers import unwrap
@@ -79,6 +80,9 @@ def run_eager(model: nn.Module, args: tuple, keywords: tuple[str, ...] | None = 
         with torch.no_grad():
             return model(**dict(zip(keywords, args))) if keywords else model(*args)
     except Exception as e:  # the user's model raised: say the inputs do not fit
+        hint = untensored_hint(dict(zip(keywords, args)), "example input") if keywords else ""
+        if hint:
+            raise InputError(f"the model fails on the example inputs: {hint} ({type(e).__name__}: {e})") from e
         shapes = ", ".join(f"{tuple(a.shape)} {str(a.dtype).replace('torch.', '')}" if isinstance(a, torch.Tensor) else type(a).__name__ for a in args)
         raise InputError(f"the model fails on the example inputs ({shapes}): {type(e).__name__}: {e}") from e
 
@@ -268,7 +272,7 @@ def _export(model: nn.Module, args: tuple, expected, keywords: tuple[str, ...] |
         ep = _export_batch_dynamic(target, args, keywords)
         exported = ep.module()
         if keywords:
-            positional_exported(exported)
+            positional_exported(exported, args)
         inlined = _inline_grad_mode_regions(exported)
         qg = QGraph(exported, exported.graph, model.__class__.__name__)
         # the example's concrete shapes, next to the exporter's symbolic ones, and the outputs to check

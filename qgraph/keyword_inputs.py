@@ -42,7 +42,6 @@ def ordered_keywords(forward, inputs: Mapping) -> dict:
     if unknown and not takes_any:
         raise InputError(f"the model's forward() has no parameter named {', '.join(map(repr, unknown))}; "
                          f"it takes {', '.join(named) or 'no named parameters'}")
-    _check_tensors(inputs, "example input")
     required = [p.name for p in params if p.kind not in _VAR and p.default is inspect.Parameter.empty
                 and p.name not in inputs]
     if required:
@@ -90,19 +89,21 @@ def _users_closure(node: fx.Node) -> list[fx.Node]:
     return sorted(seen, key=order.__getitem__)
 
 
-def positional_exported(gm: fx.GraphModule) -> None:
+def positional_exported(gm: fx.GraphModule, example: tuple) -> None:
     """Make a graph that ``torch.export`` captured from keyword arguments callable positionally too:
     its code flattens ``(args, kwargs)`` against the recorded input structure, which names every input
-    as a keyword, so a positional call was refused. The structure becomes "these inputs, in order";
-    the generated ``forward(self, input_ids, attention_mask)`` then binds either way."""
+    as a keyword, so a positional call was refused. The structure becomes "these inputs, in order",
+    each nested like its ``example`` value (a list of numbers is a list of placeholders); the
+    generated ``forward(self, input_ids, attention_mask)`` then binds either way."""
     from torch.utils import _pytree as pytree
 
     codegen = gm.graph._codegen
     info = getattr(codegen, "pytree_info", None)
     if info is None or info.in_spec is None:
         return
-    args = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    spec = pytree.tree_structure((tuple(range(len(args))), {}))
+    spec = pytree.tree_structure((tuple(example), {}))
+    if spec.num_leaves != info.in_spec.num_leaves:  # not the structure the exporter flattened: leave it keyword-only
+        return
     codegen.pytree_info = info._replace(in_spec=spec)
     gm._in_spec = spec
     gm.recompile()
@@ -123,13 +124,13 @@ def bind_inputs(batch, keywords: tuple[str, ...] | None) -> tuple | None:
                          + ", ".join(keywords) + "): "
                          + "; ".join(s for s in (f"missing {', '.join(missing)}" if missing else "",
                                                  f"not captured {', '.join(map(str, extra))}" if extra else "") if s))
-    _check_tensors(batch, "batch input")
     return tuple(batch[k] for k in keywords)
 
 
-def _check_tensors(inputs: Mapping, what: str) -> None:
-    """Token ids given as Python lists or NumPy arrays (a tokenizer called without
-    ``return_tensors="pt"``) are an InputError naming the key, not an AttributeError inside the model."""
+def untensored_hint(inputs: Mapping, what: str) -> str:
+    """Why a model failed on inputs by name, where token ids came as Python lists or NumPy arrays (a
+    tokenizer called without ``return_tensors="pt"``): the key and the fix; "" otherwise. Only said
+    after a failure: a forward may take a list of numbers on purpose."""
     from torch.utils import _pytree as pytree
 
     for k, v in inputs.items():
@@ -137,8 +138,9 @@ def _check_tensors(inputs: Mapping, what: str) -> None:
         numbers = isinstance(v, (list, tuple)) and leaves and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in leaves)
         if numbers or type(v).__module__ == "numpy":
             kind = "NumPy array" if type(v).__module__ == "numpy" else type(v).__name__
-            raise InputError(f"{what} {k!r} is a {kind}, not a tensor: call the tokenizer with "
-                             "return_tensors='pt' (or convert with torch.as_tensor)")
+            return (f"{what} {k!r} is a {kind}, not a tensor: call the tokenizer with return_tensors='pt' "
+                    "(or convert with torch.as_tensor)")
+    return ""
 
 
 def is_keyword_inputs(example_inputs) -> bool:

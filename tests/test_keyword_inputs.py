@@ -152,9 +152,8 @@ def test_unknown_name_in_example_inputs_is_named():
         qgraph.quantize(Strict(), {"scale": torch.tensor(2.0)})
     with pytest.raises(InputError, match=r"example input 'input_ids' is a list, not a tensor: call the tokenizer with return_tensors='pt'"):
         qgraph.quantize(TokenNet(), {"input_ids": [[1, 2, 3], [4, 5, 6]]})  # a tokenizer called without return_tensors
-    qm = qgraph.quantize(TokenNet(), _batch(2))
-    with pytest.raises(InputError, match=r"batch input 'attention_mask' is a NumPy array, not a tensor"):
-        qm.report({k: v.numpy() for k, v in _batch(2).items()})
+    with pytest.raises(InputError, match=r"batch 0 does not fit.*batch input 'attention_mask' is a NumPy array, not a tensor"):
+        qgraph.quantize(TokenNet(), _batch(2), calib_data=[{k: v.numpy() for k, v in _batch(2).items()}])
 
 
 def test_batches_must_match_the_captured_names():
@@ -274,3 +273,22 @@ def test_a_fixed_sequence_length_is_said_and_kept_in_the_onnx_file(tmp_path):
     assert dims == [["batch", 7], ["batch", 7]]
     with pytest.raises(InputError, match="sequence length|input shapes"):
         qm(**_batch(2, length=9))
+
+
+def test_a_list_of_numbers_by_name_is_fine_where_forward_takes_one():
+    class Picks(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x, columns=(0, 1)):
+            return self.fc(x)[:, list(columns)]
+
+    model = Picks().eval()
+    qm = qgraph.quantize(model, {"x": torch.randn(4, 6), "columns": [2, 0]}, calib_data=[{"x": torch.randn(256, 6), "columns": [2, 0]}])
+    x = torch.randn(2, 6)
+    with torch.no_grad():
+        want = model(x, [2, 0])
+    assert sqnr_db(want, qm(x, [2, 0])) > 30 and torch.equal(qm(x, [2, 0]), qm(x=x, columns=[2, 0]))
+    with pytest.raises(InputError, match=r"columns\[0\] == 2 does not hold"):  # torch.export fixed the numbers: refused, not ignored
+        qm(x, [1, 2])
