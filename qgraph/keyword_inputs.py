@@ -120,10 +120,14 @@ def bind_inputs(batch, keywords: tuple[str, ...] | None) -> tuple | None:
     missing = [k for k in keywords if k not in batch]
     extra = [k for k in batch if k not in keywords]
     if missing or extra:
+        hint = ""
+        if extra and not missing:  # a data loader's batch with labels: the user picks the inputs
+            hint = f" (pass {{k: v for k, v in batch.items() if k in {tuple(keywords)!r}}} for each batch)"
         raise InputError("the batch's keys differ from the example inputs the model was captured with ("
                          + ", ".join(keywords) + "): "
                          + "; ".join(s for s in (f"missing {', '.join(missing)}" if missing else "",
-                                                 f"not captured {', '.join(map(str, extra))}" if extra else "") if s))
+                                                 f"not captured {', '.join(map(str, extra))}" if extra else "") if s)
+                         + hint)
     return tuple(batch[k] for k in keywords)
 
 
