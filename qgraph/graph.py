@@ -60,8 +60,9 @@ class QGraph(fx.GraphModule):
         except AssertionError as e:  # a torch.export capture checks the shapes it was specialised to
             if not str(e).startswith("Guard failed"):
                 raise
-            shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor))
-            raise InputError(f"this model was captured with torch.export, which fixed its input shapes: "
+            given = [*args, *kwargs.values()]
+            shapes = ", ".join(str(tuple(a.shape)) for a in given if isinstance(a, torch.Tensor))
+            raise InputError(f"this model was captured with torch.export, which fixed its input shapes (or values): "
                              f"{str(e).removeprefix('Guard failed: ')} does not hold for inputs of shape {shapes}. "
                              f"Run it on inputs shaped like the example inputs, or capture again with example "
                              f"inputs of the new shape") from e
