@@ -35,7 +35,7 @@ from torch.fx.passes.infra.pass_base import PassResult
 
 from qgraph.bitswitch import BitSwitchActQuantizer, BitSwitchRecipe, DoubleRoundWeightQuantizer, SwitchableBatchNorm, set_bits
 from qgraph.capture import batch_inputs
-from qgraph.errors import InputError
+from qgraph.errors import InputError, RecipeError
 from qgraph.granularity import PerChannel, PerTensor
 from qgraph.ops import BN_MODULES, classify, owner_type
 from qgraph.qspec import QSpec
@@ -77,6 +77,12 @@ class BitSwitchPass(QPass):
                 continue
             self._rewrite(gm, node, info)
             modified = True
+        if not modified:  # a bit-switch model that switches nothing: say why now, not at export
+            kept = [f"{c.module_path or c.node} ({c.detail})" for c in self.changes if c.action == "kept float"]
+            raise RecipeError(f"recipe {self.recipe.name!r} switches no layer of this model: "
+                              + ("; ".join(kept) if kept else "it has no conv or linear layer")
+                              + (". bitswitch(..., keep_first_last=False) switches the first and last layers too"
+                                 if self.recipe.keep_first_last else ""))
         return self.finish(gm, modified)
 
     def _rewrite(self, gm: fx.GraphModule, node: fx.Node, info) -> None:

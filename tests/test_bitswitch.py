@@ -10,7 +10,7 @@ import torch
 
 import qgraph
 from examples.models import DigitsCNN, accuracy
-from qgraph.bitswitch import DoubleRoundWeightQuantizer, alrs_eta, bitswitch_modules
+from qgraph.bitswitch import DoubleRoundWeightQuantizer, alrs_eta, bitswitch_layers, bitswitch_modules
 from qgraph.bitswitch_export import derive_weights
 from qgraph.bitswitch_train import JointTrainer
 from qgraph.granularity import PerChannel
@@ -221,3 +221,14 @@ def test_load_bits_on_a_plain_qpack_is_refused(digits_w8a8, tmp_path):
     with pytest.raises(qgraph.QPackError, match="not a bit-switch qpack"):
         qgraph.load(res.qpack_path, DigitsCNN(), bits=4)
     assert bitswitch_modules(digits_w8a8) == {}
+
+
+def test_a_bitswitch_recipe_that_switches_nothing_says_why_at_quantize():
+    from qgraph.errors import RecipeError
+
+    two_layers = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4)).eval()
+    with pytest.raises(RecipeError, match=r"switches no layer of this model: 0 \(first layer \(keep_first_last\)\); 2 \(last layer"
+                                          r".*keep_first_last=False"):
+        qgraph.quantize(two_layers, torch.randn(4, 8), "bitswitch(8,4)")
+    qm = qgraph.quantize(two_layers, torch.randn(4, 8), "bitswitch(bits=(8, 4), keep_first_last=False)")
+    assert set(bitswitch_layers(qm)) == {"0", "2"}
