@@ -40,8 +40,9 @@ def ordered_keywords(forward, inputs: Mapping) -> dict:
         raise InputError(f"example inputs given as a mapping need argument names as keys, got {bad[0]!r}")
     unknown = [k for k in inputs if k not in named]
     if unknown and not takes_any:
+        single = f" (to pass the mapping itself as {named[0]!r}, wrap it in a tuple: ({{...}},))" if len(named) == 1 else ""
         raise InputError(f"the model's forward() has no parameter named {', '.join(map(repr, unknown))}; "
-                         f"it takes {', '.join(named) or 'no named parameters'}")
+                         f"it takes {', '.join(named) or 'no named parameters'}{single}")
     required = [p.name for p in params if p.kind not in _VAR and p.default is inspect.Parameter.empty
                 and p.name not in inputs]
     if required:

@@ -292,3 +292,20 @@ def test_a_list_of_numbers_by_name_is_fine_where_forward_takes_one():
     assert sqnr_db(want, qm(x, [2, 0])) > 30 and torch.equal(qm(x, [2, 0]), qm(x=x, columns=[2, 0]))
     with pytest.raises(InputError, match=r"columns\[0\] == 2 does not hold"):  # torch.export fixed the numbers: refused, not ignored
         qm(x, [1, 2])
+
+
+def test_a_forward_that_takes_one_dict_gets_it_wrapped_in_a_tuple():
+    class DictIn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, batch):
+            return self.fc(batch["image"])
+
+    inputs = {"image": torch.randn(3, 4)}
+    with pytest.raises(InputError, match=r"no parameter named 'image'; it takes batch \(to pass the mapping itself as 'batch', "
+                                          r"wrap it in a tuple"):
+        qgraph.quantize(DictIn(), inputs)
+    qm = qgraph.quantize(DictIn(), (inputs,))
+    assert qm(inputs).shape == (3, 2)
