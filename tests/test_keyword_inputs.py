@@ -309,3 +309,22 @@ def test_a_forward_that_takes_one_dict_gets_it_wrapped_in_a_tuple():
         qgraph.quantize(DictIn(), inputs)
     qm = qgraph.quantize(DictIn(), (inputs,))
     assert qm(inputs).shape == (3, 2)
+
+
+def test_a_mask_of_ones_at_capture_still_masks_padding_later():
+    """Captured from an unpadded batch (mask all ones), the graph must not have dropped the mask:
+    a left-padded batch changes a causal LM's outputs, in the quantized model as in the float one."""
+    tf = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                               num_key_value_heads=1, intermediate_size=64, use_cache=False)).eval()
+    ids = torch.randint(1, 100, (4, 10), generator=torch.Generator().manual_seed(0))
+    ones = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    qm = qgraph.quantize(model, ones, "w8a8")
+    padded = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    padded["attention_mask"][:, :4] = 0
+    with torch.no_grad():
+        f, q = model(**padded).logits[:, 4:], qm(**padded).logits[:, 4:]
+        moved = (f - model(**ones).logits[:, 4:]).abs().max()
+    assert moved > 0.05  # the padding matters to this model
+    assert sqnr_db(f, q) > 25  # and the quantized graph follows it
