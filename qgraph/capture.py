@@ -20,19 +20,13 @@ Every route is checked: the graph must reproduce the model's eager outputs on th
 
 from __future__ import annotations
 
-import copy
-import functools
-import operator
-
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.fx.experimental.symbolic_shapes import is_concrete_int
-from torch.utils import _pytree as pytree
 
-from qgraph.batch_dim import batch_dynamic_shapes, has_token_sequences, is_token_sequence, tracing_inputs
-from qgraph.dead_code import eliminate_dead_code
+from qgraph.capture_checks import drop_dead_code, module_types, outputs_match
 from qgraph.errors import CaptureError, InputError
+from qgraph.export_route import export_route
 from qgraph.graph import CaptureInfo, QGraph, record_shapes
 from qgraph.keyword_inputs import (
     bind_inputs,
@@ -40,7 +34,6 @@ from qgraph.keyword_inputs import (
     is_keyword_inputs,
     keep_only_inputs,
     ordered_keywords,
-    positional_exported,
     untensored_hint,
 )
 from qgraph.meta import CAPTURE_KEY
@@ -142,20 +135,6 @@ class _AutoLeafTracer(fx.Tracer):
             raise
 
 
-def _outputs_match(expected, got) -> bool:
-    a, _ = pytree.tree_flatten(expected)
-    b, _ = pytree.tree_flatten(got)
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b):
-        if isinstance(x, torch.Tensor) != isinstance(y, torch.Tensor):
-            return False
-        if isinstance(x, torch.Tensor):
-            if x.shape != y.shape or not torch.allclose(x.float(), y.float(), atol=1e-4, rtol=1e-4):
-                return False
-    return True
-
-
 def _symbolic(model: nn.Module, keywords: tuple[str, ...] | None = None) -> tuple[fx.GraphModule | None, dict[str, str], str]:
     leaves: dict[str, str] = {}
     last_error = ""
@@ -233,17 +212,17 @@ def _capture(model: nn.Module, args: tuple, keywords: tuple[str, ...] | None) ->
     gm, leaves, error = _symbolic(model, keywords)
     if gm is not None:
         try:
-            ok = _outputs_match(expected, record_shapes(gm, args))
+            ok = outputs_match(expected, record_shapes(gm, args))
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""  # fx appends the graph and a tlparse hint
             ok, error = False, f"{type(e).__name__}: {first}"
         if ok:
-            _drop_dead_code(gm, args, expected)
+            drop_dead_code(gm, args, expected)
             gm.meta[CAPTURE_KEY] = CaptureInfo("symbolic_trace", leaves)
-            gm.meta[MODULE_TYPES_KEY] = _module_types(model)
+            gm.meta[MODULE_TYPES_KEY] = module_types(model)
             if not leaves:
                 return gm
-            qg, why = _export(model, args, expected, keywords)
+            qg, why = export_route(model, args, expected, keywords)
             if qg is None:
                 gm.capture.notes.append(f"torch.export could not capture the whole model either ({why}), so the leaves stay")
                 return gm
@@ -255,192 +234,9 @@ def _capture(model: nn.Module, args: tuple, keywords: tuple[str, ...] | None) ->
     else:
         tried.append(f"symbolic_trace: {error}")
 
-    qg, why = _export(model, args, expected, keywords)
+    qg, why = export_route(model, args, expected, keywords)
     if qg is None:
         tried.append(f"torch.export: {why}")
         raise CaptureError(f"no capture route handles {model.__class__.__name__}:\n  " + "\n  ".join(tried))
     qg.capture.notes.insert(0, f"fell back to torch.export because {tried[0]}")
     return qg
-
-
-def _export(model: nn.Module, args: tuple, expected, keywords: tuple[str, ...] | None = None) -> tuple[QGraph | None, str]:
-    """The torch.export route: ``(graph, "")`` or ``(None, why it failed)``."""
-    target, dropped = _without_opaque_outputs(model, expected)
-    if dropped:
-        expected = _filter_outputs(expected)
-    try:
-        ep = _export_batch_dynamic(target, args, keywords)
-        exported = ep.module()
-        if keywords:
-            positional_exported(exported, args)
-        inlined = _inline_grad_mode_regions(exported)
-        qg = QGraph(exported, exported.graph, model.__class__.__name__)
-        # the example's concrete shapes, next to the exporter's symbolic ones, and the outputs to check
-        ok = _outputs_match(expected, record_shapes(qg, args))
-        if ok:
-            _drop_dead_code(qg, args, expected)
-    except Exception as e:
-        return None, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-    if not ok:
-        return None, "graph does not reproduce the model's outputs"
-    notes = []
-    if inlined:
-        notes.append(f"code under torch.no_grad()/enable_grad() was inlined into the graph, where the passes see it (in {inlined})")
-    if dropped:
-        notes.append(f"outputs that are not tensors were dropped from the graph (returned as None): {', '.join(dropped)}")
-    static_sequence = _static_sequence(ep)
-    if static_sequence:
-        lengths = sorted({int(a.shape[1]) for a in pytree.tree_leaves(args) if is_token_sequence(a)})
-        notes.append(f"torch.export fixed the token inputs' sequence length ({', '.join(map(str, lengths))}): batches must "
-                     "have the example's length (a tokenizer's padding='max_length')")
-    qg.meta[CAPTURE_KEY] = CaptureInfo("torch.export", {}, notes, static_batch=_static_batch(ep),
-                                       static_sequence=static_sequence)
-    qg.meta[MODULE_TYPES_KEY] = _module_types(model)
-    return qg, ""
-
-
-def _inline_grad_mode_regions(gm: fx.GraphModule) -> str:
-    """Inline the ``wrap_with_set_grad_enabled`` regions ``torch.export`` makes of code under
-    ``torch.no_grad()`` (a Marian/Pegasus sinusoidal position table read): the passes look at the
-    top-level graph only, so what stays inside is never quantized. Grad mode does not change forward
-    values; the results of a no_grad region are detached, so training still sends them no gradient.
-    Returns the module paths of the inlined regions, comma-separated ("" when none)."""
-    hop = getattr(torch.ops.higher_order, "wrap_with_set_grad_enabled", None)
-    if hop is None:
-        return ""
-    done = []
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target is not hop:
-            continue
-        sub_node, operands = node.args[1], node.args[2:]
-        users = list(node.users)
-        if getattr(sub_node, "op", None) != "get_attr" or not all(u.target is operator.getitem for u in users):
-            continue
-        sub = gm.get_submodule(sub_node.target)
-        placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
-        if len(placeholders) != len(operands) or any(n.op in ("get_attr", "call_module") for n in sub.graph.nodes):
-            continue  # attributes of the region's own module would not resolve in the parent
-        with gm.graph.inserting_before(node):
-            outs = gm.graph.graph_copy(sub.graph, dict(zip(placeholders, operands)))
-        outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
-        if not node.args[0]:  # under no_grad: the results carry no gradient (a QAT step must not train the table)
-            outs = [_detached(gm.graph, o) if isinstance(o, fx.Node) else o for o in outs]
-        for u in users:
-            u.replace_all_uses_with(outs[u.args[1]])
-            gm.graph.erase_node(u)
-        gm.graph.erase_node(node)
-        if not sub_node.users:
-            gm.graph.erase_node(sub_node)
-            gm.delete_submodule(sub_node.target)
-        stack = node.meta.get("nn_module_stack")
-        done.append((next(reversed(stack.values()))[0] if stack else "") or "the root module")
-    if done:
-        gm.graph.lint()
-        gm.recompile()
-    return ", ".join(done)
-
-
-def _detached(graph: fx.Graph, value: fx.Node) -> fx.Node:
-    with graph.inserting_after(value):
-        d = graph.call_function(torch.ops.aten.detach.default, (value,))
-    if "val" in value.meta:
-        d.meta["val"] = value.meta["val"]
-    return d
-
-
-def _static_batch(ep) -> bool:
-    """The exported program's tensor inputs all have a fixed first dimension (the exporter
-    specialised the batch, or the dynamic attempt failed): shape constants inside the graph may then
-    hold the example's batch size, so the ONNX file must not claim a dynamic one."""
-    dims = [v.shape[0] for v in _user_input_values(ep) if isinstance(v, torch.Tensor) and v.dim() > 0]
-    return bool(dims) and all(is_concrete_int(d) for d in dims)  # a SymInt the exporter fixed counts too
-
-
-def _static_sequence(ep) -> bool:
-    """Some token input's sequence length is fixed in the exported program (see :func:`_static_batch`)."""
-    return any(is_concrete_int(v.shape[1]) for v in _user_input_values(ep) if is_token_sequence(v))
-
-
-def _user_input_values(ep) -> list:
-    names = set(ep.graph_signature.user_inputs)
-    return [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in names]
-
-
-def _export_batch_dynamic(model: nn.Module, args: tuple, keywords: tuple[str, ...] | None = None):
-    """``torch.export`` with the batch dim (dim 0 of every tensor input) left dynamic where the model
-    allows it (``Dim.AUTO``: the exporter keeps it symbolic, or specialises it where the code needs a
-    fixed value), so the graph runs, calibrates and exports for any batch size, also when the example
-    is a single sample. Token inputs (``input_ids``, an ``attention_mask``) keep their sequence
-    length dynamic too, so batches padded to other lengths calibrate and run; where that fails, the
-    batch alone; plain static export when that fails too."""
-    def export(example, shapes=None):
-        if keywords:  # by name, as the model is called
-            return torch.export.export(model, (), dict(zip(keywords, example)), dynamic_shapes=shapes, strict=False)
-        return torch.export.export(model, example, dynamic_shapes=shapes, strict=False)
-
-    attempts = [True, False] if has_token_sequences(args) else [False]
-    for sequence in attempts:
-        shapes = batch_dynamic_shapes(args, model.forward, keywords, sequence=sequence)
-        if shapes is None:
-            break
-        for example in tracing_inputs(args):  # a single sample is traced as two (qgraph.batch_dim)
-            try:
-                ep = export(example, shapes)
-                if example is not args:
-                    with torch.no_grad():
-                        ep.module()(**dict(zip(keywords, args))) if keywords else ep.module()(*args)  # the batch may have been specialised to 2 after all
-                return ep
-            except Exception:  # noqa: BLE001 - these dims cannot stay dynamic: fewer, or specialise
-                continue
-    return export(args)
-
-
-def _drop_dead_code(gm: fx.GraphModule, args: tuple, expected) -> None:
-    """Remove ops whose results nothing uses (a Hugging Face pooler that a wrapper does not return):
-    they would get quantizers that calibration never reaches. Kept if the graph then disagrees
-    with the model (an in-place op whose result is unused)."""
-    before = copy.deepcopy(gm.graph)
-    if not eliminate_dead_code(gm.graph):
-        return
-    gm.recompile()
-    try:
-        with torch.no_grad():
-            same = _outputs_match(expected, gm(*args))
-    except Exception:
-        same = False
-    if not same:
-        gm.graph = before
-        gm.recompile()
-
-
-def _module_types(model: nn.Module) -> dict[str, type]:
-    return {name: type(m) for name, m in model.named_modules() if name}
-
-
-def _is_plain_leaf(v) -> bool:
-    return v is None or isinstance(v, (torch.Tensor, int, float, bool, str))
-
-
-def _filter_outputs(out):
-    return pytree.tree_map(lambda v: v if _is_plain_leaf(v) else None, out)
-
-
-def _without_opaque_outputs(model: nn.Module, expected) -> tuple[nn.Module, list[str]]:
-    """A view of ``model`` whose outputs hold only tensors and plain values.
-
-    ``torch.export`` refuses outputs it cannot flatten (e.g. a Hugging Face ``DynamicCache``). Such
-    leaves are replaced by None in a shallow copy of the model whose ``forward`` filters its outputs;
-    parameters and module paths stay the same.
-    """
-    dropped = sorted({type(v).__name__ for v in pytree.tree_leaves(expected) if not _is_plain_leaf(v)})
-    if not dropped:
-        return model, []
-    view = copy.copy(model)
-    inner = model.forward
-
-    @functools.wraps(inner)  # the model's signature, which torch.export binds inputs and dynamic shapes to
-    def forward(*a, **k):
-        return _filter_outputs(inner(*a, **k))
-
-    view.forward = forward
-    return view, dropped

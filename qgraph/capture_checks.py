@@ -1,0 +1,49 @@
+"""What every capture route checks: the graph reproduces the model's outputs on the example inputs,
+and dead code is dropped only where the outputs stay the same."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from qgraph.dead_code import eliminate_dead_code
+
+
+def outputs_match(expected, got) -> bool:
+    a, _ = pytree.tree_flatten(expected)
+    b, _ = pytree.tree_flatten(got)
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if isinstance(x, torch.Tensor) != isinstance(y, torch.Tensor):
+            return False
+        if isinstance(x, torch.Tensor):
+            if x.shape != y.shape or not torch.allclose(x.float(), y.float(), atol=1e-4, rtol=1e-4):
+                return False
+    return True
+
+
+def drop_dead_code(gm: fx.GraphModule, args: tuple, expected) -> None:
+    """Remove ops whose results nothing uses (a Hugging Face pooler that a wrapper does not return):
+    they would get quantizers that calibration never reaches. Kept if the graph then disagrees
+    with the model (an in-place op whose result is unused)."""
+    before = copy.deepcopy(gm.graph)
+    if not eliminate_dead_code(gm.graph):
+        return
+    gm.recompile()
+    try:
+        with torch.no_grad():
+            same = outputs_match(expected, gm(*args))
+    except Exception:
+        same = False
+    if not same:
+        gm.graph = before
+        gm.recompile()
+
+
+def module_types(model: nn.Module) -> dict[str, type]:
+    return {name: type(m) for name, m in model.named_modules() if name}
