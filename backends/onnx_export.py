@@ -203,25 +203,23 @@ def strip_debug_info(model: onnx.ModelProto) -> None:
 
 
 def _name_batch_dim(model: onnx.ModelProto) -> None:
-    """Call the symbolic first dimension of the inputs ``batch`` everywhere it appears in inputs/outputs,
-    and the symbolic second dimension of 2-D integer inputs (token ids, masks) ``sequence``. Where the
-    inputs carry several independent symbols for one of them (an encoder's and a decoder's sequence
-    length), the first keeps the plain name and the others are named after their input
-    (``decoder_input_ids_sequence``): one name for two sizes would tell ONNX Runtime they are equal."""
+    """Call the symbolic first dimension of the inputs ``batch`` everywhere it appears in inputs/outputs
+    (every input's batch is one batch, even where the exporter kept a symbol per input: BERT's mask), and
+    the symbolic second dimension of 2-D integer inputs (token ids, masks) ``sequence``. Independent
+    sequence lengths (an encoder's and a decoder's) keep names of their own: the first is ``sequence``,
+    the others are named after their input (``decoder_input_ids_sequence``), since one name for two
+    sizes tells ONNX Runtime they are equal."""
     def symbolic(i, axis: int) -> str:
         dims = i.type.tensor_type.shape.dim
         return dims[axis].dim_param if len(dims) > axis else ""
 
     integer = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL}
-    rename: dict[str, str] = {}
-    for axis, label in ((0, "batch"), (1, "sequence")):
-        for i in model.graph.input:
-            sym = symbolic(i, axis)
-            if not sym or sym in rename:
-                continue
-            if axis == 1 and (len(i.type.tensor_type.shape.dim) != 2 or i.type.tensor_type.elem_type not in integer):
-                continue
-            rename[sym] = label if label not in rename.values() else f"{i.name}_{label}"
+    rename = {symbolic(i, 0): "batch" for i in model.graph.input if symbolic(i, 0)}
+    for i in model.graph.input:
+        sym = symbolic(i, 1)
+        if not sym or sym in rename or len(i.type.tensor_type.shape.dim) != 2 or i.type.tensor_type.elem_type not in integer:
+            continue
+        rename[sym] = "sequence" if "sequence" not in rename.values() else f"{i.name}_sequence"
     for v in list(model.graph.input) + list(model.graph.output):
         for d in v.type.tensor_type.shape.dim:
             if d.dim_param in rename:

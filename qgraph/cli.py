@@ -138,6 +138,23 @@ def quantize_cmd(
     agree = getattr(res, "top1_agreement", None)
     typer.echo(f"top-1 agreement {'n/a' if agree is None else f'{100 * agree:.2f}%'}")
     typer.echo(f"batch           {'dynamic' if res.dynamic_batch else 'static (as in the example inputs)'}")
+    for line in _onnx_inputs(getattr(res, "onnx_path", None)):
+        typer.echo(f"input           {line}")
+
+
+def _onnx_inputs(path: str | None) -> list[str]:
+    """``name [dims] dtype`` for each input of the ONNX file (symbolic dims by name: batch, sequence)."""
+    if not path or not Path(path).exists():
+        return []
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    out = []
+    for i in model.graph.input:
+        t = i.type.tensor_type
+        dims = ", ".join(d.dim_param or str(d.dim_value) for d in t.shape.dim)
+        out.append(f"{i.name} [{dims}] {onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)}")
+    return out
 
 
 def _load_model_from_factory(factory: str):

@@ -56,6 +56,8 @@ def test_cli_quantizes_the_factory(tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "digits_bert.onnx").exists()
     assert "batch           dynamic" in res.output
+    assert "input           input_ids [batch, sequence] int64" in res.output
+    assert "input           attention_mask [batch, sequence] int64" in res.output
 
 
 def test_cli_factory_may_return_one_batch_by_name_as_calib_batches():
