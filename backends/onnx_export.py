@@ -64,8 +64,8 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
     the file) where the graph allows it; a ``torch.export`` capture whose batch the exporter fixed
     (``capture.static_batch``: its graph may hold the batch size as a constant) keeps the example
     batch size. ``batch_is_dynamic(model)`` tells which happened. The sequence length of token inputs
-    (2-D integer tensors) is left dynamic too (named ``sequence``), unless the capture fixed it. ``kwargs``: inputs given by name
-    (``args`` is then empty), which the file's inputs are named after.
+    (2-D integer tensors) is left dynamic too (named ``sequence``), unless the capture fixed it.
+    ``kwargs``: inputs given by name (``args`` is then empty), which the file's inputs are named after.
     """
     if opset is None:
         opset = INT2_OPSET if has_2bit_weights(gm) else OPSET

@@ -17,6 +17,8 @@ import inspect
 import torch
 from torch.utils import _pytree as pytree
 
+from qgraph.keyword_inputs import forward_parameters
+
 
 def _batched(t) -> bool:
     return isinstance(t, torch.Tensor) and t.dim() > 0
@@ -30,26 +32,22 @@ def is_token_sequence(t) -> bool:
 def batch_dynamic_shapes(args: tuple, forward=None, keywords: tuple[str, ...] | None = None,
                          sequence: bool = False) -> tuple | dict | None:
     """``dynamic_shapes`` for ``torch.export`` that mark dim 0 of every tensor input ``Dim.AUTO``
-    (with ``sequence``, dim 1 of token inputs too: :func:`is_token_sequence`), nested like the inputs (a list of tensors gets a list of specs) and like ``forward``'s signature
-    (the arguments that ``*args`` collects are one tuple there: a positional wrapper
-    ``forward(self, *args)`` was rejected, and captured with a fixed batch); None when no input has a
-    batch dim (or this torch has no ``Dim.AUTO``). With ``keywords`` (inputs given by name) a dict by
+    (with ``sequence``, dim 1 of token inputs too: :func:`is_token_sequence`), nested like the inputs
+    (a list of tensors gets a list of specs) and like ``forward``'s signature (the arguments that
+    ``*args`` collects are one tuple there: a positional wrapper ``forward(self, *args)`` was
+    rejected, and captured with a fixed batch); None when no input has a batch dim (or this torch has no ``Dim.AUTO``). With ``keywords`` (inputs given by name) a dict by
     parameter name; names that ``**kwargs`` collects are one dict under its name."""
     auto = getattr(torch.export.Dim, "AUTO", None)
     if auto is None or not any(_batched(t) for t in pytree.tree_leaves(args)):
         return None
+
     def spec(t):
         if not _batched(t):
             return None
         return {0: auto, 1: auto} if sequence and is_token_sequence(t) else {0: auto}
 
     specs = [pytree.tree_map(spec, a) for a in args]
-    params = []
-    if forward is not None:
-        try:
-            params = list(inspect.signature(forward).parameters.values())
-        except (TypeError, ValueError):  # a builtin or C++ forward: no signature to follow
-            params = []
+    params = forward_parameters(forward) if forward is not None else []
     if keywords:
         named = {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
         out = {k: s for k, s in zip(keywords, specs) if k in named}
@@ -58,11 +56,10 @@ def batch_dynamic_shapes(args: tuple, forward=None, keywords: tuple[str, ...] | 
         if rest and var_kw:
             out[var_kw] = rest
         return out
-    if params:
-        for i, p in enumerate(params):
-            if p.kind is inspect.Parameter.VAR_POSITIONAL:
-                specs = specs[:i] + [tuple(specs[i:])]
-                break
+    for i, p in enumerate(params):
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            specs = specs[:i] + [tuple(specs[i:])]
+            break
     return tuple(specs)
 
 

@@ -21,7 +21,8 @@ from qgraph.errors import InputError
 _VAR = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
 
 
-def _parameters(forward) -> list[inspect.Parameter]:
+def forward_parameters(forward) -> list[inspect.Parameter]:
+    """``forward``'s parameters; none for a builtin or C++ forward."""
     try:
         return list(inspect.signature(forward).parameters.values())
     except (TypeError, ValueError):  # a builtin or C++ forward: no signature to follow
@@ -32,7 +33,7 @@ def ordered_keywords(forward, inputs: Mapping) -> dict:
     """``inputs`` as a plain dict in the order of ``forward``'s parameters (names that ``**kwargs``
     collects come last, in the given order). Raises InputError for a name ``forward`` does not take
     and for a required parameter that ``inputs`` lacks."""
-    params = _parameters(forward)
+    params = forward_parameters(forward)
     named = [p.name for p in params if p.kind not in _VAR and p.kind is not inspect.Parameter.POSITIONAL_ONLY]
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
     bad = [k for k in inputs if not isinstance(k, str)]
@@ -55,7 +56,7 @@ def ordered_keywords(forward, inputs: Mapping) -> dict:
 def concrete_defaults(forward, names) -> dict:
     """``concrete_args`` for ``fx`` symbolic tracing: every named parameter not in ``names`` at its
     default (a ``use_cache`` flag stays a Python value the model's control flow can read)."""
-    return {p.name: p.default for p in _parameters(forward)
+    return {p.name: p.default for p in forward_parameters(forward)
             if p.kind not in _VAR and p.name not in names and p.default is not inspect.Parameter.empty}
 
 
