@@ -47,12 +47,14 @@ class CalibratePass(QPass):
                 try:
                     gm(*args)
                 except Exception as e:
-                    hint = ""
-                    if isinstance(batch, Mapping) and untensored_hint(batch, "batch input"):
-                        hint = "; " + untensored_hint(batch, "batch input")
-                    elif len(args) > 1 and not isinstance(batch, Mapping):
+                    if isinstance(batch, Mapping):
+                        hint = untensored_hint(batch, "batch input")
+                        hint = f"; {hint}" if hint else ""
+                    elif len(args) > 1:
                         hint = (f"; the batch has {len(args)} parts, which go to forward() as positional arguments: if your "
                                 "loader yields (inputs, labels), pass calib_data=(x for x, _ in loader)")
+                    else:
+                        hint = ""
                     raise InputError(f"calibration batch {i} does not fit the model: {type(e).__name__}: {e}{hint}") from e
                 count += 1
         if count == 0:
