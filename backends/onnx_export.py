@@ -74,10 +74,11 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
     if capture is not None and capture.static_batch:  # its graph may hold the example batch size as a constant
         dynamic_batch = False
     sequence = capture is None or not capture.static_sequence  # likewise the sequence length of token inputs
+    declared = capture.dynamic_dims if capture is not None else None
     if kwargs:
-        dynamic = batch_dynamic_shapes(tuple(kwargs.values()), gm.forward, tuple(kwargs), sequence) if dynamic_batch else None
+        dynamic = batch_dynamic_shapes(tuple(kwargs.values()), gm.forward, tuple(kwargs), sequence, declared) if dynamic_batch else None
     else:
-        dynamic = batch_dynamic_shapes(args, gm.forward, sequence=sequence) if dynamic_batch else None
+        dynamic = batch_dynamic_shapes(args, gm.forward, sequence=sequence, declared=declared) if dynamic_batch else None
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -103,7 +104,7 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
                           f"{type(e).__name__}: {cause}"
                           + (". With dynamic_batch=False shapes are constants, which may avoid it" if dynamic_batch else "")) from e
     model = program.model_proto
-    _name_batch_dim(model)
+    _name_batch_dim(model, declared)
     _name_outputs(model)
     fold_constant_quantization(model)
     prepare_for_onnxruntime(model)
@@ -202,19 +203,27 @@ def strip_debug_info(model: onnx.ModelProto) -> None:
     del model.graph.value_info[:]
 
 
-def _name_batch_dim(model: onnx.ModelProto) -> None:
+def _name_batch_dim(model: onnx.ModelProto, declared: dict[str, dict[int, str]] | None = None) -> None:
     """Call the symbolic first dimension of the inputs ``batch`` everywhere it appears in inputs/outputs
     (every input's batch is one batch, even where the exporter kept a symbol per input: BERT's mask), and
     the symbolic second dimension of 2-D integer inputs (token ids, masks) ``sequence``. Independent
     sequence lengths (an encoder's and a decoder's) keep names of their own: the first is ``sequence``,
     the others are named after their input (``decoder_input_ids_sequence``), since one name for two
-    sizes tells ONNX Runtime they are equal."""
+    sizes tells ONNX Runtime they are equal. ``declared``: the names a model gave its own dynamic dims
+    (:func:`qgraph.batch_dim.declared_dynamic_dims`), for the inputs of that argument (``past_keys_0``
+    belongs to ``past_keys``)."""
     def symbolic(i, axis: int) -> str:
         dims = i.type.tensor_type.shape.dim
         return dims[axis].dim_param if len(dims) > axis else ""
 
     integer = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL}
     rename = {symbolic(i, 0): "batch" for i in model.graph.input if symbolic(i, 0)}
+    for i in model.graph.input:
+        owner = next((p for p in declared or {} if i.name == p or (i.name.startswith(p + "_") and i.name[len(p) + 1:].isdigit())), None)
+        for axis, name in (declared or {}).get(owner, {}).items():
+            sym = symbolic(i, axis)
+            if sym and sym not in rename:
+                rename[sym] = name
     for i in model.graph.input:
         sym = symbolic(i, 1)
         if not sym or sym in rename or len(i.type.tensor_type.shape.dim) != 2 or i.type.tensor_type.elem_type not in integer:

@@ -17,6 +17,7 @@ import inspect
 import torch
 from torch.utils import _pytree as pytree
 
+from qgraph.errors import InputError
 from qgraph.keyword_inputs import forward_parameters
 
 
@@ -30,24 +31,35 @@ def is_token_sequence(t) -> bool:
 
 
 def batch_dynamic_shapes(args: tuple, forward=None, keywords: tuple[str, ...] | None = None,
-                         sequence: bool = False) -> tuple | dict | None:
+                         sequence: bool = False, declared: dict[str, dict[int, str]] | None = None) -> tuple | dict | None:
     """``dynamic_shapes`` for ``torch.export`` that mark dim 0 of every tensor input ``Dim.AUTO``
     (with ``sequence``, dim 1 of token inputs too: :func:`is_token_sequence`), nested like the inputs
     (a list of tensors gets a list of specs) and like ``forward``'s signature (the arguments that
     ``*args`` collects are one tuple there: a positional wrapper ``forward(self, *args)`` was
     rejected, and captured with a fixed batch); None when no input has a batch dim (or this torch has no ``Dim.AUTO``). With ``keywords`` (inputs given by name) a dict by
-    parameter name; names that ``**kwargs`` collects are one dict under its name."""
+    parameter name; names that ``**kwargs`` collects are one dict under its name.
+    ``declared``: more dims to keep dynamic, by ``forward`` parameter (``{"past_keys": {2: "past_sequence"}}``,
+    applied to every tensor under that argument; :func:`declared_dynamic_dims`)."""
     auto = getattr(torch.export.Dim, "AUTO", None)
     if auto is None or not any(_batched(t) for t in pytree.tree_leaves(args)):
         return None
-
-    def spec(t):
-        if not _batched(t):
-            return None
-        return {0: auto, 1: auto} if sequence and is_token_sequence(t) else {0: auto}
-
-    specs = [pytree.tree_map(spec, a) for a in args]
     params = forward_parameters(forward) if forward is not None else []
+    names = list(keywords) if keywords else _positional_names(params)
+    declared = declared or {}
+
+    def spec_for(name):
+        extra = declared.get(name, {})
+
+        def spec(t):
+            if not _batched(t):
+                return None
+            # a length of 1 would be specialised anyway (and torch logs a warning saying so)
+            dims = {0: auto, 1: auto} if sequence and is_token_sequence(t) and t.shape[1] != 1 else {0: auto}
+            dims.update({d: auto for d in extra if d < t.dim()})
+            return dims
+        return spec
+
+    specs = [pytree.tree_map(spec_for(names[i] if i < len(names) else None), a) for i, a in enumerate(args)]
     if keywords:
         named = {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
         out = {k: s for k, s in zip(keywords, specs) if k in named}
@@ -61,6 +73,27 @@ def batch_dynamic_shapes(args: tuple, forward=None, keywords: tuple[str, ...] | 
             specs = specs[:i] + [tuple(specs[i:])]
             break
     return tuple(specs)
+
+
+def _positional_names(params) -> list[str]:
+    names = []
+    for p in params:
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            break
+        names.append(p.name)
+    return names
+
+
+def declared_dynamic_dims(model) -> dict[str, dict[int, str]] | None:
+    """The dims a model declares dynamic beyond the batch and token sequence: its attribute
+    ``qgraph_dynamic_dims``, ``{forward parameter: {dim: name}}`` (a KV cache's past length,
+    :mod:`qgraph.generation`). The names become the ONNX file's dim names."""
+    declared = getattr(model, "qgraph_dynamic_dims", None)
+    if declared is None:
+        return None
+    if not isinstance(declared, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in declared.items()):
+        raise InputError(f"{type(model).__name__}.qgraph_dynamic_dims must be {{parameter name: {{dim: name}}}}, got {declared!r}")
+    return {k: {int(d): str(n) for d, n in v.items()} for k, v in declared.items()}
 
 
 def has_token_sequences(args: tuple) -> bool:

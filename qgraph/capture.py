@@ -24,6 +24,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from qgraph.batch_dim import declared_dynamic_dims
 from qgraph.capture_checks import drop_dead_code, module_types, outputs_match
 from qgraph.errors import CaptureError, InputError
 from qgraph.export_route import export_route
@@ -193,8 +194,10 @@ def trace(model: nn.Module, example_inputs, *, owns_model: bool = False) -> QGra
         keywords, args = None, as_input_tuple(example_inputs)
     if upcast_note:
         args = float32_inputs(args)
-    qg = _capture(model, args, keywords)
+    declared = declared_dynamic_dims(model)
+    qg = _capture(model, args, keywords, declared)
     qg.capture.keywords = keywords
+    qg.capture.dynamic_dims = declared
     if unwrapped:
         qg.capture.notes.insert(0, unwrapped)
     if upcast_note:
@@ -203,7 +206,8 @@ def trace(model: nn.Module, example_inputs, *, owns_model: bool = False) -> QGra
     return qg
 
 
-def _capture(model: nn.Module, args: tuple, keywords: tuple[str, ...] | None) -> QGraph:
+def _capture(model: nn.Module, args: tuple, keywords: tuple[str, ...] | None,
+             declared: dict[str, dict[int, str]] | None = None) -> QGraph:
     """Capture with the routes in turn; ``keywords`` names ``args`` when the example inputs were given
     by name (the graph takes them positionally, in that order, under those names)."""
     expected = run_eager(model, args, keywords)
@@ -222,7 +226,7 @@ def _capture(model: nn.Module, args: tuple, keywords: tuple[str, ...] | None) ->
             gm.meta[MODULE_TYPES_KEY] = module_types(model)
             if not leaves:
                 return gm
-            qg, why = export_route(model, args, expected, keywords)
+            qg, why = export_route(model, args, expected, keywords, declared)
             if qg is None:
                 gm.capture.notes.append(f"torch.export could not capture the whole model either ({why}), so the leaves stay")
                 return gm
@@ -234,7 +238,7 @@ def _capture(model: nn.Module, args: tuple, keywords: tuple[str, ...] | None) ->
     else:
         tried.append(f"symbolic_trace: {error}")
 
-    qg, why = export_route(model, args, expected, keywords)
+    qg, why = export_route(model, args, expected, keywords, declared)
     if qg is None:
         tried.append(f"torch.export: {why}")
         raise CaptureError(f"no capture route handles {model.__class__.__name__}:\n  " + "\n  ".join(tried))

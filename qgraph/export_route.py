@@ -27,13 +27,14 @@ from qgraph.meta import CAPTURE_KEY
 from qgraph.ops import MODULE_TYPES_KEY
 
 
-def export_route(model: nn.Module, args: tuple, expected, keywords: tuple[str, ...] | None = None) -> tuple[QGraph | None, str]:
+def export_route(model: nn.Module, args: tuple, expected, keywords: tuple[str, ...] | None = None,
+                 declared: dict[str, dict[int, str]] | None = None) -> tuple[QGraph | None, str]:
     """The torch.export route: ``(graph, "")`` or ``(None, why it failed)``."""
     target, dropped = _without_opaque_outputs(model, expected)
     if dropped:
         expected = _filter_outputs(expected)
     try:
-        ep = _export_batch_dynamic(target, args, keywords)
+        ep = _export_batch_dynamic(target, args, keywords, declared)
         exported = ep.module()
         if keywords:
             positional_exported(exported, args)
@@ -52,13 +53,14 @@ def export_route(model: nn.Module, args: tuple, expected, keywords: tuple[str, .
         notes.append(f"code under torch.no_grad()/enable_grad() was inlined into the graph, where the passes see it (in {inlined})")
     if dropped:
         notes.append(f"outputs that are not tensors were dropped from the graph (returned as None): {', '.join(dropped)}")
-    static_sequence = _static_sequence(ep)
-    if static_sequence:
-        lengths = sorted({int(a.shape[1]) for a in pytree.tree_leaves(args) if is_token_sequence(a)})
+    lengths = _fixed_sequence_lengths(ep)
+    if lengths == [1]:  # one token per row: a decoding step (qgraph.generation), not a padded text
+        notes.append("torch.export fixed the token inputs' sequence length (1): one token per row")
+    elif lengths:
         notes.append(f"torch.export fixed the token inputs' sequence length ({', '.join(map(str, lengths))}): batches must "
                      "have the example's length (a tokenizer's padding='max_length')")
     qg.meta[CAPTURE_KEY] = CaptureInfo("torch.export", {}, notes, static_batch=_static_batch(ep),
-                                       static_sequence=static_sequence)
+                                       static_sequence=bool(lengths))
     qg.meta[MODULE_TYPES_KEY] = module_types(model)
     return qg, ""
 
@@ -120,9 +122,9 @@ def _static_batch(ep) -> bool:
     return bool(dims) and all(is_concrete_int(d) for d in dims)  # a SymInt the exporter fixed counts too
 
 
-def _static_sequence(ep) -> bool:
-    """Some token input's sequence length is fixed in the exported program (see :func:`_static_batch`)."""
-    return any(is_concrete_int(v.shape[1]) for v in _user_input_values(ep) if is_token_sequence(v))
+def _fixed_sequence_lengths(ep) -> list[int]:
+    """The token inputs' sequence lengths that are fixed in the exported program (see :func:`_static_batch`)."""
+    return sorted({int(v.shape[1]) for v in _user_input_values(ep) if is_token_sequence(v) and is_concrete_int(v.shape[1])})
 
 
 def _user_input_values(ep) -> list:
@@ -130,21 +132,24 @@ def _user_input_values(ep) -> list:
     return [n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in names]
 
 
-def _export_batch_dynamic(model: nn.Module, args: tuple, keywords: tuple[str, ...] | None = None):
+def _export_batch_dynamic(model: nn.Module, args: tuple, keywords: tuple[str, ...] | None = None,
+                          declared: dict[str, dict[int, str]] | None = None):
     """``torch.export`` with the batch dim (dim 0 of every tensor input) left dynamic where the model
     allows it (``Dim.AUTO``: the exporter keeps it symbolic, or specialises it where the code needs a
     fixed value), so the graph runs, calibrates and exports for any batch size, also when the example
     is a single sample. Token inputs (``input_ids``, an ``attention_mask``) keep their sequence
     length dynamic too, so batches padded to other lengths calibrate and run; where that fails, the
-    batch alone; plain static export when that fails too."""
+    batch alone; plain static export when that fails too. ``declared``: dims the model declares
+    dynamic as well (:func:`qgraph.batch_dim.declared_dynamic_dims`)."""
     def export(example, shapes=None):
         if keywords:  # by name, as the model is called
             return torch.export.export(model, (), dict(zip(keywords, example)), dynamic_shapes=shapes, strict=False)
         return torch.export.export(model, example, dynamic_shapes=shapes, strict=False)
 
     attempts = [True, False] if has_token_sequences(args) else [False]
+    failure: Exception | None = None
     for sequence in attempts:
-        shapes = batch_dynamic_shapes(args, model.forward, keywords, sequence=sequence)
+        shapes = batch_dynamic_shapes(args, model.forward, keywords, sequence=sequence, declared=declared)
         if shapes is None:
             break
         for example in tracing_inputs(args):  # a single sample is traced as two (qgraph.batch_dim)
@@ -154,8 +159,11 @@ def _export_batch_dynamic(model: nn.Module, args: tuple, keywords: tuple[str, ..
                     with torch.no_grad():
                         ep.module()(**dict(zip(keywords, args))) if keywords else ep.module()(*args)  # the batch may have been specialised to 2 after all
                 return ep
-            except Exception:  # noqa: BLE001 - these dims cannot stay dynamic: fewer, or specialise
+            except Exception as e:  # noqa: BLE001 - these dims cannot stay dynamic: fewer, or specialise
+                failure = e
                 continue
+    if declared:  # a static graph would refuse the very shapes the model asked for
+        raise RuntimeError(f"the dims declared dynamic ({declared}) could not stay dynamic: {failure}") from failure
     return export(args)
 
 

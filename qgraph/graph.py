@@ -27,6 +27,7 @@ class CaptureInfo:
     static_batch: bool = False  # a torch.export capture whose batch dim was fixed (the ONNX file keeps it fixed too)
     static_sequence: bool = False  # ... whose token inputs' sequence length was fixed (qgraph.batch_dim)
     keywords: tuple[str, ...] | None = None  # example inputs given by name: the graph's inputs, in order (qgraph.keyword_inputs)
+    dynamic_dims: dict[str, dict[int, str]] | None = None  # dims the model declared dynamic (qgraph.batch_dim.declared_dynamic_dims)
 
     def describe(self) -> str:
         lines = [f"captured with {self.route}"]
