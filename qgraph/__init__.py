@@ -44,6 +44,7 @@ from qgraph.errors import (
     RecipeError,
     UnsupportedOpError,
 )
+from qgraph.generation import OnnxLM, QuantizedLM, float_generate, quantize_for_generation
 from qgraph.granularity import PerChannel, PerGroup, PerTensor
 from qgraph.graph import QGraph
 from qgraph.graph_diff import GraphDiff, diff
@@ -61,7 +62,7 @@ __all__ = [
     "PerTensor", "PerChannel", "PerGroup",
     "QGraphError", "InputError", "CaptureError", "RecipeError", "UnsupportedOpError",
     "CalibrationError", "ExportError", "ExportMismatchError", "QPackError", "__version__",
-    "BitSwitchRecipe",
+    "BitSwitchRecipe", "quantize_for_generation", "QuantizedLM", "OnnxLM", "float_generate",
 ]
 
 from qgraph import ofq as _ofq  # noqa: E402,F401  (registers the ofq(...) recipe)
