@@ -33,6 +33,7 @@ from examples.models import accuracy, calib_batches, load_digits_data, train_dig
 MAX_ACC_DROP = 0.01  # INT8 may lose at most 1 accuracy point against FP32
 MIN_AGREEMENT = 0.99  # ONNX Runtime and the fake-quant model must agree on >= 99% of top-1 predictions
 MAX_BERT_DROP = 0.02  # the BERT (84% FP32) may lose at most 2 points
+MAX_LM_DROP = 0.02  # the character LM (about 55% next-character accuracy in FP32) likewise
 
 
 def interleaved_median_ms(fns: list, runs: int, warmup: int = 3) -> list[float]:
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     if agreement < MIN_AGREEMENT:
         failures.append(f"ONNX Runtime agrees with qm on only {100 * agreement:.2f}% of the test set")
     failures += bert_part(args.out, args.recipe)
+    failures += generation_part(args.out, args.recipe)
     print(f"total time {time.perf_counter() - t_start:.1f} s")
     for f in failures:
         print(f"FAIL: {f}", file=sys.stderr)
@@ -254,6 +256,31 @@ def bert_part(out: Path, recipe: str) -> list[str]:
     if fp32 - q_ort > MAX_BERT_DROP or fp32 - fq > MAX_BERT_DROP:
         failures.append(f"BERT {recipe} accuracy dropped {100 * (fp32 - min(q_ort, fq)):.2f} points (> {100 * MAX_BERT_DROP:.0f})")
     return failures
+
+
+def generation_part(out: Path, recipe: str) -> list[str]:
+    """6. A character-level Hugging Face Llama trained on scikit-learn's dataset descriptions, quantized
+    for generation with a KV cache (prefill and decode graphs) and run in ONNX Runtime. Returns failures."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        print("\n(transformers is not installed: the generation part is skipped)")
+        return []
+    from examples import char_lm
+
+    t = time.perf_counter()
+    r = char_lm.run(str(out / "char_lm"), recipe)
+    print(f"\ntrained a character-level LlamaForCausalLM, quantized it for generation (prefill + decode graphs), exported "
+          f"and ran it in ONNX Runtime in {time.perf_counter() - t:.1f} s")
+    sizes = [r["float_bytes"], None, r["onnx_bytes"]]
+    print_table(f"Llama, held-out next character ({r['scored']} characters, through the KV cache)", ["model", "accuracy %", "size KB"],
+                [[k, f"{100 * a:.2f}", "-" if n is None else f"{n / 1024:.1f}"] for (k, a), n in zip(r["accuracy"].items(), sizes)])
+    for k, v in r["samples"].items():
+        print(f"  {k:9s} {v!r}")
+    fp32, fq, q_ort = r["accuracy"].values()
+    if fp32 - min(fq, q_ort) > MAX_LM_DROP:
+        return [f"generation {recipe} accuracy dropped {100 * (fp32 - min(fq, q_ort)):.2f} points (> {100 * MAX_LM_DROP:.0f})"]
+    return []
 
 
 if __name__ == "__main__":
