@@ -137,7 +137,7 @@ def run(out_dir: str = "out/char_lm", recipe: str = "w8a8", steps: int = STEPS) 
         "accuracy": {"FP32 (PyTorch)": next_char_accuracy(Prefill(model), Decode(model), text),
                      f"{recipe.upper()} fake-quant (PyTorch)": quant_acc,
                      f"{recipe.upper()} (ONNX Runtime)": next_char_accuracy(onnx_lm.prefill, onnx_lm.decode, text)},
-        "onnx_bytes": sum(os.path.getsize(os.path.join(out_dir, f"{g}.onnx")) for g in ("prefill", "decode")),
+        "onnx_bytes": sum(os.path.getsize(os.path.join(out_dir, f)) for f in ("prefill.onnx", "decode.onnx", "weights.bin")),
         "float_bytes": sum(t.numel() * t.element_size() for t in model.state_dict().values()),
         "samples": {"FP32": decode(qgraph.float_generate(model, prompt, max_new_tokens=40)[0]),
                     f"{recipe.upper()} ORT": decode(onnx_lm.generate(prompt, max_new_tokens=40)[0])},

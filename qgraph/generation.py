@@ -39,6 +39,7 @@ from torch import nn
 from qgraph.errors import InputError
 
 CONFIG_FILE = "generation.json"
+WEIGHTS_FILE = "weights.bin"
 GRAPHS = ("prefill", "decode")
 DECODE_CALIB_STEPS = 3  # greedy steps of the float model per calibration prompt that calibrate the decode graph
 
@@ -160,13 +161,19 @@ class QuantizedLM:
 
     def export(self, directory: str, **kwargs) -> dict:
         """Write ``prefill.onnx`` and ``decode.onnx`` (each verified against its quantized graph in ONNX
-        Runtime, :meth:`QModel.export`; ``kwargs`` go there) and ``generation.json``. Returns the
-        :class:`ExportResult` of each graph by name."""
+        Runtime, :meth:`QModel.export`; ``kwargs`` go there), their weights once in ``weights.bin``
+        (both graphs hold the same quantized weights; :mod:`qgraph.backends.shared_weights`) and
+        ``generation.json``. Returns the :class:`ExportResult` of each graph by name, and the sizes
+        under ``"weights"``."""
+        from qgraph.backends.shared_weights import share_weights
+
         os.makedirs(directory, exist_ok=True)
         kwargs.setdefault("formats", ("onnx",))
         results = {name: getattr(self, name).export(os.path.join(directory, name), **kwargs) for name in GRAPHS}
+        results["weights"] = share_weights([os.path.join(directory, f"{n}.onnx") for n in GRAPHS], WEIGHTS_FILE)
         with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-            json.dump({"format": "qgraph.generation/1", "layers": self.layers, "graphs": {n: f"{n}.onnx" for n in GRAPHS}}, f, indent=1)
+            json.dump({"format": "qgraph.generation/1", "layers": self.layers, "graphs": {n: f"{n}.onnx" for n in GRAPHS},
+                       "weights": WEIGHTS_FILE}, f, indent=1)
         return results
 
 

@@ -70,7 +70,8 @@ def test_quantized_generation_follows_float(lm):
 def test_onnx_runtime_generates_the_quantized_tokens(lm, tmp_path):
     _, qlm = lm
     results = qlm.export(str(tmp_path))
-    assert set(results) == {"prefill", "decode"}
+    assert set(results) == {"prefill", "decode", "weights"}
+    assert results["weights"]["shared"] > 0 and results["weights"]["after"] < results["weights"]["before"]
     decode = onnx.load(str(tmp_path / "decode.onnx"))
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in decode.graph.input}
     assert dims["attention_mask"] == ["batch", "total_sequence"] and dims["past_keys_0"][2] == "past_sequence"
