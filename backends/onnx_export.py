@@ -17,7 +17,7 @@ import torch
 from qgraph.backends.onnx_fold import fold_constant_quantization, prepare_for_onnxruntime
 from qgraph.backends.onnx_ops import INT2_OPSET, is_2bit, translation_table
 
-from qgraph.batch_dim import batch_dynamic_shapes
+from qgraph.batch_dim import batch_dynamic_shapes, doubled, single_sample
 from qgraph.errors import ExportError
 from qgraph.meta import CAPTURE_KEY
 from qgraph.ops import module_path
@@ -79,10 +79,11 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
         dynamic = batch_dynamic_shapes(tuple(kwargs.values()), gm.forward, tuple(kwargs), sequence, declared) if dynamic_batch else None
     else:
         dynamic = batch_dynamic_shapes(args, gm.forward, sequence=sequence, declared=declared) if dynamic_batch else None
-    try:
+
+    def export(args, kwargs):
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(
+            return torch.onnx.export(
                 gm,
                 args,
                 kwargs=kwargs,
@@ -94,8 +95,21 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
                 verbose=False,
                 optimize=False,  # its full optimizer is most of the translation time; _clean_up does what we need
             )
-    except Exception as e:
-        raise ExportError(exporter_failure(e, gm)) from e
+
+    # A single-sample example is traced as two copies of it: with the batch's hint 1, torch 2.11's
+    # exporter lets SDPA's mask check guard batch == 1 and writes shapes like 4 // batch, a file that
+    # runs only at batch 1 (pytorch/pytorch#180202). The example itself if the copies fail.
+    program = None
+    if dynamic is not None and single_sample(tuple(kwargs.values()) if kwargs else args):
+        try:
+            program = export(doubled(args), dict(zip(kwargs, doubled(tuple(kwargs.values())))) if kwargs else kwargs)
+        except Exception:  # noqa: BLE001 - the plain attempt below reports its own failure
+            program = None
+    if program is None:
+        try:
+            program = export(args, kwargs)
+        except Exception as e:
+            raise ExportError(exporter_failure(e, gm)) from e
     try:
         _clean_up(program.model)
     except Exception as e:  # a bug in onnxscript's passes: say which step and node, not a traceback from inside it

@@ -111,6 +111,15 @@ def doubled(args: tuple) -> tuple:
     return tuple(pytree.tree_map(lambda t: torch.cat([t, t]) if _batched(t) else t, a) for a in args)
 
 
+def other_batch(args: tuple) -> tuple[tuple, tuple[int, int]]:
+    """The example at another batch size, to check a dynamic batch: two copies of a single sample,
+    else the first sample alone. Returns ``(inputs, (old size, new size))``."""
+    size = next(t.shape[0] for t in pytree.tree_leaves(args) if _batched(t))
+    if single_sample(args):
+        return doubled(args), (1, 2)
+    return tuple(pytree.tree_map(lambda t: t[:1] if _batched(t) else t, a) for a in args), (size, 1)
+
+
 def tracing_inputs(args: tuple) -> list[tuple]:
     """The example inputs to try, in order, for a batch-dynamic trace: two copies of a single sample
     first (see the module docstring), then the inputs themselves."""

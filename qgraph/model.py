@@ -266,7 +266,28 @@ class QModel(nn.Module):
         except ValueError as e:  # output count or shapes differ: the file does not compute this model
             raise ExportError(f"ONNX Runtime's outputs do not line up with the model's: {e}. The file is at {onnx_path}") from e
         result.max_abs_error, result.top1_agreement = agreement.max_abs_error, agreement.top1_agreement
+        if result.dynamic_batch:
+            self._check_other_batch(sess, args, result)
         return agreement
+
+    def _check_other_batch(self, sess, args, result) -> None:
+        """A file that claims a dynamic batch must run at another batch size than the example's too:
+        an exporter can keep the batch symbolic yet write shapes that only hold for the example's size
+        (torch 2.11 with a single-sample example, pytorch/pytorch#180202)."""
+        from qgraph.backends import ort as ort_backend
+        from qgraph.batch_dim import other_batch
+
+        other, (size, new_size) = other_batch(args)
+        with torch.no_grad():
+            expected = self(*other)
+        why = f"ONNX Runtime runs the file at the example's batch of {size} but not at a batch of {new_size}"
+        fix = f"; export with dynamic_batch=False for a file with a fixed batch. The file is at {result.onnx_path}"
+        try:
+            agreement = ort_backend.compare(expected, ort_backend.run(sess, other), tie_tolerance=result.tolerance)
+        except Exception as e:  # noqa: BLE001 - a shape error inside ONNX Runtime, or outputs that do not line up
+            raise ExportMismatchError(f"{why}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}{fix}") from e
+        if agreement.max_abs_error > result.tolerance:
+            raise ExportMismatchError(f"{why}: {agreement}; tolerance {result.tolerance:.3g}{fix}")
 
     def _export_qpack(self, qpack_path, result, verify):
         from qgraph import packing

@@ -399,3 +399,48 @@ def test_a_python_number_among_the_outputs_is_compared_too(tiny, tmp_path):
     sess = ort_session(result.onnx_path)
     assert len(sess.get_outputs()) == 2
     assert int(sess.run(None, {sess.get_inputs()[0].name: x[:5].numpy()})[1]) == 5
+
+
+class _MaskedAttention(nn.Module):
+    """Attention with a mask expanded to the input's batch: with a single-sample example, torch 2.11's
+    exporter wrote ``4 // batch`` into a reshape (pytorch/pytorch#180202) and the file ran at batch 1 only."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.out = nn.Linear(64, 192), nn.Linear(64, 8)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        q, k, v = (t.view(b, s, -1, 16).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
+        mask = torch.ones(s, s, dtype=torch.bool).tril().expand(b, 1, s, s)
+        h = x + torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, s, -1)
+        return self.out(h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+
+def test_a_single_sample_example_exports_a_file_that_runs_other_batches(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    qm = qgraph.quantize(_MaskedAttention().eval(), torch.randn(1, 6, 64, generator=g), "w8a8",
+                         [torch.randn(4, 6, 64, generator=g) for _ in range(2)])
+    res = qm.export(str(tmp_path / "att"), formats=("onnx",))  # checks batch 2 too
+    assert res.dynamic_batch
+    x = torch.randn(3, 6, 64, generator=g)
+    with torch.no_grad(), qm.frozen():
+        want = qm(x).numpy()
+    got = ort.InferenceSession(res.onnx_path).run(None, {"x": x.numpy()})[0]
+    assert np.abs(got - want).max() < 1e-4
+
+
+def test_a_file_that_fails_at_another_batch_is_refused(tiny_w8a8, tmp_path, monkeypatch):
+    from qgraph.backends import ort as ort_backend
+
+    real_run, example_batch = ort_backend.run, tiny_w8a8._example_inputs[0].shape[0]
+
+    def run_only_the_example_batch(sess, args):  # what a file with the example's batch baked in does
+        if args[0].shape[0] != example_batch:
+            raise RuntimeError("Reshape node: the input tensor cannot be reshaped to the requested shape")
+        return real_run(sess, args)
+
+    monkeypatch.setattr(ort_backend, "run", run_only_the_example_batch)
+    with pytest.raises(qgraph.ExportMismatchError, match=f"batch of {example_batch} but not at a batch of 1: Reshape"):
+        tiny_w8a8.export(str(tmp_path / "m"), formats=("onnx",))
+    tiny_w8a8.export(str(tmp_path / "m"), formats=("onnx",), dynamic_batch=False)  # a fixed batch is not checked at another
