@@ -198,7 +198,8 @@ class QModel(nn.Module):
         tolerance is the larger of 3 steps of the grids the outputs are on plus 1e-4 of the output
         range, and twice the output change that float-rounding noise at every activation quantizer
         causes (:mod:`qgraph.export_tolerance`; ``ExportResult.drift`` records that change). ``dynamic_batch``: let the batch dimension vary
-        where the graph allows (``ExportResult.dynamic_batch`` says whether it does).
+        where the graph allows (``ExportResult.dynamic_batch`` says whether it does; such a file is
+        also run at another batch size, and one that fails there is an :class:`ExportMismatchError`).
         qpack: the file is read back and every rebuilt weight must equal this model's fake-quantized
         weight bit for bit.
         Task-specific scales: the ONNX file is for ``task`` (default: the active task), the qpack holds
@@ -233,6 +234,9 @@ class QModel(nn.Module):
                     f"ONNX Runtime disagrees with the quantized model on the example inputs: {agreement}; "
                     f"tolerance {result.tolerance:.3g}, minimum top-1 agreement {min_top1:.0%}. The file is at {result.onnx_path}"
                 )
+            if result.dynamic_batch:
+                with self.frozen():
+                    single._check_other_batch(result)
         return result
 
     def _export_sources(self, task: str | None):
@@ -266,18 +270,17 @@ class QModel(nn.Module):
         except ValueError as e:  # output count or shapes differ: the file does not compute this model
             raise ExportError(f"ONNX Runtime's outputs do not line up with the model's: {e}. The file is at {onnx_path}") from e
         result.max_abs_error, result.top1_agreement = agreement.max_abs_error, agreement.top1_agreement
-        if result.dynamic_batch:
-            self._check_other_batch(sess, args, result)
         return agreement
 
-    def _check_other_batch(self, sess, args, result) -> None:
+    def _check_other_batch(self, result) -> None:
         """A file that claims a dynamic batch must run at another batch size than the example's too:
         an exporter can keep the batch symbolic yet write shapes that only hold for the example's size
         (torch 2.11 with a single-sample example, pytorch/pytorch#180202)."""
         from qgraph.backends import ort as ort_backend
         from qgraph.batch_dim import other_batch
 
-        other, (size, new_size) = other_batch(args)
+        other, (size, new_size) = other_batch(self._example_inputs)
+        sess = ort_backend.session(result.onnx_path, matmulnbits_accuracy_level=0)
         with torch.no_grad():
             expected = self(*other)
         why = f"ONNX Runtime runs the file at the example's batch of {size} but not at a batch of {new_size}"
