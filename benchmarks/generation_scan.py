@@ -25,7 +25,7 @@ import warnings
 import torch
 
 import qgraph
-from qgraph.generation import Decode, Prefill, greedy
+from qgraph.generation import Decode, Prefill, decode_loop
 
 PROMPT, NEW, ROWS = 10, 12, 4
 _S = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128, "max_position_embeddings": 64}
@@ -76,7 +76,7 @@ def prompts(seed: int) -> dict:
 def logits_along(prefill, decode, batch: dict, forced: torch.Tensor) -> torch.Tensor:
     seen: list[torch.Tensor] = []
     with torch.no_grad():
-        greedy(prefill, decode, batch["input_ids"], batch["attention_mask"], forced.shape[1], on_step=seen.append, forced=forced)
+        decode_loop(prefill, decode, batch["input_ids"], batch["attention_mask"], forced.shape[1], on_step=seen.append, forced=forced)
     return torch.cat(seen, 1)  # [rows, steps, vocab]
 
 

@@ -111,12 +111,12 @@ def calibration_prompts(batches: int = 4, rows: int = 8) -> list[dict]:
 
 def next_char_accuracy(prefill, decode_step, text: torch.Tensor) -> float:
     """Top-1 accuracy on the ``SCORED`` characters after each window's prompt, through the KV cache."""
-    from qgraph.generation import greedy
+    from qgraph.generation import decode_loop
 
     seen: list[torch.Tensor] = []
     prompt, target = text[:, :PROMPT], text[:, PROMPT:]
     with torch.no_grad():
-        greedy(prefill, decode_step, prompt, torch.ones_like(prompt), SCORED, on_step=seen.append, forced=target)
+        decode_loop(prefill, decode_step, prompt, torch.ones_like(prompt), SCORED, on_step=seen.append, forced=target)
     return float((torch.cat(seen, 1).argmax(-1) == target).float().mean())
 
 

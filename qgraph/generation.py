@@ -1,4 +1,4 @@
-"""Text generation with a KV cache from a quantized Hugging Face causal LM, in PyTorch and ONNX Runtime.
+"""Text generation (greedy or sampled) with a KV cache from a quantized Hugging Face causal LM, in PyTorch and ONNX Runtime.
 
 A quantized causal LM captured as one graph returns logits only (the cache object is not a tensor),
 so each new token would re-run the whole text. Here the model is captured as two graphs whose
@@ -17,6 +17,7 @@ after each calibration prompt.
     ids = qlm.generate(**tokenizer(prompts, return_tensors="pt", padding=True), max_new_tokens=20)
     qlm.export("out/lm")                       # out/lm/prefill.onnx, decode.onnx, generation.json
     ids = qgraph.OnnxLM("out/lm").generate(**batch, max_new_tokens=20)   # ONNX Runtime
+    ids = qlm.generate(**batch, do_sample=True, temperature=0.8, top_p=0.9, seed=0)   # sampled
 
 Why two graphs: ``torch.export`` specialises sizes 0 and 1, so one graph cannot take both an empty
 cache and a single new token (a guard ``sequence != 1`` comes from the matmul decomposition).
@@ -113,15 +114,49 @@ def _as_batch(batch) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 Step = Callable[..., tuple]
+Pick = Callable[[torch.Tensor], torch.Tensor]  # last-position logits [batch, vocab] -> token ids [batch]
 
 
-def greedy(prefill: Step, decode: Step, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-           max_new_tokens: int, eos_token_id: int | None = None, on_step=None, forced: torch.Tensor | None = None) -> torch.Tensor:
-    """Greedy decoding with a KV cache: ``prefill(ids, mask)`` then ``decode(ids, mask, keys, values)``
-    once per new token; returns the prompt followed by the new tokens (as ``model.generate``). Rows
+def argmax(logits: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(-1)
+
+
+def sampler(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> Pick:
+    """Sampling instead of the argmax: logits divided by ``temperature``, only the ``top_k`` most
+    likely tokens and the smallest set whose probability reaches ``top_p`` kept, then one draw from
+    a ``torch.Generator`` seeded with ``seed`` (the same seed gives the same tokens in PyTorch and
+    ONNX Runtime, whose logits agree to about 1e-7)."""
+    if not temperature > 0:
+        raise InputError(f"temperature must be > 0 (use the default greedy decoding for 0); got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise InputError(f"top_k must be >= 1; got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise InputError(f"top_p must be in (0, 1]; got {top_p}")
+    generator = torch.Generator()
+    generator.manual_seed(seed if seed is not None else torch.seed())
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float() / temperature
+        if top_k is not None and top_k < logits.shape[-1]:
+            kth = logits.topk(top_k, -1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if top_p is not None and top_p < 1:
+            probs, order = logits.softmax(-1).sort(-1, descending=True)
+            drop = probs.cumsum(-1) - probs >= top_p  # the tokens after the set that reaches top_p
+            logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+    return pick
+
+
+def decode_loop(prefill: Step, decode: Step, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                max_new_tokens: int, *, pick: Pick = argmax, eos_token_id: int | None = None, on_step=None,
+                forced: torch.Tensor | None = None) -> torch.Tensor:
+    """Decoding with a KV cache: ``prefill(ids, mask)`` then ``decode(ids, mask, keys, values)`` once
+    per new token; returns the prompt followed by the new tokens (as ``model.generate``). ``pick``
+    chooses each token from the last position's logits (greedy by default; :func:`sampler`). Rows
     that produced ``eos_token_id`` continue with it. ``on_step(logits)`` sees each step's logits.
-    ``forced`` (``[batch, max_new_tokens]``): feed these tokens instead of the argmax (teacher forcing,
-    to compare two models' logits along one continuation)."""
+    ``forced`` (``[batch, max_new_tokens]``): feed these tokens instead (teacher forcing, to compare
+    two models' logits along one continuation)."""
     if bool((attention_mask[:, -1] == 0).any()):
         raise InputError("the prompts are padded on the right; generation appends after the last position, so pad on "
                          "the left (tokenizer.padding_side = 'left')")
@@ -131,7 +166,7 @@ def greedy(prefill: Step, decode: Step, input_ids: torch.Tensor, attention_mask:
     for step in range(max_new_tokens):
         if on_step is not None:
             on_step(logits)
-        token = logits[:, -1].argmax(-1) if forced is None else forced[:, step]
+        token = pick(logits[:, -1]) if forced is None else forced[:, step]
         if eos_token_id is not None:
             token = torch.where(done, torch.full_like(token, eos_token_id), token)
             done |= token == eos_token_id
@@ -141,6 +176,10 @@ def greedy(prefill: Step, decode: Step, input_ids: torch.Tensor, attention_mask:
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
         logits, keys, values = decode(out[-1], mask, tuple(keys), tuple(values))
     return torch.cat(out, 1)
+
+
+def _pick(do_sample: bool, temperature: float, top_k: int | None, top_p: float | None, seed: int | None) -> Pick:
+    return sampler(temperature, top_k, top_p, seed) if do_sample else argmax
 
 
 @dataclass
@@ -153,11 +192,15 @@ class QuantizedLM:
     layers: int
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-                 max_new_tokens: int = 20, eos_token_id: int | None = None, on_step=None) -> torch.Tensor:
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, max_new_tokens: int = 20,
+                 eos_token_id: int | None = None, do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None) -> torch.Tensor:
+        """The prompts (left-padded) followed by up to ``max_new_tokens`` new tokens: the argmax, or with
+        ``do_sample`` a draw (:func:`sampler`: ``temperature``, ``top_k``, ``top_p``, ``seed``)."""
         ids, mask = _as_batch({"input_ids": input_ids, "attention_mask": attention_mask})
+        pick = _pick(do_sample, temperature, top_k, top_p, seed)
         with self.prefill.frozen(), self.decode.frozen():
-            return greedy(self.prefill, self.decode, ids, mask, max_new_tokens, eos_token_id, on_step)
+            return decode_loop(self.prefill, self.decode, ids, mask, max_new_tokens, pick=pick, eos_token_id=eos_token_id)
 
     def export(self, directory: str, **kwargs) -> dict:
         """Write ``prefill.onnx`` and ``decode.onnx`` (each verified against its quantized graph in ONNX
@@ -248,15 +291,20 @@ class OnnxLM:
         n = self.layers
         return out[0], tuple(out[1:1 + n]), tuple(out[1 + n:1 + 2 * n])
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-                 max_new_tokens: int = 20, eos_token_id: int | None = None, on_step=None) -> torch.Tensor:
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, max_new_tokens: int = 20,
+                 eos_token_id: int | None = None, do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None) -> torch.Tensor:
+        """As :meth:`QuantizedLM.generate`, on ONNX Runtime."""
         ids, mask = _as_batch({"input_ids": input_ids, "attention_mask": attention_mask})
-        return greedy(self.prefill, self.decode, ids, mask, max_new_tokens, eos_token_id, on_step)
+        pick = _pick(do_sample, temperature, top_k, top_p, seed)
+        return decode_loop(self.prefill, self.decode, ids, mask, max_new_tokens, pick=pick, eos_token_id=eos_token_id)
 
 
 def float_generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-                   max_new_tokens: int = 20, eos_token_id: int | None = None) -> torch.Tensor:
+                   max_new_tokens: int = 20, eos_token_id: int | None = None, do_sample: bool = False, temperature: float = 1.0,
+                   top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> torch.Tensor:
     """The float model through the same two steps and loop: the reference for a quantized one."""
     ids, mask = _as_batch({"input_ids": input_ids, "attention_mask": attention_mask})
+    pick = _pick(do_sample, temperature, top_k, top_p, seed)
     with torch.no_grad():
-        return greedy(Prefill(model.eval()), Decode(model), ids, mask, max_new_tokens, eos_token_id)
+        return decode_loop(Prefill(model.eval()), Decode(model), ids, mask, max_new_tokens, pick=pick, eos_token_id=eos_token_id)

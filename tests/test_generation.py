@@ -7,7 +7,7 @@ from torch import nn
 
 import qgraph
 from qgraph.errors import InputError
-from qgraph.generation import Decode, Prefill, greedy
+from qgraph.generation import Decode, Prefill, decode_loop
 
 tf = pytest.importorskip("transformers")
 
@@ -32,7 +32,7 @@ def _prompts(seed, rows=3, length=7, pad=2):
 def _logits_along(prefill, decode, batch, forced):
     seen = []
     with torch.no_grad():
-        greedy(prefill, decode, batch["input_ids"], batch["attention_mask"], forced.shape[1], on_step=seen.append, forced=forced)
+        decode_loop(prefill, decode, batch["input_ids"], batch["attention_mask"], forced.shape[1], on_step=seen.append, forced=forced)
     return torch.cat(seen, 1)
 
 
@@ -83,6 +83,22 @@ def test_onnx_runtime_generates_the_quantized_tokens(lm, tmp_path):
         with qlm.prefill.frozen(), qlm.decode.frozen():
             ql = _logits_along(qlm.prefill, qlm.decode, batch, new)
         assert (_logits_along(onnx_lm.prefill, onnx_lm.decode, batch, new) - ql).abs().max() < 1e-4
+        sampled = qlm.generate(**batch, max_new_tokens=NEW, do_sample=True, top_k=20, top_p=0.9, seed=7)
+        assert torch.equal(onnx_lm.generate(**batch, max_new_tokens=NEW, do_sample=True, top_k=20, top_p=0.9, seed=7), sampled)
+
+
+def test_sampling(lm):
+    model, qlm = lm
+    batch = _prompts(0)
+    greedy = qgraph.float_generate(model, **batch, max_new_tokens=NEW)
+    assert torch.equal(qgraph.float_generate(model, **batch, max_new_tokens=NEW, do_sample=True, top_k=1, seed=0), greedy)
+    assert torch.equal(qgraph.float_generate(model, **batch, max_new_tokens=NEW, do_sample=True, top_p=1e-6, seed=0), greedy)
+    hot = [qlm.generate(**batch, max_new_tokens=NEW, do_sample=True, temperature=2.0, seed=s) for s in (0, 0, 1)]
+    assert torch.equal(hot[0], hot[1]) and not torch.equal(hot[0], hot[2])  # a seed fixes the draws
+    assert not torch.equal(hot[0], qlm.generate(**batch, max_new_tokens=NEW))
+    for bad, match in (({"temperature": 0.0}, "temperature"), ({"top_k": 0}, "top_k"), ({"top_p": 1.5}, "top_p")):
+        with pytest.raises(InputError, match=match):
+            qlm.generate(**batch, do_sample=True, **bad)
 
 
 def test_eos_ends_a_row(lm):
