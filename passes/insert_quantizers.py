@@ -32,6 +32,7 @@ from qgraph.passes.base import ANNOTATION_KEY, QPass, unique_submodule_name
 from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
 
+from qgraph.aliasing import settled
 from qgraph.granularity import PerChannel, PerGroup, PerTensor
 from qgraph.meta import MODULE_PATH_KEY
 from qgraph.ops import classify, is_fusable_activation, is_passthrough
@@ -57,6 +58,7 @@ class InsertQuantizersPass(QPass):
         super().__init__()
         self.recipe = recipe
         self.leaves = set(leaves or ())
+        self._filling: dict[fx.Node, set[fx.Node]] = {}  # quantizer -> the in-place writes it waits for
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         modified = False
@@ -73,7 +75,7 @@ class InsertQuantizersPass(QPass):
             if node.op == "get_attr":  # a weight read by calls qgraph does not know: quantize it where it is read
                 if node not in weight_q:
                     weight_q[node] = self._insert_after(gm, node, ann.weight, "weight", _weight_quantizer_name(node, path), path)
-                node.replace_all_uses_with(weight_q[node], delete_user_cb=lambda u, q=weight_q[node]: u is not q)
+                self._rewire(node, weight_q[node])
                 modified = True
                 continue
             info = classify(gm, node)
@@ -99,7 +101,7 @@ class InsertQuantizersPass(QPass):
                 out = users[0]
             if ann.quantize_output and out.users and not all(is_quantizer_node(gm, u) for u in out.users):
                 q = self._insert_after(gm, out, ann.activation, "activation", self._name(path, node, "output_quantizer"), path)
-                out.replace_all_uses_with(q, delete_user_cb=lambda u, q=q: u is not q)
+                self._rewire(out, q)
                 modified = True
         for leaf in sorted(self.leaves):
             modified |= self._quantize_leaf(gm, leaf)
@@ -136,16 +138,29 @@ class InsertQuantizersPass(QPass):
         name = unique_submodule_name(gm, name)
         q = ActivationQuantizer(spec, where=path or value.name) if role == "activation" else FakeQuantize(spec, role, where=path or value.name)
         gm.add_submodule(name, q)
-        with gm.graph.inserting_after(value):
+        anchor = settled(value)  # after the in-place writes that fill it (qgraph.aliasing)
+        with gm.graph.inserting_after(anchor):
             q = gm.graph.call_module(name, (value,))
+        if anchor is not value:  # those writes keep writing into the value itself
+            filling, node = set(), value.next
+            while node is not q:
+                filling.add(node)
+                node = node.next
+            self._filling[q] = filling
         q.meta = {k: v for k, v in value.meta.items() if k in ("val", "tensor_meta", "nn_module_stack")}
         q.meta[MODULE_PATH_KEY] = path
         self.record("inserted", q, path, f"{role} quantizer {spec.describe()} on {value.name}")
         return q
 
-    @staticmethod
-    def _replace_arg(node: fx.Node, old: fx.Node, new: fx.Node) -> None:
-        node.replace_input_with(old, new)
+    def _replace_arg(self, node: fx.Node, old: fx.Node, new: fx.Node) -> None:
+        if node not in self._filling.get(new, ()):
+            node.replace_input_with(old, new)
+
+    def _rewire(self, value: fx.Node, q: fx.Node) -> None:
+        """Every reader of ``value`` reads the quantizer ``q`` instead (not ``q`` itself, nor the
+        in-place writes before it)."""
+        skip = self._filling.get(q, set())
+        value.replace_all_uses_with(q, delete_user_cb=lambda u: u is not q and u not in skip)
 
     def _is_quantized(self, gm, value: fx.Node) -> bool:
         seen = value
@@ -173,7 +188,7 @@ class InsertQuantizersPass(QPass):
         self.record("swapped", node.name if node is not None else path, path, f"{type(mod).__name__} → QuantizedModule")
         if node is not None and aspec is not None and node.users:
             q = self._insert_after(gm, node, aspec, "activation", f"{path}_output_quantizer", path)
-            node.replace_all_uses_with(q, delete_user_cb=lambda u: u is not q)
+            self._rewire(node, q)
         return True
 
     def _swap_attention(self, gm, path: str, mod: nn.MultiheadAttention, wspec: QSpec | None, node: fx.Node | None) -> bool:
