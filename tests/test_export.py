@@ -402,19 +402,25 @@ def test_a_python_number_among_the_outputs_is_compared_too(tiny, tmp_path):
 
 
 class _MaskedAttention(nn.Module):
-    """Attention with a mask expanded to the input's batch: with a single-sample example, torch 2.11's
-    exporter wrote ``4 // batch`` into a reshape (pytorch/pytorch#180202) and the file ran at batch 1 only."""
+    """Two attention blocks with a mask expanded to the input's batch and an RMSNorm between: with a
+    single-sample example, torch 2.11's exporter wrote ``4 // batch`` into a reshape of the second
+    block (pytorch/pytorch#180202) and the file ran at batch 1 only."""
 
     def __init__(self):
         super().__init__()
-        self.qkv, self.out = nn.Linear(64, 192), nn.Linear(64, 8)
+        self.qkv1, self.qkv2, self.out = nn.Linear(64, 192), nn.Linear(64, 192), nn.Linear(64, 8)
+
+    def attend(self, qkv, x, mask):
+        b, s, _ = x.shape
+        q, k, v = (t.view(b, s, -1, 16).transpose(1, 2) for t in qkv(x).chunk(3, -1))
+        return x + torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, s, -1)
 
     def forward(self, x):
         b, s, _ = x.shape
-        q, k, v = (t.view(b, s, -1, 16).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
         mask = torch.ones(s, s, dtype=torch.bool).tril().expand(b, 1, s, s)
-        h = x + torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, s, -1)
-        return self.out(h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6))
+        h = self.attend(self.qkv1, x, mask)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return self.out(self.attend(self.qkv2, h, mask))
 
 
 def test_a_single_sample_example_exports_a_file_that_runs_other_batches(tmp_path):
