@@ -220,10 +220,10 @@ class QModel(nn.Module):
         self.eval()
         with self.frozen():
             self.sync_weight_quantizers()
-            agreement = None
+            agreement = sess = None
             packed, single = self._export_sources(task)
             if "onnx" in formats:
-                agreement = single._export_onnx(base + ".onnx", result, verify, tolerance, dynamic_batch)
+                agreement, sess = single._export_onnx(base + ".onnx", result, verify, tolerance, dynamic_batch)
             if "qpack" in formats:
                 packed._export_qpack(base + ".qpack", result, verify)
             self._write_report(result)
@@ -236,7 +236,7 @@ class QModel(nn.Module):
                 )
             if result.dynamic_batch:
                 with self.frozen():
-                    single._check_other_batch(result)
+                    single._check_other_batch(sess, result)
         return result
 
     def _export_sources(self, task: str | None):
@@ -258,7 +258,7 @@ class QModel(nn.Module):
         model = export_onnx(self.lowered(), args, onnx_path, dynamic_batch=dynamic_batch)
         result.onnx_path, result.onnx_bytes, result.dynamic_batch = onnx_path, os.path.getsize(onnx_path), batch_is_dynamic(model)
         if not verify:
-            return None
+            return None, None
         sess = ort_backend.session(onnx_path, matmulnbits_accuracy_level=0)
         outputs = ort_backend.run(sess, args)
         if tolerance is None:
@@ -270,9 +270,9 @@ class QModel(nn.Module):
         except ValueError as e:  # output count or shapes differ: the file does not compute this model
             raise ExportError(f"ONNX Runtime's outputs do not line up with the model's: {e}. The file is at {onnx_path}") from e
         result.max_abs_error, result.top1_agreement = agreement.max_abs_error, agreement.top1_agreement
-        return agreement
+        return agreement, sess  # the session, for the other-batch check
 
-    def _check_other_batch(self, result) -> None:
+    def _check_other_batch(self, sess, result) -> None:
         """A file that claims a dynamic batch must run at another batch size than the example's too:
         an exporter can keep the batch symbolic yet write shapes that only hold for the example's size
         (torch 2.11 with a single-sample example, pytorch/pytorch#180202)."""
@@ -280,7 +280,6 @@ class QModel(nn.Module):
         from qgraph.batch_dim import other_batch
 
         other, (size, new_size) = other_batch(self._example_inputs)
-        sess = ort_backend.session(result.onnx_path, matmulnbits_accuracy_level=0)
         with torch.no_grad():
             expected = self(*other)
         why = f"ONNX Runtime runs the file at the example's batch of {size} but not at a batch of {new_size}"
