@@ -27,6 +27,7 @@ are refused with an :class:`~qgraph.errors.InputError`.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -236,10 +237,9 @@ def quantize_for_generation(model: nn.Module, calib_data, recipe="w8a8", **quant
     if not batches:
         raise InputError("calib_data is empty")
     prompts = [_as_batch(b) for b in batches]
-    model = model.eval()
     prefill_f, decode_f = Prefill(model), Decode(model)
     steps = []
-    with torch.no_grad():
+    with torch.no_grad(), _eval(model):
         for ids, mask in prompts:
             steps += _decode_inputs(prefill_f, decode_f, ids, mask)
     prefill = quantize(prefill_f, prompts[0], recipe, calib_data=prompts, **quantize_kwargs)
@@ -306,5 +306,16 @@ def float_generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
     """The float model through the same two steps and loop: the reference for a quantized one."""
     ids, mask = _as_batch({"input_ids": input_ids, "attention_mask": attention_mask})
     pick = _pick(do_sample, temperature, top_k, top_p, seed)
-    with torch.no_grad():
-        return decode_loop(Prefill(model.eval()), Decode(model), ids, mask, max_new_tokens, pick=pick, eos_token_id=eos_token_id)
+    with torch.no_grad(), _eval(model):
+        return decode_loop(Prefill(model), Decode(model), ids, mask, max_new_tokens, pick=pick, eos_token_id=eos_token_id)
+
+
+@contextlib.contextmanager
+def _eval(model: nn.Module):
+    """``model`` in eval mode for the block, then back in the mode it was in."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)

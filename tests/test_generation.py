@@ -101,6 +101,14 @@ def test_sampling(lm):
             qlm.generate(**batch, do_sample=True, **bad)
 
 
+def test_the_callers_model_keeps_its_mode():
+    model = _llama().train()
+    qlm = qgraph.quantize_for_generation(model, _prompts(1))
+    qgraph.float_generate(model, **_prompts(0), max_new_tokens=2)
+    assert model.training and all(m.training for m in model.modules())
+    assert not qlm.prefill.training and not qlm.decode.training
+
+
 def test_eos_ends_a_row(lm):
     model, _ = lm
     batch = _prompts(0)
