@@ -165,7 +165,10 @@ class FakeQuantize(nn.Module):
             if self._refresh:
                 self.set_qparams(*self.weight_qparams(x))
                 self._refresh = False
-        factor = self.grad_factor(x) if spec.learnable else 1.0
+        # the LSQ factor only scales the scale's gradient; reading x's shape for it where no gradient
+        # flows would make an export guard on the shape (a token input's length pinned to the example's)
+        wants_grad = torch.is_grad_enabled() and not torch.compiler.is_exporting()
+        factor = self.grad_factor(x) if spec.learnable and wants_grad else 1.0
         return fake_quantize_affine(x, self.effective_scale(), self.zero_point, spec.qmin, spec.qmax, spec.granularity, factor)
 
     def weight_qparams(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
