@@ -110,6 +110,7 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
             program = export(args, kwargs)
         except Exception as e:
             raise ExportError(exporter_failure(e, gm)) from e
+    _pin_fixed_dims(program)
     try:
         _clean_up(program.model)
     except Exception as e:  # a bug in onnxscript's passes: say which step and node, not a traceback from inside it
@@ -127,6 +128,36 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return model
+
+
+def _pin_fixed_dims(program) -> None:
+    """Write a dimension the export fixed as its number. ``torch.export`` may keep a dim asked to be
+    dynamic as a symbol whose range is one value (a token input added to a fixed-length position
+    table, a mask broadcast against a fixed-length input: ``s27`` in ``[10, 10]``), and the exporter
+    names that symbol in the file, so the file claimed a dynamic ``sequence`` that ONNX Runtime
+    refuses at any other length. Applied to every value's shape, inputs and outputs included."""
+    import onnx_ir as ir
+    from onnx_ir.traversal import RecursiveGraphIterator
+
+    ep = getattr(program, "exported_program", None)
+    if ep is None:
+        return
+    fixed = {}
+    for sym, r in ep.range_constraints.items():
+        try:
+            if r.lower == r.upper and r.lower.is_integer:
+                fixed[str(sym)] = int(r.lower)
+        except (AttributeError, TypeError):  # an unbounded or non-integer range
+            continue
+    if not fixed:
+        return
+    graph = program.model.graph
+    values = list(graph.inputs) + list(graph.outputs) + [v for n in RecursiveGraphIterator(graph) for v in n.outputs]
+    for v in values:
+        shape = v.shape
+        if shape is None or not any(isinstance(d, ir.SymbolicDim) and d.value in fixed for d in shape):
+            continue
+        v.shape = ir.Shape([fixed[d.value] if isinstance(d, ir.SymbolicDim) and d.value in fixed else d for d in shape])
 
 
 try:  # onnxscript >= 0.7 (setup.cfg allows older ones, which keep the run-time shape arithmetic)

@@ -120,6 +120,19 @@ def other_batch(args: tuple) -> tuple[tuple, tuple[int, int]]:
     return tuple(pytree.tree_map(lambda t: t[:1] if _batched(t) else t, a) for a in args), (size, 1)
 
 
+def shorter_sequences(args: tuple, cut: list[bool]) -> tuple[tuple, int]:
+    """``args`` with the token inputs flagged in ``cut`` (one flag per tensor leaf, in the order of
+    ``pytree.tree_leaves``) one token shorter, where they have at least 3 tokens: to check a file
+    that claims a dynamic sequence length. Returns the inputs and how many were cut."""
+    flat, spec = pytree.tree_flatten(args)
+    tensors = [i for i, t in enumerate(flat) if isinstance(t, torch.Tensor)]
+    done = 0
+    for i, c in zip(tensors, cut):
+        if c and is_token_sequence(flat[i]) and flat[i].shape[1] >= 3:
+            flat[i], done = flat[i][:, :-1], done + 1
+    return pytree.tree_unflatten(flat, spec), done
+
+
 def tracing_inputs(args: tuple) -> list[tuple]:
     """The example inputs to try, in order, for a batch-dynamic trace: two copies of a single sample
     first (see the module docstring), then the inputs themselves."""

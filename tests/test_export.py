@@ -450,3 +450,61 @@ def test_a_file_that_fails_at_another_batch_is_refused(tiny_w8a8, tmp_path, monk
     with pytest.raises(qgraph.ExportMismatchError, match=f"batch of {example_batch} but not at a batch of 1: Reshape"):
         tiny_w8a8.export(str(tmp_path / "m"), formats=("onnx",))
     tiny_w8a8.export(str(tmp_path / "m"), formats=("onnx",), dynamic_batch=False)  # a fixed batch is not checked at another
+
+
+class _FixedPositions(nn.Module):
+    """Token embeddings plus a position table as long as the example: only that length fits."""
+
+    def __init__(self, tokens: int = 10) -> None:
+        super().__init__()
+        self.emb, self.pos, self.fc = nn.Embedding(20, 8), nn.Parameter(torch.randn(1, tokens, 8)), nn.Linear(8, 3)
+
+    def forward(self, ids):
+        return self.fc(self.emb(ids) + self.pos).mean(1)
+
+
+class _AnyLength(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.fc = nn.Embedding(20, 8), nn.Linear(8, 3)
+
+    def forward(self, ids):
+        return self.fc(self.emb(ids)).mean(1)
+
+
+def _ids(n: int, length: int = 10, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 20, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+def test_a_token_length_the_model_fixes_is_written_as_a_number(tmp_path):
+    """torch.export kept the length a symbol with the range [10, 10], and the file used to claim a
+    dynamic ``sequence`` that ONNX Runtime then refused deep inside an Add at any other length."""
+    qm = qgraph.quantize(_FixedPositions().eval(), _ids(4), "w8a8", [_ids(8, seed=1)])
+    res = qm.export(str(tmp_path / "pos"), formats=("onnx",))
+    dims = [d.dim_param or d.dim_value for d in onnx.load(res.onnx_path).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 10]
+    sess = ort.InferenceSession(res.onnx_path)
+    with torch.no_grad(), qm.frozen():
+        want = qm(_ids(3, seed=2)).numpy()
+    assert np.abs(sess.run(None, {"ids": _ids(3, seed=2).numpy()})[0] - want).max() <= res.tolerance
+    with pytest.raises(Exception, match="Got: 7 Expected: 10"):  # the input check names the length the file takes
+        sess.run(None, {"ids": _ids(3, length=7).numpy()})
+
+
+def test_a_file_that_fails_at_a_shorter_sequence_is_refused(tmp_path, monkeypatch):
+    from qgraph.backends import ort as ort_backend
+
+    qm = qgraph.quantize(_AnyLength().eval(), _ids(4), "w8a8", [_ids(8, seed=1)])
+    res = qm.export(str(tmp_path / "ok"), formats=("onnx",))  # runs one token shorter too, and passes
+    dims = [d.dim_param or d.dim_value for d in onnx.load(res.onnx_path).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", "sequence"]
+    real_run = ort_backend.run
+
+    def run_only_the_example_length(sess, args):  # what a file with the example's length baked in does
+        if args[0].shape[1] != 10:
+            raise RuntimeError("Reshape node: the input tensor cannot be reshaped to the requested shape")
+        return real_run(sess, args)
+
+    monkeypatch.setattr(ort_backend, "run", run_only_the_example_length)
+    with pytest.raises(qgraph.ExportMismatchError, match="batch of 4 but not at a batch of 1 with token inputs one token shorter"):
+        qm.export(str(tmp_path / "m"), formats=("onnx",))
