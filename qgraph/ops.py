@@ -38,6 +38,7 @@ CONV_TRANSPOSE = {F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d} | 
 LINEAR = {F.linear} | _ops("linear.default")
 ADDMM = {torch.addmm} | _ops("addmm.default")  # addmm(bias, x, W[in, out]): Hugging Face Conv1D (GPT-2)
 MATMUL = {torch.matmul, operator.matmul, torch.mm, torch.bmm} | _ops("matmul.default", "mm.default", "bmm.default")
+EINSUM = {torch.einsum} | _ops("einsum.default")  # torch.einsum(eq, a, b) or (eq, [a, b]); aten.einsum(eq, [a, b])
 EMBEDDING = {F.embedding} | _ops("embedding.default")  # F.embedding(ids, W) but aten.embedding(W, ids)
 SDPA = {F.scaled_dot_product_attention} | _ops("scaled_dot_product_attention.default")
 ADD = {operator.add, torch.add, operator.iadd} | _ops("add.Tensor", "add_.Tensor")
@@ -283,6 +284,8 @@ def classify(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
             return _matmul_info(gm, node)
         if t in SDPA:
             return _sdpa_info(node)
+        if t in EINSUM:
+            return _einsum_info(gm, node)
         if t in EMBEDDING:
             w, ids = (node.args[0], node.args[1]) if t is not F.embedding else (_arg(node, 1, "weight"), node.args[0])
             if isinstance(w, fx.Node) and isinstance(ids, fx.Node) and _embedding_plain(node, t):
@@ -405,6 +408,20 @@ def _sdpa_info(node: fx.Node) -> OpInfo | None:
     if len(qkv) < 3 or not all(isinstance(a, fx.Node) and _is_float_tensor(a) for a in qkv):
         return None
     return OpInfo("matmul", module_path(node), activations=list(dict.fromkeys(qkv)))
+
+
+def _einsum_info(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
+    """An einsum of two activations (attention written as ``einsum("bhqd,bhkd->bhqk", q, k)``) is a
+    matmul: both operands are quantized like matmul inputs. An operand that is a parameter (a weight
+    contracted in an einsum) is left alone, and so are einsums of one or of three or more operands."""
+    operands = node.args[1:]
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    if not isinstance(node.args[0] if node.args else None, str) or len(operands) != 2:
+        return None
+    if not all(isinstance(a, fx.Node) and a.op != "get_attr" and _is_float_tensor(a) for a in operands):
+        return None
+    return OpInfo("matmul", module_path(node), activations=list(dict.fromkeys(operands)))
 
 
 def _embedding_plain(node: fx.Node, target) -> bool:

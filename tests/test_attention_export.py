@@ -87,3 +87,43 @@ def test_attention_on_5d_windows_exports_as_4d(tracer, tmp_path):
         assert (qm(x) - model(x)).abs().max() < 0.05
     res = qm.export(str(tmp_path / "win"), formats=("onnx",))
     assert res.max_abs_error <= res.tolerance
+
+
+class EinsumAttention(nn.Module):
+    """Attention written with ``torch.einsum`` (timm's HaloNet and BotNet, many research models), and
+    an einsum that contracts a parameter (a weight: not a matmul of two activations, left alone)."""
+
+    def __init__(self, dim: int = 32, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mix = nn.Parameter(torch.randn(dim, dim) * dim**-0.5)
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, c // self.heads).unbind(2)
+        a = torch.einsum("bqhd,bkhd->bhqk", q, k).mul(q.shape[-1] ** -0.5).softmax(-1)
+        o = torch.einsum("bhqk,bkhd->bqhd", a, v).reshape(b, t, c)
+        return self.proj(torch.einsum("btc,cd->btd", o, self.mix))
+
+
+def test_einsum_of_two_activations_is_quantized_like_a_matmul(tmp_path):
+    from qgraph.passes.insert_quantizers import is_quantizer_node
+
+    torch.manual_seed(0)
+    model = EinsumAttention().eval()
+    x, calib = torch.randn(4, 6, 32), [torch.randn(8, 6, 32) for _ in range(3)]
+    qm = qgraph.quantize(model, x, "w8a8", calib)
+    gm = qm.qgraph
+    einsums = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is torch.einsum]
+    assert len(einsums) == 3
+    for n in einsums[:2]:  # q·k and attention·v: both operands rounded to 8 bits
+        assert all(is_quantizer_node(gm, a) for a in n.args[1:]), n.format_node()
+    mix = einsums[2]  # the parameter operand is not an activation
+    assert not any(is_quantizer_node(gm, a) for a in mix.args[1:] if a.op == "get_attr")
+    assert sum(q.role == "activation" for q in qm.quantizers().values()) >= 4
+    with torch.no_grad(), qm.frozen():
+        want, got = model(x), qm(x)
+    assert 10 * torch.log10(want.pow(2).mean() / (got - want).pow(2).mean()) > 25
+    res = qm.export(str(tmp_path / "einsum"), formats=("onnx",))  # raises if ONNX Runtime disagrees
+    assert res.max_abs_error <= res.tolerance
