@@ -12,8 +12,9 @@ Routes, in order:
    own ops float; Hugging Face models behind a positional wrapper would be one big leaf). Leaves
    stay when ``torch.export`` fails too (control flow on tensor values).
 
-``nn.TransformerEncoder``/``nn.TransformerEncoderLayer`` are traced into (their fused fast path is
-bypassed); ``nn.MultiheadAttention`` stays one module call for the canonicalize pass to rewrite.
+``nn.Transformer`` and its encoder and decoder modules are traced into (fx keeps torch.nn modules
+whole; the encoder's fused fast path is bypassed); ``nn.MultiheadAttention`` stays one module call
+for the canonicalize pass to rewrite.
 
 Every route is checked: the graph must reproduce the model's eager outputs on the example inputs.
 """
@@ -103,15 +104,43 @@ def _encoder_forward(m: nn.TransformerEncoder):
     return forward
 
 
+def _decoder_forward(m: nn.TransformerDecoder):
+    """``nn.TransformerDecoder.forward`` without its causal-mask detection (which compares the mask's
+    values: a ``tgt_is_causal`` left None is taken as False, and the mask itself is applied)."""
+    def forward(tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None, memory_key_padding_mask=None,
+                tgt_is_causal=None, memory_is_causal=False):
+        x = tgt
+        for layer in m.layers:
+            x = layer(x, memory, tgt_mask=tgt_mask, memory_mask=memory_mask, tgt_key_padding_mask=tgt_key_padding_mask,
+                      memory_key_padding_mask=memory_key_padding_mask, tgt_is_causal=bool(tgt_is_causal), memory_is_causal=memory_is_causal)
+        return m.norm(x) if m.norm is not None else x
+    return forward
+
+
+def _transformer_forward(m: nn.Transformer):
+    """``nn.Transformer.forward`` without its input checks (which compare sizes in Python)."""
+    def forward(src, tgt, src_mask=None, tgt_mask=None, memory_mask=None, src_key_padding_mask=None, tgt_key_padding_mask=None,
+                memory_key_padding_mask=None, src_is_causal=None, tgt_is_causal=None, memory_is_causal=False):
+        memory = m.encoder(src, mask=src_mask, src_key_padding_mask=src_key_padding_mask, is_causal=src_is_causal)
+        return m.decoder(tgt, memory, tgt_mask=tgt_mask, memory_mask=memory_mask, tgt_key_padding_mask=tgt_key_padding_mask,
+                         memory_key_padding_mask=memory_key_padding_mask, tgt_is_causal=tgt_is_causal, memory_is_causal=memory_is_causal)
+    return forward
+
+
 # torch.nn modules fx would keep whole although they are made of layers qgraph quantizes
-_TRACE_INTO = {nn.TransformerEncoderLayer: _encoder_layer_forward, nn.TransformerEncoder: _encoder_forward}
+_TRACE_INTO = {
+    nn.TransformerEncoderLayer: _encoder_layer_forward, nn.TransformerEncoder: _encoder_forward,
+    nn.TransformerDecoderLayer: lambda m: m.forward,  # plain module calls already
+    nn.TransformerDecoder: _decoder_forward, nn.Transformer: _transformer_forward,
+}
 
 
 class _AutoLeafTracer(fx.Tracer):
     """An fx tracer that treats chosen submodules as leaves and reports where tracing failed.
 
-    Unlike plain ``fx.Tracer`` it traces into ``nn.TransformerEncoder(Layer)`` (their fast-path
-    checks are not traceable; the slow path computes the same thing). ``nn.MultiheadAttention``
+    Unlike plain ``fx.Tracer`` it traces into ``nn.Transformer`` and its encoder and decoder modules
+    (fx keeps torch.nn modules whole; the encoder's fast-path checks are not traceable, the slow
+    path computes the same thing). ``nn.MultiheadAttention``
     stays a module call, which the canonicalize pass rewrites.
     """
 
