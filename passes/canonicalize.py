@@ -7,8 +7,10 @@ Rewrite rules:
    padding, dilation, groups)``.
 2. ``call_module Linear`` → ``F.linear(x, weight, bias)``.
 3. ``call_module Embedding`` (no ``max_norm``) → ``F.embedding(ids, weight, padding_idx)``.
-4. ``call_module MultiheadAttention`` used as self-attention (``attn(x, x, x)``, no masks, packed
-   projections, no ``bias_k``/``add_zero_attn``, the attention weights unused) → the ops it runs:
+4. ``call_module MultiheadAttention`` used as self-attention (``attn(x, x, x)``, packed projections,
+   no ``bias_k``/``add_zero_attn``, the attention weights unused; ``attn_mask``,
+   ``key_padding_mask`` and ``is_causal`` become the mask or flag of the attention call, combined
+   as ``MultiheadAttention`` combines them) → the ops it runs:
    ``F.linear(x, in_proj_weight)`` → split heads → ``F.scaled_dot_product_attention`` → merge heads
    → ``F.linear(·, out_proj.weight)``. torch.fx keeps ``nn.MultiheadAttention`` as one opaque module
    call; rewritten, its projections are ordinary linears (quantized, fused by ONNX Runtime) and
@@ -236,7 +238,9 @@ class CanonicalizePass(QPass):
         users = list(node.users)
         simple = (
             isinstance(x, fx.Node) and x is call["key"] is call["value"]
-            and call["key_padding_mask"] is None and call["attn_mask"] is None and not call["is_causal"]
+            and all(call[m] is None or _float_or_bool(call[m]) for m in ("key_padding_mask", "attn_mask"))
+            and isinstance(call["is_causal"], (bool, type(None))) and not (call["is_causal"] and call["attn_mask"] is None)
+            and isinstance(call["need_weights"], (bool, type(None)))
             and mod._qkv_same_embed_dim and mod.bias_k is None and mod.bias_v is None and not mod.add_zero_attn
             and _rank(x) == 3
             and all(u.op == "call_function" and u.target is operator.getitem and u.args[1] in (0, 1) for u in users)
@@ -254,7 +258,7 @@ class CanonicalizePass(QPass):
             qkv = g.call_method("unflatten", (qkv, -1, (3, heads, dim // heads)))
             qkv = g.call_method("permute", (qkv, 2, 0, 3, 1, 4))  # [3, N, heads, L, head_dim]
             q, k, v = (g.call_function(operator.getitem, (qkv, i)) for i in range(3))
-            o = g.call_function(F.scaled_dot_product_attention, (q, k, v))
+            o = g.call_function(F.scaled_dot_product_attention, (q, k, v), _sdpa_masking(g, call, heads))
             o = g.call_method("flatten", (g.call_method("transpose", (o, 1, 2)), 2))  # [N, L, dim]
             w_out = g.get_attr(f"{path}.out_proj.weight")
             b_out = g.get_attr(f"{path}.out_proj.bias") if mod.out_proj.bias is not None else None
@@ -269,6 +273,8 @@ class CanonicalizePass(QPass):
             g.erase_node(u)
         g.erase_node(node)
         note = f", attention dropout {mod.dropout} left out" if mod.dropout else ""
+        masks = [m for m in ("attn_mask", "key_padding_mask") if call[m] is not None] + (["is_causal"] if call["is_causal"] else [])
+        note += f", masked by {' and '.join(masks)}" if masks else ""
         self.record("replaced", out, path, f"MultiheadAttention ({heads} heads) by in-projection, scaled_dot_product_attention, "
                                            f"out-projection{note}")
         return True
@@ -298,6 +304,45 @@ def _made_contiguous(node: fx.Node) -> bool:
     users = list(node.users)
     return len(users) == 1 and (users[0].target == "clone" or users[0].target is torch.ops.aten.clone.default) \
         and users[0].kwargs.get("memory_format") == torch.contiguous_format
+
+
+def _float_or_bool(node) -> bool:
+    """A mask argument whose dtype is known: bool (True = masked out) or floating point (added)."""
+    from qgraph.ops import tensor_meta
+
+    tm = tensor_meta(node) if isinstance(node, fx.Node) else None
+    return tm is not None and (tm[1] == torch.bool or tm[1].is_floating_point)
+
+
+def _sdpa_masking(g: fx.Graph, call: dict, heads: int) -> dict:
+    """The keyword arguments of ``scaled_dot_product_attention`` that mask as ``MultiheadAttention``
+    does (``F.multi_head_attention_forward``): ``is_causal`` alone where it takes that hint (no key
+    padding mask, attention weights not asked for); otherwise one additive float mask
+    ``[N, heads, L, S]``-broadcastable: ``attn_mask`` (``[L, S]``, or ``[N * heads, L, S]`` split
+    into ``[N, heads, L, S]``) plus ``key_padding_mask`` (``[N, S]`` → ``[N, 1, 1, S]``); a bool mask
+    becomes ``-inf`` where True."""
+    from qgraph.ops import tensor_meta
+
+    need_weights = call["need_weights"] is None or call["need_weights"]  # MultiheadAttention's default: True
+    attn, padding = call["attn_mask"], call["key_padding_mask"]
+    if call["is_causal"] and padding is None and not need_weights:
+        return {"is_causal": True}
+
+    def additive(m: fx.Node) -> fx.Node:
+        if tensor_meta(m)[1] != torch.bool:
+            return m
+        zeros = g.call_function(torch.zeros_like, (m,), {"dtype": torch.float32})
+        return g.call_method("masked_fill", (zeros, m, float("-inf")))
+
+    mask = None
+    if attn is not None:
+        mask = additive(attn)
+        if len(tensor_meta(attn)[0]) == 3:
+            mask = g.call_method("unflatten", (mask, 0, (-1, heads)))
+    if padding is not None:
+        pad = g.call_method("unsqueeze", (g.call_method("unsqueeze", (additive(padding), 1)), 2))
+        mask = pad if mask is None else g.call_function(operator.add, (mask, pad))
+    return {} if mask is None else {"attn_mask": mask}
 
 
 def _rank(node: fx.Node) -> int | None:

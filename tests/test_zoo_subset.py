@@ -257,3 +257,83 @@ def test_usage_scan_cases_run_end_to_end(tmp_path):
         assert row["export"].startswith("ok") and row["batch3"].startswith("ok"), row
         assert row["sqnr_db"] > 20, row
     assert any(n.startswith("stayed float") and "rnn (LSTM)" in n for n in row["notes"])
+
+
+class _MaskedSelfAttention(nn.Module):
+    """Self-attention called with each way ``nn.MultiheadAttention`` takes masks."""
+
+    def __init__(self, how: str, batch_first: bool = True) -> None:
+        super().__init__()
+        self.how, self.batch_first = how, batch_first
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=batch_first)
+        self.register_buffer("causal", torch.ones(6, 6, dtype=torch.bool).triu(1))  # True = masked out
+
+    def forward(self, x, keep):  # keep: [N, S] 1 for tokens, 0 for padding
+        h = x if self.batch_first else x.transpose(0, 1)
+        causal, pad = self.causal, keep == 0
+        if self.how == "padding":
+            return self.attn(h, h, h, key_padding_mask=pad)[0]
+        if self.how == "float_mask":
+            return self.attn(h, h, h, attn_mask=causal.float() * -1e4)[0]
+        if self.how == "per_head":  # [N * heads, L, S] bool, plus a float padding mask
+            per_head = (pad[:, None, :] | causal).repeat_interleave(2, dim=0)
+            return self.attn(h, h, h, attn_mask=per_head, key_padding_mask=pad.float() * -1e4)[0]
+        return self.attn(h, h, h, attn_mask=causal, is_causal=True, need_weights=False)[0]  # "causal" (a decoder's)
+
+
+@pytest.mark.parametrize("how, batch_first", [("padding", True), ("float_mask", False), ("per_head", True), ("causal", False)])
+def test_masked_self_attention_becomes_linears_and_sdpa_with_the_same_mask(how, batch_first, tmp_path):
+    from qgraph.passes.canonicalize import CanonicalizePass
+
+    from qgraph.capture import trace
+
+    torch.manual_seed(0)
+    model = _MaskedSelfAttention(how, batch_first).eval()
+    keep = torch.ones(4, 6, dtype=torch.long)
+    keep[1, 4:] = keep[2, 5:] = 0
+    x = torch.randn(4, 6, 16)
+    with torch.no_grad():
+        ref = model(x, keep)
+    gm = trace(model, (x, keep))
+    assert gm.capture.route == "symbolic_trace"
+    p = CanonicalizePass()
+    p.run(gm)
+    assert not any(n.op == "call_module" for n in gm.graph.nodes)  # the attention module call is gone
+    assert any("MultiheadAttention" in c.detail for c in p.changes)
+    with torch.no_grad():  # the rewritten float graph computes what the module did, masks included
+        torch.testing.assert_close(gm(x, keep), ref, rtol=1e-5, atol=1e-5)
+    qm = qgraph.quantize(model, (x, keep), "w8a8")
+    assert ("matmul", "attn") in {(r["op"], r["module"]) for r in qm.summary_rows()}  # q, k, v quantized
+    res = qm.export(str(tmp_path / how), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
+
+
+def test_nn_transformer_is_traced_into_and_every_weight_quantized(tmp_path):
+    """fx keeps torch.nn modules whole: ``nn.Transformer`` and its decoder were one float leaf call."""
+
+    class Seq2Seq(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.head = nn.Embedding(30, 16), nn.Linear(16, 30)
+            self.t = nn.Transformer(16, 2, 1, 1, 32, dropout=0.0, batch_first=True)
+
+        def forward(self, src, tgt):
+            mask = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1])
+            return self.head(self.t(self.emb(src), self.emb(tgt), tgt_mask=mask, tgt_is_causal=True))
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    model = Seq2Seq().eval()
+    data = [(torch.randint(0, 30, (4, 9), generator=g), torch.randint(0, 30, (4, 7), generator=g)) for _ in range(3)]
+    qm = qgraph.quantize(model, data[0], "w8a8", data[1:])
+    assert qm.qgraph.capture.route == "symbolic_trace" and not qm.qgraph.capture.leaves
+    weights = {n for n, q in qm.quantizers().items() if q.role == "weight"}
+    # embedding, head; encoder: in/out projection, two linears; decoder: self-attention (rewritten),
+    # cross-attention (wrapped: two), two linears
+    assert len(weights) == 12, sorted(weights)
+    assert any(n.startswith("t.decoder.layers.0.linear1") for n in weights)
+    with torch.no_grad(), qm.frozen():
+        want, got = model(*data[0]), qm(*data[0])
+    assert 10 * torch.log10(want.pow(2).mean() / (got - want).pow(2).mean()) > 25
+    res = qm.export(str(tmp_path / "t"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
