@@ -4,11 +4,12 @@ Each case is a small random-weight model written the way user code is: inputs th
 ``torch.chunk`` along the batch, optional arguments, dict outputs, recurrent and TorchScript
 submodules, weight-normalised and 1-D convolutions, half-precision weights, a single-sample example,
 Hugging Face encoder-decoders and two-tower models, Hugging Face models called with a tokenizer's
-``BatchEncoding``. Every case goes through the default path:
+``BatchEncoding``; and the second round's cases in ``usage_models.py`` (einsum and masked attention,
+U-Nets, tied weights, functional layers, torch's Transformer modules, parametrizations, ...). Every case goes through the default path:
 ``quantize(model, example, "w8a8", calib)``, ``export`` with its default dynamic batch (ONNX Runtime
 verification included), then, where the batch stayed dynamic, the ONNX file is run at batch 3 (and,
 where the file's token inputs have a dynamic sequence length, 3 tokens shorter) and compared with the
-quantized model. One Markdown row per case: capture route, weights quantized,
+quantized model. One Markdown row per case: capture route, weight and activation quantizers,
 export, SQNR against the float model on held-out inputs, the batch-3 check, and the capture notes
 that say what stayed float.
 
@@ -33,6 +34,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 import qgraph
+from benchmarks.usage_models import CASES as MORE_CASES
 from qgraph.batch_dim import is_token_sequence
 from qgraph.capture import batch_inputs
 from qgraph.export_tolerance import export_tolerance
@@ -213,6 +215,7 @@ CASES: dict[str, Case] = {
     "t5_by_name": ("T5ForConditionalGeneration(**batch_encoding)", lambda: (_hf("t5"),
                                                                              lambda n, g: _by_name(n, g, "decoder_input_ids"))),
 }
+CASES.update(MORE_CASES)  # the second round (benchmarks/usage_models.py)
 SINGLE_SAMPLE = {"llama_bf16", "t5"}
 SKIP = {"torch_compile": ["fc"]}  # module paths as in the model itself, not behind the wrapper's _orig_mod.  # their example is one sample; calibration uses batches of 4
 
@@ -256,7 +259,8 @@ def run_case(name: str, out_dir: str) -> dict:
     except Exception as e:  # noqa: BLE001 - the row says what failed
         return {**row, "error": f"quantize: {type(e).__name__}: {str(e).splitlines()[0][:200]}", "s": time.perf_counter() - t0}
     cap = qm.qgraph.capture
-    row.update(route=cap.route, weights=sum(q.role == "weight" for q in qm.quantizers().values()),
+    roles = [q.role for q in qm.quantizers().values()]
+    row.update(route=cap.route, weights=roles.count("weight"), activations=roles.count("activation"),
                notes=[n for n in cap.notes if not n.startswith(("captured with torch.export", "fell back"))])
     reference = _float_model(model)
     with torch.no_grad(), qm.frozen():
@@ -296,7 +300,7 @@ def line(r: dict) -> str:
         return f"| {r['case']} | {r['what']} | - | - | - | - | FAIL: {r['error']} | {r['s']:.0f} |"
     notes = "; ".join(r["notes"]) or "-"
     batch = r.get("batch3", "static batch" if "dynamic" in r else "-") + (", sequence 3 shorter" if r.get("shorter") else "")
-    return (f"| {r['case']} | {r['what']} | {r['route']} | {r['weights']} | {r['sqnr_db']:.1f} | {r['export']}, batch 3: {batch} | "
+    return (f"| {r['case']} | {r['what']} | {r['route']} | {r['weights']} / {r['activations']} | {r['sqnr_db']:.1f} | {r['export']}, batch 3: {batch} | "
             f"{notes} | {r['s']:.0f} |")
 
 
@@ -309,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown case(s) {sorted(unknown)}; known: {', '.join(CASES)}")
     warnings.simplefilter("ignore")
     out_dir = tempfile.mkdtemp(prefix="qgraph_usage_")
-    print("| case | what | capture | weights quantized | SQNR dB | export (ORT error <= tolerance) | notes | s |")
+    print("| case | what | capture | weight / activation quantizers | SQNR dB | export (ORT error <= tolerance) | notes | s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     failed = 0
     for name in args.cases or list(CASES):
