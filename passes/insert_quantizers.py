@@ -35,7 +35,7 @@ from torch.fx.passes.infra.pass_base import PassResult
 from qgraph.aliasing import settled
 from qgraph.granularity import PerChannel, PerGroup, PerTensor
 from qgraph.meta import MODULE_PATH_KEY
-from qgraph.ops import classify, is_fusable_activation, is_passthrough
+from qgraph.ops import classify, is_fusable_activation, is_passthrough, module_path
 from qgraph.qspec import QSpec
 from qgraph.quantizer import FakeQuantize
 from qgraph.recipes import Recipe
@@ -103,11 +103,26 @@ class InsertQuantizersPass(QPass):
                 q = self._insert_after(gm, out, ann.activation, "activation", self._name(path, node, "output_quantizer"), path)
                 self._rewire(out, q)
                 modified = True
+        self._share_quantized_weights(weight_q)
         for leaf in sorted(self.leaves):
             modified |= self._quantize_leaf(gm, leaf)
         self._note_float_weights(gm)
         self._limit_bias_grids(gm)
         return self.finish(gm, modified)
+
+    def _share_quantized_weights(self, weight_q: dict[fx.Node, fx.Node]) -> None:
+        """A weight that is quantized is quantized for every reader: a tied table read by a quantized
+        linear and by a lookup the recipe leaves float (w4a16 on a tied LM head), or a parameter read by
+        a linear and by a bmm, was read float by the other op in this model but holds only its codes
+        in the qpack, so the loaded model computed something else. One tensor, one stored form."""
+        for w, q in weight_q.items():
+            others = [u for u in w.users if u is not q and u not in self._filling.get(q, ())]
+            if not others:
+                continue
+            self._rewire(w, q)
+            readers = ", ".join(sorted({module_path(u) or u.name for u in others}))
+            self.record("quantized", q, module_path(q) or "", f"{w.target} is also read by {readers}: every reader reads the "
+                                                               f"quantized weight (a tied tensor is stored once)")
 
     def _limit_bias_grids(self, gm) -> None:
         """Tell the quantizer feeding each biased conv/linear about the bias (see ActivationQuantizer)."""

@@ -106,3 +106,37 @@ def test_unknown_export_format_is_refused(tmp_path):
     qm = qgraph.quantize(_net(), torch.randn(2, 3, 8, 8), recipe="w8a8")
     with pytest.raises(qgraph.ExportError, match="unknown export format"):
         qm.export(str(tmp_path / "n"), formats=("tflite",))
+
+
+class TiedLM(nn.Module):
+    """A language-model head tied to the token embedding, and a parameter read by a linear and a bmm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.lm = nn.Embedding(40, 16), nn.Linear(16, 40, bias=False)
+        self.lm.weight = self.emb.weight
+        self.mix = nn.Parameter(torch.randn(16, 16) * 0.25)
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        h = h @ self.mix + torch.bmm(h, self.mix.expand(h.shape[0], 16, 16))
+        return self.lm(torch.relu(h))
+
+
+@pytest.mark.parametrize("recipe", ["w4a16", "w8a8"])
+def test_a_tied_weight_is_quantized_for_every_reader_and_loads_to_the_same_outputs(tmp_path, recipe):
+    """w4a16 quantizes the head but not lookups: the lookup used to read the float table while the
+    qpack holds only the codes, so the loaded model differed (0.84 on the usage scan's case)."""
+    torch.manual_seed(0)
+    model = TiedLM().eval()
+    data = [torch.randint(0, 40, (4, 7), generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    qm = qgraph.quantize(model, data[0], recipe, data[1:])
+    res = qm.export(str(tmp_path / "tied"))  # ONNX (verified) and qpack (weights checked bit for bit)
+    back = qgraph.load(res.qpack_path, model)
+    with torch.no_grad(), qm.frozen(), back.frozen():
+        assert torch.equal(back(data[0]), qm(data[0]))
+    gm = qm.qgraph
+    table = next(n for n in gm.graph.nodes if n.op == "get_attr" and n.target == "emb.weight")
+    assert [u.op for u in table.users] == ["call_module"]  # only its quantizer reads the float table
+    assert any(c.action == "quantized" and "emb.weight is also read by" in c.detail for c in qm.changes) == (recipe == "w4a16")
+
