@@ -142,23 +142,45 @@ def example_input_specs(qm) -> list[dict]:
 
 
 def _input_spec(a, name: str | None = None) -> dict:
-    if not isinstance(a, torch.Tensor):
-        raise QGraphError(f"example inputs must be tensors to be recorded in a qpack, got {type(a).__name__}")
-    spec = {"shape": list(a.shape), "dtype": str(a.dtype).replace("torch.", "")}
+    spec = _value_spec(a)
     return {"name": name, **spec} if name else spec
 
 
-def _synth_inputs(specs: list[dict]) -> tuple | dict:
-    """Inputs of the recorded shapes and dtypes (random normal floats, zero integers); a dict by name
-    when the example inputs were given by name."""
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for s in specs:
+def _value_spec(a) -> dict:
+    """A tensor's shape and dtype; lists and tuples of inputs nested (``forward(self, views: list)``);
+    None and Python numbers as they are (example inputs ``(x, None, 2.0)``)."""
+    if isinstance(a, torch.Tensor):
+        return {"shape": list(a.shape), "dtype": str(a.dtype).replace("torch.", "")}
+    if a is None:
+        return {"none": True}
+    if isinstance(a, (bool, int, float)):
+        return {"value": a}
+    if isinstance(a, (list, tuple)):
+        return {"list" if isinstance(a, list) else "tuple": [_value_spec(x) for x in a]}
+    raise QGraphError(f"example inputs must be tensors, lists or tuples of them, None or Python numbers to be recorded "
+                      f"in a qpack, got {type(a).__name__}")
+
+
+def _synth_value(s: dict, g: torch.Generator):
+    if "shape" in s:
         dtype = getattr(torch, s["dtype"])
-        if dtype.is_floating_point:
-            out.append(torch.randn(s["shape"], generator=g).to(dtype))
-        else:
-            out.append(torch.zeros(s["shape"], dtype=dtype))
+        return torch.randn(s["shape"], generator=g).to(dtype) if dtype.is_floating_point else torch.zeros(s["shape"], dtype=dtype)
+    if s.get("none"):
+        return None
+    if "value" in s:
+        return s["value"]
+    if "list" in s:
+        return [_synth_value(x, g) for x in s["list"]]
+    if "tuple" in s:
+        return tuple(_synth_value(x, g) for x in s["tuple"])
+    raise QGraphError(f"unreadable example-input record in the qpack: {s!r}")
+
+
+def _synth_inputs(specs: list[dict]) -> tuple | dict:
+    """Inputs of the recorded shapes and dtypes (random normal floats, zero integers), lists, None and
+    numbers as recorded; a dict by name when the example inputs were given by name."""
+    g = torch.Generator().manual_seed(0)
+    out = [_synth_value(s, g) for s in specs]
     if specs and all(s.get("name") for s in specs):
         return {s["name"]: t for s, t in zip(specs, out)}
     return tuple(out)

@@ -140,3 +140,31 @@ def test_a_tied_weight_is_quantized_for_every_reader_and_loads_to_the_same_outpu
     assert [u.op for u in table.users] == ["call_module"]  # only its quantizer reads the float table
     assert any(c.action == "quantized" and "emb.weight is also read by" in c.detail for c in qm.changes) == (recipe == "w4a16")
 
+
+class Views(nn.Module):
+    """A list of tensors and optional arguments, as the usage scan's ``list_input``/``optional_args``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 4)
+
+    def forward(self, views, shift=None, scale=1.0):
+        f = sum(torch.relu(self.conv(v)).mean((2, 3)) for v in views)
+        return self.fc(f if shift is None else f + shift) * scale
+
+
+def test_example_inputs_with_lists_none_and_numbers_are_recorded_and_load(tmp_path):
+    """The default export (ONNX and qpack) refused such models: "example inputs must be tensors"."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    model = Views().eval()
+
+    def batch():
+        return ([torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)], None, 2.0)
+
+    qm = qgraph.quantize(model, batch(), "w8a8", [batch() for _ in range(3)])
+    res = qm.export(str(tmp_path / "views"))
+    back = qgraph.load(res.qpack_path, model)  # example inputs rebuilt from the record: a list, None, 2.0
+    x = batch()
+    with torch.no_grad(), qm.frozen(), back.frozen():
+        assert torch.equal(back(*x), qm(*x))
