@@ -252,7 +252,9 @@ def analyse(qg: fx.GraphModule, fg: fx.GraphModule, batches: list[tuple], local:
             agree += int((lf.argmax(1) == lq.argmax(1)).sum())
             total += lf.shape[0]
         for ly in layers_cmp:
-            r = ref[ly.end.name]
+            r = ref.get(ly.end.name)
+            if r is None:  # a value that is not a tensor: nothing to compare
+                continue
             lo, hi = act_range.get(ly.node.name, (math.inf, -math.inf))
             act_range[ly.node.name] = (min(lo, float(r.min())), max(hi, float(r.max())))
             if got.get(ly.qend.name) is not None and got[ly.qend.name].shape == r.shape:
@@ -262,9 +264,9 @@ def analyse(qg: fx.GraphModule, fg: fx.GraphModule, batches: list[tuple], local:
         for ly in layers_cmp:
             with _OnlyQuantizers(qg, ly.quantizers):
                 one, one_out = _run(qg, args, {ly.qend.name})
-            v = one.get(ly.qend.name)
-            if v is not None and v.shape == ref[ly.end.name].shape:
-                local_stats[ly.node.name].add(ref[ly.end.name], v)
+            v, r = one.get(ly.qend.name), ref.get(ly.end.name)
+            if v is not None and r is not None and v.shape == r.shape:
+                local_stats[ly.node.name].add(r, v)
             alone[ly.node.name].add(ref_out, _flat_output(one_out))
     clipped = {k: c[0] / c[1] for k, c in clip_counts.items() if c[1]}
     return Analysis(layers, cumulative, local_stats if local else {}, alone if local else {}, output,

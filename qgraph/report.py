@@ -203,6 +203,15 @@ def _measure(qm, data, local: bool, max_batches: int | None) -> Report:
 
 
 def _batches(data, qm) -> list[tuple]:
+    """The report's batches as the graph's positional inputs; for a half-precision model (quantized as
+    float32, :mod:`qgraph.precision`) in float32, as calling the model casts them."""
+    from qgraph.precision import float32_inputs
+
+    batches = _input_tuples(data, qm)
+    return [float32_inputs(b) for b in batches] if qm.qgraph.capture.upcast else batches
+
+
+def _input_tuples(data, qm) -> list[tuple]:
     from qgraph.capture import batch_inputs
 
     if data is None:

@@ -27,8 +27,11 @@ class NodeRecorder(fx.Interpreter):
             if isinstance(arg, torch.Tensor):
                 self.on_input(n, arg)
         out = super().run_node(n)
-        if n.name in self.keep and isinstance(out, torch.Tensor):
-            self.values[n.name] = out.detach().clone()
+        if n.name in self.keep:
+            # a module call that returns a tuple (MultiheadAttention: output, weights) is kept as its first tensor
+            value = out[0] if isinstance(out, (tuple, list)) and out else out
+            if isinstance(value, torch.Tensor):
+                self.values[n.name] = value.detach().clone()
         return out
 
 

@@ -174,3 +174,36 @@ def test_per_layer_sqnr_is_not_overwritten_by_an_inplace_activation():
     qm = qgraph.quantize(model, calib[0], "w8a8(bias_correction=False)", calib_data=calib)
     rows = {r["module"]: r["sqnr_db"] for r in qm.summary_rows(torch.randn(4, 3, 10, 10))}
     assert rows["0"] > 30 and rows["3"] > 25, rows  # SiLU(conv) vs conv would read ~5 dB
+
+
+class _CrossAttention(torch.nn.Module):
+    """A cross-attention ``nn.MultiheadAttention`` (kept as a module, weight-only) returns a tuple."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn, self.fc = torch.nn.MultiheadAttention(16, 2, batch_first=True), torch.nn.Linear(16, 4)
+
+    def forward(self, q, kv):
+        return self.fc(self.attn(q, kv, kv)[0])
+
+
+def test_report_measures_a_layer_that_returns_a_tuple():
+    """It raised KeyError on the attention module's node (its output is (values, weights))."""
+    torch.manual_seed(0)
+    model = _CrossAttention().eval()
+    data = [(torch.randn(4, 5, 16), torch.randn(4, 7, 16)) for _ in range(3)]
+    qm = qgraph.quantize(model, data[0], "w8a8", data[1:])
+    rep = qm.report(data[:2])
+    attn = next(ly for ly in rep.layers if ly["module"] == "attn")
+    assert math.isfinite(attn["cumulative"]["sqnr_db"]) and attn["cumulative"]["sqnr_db"] > 20
+
+
+def test_report_of_a_half_precision_model_casts_its_data_as_the_model_does():
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=4).to(torch.bfloat16).eval()
+    data = [torch.randn(2, 3, 32, 32).to(torch.bfloat16) for _ in range(3)]
+    qm = qgraph.quantize(model, data[0], "w8a8", data[1:])
+    rep = qm.report(data[:1])  # bfloat16 batches: the float32 graph used to raise a dtype mismatch in conv1
+    assert len(rep.layers) == len(qm.summary_rows()) and rep.data["model"]["output"]["sqnr_db"] > 15
