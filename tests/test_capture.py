@@ -426,3 +426,26 @@ def test_half_inputs_inside_a_list_are_cast_too():
     with torch.no_grad(), qm.frozen():
         ref = copy.deepcopy(model).float()([t.float() for t in x[0]])
         assert sqnr_db(ref, qm(*x)) > 30
+
+
+class _NanWhereMasked(nn.Module):
+    """Attention with every key of a row masked out gives NaN there, in eager PyTorch too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x, keep):
+        att = (self.fc(x) @ x.transpose(1, 2)).masked_fill(keep[:, None, :] == 0, float("-inf"))
+        return att.softmax(-1) @ x
+
+
+def test_a_graph_that_gives_nan_where_the_model_does_is_captured():
+    keep = torch.ones(2, 5, dtype=torch.long)
+    keep[1] = 0  # the second sample has no token: NaN rows in the model's own output
+    x = torch.randn(2, 5, 8)
+    qg = qgraph.trace(_NanWhereMasked().eval(), (x, keep))
+    assert qg.capture.route == "symbolic_trace"
+    with torch.no_grad():
+        out = qg(x, keep)
+    assert out[1].isnan().all() and not out[0].isnan().any()
