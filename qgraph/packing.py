@@ -164,7 +164,11 @@ def _value_spec(a) -> dict:
 def _synth_value(s: dict, g: torch.Generator):
     if "shape" in s:
         dtype = getattr(torch, s["dtype"])
-        return torch.randn(s["shape"], generator=g).to(dtype) if dtype.is_floating_point else torch.zeros(s["shape"], dtype=dtype)
+        if dtype.is_floating_point:
+            return torch.randn(s["shape"], generator=g).to(dtype)
+        # integers 1: a token id in any vocabulary and an attention mask that keeps every token (zeros
+        # masked every token out: NaN attention); booleans False, which torch's masks read as "keep"
+        return torch.zeros(s["shape"], dtype=dtype) if dtype == torch.bool else torch.ones(s["shape"], dtype=dtype)
     if s.get("none"):
         return None
     if "value" in s:
@@ -177,8 +181,8 @@ def _synth_value(s: dict, g: torch.Generator):
 
 
 def _synth_inputs(specs: list[dict]) -> tuple | dict:
-    """Inputs of the recorded shapes and dtypes (random normal floats, zero integers), lists, None and
-    numbers as recorded; a dict by name when the example inputs were given by name."""
+    """Inputs of the recorded shapes and dtypes (random normal floats, integers 1, booleans False), lists,
+    None and numbers as recorded; a dict by name when the example inputs were given by name."""
     g = torch.Generator().manual_seed(0)
     out = [_synth_value(s, g) for s in specs]
     if specs and all(s.get("name") for s in specs):
@@ -194,7 +198,7 @@ def load(path: str, model: nn.Module | Callable, example_inputs=None, bits=None,
     to; its weights are derived from the stored INT8 codes (see qgraph.bitswitch_export).
 
     Example inputs default to the factory's, else to tensors of the recorded shapes (random normal
-    floats, zero integers); give real ones when the model's control flow depends on input values.
+    floats, integers 1, booleans False); give real ones when the model's control flow depends on input values.
     ``task``: for files with task-specific scales, the task to select (default: the first).
     """
     from qgraph.api import prepare

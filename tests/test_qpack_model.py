@@ -168,3 +168,30 @@ def test_example_inputs_with_lists_none_and_numbers_are_recorded_and_load(tmp_pa
     x = batch()
     with torch.no_grad(), qm.frozen(), back.frozen():
         assert torch.equal(back(*x), qm(*x))
+
+
+class PaddedEncoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.head = nn.Embedding(30, 16), nn.Linear(16, 3)
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True), 1,
+                                         enable_nested_tensor=False)
+
+    def forward(self, ids, mask):
+        return self.head(self.enc(self.emb(ids), src_key_padding_mask=mask == 0)[:, 0])
+
+
+def test_a_masked_encoder_loads_from_the_recorded_input_shapes(tmp_path):
+    """load() made integer inputs of zeros: an attention mask that masks every token, NaN outputs, and
+    "no capture route handles PaddedEncoder". Integers are 1 now."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    model = PaddedEncoder().eval()
+    mask = torch.ones(4, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    data = [(torch.randint(0, 30, (4, 9), generator=g), mask) for _ in range(3)]
+    qm = qgraph.quantize(model, data[0], "w8a8", data[1:])
+    res = qm.export(str(tmp_path / "enc"), formats=("qpack",))
+    back = qgraph.load(res.qpack_path, model)
+    with torch.no_grad(), qm.frozen(), back.frozen():
+        assert torch.equal(back(*data[0]), qm(*data[0]))
