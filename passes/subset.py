@@ -5,7 +5,10 @@ quantizers and, with this recipe, no activation quantizers). Rules, over the con
 
 1. With ``keep_first_last`` the first and the last conv stay float: their weight quantizer is
    bypassed and removed (recorded as ``kept float``). DFSQ keeps an SR network's head and tail
-   (image-facing convs) in full precision.
+   (image-facing convs) in full precision. A weight the first or last conv shares with another
+   conv (a module called twice) is stored once, quantized, so such an end reads it quantized
+   (recorded as ``kept quantized``); where the first and the last conv are the same weight, both
+   stay float.
 2. Every other conv whose weight is quantized gets a :class:`qgraph.subset.SubsetQuantize` on its
    activation input: ``x → <path>.input_quantizer → conv``. A value read by several convs gets one
    quantizer.
@@ -68,8 +71,14 @@ class SubsetPass(QPass):
             wq = info.weight
             quantized = wq is not None and is_quantizer_node(gm, wq)
             if node in ends:  # rule 1
+                shared = [u for u in wq.users if u is not node and u not in ends] if quantized else []
+                if shared:  # a weight also read by a quantized conv is stored once, quantized: this conv reads it so too
+                    self.record("kept quantized", node, info.module_path, "first/last conv, but its weight is shared with "
+                                f"{', '.join(u.name for u in shared)}: it reads the quantized weight")
+                    continue
                 if quantized:
-                    node.replace_input_with(wq, wq.args[0])
+                    for u in list(wq.users):  # this conv and the other end reading the same weight (a conv called twice)
+                        u.replace_input_with(wq, wq.args[0])
                     target = wq.target
                     gm.graph.erase_node(wq)
                     gm.delete_submodule(target)

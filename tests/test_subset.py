@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import qgraph
@@ -158,3 +159,38 @@ def test_subset_qpack_stores_codebooks_as_indices_and_loads_to_identical_outputs
     loaded = qgraph.load(str(tmp_path / "sr.qpack"), fresh, (x,))
     with torch.no_grad():
         assert torch.equal(loaded(x), qm(x))
+
+
+
+class _SharedConvs(nn.Module):
+    """``edge`` is the first conv and the last; ``mid`` is called twice in between; with ``reuse_first``
+    the first conv's weight is also read by a conv in the middle."""
+
+    def __init__(self, reuse_first: bool) -> None:
+        super().__init__()
+        self.reuse_first = reuse_first
+        self.edge, self.mid = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        h = torch.relu(self.mid(torch.relu(self.edge(x))))
+        h = h + F.conv2d(h, (self.edge if self.reuse_first else self.mid).weight, padding=1)
+        return self.edge(h) if not self.reuse_first else self.mid(h)
+
+
+@pytest.mark.parametrize("reuse_first", [False, True])
+def test_keep_first_last_with_convs_that_share_weights(reuse_first, tmp_path):
+    """It crashed inside torch.fx ("Tried to erase Node ... but it still had 1 users") when the first
+    conv's weight quantizer also fed another conv."""
+    torch.manual_seed(0)
+    model, x = _SharedConvs(reuse_first).eval(), torch.randn(2, 8, 8, 8)
+    qm = qgraph.quantize(model, x, "subset", [torch.randn(2, 8, 8, 8) for _ in range(2)])
+    weights = {n for n, q in qm.quantizers().items() if q.role == "weight"}
+    actions = {(c.action, c.module_path) for c in qm.changes if c.pass_name == "subset"}
+    if reuse_first:  # the first conv shares its weight with a quantized conv: it reads it quantized
+        assert weights == {"edge.weight_quantizer", "mid.weight_quantizer"} and ("kept quantized", "edge") in actions
+    else:  # the first and the last conv are one weight: it stays float for both
+        assert weights == {"mid.weight_quantizer"} and ("kept float", "edge") in actions
+    res = qm.export(str(tmp_path / "shared"))
+    back = qgraph.load(res.qpack_path, model)
+    with torch.no_grad(), qm.frozen(), back.frozen():
+        assert torch.equal(back(x), qm(x))
