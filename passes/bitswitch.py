@@ -14,7 +14,8 @@ statistics). Rewrite rules, for each conv / linear op whose weight is a ``get_at
 4. The op's ``node.meta`` annotation records the highest bit width (for ``summary()``).
 5. With ``keep_first_last`` (default) the first and the last such op in graph order stay float
    (§6.2); so do ops an ``Override(skip=True)`` matches, transposed convs and layers inside
-   auto-leaves (recorded as ``kept float``).
+   auto-leaves (recorded as ``kept float``). A weight read by a switched op is read through its
+   quantizer by every op (a layer called twice, one call a float end): the qpack stores it once.
 
 Nothing else is quantized: residual adds, pooling and the BatchNorms after float layers stay float,
 as in the paper's MultiBitQConv networks.
@@ -31,6 +32,7 @@ import torch
 import torch.fx as fx
 from qgraph.passes.annotate import Annotation
 from qgraph.passes.base import ANNOTATION_KEY, QPass
+from qgraph.passes.insert_quantizers import read_quantized_everywhere
 from torch.fx.passes.infra.pass_base import PassResult
 
 from qgraph.bitswitch import BitSwitchActQuantizer, BitSwitchRecipe, DoubleRoundWeightQuantizer, SwitchableBatchNorm, set_bits
@@ -70,6 +72,7 @@ class BitSwitchPass(QPass):
                 self.record("kept float", node, info.module_path, f"{which} layer (keep_first_last)")
             candidates = candidates[1:-1]
         modified = False
+        self._weight_q: dict[fx.Node, fx.Node] = {}  # weight get_attr -> its quantizer node (one per weight)
         for node, info in candidates:
             path = info.module_path
             if any(o.skip and o.matches(path, info.kind, owner_type(gm, path)) for o in self.recipe.overrides):
@@ -77,6 +80,8 @@ class BitSwitchPass(QPass):
                 continue
             self._rewrite(gm, node, info)
             modified = True
+        for w, q in self._weight_q.items():  # a float end layer sharing a switched layer's weight reads it switched
+            read_quantized_everywhere(self, w, q)
         if not modified:  # a bit-switch model that switches nothing: say why now, not at export
             kept = [f"{c.module_path or c.node} ({c.detail})" for c in self.changes if c.action == "kept float"]
             raise RecipeError(f"recipe {self.recipe.name!r} switches no layer of this model: "
@@ -87,9 +92,11 @@ class BitSwitchPass(QPass):
 
     def _rewrite(self, gm: fx.GraphModule, node: fx.Node, info) -> None:
         bits, path = self.recipe.bits, info.module_path
-        weight = _attr(gm, str(info.weight.target))
-        wq = DoubleRoundWeightQuantizer(weight, bits, path, axis=0, rounding=self.recipe.rounding)
-        wnode = self._insert_after(gm, info.weight, f"{path}.weight_quantizer", wq)
+        wnode = self._weight_q.get(info.weight)
+        if wnode is None:  # a weight read by two switched ops (a layer called twice) gets one quantizer
+            weight = _attr(gm, str(info.weight.target))
+            wq = DoubleRoundWeightQuantizer(weight, bits, path, axis=0, rounding=self.recipe.rounding)
+            wnode = self._weight_q[info.weight] = self._insert_after(gm, info.weight, f"{path}.weight_quantizer", wq)
         node.replace_input_with(info.weight, wnode)
         x = info.activations[0]
         xnode = self._insert_after(gm, x, f"{path}.input_quantizer", BitSwitchActQuantizer(bits, path), before=node)

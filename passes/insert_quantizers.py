@@ -111,18 +111,8 @@ class InsertQuantizersPass(QPass):
         return self.finish(gm, modified)
 
     def _share_quantized_weights(self, weight_q: dict[fx.Node, fx.Node]) -> None:
-        """A weight that is quantized is quantized for every reader: a tied table read by a quantized
-        linear and by a lookup the recipe leaves float (w4a16 on a tied LM head), or a parameter read by
-        a linear and by a bmm, was read float by the other op in this model but holds only its codes
-        in the qpack, so the loaded model computed something else. One tensor, one stored form."""
         for w, q in weight_q.items():
-            others = [u for u in w.users if u is not q and u not in self._filling.get(q, ())]
-            if not others:
-                continue
-            self._rewire(w, q)
-            readers = ", ".join(sorted({module_path(u) or u.name for u in others}))
-            self.record("quantized", q, module_path(q) or "", f"{w.target} is also read by {readers}: every reader reads the "
-                                                               f"quantized weight (a tied tensor is stored once)")
+            read_quantized_everywhere(self, w, q, skip=self._filling.get(q, ()))
 
     def _limit_bias_grids(self, gm) -> None:
         """Tell the quantizer feeding each biased conv/linear about the bias (see ActivationQuantizer)."""
@@ -351,7 +341,24 @@ def module_weight_spec(mod: nn.Module, spec: QSpec) -> QSpec:
     return spec.with_(granularity=g)
 
 
-__all__ = ["ActivationQuantizer", "InsertQuantizersPass", "is_quantizer_node", "module_weight_spec"]
+__all__ = ["ActivationQuantizer", "InsertQuantizersPass", "is_quantizer_node", "module_weight_spec", "read_quantized_everywhere"]
+
+
+def read_quantized_everywhere(p: QPass, w: fx.Node, q: fx.Node, skip=()) -> None:
+    """A weight that is quantized is quantized for every reader of ``w``: a tied table read by a
+    quantized linear and by a lookup the recipe leaves float (w4a16 on a tied LM head), a parameter
+    read by a linear and by a bmm, a conv called twice of which one call is a float first layer, was
+    read float by the other op while the qpack holds only its codes, so the loaded model computed
+    something else. One tensor, one stored form. Recorded on ``p``."""
+    gm = q.graph.owning_module
+    others = [u for u in w.users if u is not q and u not in skip and not is_quantizer_node(gm, u)]
+    if not others:
+        return
+    for u in others:
+        u.replace_input_with(w, q)
+    readers = ", ".join(sorted({module_path(u) or u.name for u in others}))
+    p.record("quantized", q, module_path(q) or "", f"{w.target} is also read by {readers}: every reader reads the "
+                                                   f"quantized weight (a tied tensor is stored once)")
 
 
 def _weight_quantizer_name(w: fx.Node, path: str) -> str:
