@@ -41,6 +41,7 @@ from qgraph.primitives import (
     integer_range,
     quantize_affine,
 )
+from qgraph.quantizer import scale_gradients_flow
 from qgraph.recipes import Recipe, register_recipe
 
 ROUNDINGS = ("double", "direct")
@@ -291,7 +292,7 @@ class BitSwitchActQuantizer(_Switch):
         if i not in self._host_state()[1]:
             self._init_scale(i, float(x.detach().abs().mean()))
         lo, hi = self.grid(self.bits)
-        factor = 1.0 / math.sqrt(max(1, x.numel()) * hi)
+        factor = 1.0 / math.sqrt(max(1, x.numel()) * hi) if scale_gradients_flow() else 1.0
         s = self.effective_scale()
         return fake_quantize_affine(x, s, torch.zeros_like(s), lo, hi, PerTensor(), factor)
 

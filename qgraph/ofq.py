@@ -41,7 +41,7 @@ from qgraph.errors import CalibrationError, InputError, RecipeError
 from qgraph.granularity import PerChannel, PerTensor
 from qgraph.primitives import MIN_SCALE, dequantize_affine, fake_quantize_affine, quantize_affine
 from qgraph.qspec import QSpec
-from qgraph.quantizer import FakeQuantize
+from qgraph.quantizer import FakeQuantize, scale_gradients_flow
 from qgraph.recipes import Override, Recipe, register_recipe
 
 WEIGHT_METHODS = ("statsq", "lsq")
@@ -218,7 +218,8 @@ class TokenLSQuantize(FakeQuantize):
                              f"got input of shape {tuple(x.shape)}")
         if self.beta1 is not None and self.beta1.numel():
             x = x + self.beta1
-        factor = 1.0 / math.sqrt(max(1, self.spec.qmax) * max(1, x.numel() // self.scale.numel())) if self.spec.learnable else 1.0
+        learnable = self.spec.learnable and scale_gradients_flow()
+        factor = 1.0 / math.sqrt(max(1, self.spec.qmax) * max(1, x.numel() // self.scale.numel())) if learnable else 1.0
         g = PerChannel(-2) if per_token else PerTensor()
         out = fake_quantize_affine(x, self.effective_scale(), self.zero_point, self.spec.qmin, self.spec.qmax, g, factor)
         return out + self.beta2 if self.beta2 is not None and self.beta2.numel() else out

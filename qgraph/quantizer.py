@@ -46,6 +46,14 @@ def round_scale(scale: torch.Tensor, scale_dtype: str) -> torch.Tensor:
     return scale
 
 
+def scale_gradients_flow() -> bool:
+    """Whether a learnable scale can get a gradient here. The LSQ factor ``1/sqrt(N * Qp)`` only scales
+    that gradient, and computing it reads the input's shape: where no gradient flows (an export, eval
+    under no_grad) quantizers pass 1 instead, or ``torch.export`` would guard on the shape (a token
+    input's length pinned to the example's in the exported file)."""
+    return torch.is_grad_enabled() and not torch.compiler.is_exporting()
+
+
 class FakeQuantize(nn.Module):
     """Fake-quantizes a tensor on the affine grid of ``spec``; ``role`` is "weight" or "activation"."""
 
@@ -165,10 +173,7 @@ class FakeQuantize(nn.Module):
             if self._refresh:
                 self.set_qparams(*self.weight_qparams(x))
                 self._refresh = False
-        # the LSQ factor only scales the scale's gradient; reading x's shape for it where no gradient
-        # flows would make an export guard on the shape (a token input's length pinned to the example's)
-        wants_grad = torch.is_grad_enabled() and not torch.compiler.is_exporting()
-        factor = self.grad_factor(x) if spec.learnable and wants_grad else 1.0
+        factor = self.grad_factor(x) if spec.learnable and scale_gradients_flow() else 1.0
         return fake_quantize_affine(x, self.effective_scale(), self.zero_point, spec.qmin, spec.qmax, spec.granularity, factor)
 
     def weight_qparams(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,7 +28,7 @@ from qgraph.granularity import PerChannel, PerTensor
 from qgraph.observers import Observer
 from qgraph.primitives import MIN_SCALE, fake_quantize_affine
 from qgraph.qspec import QSpec
-from qgraph.quantizer import FakeQuantize, round_scale
+from qgraph.quantizer import FakeQuantize, round_scale, scale_gradients_flow
 from qgraph.recipes import DEFAULT_KINDS, Recipe, register_recipe
 
 INITS = ("observer", "lsq")
@@ -195,7 +195,7 @@ class TaskFakeQuantize(FakeQuantize):
     # ----------------------------------------------------------------- forward
     def _quantize(self, x: torch.Tensor) -> torch.Tensor:
         spec = self.spec
-        factor = self.grad_factor(x) if spec.learnable else 1.0
+        factor = self.grad_factor(x) if spec.learnable and scale_gradients_flow() else 1.0
         return fake_quantize_affine(x, self.effective_scale(), self._zero_point_ste(), spec.qmin, spec.qmax,
                                     spec.granularity, factor)
 
