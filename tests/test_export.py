@@ -508,3 +508,43 @@ def test_a_file_that_fails_at_a_shorter_sequence_is_refused(tmp_path, monkeypatc
     monkeypatch.setattr(ort_backend, "run", run_only_the_example_length)
     with pytest.raises(qgraph.ExportMismatchError, match="batch of 4 but not at a batch of 1 with token inputs one token shorter"):
         qm.export(str(tmp_path / "m"), formats=("onnx",))
+
+
+def test_onnx_runtime_failing_on_the_file_is_an_export_error_naming_it(tiny_w8a8, tmp_path, monkeypatch):
+    """ONNX Runtime's own exception used to escape the export check (OFQ super-resolution net: its
+    QLinearLeakyRelu fusion fails to build a lookup table when the session loads)."""
+    from qgraph.backends import ort as ort_backend
+
+    def failing_session(path, **kw):
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Exception during initialization: qlinear_lookup_table.cc:48")
+
+    monkeypatch.setattr(ort_backend, "session", failing_session)
+    with pytest.raises(qgraph.ExportError, match=r"could not load the exported file .*qlinear_lookup_table.*The file is at .*m\.onnx"):
+        tiny_w8a8.export(str(tmp_path / "m"), formats=("onnx",))
+
+
+class _FixedIdsFreeMask(nn.Module):
+    """``ids`` fixed at 10 tokens by a head over the flattened sequence; the mask is cut to ``ids``'
+    length, so the exporter leaves its length free although a shorter mask fails (an OFQ Llama with
+    per-token steps: input_ids fixed, attention_mask left 'sequence')."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.head = nn.Embedding(20, 4), nn.Linear(40, 3)
+
+    def forward(self, ids, mask):
+        h = self.emb(ids) * mask[:, : ids.shape[1], None].float()
+        return self.head(h.flatten(1))
+
+
+def test_a_token_input_whose_length_the_model_refuses_to_change_is_fixed_in_the_file(tmp_path):
+    ids, mask = _ids(4), torch.ones(4, 10, dtype=torch.long)
+    qm = qgraph.quantize(_FixedIdsFreeMask().eval(), (ids, mask), "w8a8", [(_ids(8, seed=1), torch.ones(8, 10, dtype=torch.long))])
+    res = qm.export(str(tmp_path / "m"), formats=("onnx",))  # the shorter mask fails in PyTorch: the file says 10
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in onnx.load(res.onnx_path).graph.input}
+    assert dims == {"ids": ["batch", 10], "mask": ["batch", 10]}, dims
+    sess = ort.InferenceSession(res.onnx_path)
+    with torch.no_grad(), qm.frozen():
+        want = qm(_ids(3, seed=2), torch.ones(3, 10, dtype=torch.long)).numpy()
+    got = sess.run(None, {"ids": _ids(3, seed=2).numpy(), "mask": np.ones((3, 10), dtype=np.int64)})[0]
+    assert np.abs(got - want).max() <= res.tolerance
