@@ -296,6 +296,7 @@ def _int8_compute_for_packed_weights(model: onnx.ModelProto) -> int:
     """Rule 5: ``packed → Cast(int8) → DequantizeLinear`` where the activation is quantized."""
     gr = _Graph(model.graph)
     before: dict[int, list[onnx.NodeProto]] = {}
+    widened: set[str] = set()  # one Cast per initializer, however many DequantizeLinear read it
     for idx, dq in enumerate(gr.g.node):
         w = gr.weight_dq(dq, _WIDEN)
         if w is None or _attr(dq, "block_size", 0):
@@ -305,7 +306,9 @@ def _int8_compute_for_packed_weights(model: onnx.ModelProto) -> int:
         to = _WIDEN[w.data_type]
         suffix = "int8" if to == TensorProto.INT8 else "uint8"
         wide = f"{w.name}_{suffix}"
-        before[idx] = [onnx.helper.make_node("Cast", [w.name], [wide], name=f"{wide}_cast", to=to)]
+        if wide not in widened:  # two DequantizeLinear of one (deduplicated) initializer wrote two Casts of one name
+            before[idx] = [onnx.helper.make_node("Cast", [w.name], [wide], name=f"{wide}_cast", to=to)]
+            widened.add(wide)
         dq.input[0] = wide
         if len(dq.input) > 2 and dq.input[2]:
             zp = _to_numpy(gr.inits[dq.input[2]]).astype(np.int8 if suffix == "int8" else np.uint8)

@@ -164,3 +164,21 @@ def test_biases_of_low_bit_integer_layers_stay_float_in_onnxruntime(recipe, bits
     with torch.no_grad(), qm.frozen():
         want = (qm.at_bits() if bits is not None else qm)(x).numpy()
     assert np.abs(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0] - want).max() <= res.tolerance
+
+
+def test_two_layers_with_equal_int4_codes_export(tmp_path):
+    """Equal weights are stored once (deduplicated initializers); rule 5 then wrote two Casts with one
+    output name, and the file failed ONNX's SSA check (an nn.TransformerEncoder at OFQ/bit-switch)."""
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()).eval()
+    with torch.no_grad():
+        model[4].weight.copy_(model[2].weight)
+        model[4].bias.copy_(model[2].bias)
+    x = torch.randn(4, 3, 8, 8)
+    qm = qgraph.quantize(model, x, "w4a8", [torch.randn(4, 3, 8, 8) for _ in range(2)])
+    res = qm.export(str(tmp_path / "twins"), formats=("onnx",))  # checker + ONNX Runtime
+    m = onnx.load(res.onnx_path)
+    casts = [n.output[0] for n in m.graph.node if n.op_type == "Cast"]
+    assert len(casts) == len(set(casts))
