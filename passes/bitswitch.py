@@ -31,7 +31,7 @@ from collections.abc import Iterable
 import torch
 import torch.fx as fx
 from qgraph.passes.annotate import Annotation
-from qgraph.passes.base import ANNOTATION_KEY, QPass
+from qgraph.passes.base import ANNOTATION_KEY, QPass, unique_submodule_name
 from qgraph.passes.insert_quantizers import read_quantized_everywhere
 from torch.fx.passes.infra.pass_base import PassResult
 
@@ -92,27 +92,31 @@ class BitSwitchPass(QPass):
 
     def _rewrite(self, gm: fx.GraphModule, node: fx.Node, info) -> None:
         bits, path = self.recipe.bits, info.module_path
+        layer = path or str(info.weight.target)  # a functional call on a root parameter: named after the parameter
+        stem = path or str(info.weight.target).replace(".", "_")
         wnode = self._weight_q.get(info.weight)
         if wnode is None:  # a weight read by two switched ops (a layer called twice) gets one quantizer
             weight = _attr(gm, str(info.weight.target))
-            wq = DoubleRoundWeightQuantizer(weight, bits, path, axis=0, rounding=self.recipe.rounding)
-            wnode = self._weight_q[info.weight] = self._insert_after(gm, info.weight, f"{path}.weight_quantizer", wq)
+            wq = DoubleRoundWeightQuantizer(weight, bits, layer, axis=0, rounding=self.recipe.rounding)
+            target = unique_submodule_name(gm, f"{stem}.weight_quantizer" if path else f"{stem}_weight_quantizer")
+            wnode = self._weight_q[info.weight] = self._insert_after(gm, info.weight, target, wq)
         node.replace_input_with(info.weight, wnode)
         x = info.activations[0]
-        xnode = self._insert_after(gm, x, f"{path}.input_quantizer", BitSwitchActQuantizer(bits, path), before=node)
+        target = unique_submodule_name(gm, f"{stem}.input_quantizer" if path else f"{stem}_input_quantizer")
+        xnode = self._insert_after(gm, x, target, BitSwitchActQuantizer(bits, layer), before=node)
         node.replace_input_with(x, xnode)
         detail = f"weights int{bits[0]} per channel, {'double rounding' if self.recipe.rounding == 'double' else 'direct rounding'} to {list(bits)}; input LSQ per bit"
         users = list(node.users)
         if len(users) == 1 and users[0].op == "call_module" and isinstance(gm.get_submodule(users[0].target), BN_MODULES):
             bn_path = str(users[0].target)
             parent, _, child = bn_path.rpartition(".")
-            setattr(gm.get_submodule(parent) if parent else gm, child, SwitchableBatchNorm(gm.get_submodule(bn_path), bits, path))
+            setattr(gm.get_submodule(parent) if parent else gm, child, SwitchableBatchNorm(gm.get_submodule(bn_path), bits, layer))
             detail += f"; BatchNorm {bn_path} switchable"
         # for summaries: the highest bit width (a fixed-bits copy, qm.at_bits(), carries its own bits)
         wspec = QSpec(bits=bits[0], symmetric=True, signed=True, granularity=PerChannel(0), learnable=True)
         aspec = QSpec(bits=bits[0], symmetric=False, signed=False, granularity=PerTensor(), learnable=True)
-        node.meta[ANNOTATION_KEY] = Annotation(info.kind, path, wspec, aspec, quantize_output=False)
-        self.record("bit-switched", node, path, detail)
+        node.meta[ANNOTATION_KEY] = Annotation(info.kind, layer, wspec, aspec, quantize_output=False)
+        self.record("bit-switched", node, layer, detail)
 
     @staticmethod
     def _insert_after(gm, value: fx.Node, target: str, module, before: fx.Node | None = None) -> fx.Node:

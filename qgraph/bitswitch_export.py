@@ -166,7 +166,8 @@ def write_bitswitch_qpack(qm: QModel, path: str) -> int:
 def derive_weights(path: str, bits) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """``{weight key: (l-bit codes, per-channel step)}`` derived from a bit-switch qpack's INT8 codes.
 
-    ``bits``: an int for every layer, or ``{layer path: bits}`` (layer = weight key without ``.weight``).
+    ``bits``: an int for every layer, or ``{layer path: bits}`` (layer = weight key without ``.weight``;
+    a parameter of the model itself, ``w``, is layer ``w``).
     """
     from qgraph.backends.qpack import read_qpack
 
@@ -176,7 +177,7 @@ def derive_weights(path: str, bits) -> dict[str, tuple[torch.Tensor, torch.Tenso
         raise QPackError(f"{path} is not a bit-switch qpack (no {META_KEY!r} entry in its meta)")
     out = {}
     for key, p in pack.packed.items():
-        layer = key.rpartition(".")[0]
+        layer = key.rpartition(".")[0] or key  # a parameter of the model itself (F.linear(x, self.w)) is its own layer
         b = bits.get(layer) if isinstance(bits, dict) else bits
         if b not in info["layers"].get(layer, ()):
             raise QPackError(f"{path}: layer {layer} switches among {info['layers'].get(layer)} bits, not {b!r}")

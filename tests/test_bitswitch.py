@@ -265,3 +265,31 @@ def test_a_weight_shared_with_a_float_end_layer_loads_to_the_same_model(tmp_path
         back = qgraph.load(res.qpack_path, model, bits=bits)
         with torch.no_grad(), qm.frozen(), back.frozen():
             assert torch.equal(back(*data[0]), qm(*data[0])), bits
+
+
+class _RootParameters(torch.nn.Module):
+    """Layers written as F.conv2d / F.linear on parameters of the model itself (no module path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(8, 3, 3, 3) * 0.2)
+        self.w2 = torch.nn.Parameter(torch.randn(4, 8) * 0.3)
+
+    def forward(self, x):
+        h = torch.nn.functional.conv2d(x, self.w, padding=1).relu().mean((2, 3))
+        return torch.nn.functional.linear(h, self.w2)
+
+
+def test_switched_layers_on_root_parameters_get_quantizers_of_their_own(tmp_path):
+    """Both layers' quantizers were registered under the same name (".weight_quantizer"): the conv's
+    weight went through the linear's 4-channel quantizer and calibration failed."""
+    torch.manual_seed(0)
+    model = _RootParameters().eval()
+    data = [torch.randn(4, 3, 8, 8) for _ in range(3)]
+    qm = qgraph.quantize(model, data[0], "bitswitch(keep_first_last=False)", data[1:])
+    assert set(bitswitch_layers(qm.qgraph)) >= {"w", "w2"}
+    qm.set_bits(4)
+    res = qm.export(str(tmp_path / "root"))
+    back = qgraph.load(res.qpack_path, model, bits=4)
+    with torch.no_grad(), qm.frozen(), back.frozen():
+        assert torch.equal(back(data[0]), qm(data[0]))
