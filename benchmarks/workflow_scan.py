@@ -7,11 +7,14 @@ Per case, each column one workflow, each judged by a check that can fail:
   outputs as the exported model, bit for bit, on held-out inputs;
 * ``2:4 + w8a8``: ``["nm(2,4)", "w8a8"]`` (N:M sparsity composed with quantization), exported and
   loaded the same way;
+* ``bitswitch @4``: ``bitswitch(keep_first_last=False)`` switched to 4 bits, exported (ONNX at 4 bits,
+  the INT8 qpack) and loaded with ``bits=4``;
+* ``OFQ`` and ``subset (DFSQ)``: the seed methods' recipes, exported and loaded the same way;
 * ``report``: ``qm.report(held_out)`` with an HTML page and the table;
 * ``QAT``: ``quantize(..., qat=True)``, three SGD steps on the outputs' mean square, then
   ``export`` to ONNX and qpack (each verified).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/workflow_scan.py             # every case, about 6 minutes on 2 cores
+    PYTHONPATH=. .venv/bin/python benchmarks/workflow_scan.py             # every case, about 10 minutes on 2 cores
     PYTHONPATH=. .venv/bin/python benchmarks/workflow_scan.py tied t5      # some of them
 """
 
@@ -29,7 +32,7 @@ from torch.utils import _pytree as pytree
 import qgraph
 from benchmarks.usage_scan import CASES, SINGLE_SAMPLE, SKIP, _call
 
-WORKFLOWS = ("w4a16 + qpack", "2:4 + w8a8", "report", "QAT")
+WORKFLOWS = ("w4a16 + qpack", "2:4 + w8a8", "bitswitch @4", "OFQ", "subset (DFSQ)", "report", "QAT")
 
 
 def _outputs(out) -> list[torch.Tensor]:
@@ -41,10 +44,12 @@ def _why(e: BaseException) -> str:
     return f"FAIL {type(e).__name__}: {text.splitlines()[0][:160] if text else ''}"
 
 
-def _round_trip(model, example, calib, held, recipe, skip, path: str) -> str:
+def _round_trip(model, example, calib, held, recipe, skip, path: str, bits: int | None = None) -> str:
     qm = qgraph.quantize(model, example, recipe, calib, skip=skip)
+    if bits is not None:
+        qm.set_bits(bits)
     qm.export(path)  # ONNX (checked in ONNX Runtime) and qpack (weights checked bit for bit)
-    back = qgraph.load(path + ".qpack", model)
+    back = qgraph.load(path + ".qpack", model, bits=bits)
     with torch.no_grad(), qm.frozen(), back.frozen():
         want, got = _outputs(_call(qm, held)), _outputs(_call(back, held))
     if len(want) != len(got) or not all(torch.equal(a, b) for a, b in zip(want, got)):
@@ -90,6 +95,10 @@ def run_case(name: str, out_dir: str) -> dict:
     steps = {
         "w4a16 + qpack": lambda: _round_trip(model, example, calib, held, "w4a16", skip, f"{out_dir}/{name}_w4"),
         "2:4 + w8a8": lambda: _round_trip(model, example, calib, held, ["nm(2,4)", "w8a8"], skip, f"{out_dir}/{name}_nm"),
+        "bitswitch @4": lambda: _round_trip(model, example, calib, held, "bitswitch(keep_first_last=False)", skip,
+                                            f"{out_dir}/{name}_bs", bits=4),
+        "OFQ": lambda: _round_trip(model, example, calib, held, "ofq", skip, f"{out_dir}/{name}_ofq"),
+        "subset (DFSQ)": lambda: _round_trip(model, example, calib, held, "subset", skip, f"{out_dir}/{name}_dfsq"),
         "report": lambda: _report(model, example, calib, held, skip, f"{out_dir}/{name}"),
         "QAT": lambda: _qat(model, example, calib, skip, f"{out_dir}/{name}_qat"),
     }
