@@ -19,7 +19,7 @@ from qgraph.backends.onnx_ops import INT2_OPSET, is_2bit, translation_table
 
 from qgraph.batch_dim import batch_dynamic_shapes, doubled, single_sample
 from qgraph.errors import ExportError
-from qgraph.meta import CAPTURE_KEY
+from qgraph.meta import CAPTURE_KEY, FLOAT_BIASES_KEY
 from qgraph.ops import module_path
 
 OPSET = 21
@@ -122,7 +122,7 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
     _name_batch_dim(model, declared)
     _name_outputs(model)
     fold_constant_quantization(model)
-    prepare_for_onnxruntime(model)
+    prepare_for_onnxruntime(model, float_biases=bool(getattr(gm, "meta", {}).get(FLOAT_BIASES_KEY)))
     strip_debug_info(model)
     model.ir_version = IR_FOR_OPSET.get(opset, IR_VERSION)
     onnx.checker.check_model(model)

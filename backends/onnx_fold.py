@@ -209,15 +209,16 @@ def _widens_packed(src: int, to: int) -> bool:
     return src in bits and bits[src] < bits.get(to, 32)
 
 
-def prepare_for_onnxruntime(model: onnx.ModelProto) -> dict[str, int]:
-    """Rules 5 to 10 (module docstring), in place; returns how many weights or nodes each rule changed."""
+def prepare_for_onnxruntime(model: onnx.ModelProto, float_biases: bool = False) -> dict[str, int]:
+    """Rules 5 to 10 (module docstring), in place; returns how many weights or nodes each rule changed.
+    ``float_biases``: rule 10 for every integer Conv/Gemm (a bit-switch model's fixed-bits copy)."""
     return {
         "int8_compute": _int8_compute_for_packed_weights(model),
         "sum_bias": _keep_matmul_for_matmulnbits(model),
         "foldable_dequantize": _foldable_weight_only_convs(model),
         "int2_as_int4": _int2_matmul_in_int4(model),
         "zero_point_dropped": _drop_zero_points_of_matmul_weights(model),
-        "float_bias": _exact_float_bias(model),
+        "float_bias": _exact_float_bias(model, everywhere=float_biases),
     }
 
 
@@ -455,9 +456,9 @@ def _requantized(gr: _Graph, out: str) -> bool:
     return bool(users) and out not in gr.outputs and all(u.op_type == "QuantizeLinear" for u in users)
 
 
-def _exact_float_bias(model: onnx.ModelProto) -> int:
+def _exact_float_bias(model: onnx.ModelProto, everywhere: bool = False) -> int:
     """Rule 10: ``Conv/Gemm(DQ(x), DQ(W), b)`` → ``Add(Conv/Gemm(DQ(x), DQ(W)), b)`` where ONNX Runtime's
-    int32 bias would be coarse or would reach the output unrounded."""
+    int32 bias would be coarse or would reach the output unrounded (``everywhere``: for every such op)."""
     gr = _Graph(model.graph)
     after: dict[int, list[onnx.NodeProto]] = {}
     for idx, n in enumerate(gr.g.node):
@@ -471,7 +472,7 @@ def _exact_float_bias(model: onnx.ModelProto) -> int:
         x_dq, w_dq = _dequantizer(gr, n.input[0]), gr.producer.get(n.input[1])
         if x_dq is None or w_dq is None or w_dq.op_type != "DequantizeLinear":
             continue
-        if not (_narrow_codes(gr, x_dq) or not _requantized(gr, n.output[0])):
+        if not (everywhere or _narrow_codes(gr, x_dq) or not _requantized(gr, n.output[0])):
             continue
         b = _to_numpy(bias)
         if n.op_type == "Conv":  # [C] against [N, C, *spatial]

@@ -37,6 +37,7 @@ from qgraph.bitswitch import (
 )
 from qgraph.errors import ExportError, QPackError
 from qgraph.granularity import PerChannel, PerTensor, granularity_to_json
+from qgraph.meta import FLOAT_BIASES_KEY
 from qgraph.model import ExportResult, QModel
 from qgraph.primitives import dequantize_affine, integer_range
 from qgraph.qspec import QSpec
@@ -106,6 +107,7 @@ def materialize(qm: QModel, bits=None) -> FixedBitsQModel:
         fq.mode, fq.observer = "quantize", None
         _replace(gm, name, fq.eval())
     _annotate(gm, wanted, signed)
+    gm.meta[FLOAT_BIASES_KEY] = True  # its biases are on no int32 grid: ONNX Runtime must not round them
     recipe = Recipe(f"{qm.recipe.name}@{_bits_label(wanted)}", None, None, kinds=qm.recipe.kinds, description="fixed bits of a bit-switch model")
     out = FixedBitsQModel(gm, qm._float_graph, recipe, qm._example_inputs, list(qm.changes), fold_bn=False)
     return out.eval()
