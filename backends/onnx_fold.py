@@ -264,14 +264,16 @@ class _Graph:
                 return None
         return w
 
-    def replace_nodes(self, before: dict[int, list[onnx.NodeProto]], drop: set[int] = frozenset()) -> None:
-        """Insert nodes before the node at each index of ``before``; drop the nodes at the indices in
-        ``drop``; drop initializers nothing reads any more."""
+    def replace_nodes(self, before: dict[int, list[onnx.NodeProto]], drop: set[int] = frozenset(),
+                      after: dict[int, list[onnx.NodeProto]] | None = None) -> None:
+        """Insert nodes before (``after``: after) the node at each index of ``before``; drop the nodes
+        at the indices in ``drop``; drop initializers nothing reads any more."""
         nodes = []
         for i, n in enumerate(self.g.node):
             nodes.extend(before.get(i, []))
             if i not in drop:
                 nodes.append(n)
+            nodes.extend((after or {}).get(i, []))
         del self.g.node[:]
         self.g.node.extend(nodes)
         used = {i for n in self.g.node for i in n.input}
@@ -489,14 +491,5 @@ def _exact_float_bias(model: onnx.ModelProto, everywhere: bool = False) -> int:
         n.output[0] = f"{out}_without_bias"
         after[idx] = [onnx.helper.make_node("Add", [n.output[0], name], [out], name=f"{out}_bias")]
     if after:
-        nodes = []
-        for i, node in enumerate(gr.g.node):
-            nodes.append(node)
-            nodes.extend(after.get(i, []))
-        del gr.g.node[:]
-        gr.g.node.extend(nodes)
-        used = {i for node in gr.g.node for i in node.input}
-        keep = [t for t in gr.g.initializer if t.name in used]
-        del gr.g.initializer[:]
-        gr.g.initializer.extend(keep)
+        gr.replace_nodes({}, after=after)
     return len(after)
