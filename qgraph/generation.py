@@ -108,10 +108,19 @@ def _as_batch(batch) -> tuple[torch.Tensor, torch.Tensor]:
     mask = torch.ones_like(ids) if mask is None else mask
     if mask.shape != ids.shape:
         raise InputError(f"attention_mask {tuple(mask.shape)} does not match input_ids {tuple(ids.shape)}")
-    if ids.shape[1] < 2:
-        raise InputError("prompts need at least 2 tokens (torch.export fixes a dimension of size 1); left-pad a "
-                         "one-token prompt with a masked pad token")
+    if ids.shape[1] == 0:
+        raise InputError("input_ids has no tokens")
+    if ids.shape[1] == 1:  # torch.export fixes a dimension of size 1: one masked token in front, which changes nothing
+        ids, mask = torch.cat([ids, ids], 1), torch.cat([torch.zeros_like(mask), mask], 1)
     return ids, mask.long()
+
+
+def _generate(prefill: Step, decode: Step, input_ids, attention_mask, max_new_tokens: int, pick, eos_token_id) -> torch.Tensor:
+    """The prompts followed by the new tokens, as the caller gave the prompts (a one-token prompt
+    runs behind a masked pad token, which is not returned)."""
+    ids, mask = _as_batch({"input_ids": input_ids, "attention_mask": attention_mask})
+    out = decode_loop(prefill, decode, ids, mask, max_new_tokens, pick=pick, eos_token_id=eos_token_id)
+    return out[:, ids.shape[1] - input_ids.shape[1]:]
 
 
 Step = Callable[..., tuple]
@@ -198,10 +207,9 @@ class QuantizedLM:
                  top_p: float | None = None, seed: int | None = None) -> torch.Tensor:
         """The prompts (left-padded) followed by up to ``max_new_tokens`` new tokens: the argmax, or with
         ``do_sample`` a draw (:func:`sampler`: ``temperature``, ``top_k``, ``top_p``, ``seed``)."""
-        ids, mask = _as_batch({"input_ids": input_ids, "attention_mask": attention_mask})
         pick = _pick(do_sample, temperature, top_k, top_p, seed)
         with self.prefill.frozen(), self.decode.frozen():
-            return decode_loop(self.prefill, self.decode, ids, mask, max_new_tokens, pick=pick, eos_token_id=eos_token_id)
+            return _generate(self.prefill, self.decode, input_ids, attention_mask, max_new_tokens, pick, eos_token_id)
 
     def export(self, directory: str, **kwargs) -> dict:
         """Write ``prefill.onnx`` and ``decode.onnx`` (each verified against its quantized graph in ONNX
@@ -225,7 +233,8 @@ def quantize_for_generation(model: nn.Module, calib_data, recipe="w8a8", **quant
     """Quantize a Hugging Face causal LM (``model.generate`` works on it) for generation with a KV cache.
 
     ``calib_data``: a batch or an iterable of batches of prompts (a tokenizer's output with
-    ``input_ids`` and ``attention_mask``, or a tensor of ids), at least 2 tokens each. The first
+    ``input_ids`` and ``attention_mask``, or a tensor of ids; a one-token prompt runs behind a masked
+    pad token). The first
     batch is also the example the graphs are captured on. ``quantize_kwargs`` go to
     :func:`qgraph.quantize` for both graphs (``skip``, ``overrides``, ...).
     """
@@ -295,19 +304,17 @@ class OnnxLM:
                  eos_token_id: int | None = None, do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None) -> torch.Tensor:
         """As :meth:`QuantizedLM.generate`, on ONNX Runtime."""
-        ids, mask = _as_batch({"input_ids": input_ids, "attention_mask": attention_mask})
         pick = _pick(do_sample, temperature, top_k, top_p, seed)
-        return decode_loop(self.prefill, self.decode, ids, mask, max_new_tokens, pick=pick, eos_token_id=eos_token_id)
+        return _generate(self.prefill, self.decode, input_ids, attention_mask, max_new_tokens, pick, eos_token_id)
 
 
 def float_generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                    max_new_tokens: int = 20, eos_token_id: int | None = None, do_sample: bool = False, temperature: float = 1.0,
                    top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> torch.Tensor:
     """The float model through the same two steps and loop: the reference for a quantized one."""
-    ids, mask = _as_batch({"input_ids": input_ids, "attention_mask": attention_mask})
     pick = _pick(do_sample, temperature, top_k, top_p, seed)
     with torch.no_grad(), _eval(model):
-        return decode_loop(Prefill(model), Decode(model), ids, mask, max_new_tokens, pick=pick, eos_token_id=eos_token_id)
+        return _generate(Prefill(model), Decode(model), input_ids, attention_mask, max_new_tokens, pick, eos_token_id)
 
 
 @contextlib.contextmanager

@@ -123,8 +123,8 @@ def test_bad_prompts_say_why(lm):
     right = {"input_ids": torch.tensor([[5, 6, 7], [5, 6, 0]]), "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]])}
     with pytest.raises(InputError, match="padding_side = 'left'"):
         qlm.generate(**right)
-    with pytest.raises(InputError, match="at least 2 tokens"):
-        qlm.generate(torch.tensor([[5]]))
+    with pytest.raises(InputError, match="no tokens"):
+        qlm.generate(torch.zeros(2, 0, dtype=torch.long))
     with pytest.raises(InputError, match="return_tensors='pt'"):
         qlm.generate([[5, 6, 7]])
     with pytest.raises(InputError, match="Hugging Face causal LM"):
@@ -139,3 +139,17 @@ def test_sliding_window_cache_is_refused():
                            num_key_value_heads=2, sliding_window=4)
     with pytest.raises(InputError, match="DynamicSlidingWindowLayer"):
         qgraph.quantize_for_generation(tf.MistralForCausalLM(cfg).eval(), _prompts(0))
+
+
+def test_a_one_token_prompt_generates_what_generate_does(lm):
+    """It was refused ("prompts need at least 2 tokens"): it runs behind a masked pad token now, which
+    changes no logit and is not returned."""
+    model, qlm = lm
+    ids = torch.tensor([[17], [23]])
+    with torch.no_grad():
+        ref = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW, do_sample=False)
+    assert ref.shape == (2, 1 + NEW) and not (ref[:, 1:] == 2).any()  # no end-of-sequence: every position compares
+    got = qgraph.float_generate(model, ids, max_new_tokens=NEW)
+    assert torch.equal(got, ref)  # the same tokens, the prompt as given (no pad column)
+    q = qlm.generate(ids, max_new_tokens=NEW)
+    assert q.shape == ref.shape and torch.equal(q[:, :1], ids)
