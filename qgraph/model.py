@@ -237,6 +237,7 @@ class QModel(nn.Module):
             if result.dynamic_batch:
                 with self.frozen():
                     single._check_other_batch(sess, result)
+                    single._separate_batches(sess, result)
         return result
 
     def _export_sources(self, task: str | None):
@@ -314,6 +315,57 @@ class QModel(nn.Module):
         if agreement.max_abs_error > result.tolerance:
             raise ExportMismatchError(f"{why}: {agreement}; tolerance {result.tolerance:.3g}{fix}")
 
+    def _separate_batches(self, sess, result) -> None:
+        """An input whose first dim does not have to match the other inputs' (CLIP's images against its
+        texts, a table of class embeddings) gets a dim name of its own instead of ``batch``, and so do
+        the output dims that follow it: where the quantized model runs it at another size than the
+        rest, and ONNX Runtime, given the renamed file, does too and agrees. One name for two sizes
+        tells runtimes they are equal (ONNX Runtime plans memory by it and failed on such a file)."""
+        import onnx
+        from torch.utils import _pytree as pytree
+
+        from qgraph.backends import ort as ort_backend
+
+        inputs = sess.get_inputs()
+        batched = [k for k, i in enumerate(inputs) if i.shape and i.shape[0] == "batch"]
+        if len(batched) < 2:
+            return
+        flat, spec = pytree.tree_flatten(self._example_inputs)
+        slots = [k for k, t in enumerate(flat) if isinstance(t, torch.Tensor)]
+        own: dict[str, str] = {}  # input name -> its own dim name
+        outputs: dict[int, dict[int, str]] = {}  # output index -> {dim: name}
+        trials = []
+        for k in batched[1:]:  # the first keeps "batch"
+            sized = list(flat)
+            for j in batched:
+                t, n = flat[slots[j]], 2 if j == k else 3
+                sized[slots[j]] = torch.cat([t] * n)[:n]
+            args = pytree.tree_unflatten(sized, spec)
+            try:
+                with torch.no_grad():
+                    expected = self(*args)
+            except Exception:  # noqa: BLE001 - its size is tied to the other inputs'
+                continue
+            name = own[inputs[k].name] = f"{inputs[k].name}_batch"
+            trials.append((args, expected))
+            got = [t for t in pytree.tree_leaves(expected) if isinstance(t, (torch.Tensor, bool, int, float))]
+            for o, t in enumerate(got):
+                for d, size in enumerate(getattr(t, "shape", ())):
+                    if size == 2:
+                        outputs.setdefault(o, {})[d] = name
+        if not own:
+            return
+        original = onnx.load(result.onnx_path)
+        _rename_batch_dims(result.onnx_path, own, outputs)
+        try:
+            renamed = ort_backend.session(result.onnx_path, matmulnbits_accuracy_level=0)
+            ok = all(ort_backend.compare(e, ort_backend.run(renamed, a), tie_tolerance=result.tolerance).max_abs_error
+                     <= result.tolerance for a, e in trials)
+        except Exception:  # noqa: BLE001 - the graph itself ties the sizes: keep the file as it was
+            ok = False
+        if not ok:
+            onnx.save(original, result.onnx_path)
+
     def _export_qpack(self, qpack_path, result, verify):
         from qgraph import packing
         from qgraph.backends.qpack import read_qpack
@@ -359,4 +411,20 @@ def _fix_sequence_dims(path: str, claims: list[bool], example: tuple) -> None:
     for inp, claim, t in zip(model.graph.input, claims, tensors):
         if claim:
             inp.type.tensor_type.shape.dim[1].dim_value = int(t.shape[1])
+    onnx.save(model, path)
+
+
+def _rename_batch_dims(path: str, inputs: dict[str, str], outputs: dict[int, dict[int, str]]) -> None:
+    """Give dim 0 of the named inputs, and the listed ``batch`` dims of outputs, their own names."""
+    import onnx
+
+    model = onnx.load(path)
+    for inp in model.graph.input:
+        if inp.name in inputs:
+            inp.type.tensor_type.shape.dim[0].dim_param = inputs[inp.name]
+    for o, dims in outputs.items():
+        shape = model.graph.output[o].type.tensor_type.shape.dim if o < len(model.graph.output) else []
+        for d, name in dims.items():
+            if d < len(shape) and shape[d].dim_param == "batch":
+                shape[d].dim_param = name
     onnx.save(model, path)

@@ -548,3 +548,32 @@ def test_a_token_input_whose_length_the_model_refuses_to_change_is_fixed_in_the_
         want = qm(_ids(3, seed=2), torch.ones(3, 10, dtype=torch.long)).numpy()
     got = sess.run(None, {"ids": _ids(3, seed=2).numpy(), "mask": np.ones((3, 10), dtype=np.int64)})[0]
     assert np.abs(got - want).max() <= res.tolerance
+
+
+class _Prototypes(nn.Module):
+    """Image features against a table of class embeddings: its first dim is not the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.proj = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 8)
+
+    def forward(self, x, classes):
+        f = torch.nn.functional.normalize(self.proj(torch.relu(self.conv(x)).mean((2, 3))), dim=-1)
+        return f @ torch.nn.functional.normalize(classes, dim=-1).T
+
+
+def test_an_input_whose_first_dim_is_not_the_batch_gets_a_name_of_its_own(tmp_path):
+    """Both first dims were named 'batch', which tells ONNX Runtime they are equal: 3 images against 2
+    classes failed inside ONNX Runtime ("Non-zero status code ... ReduceL2")."""
+    g = torch.Generator().manual_seed(0)
+    example = (torch.randn(4, 3, 8, 8, generator=g), torch.randn(7, 8, generator=g))
+    qm = qgraph.quantize(_Prototypes().eval(), example, "w8a8", [example])
+    res = qm.export(str(tmp_path / "proto"), formats=("onnx",))
+    m = onnx.load(res.onnx_path)
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*m.graph.input, *m.graph.output]}
+    assert dims == {"x": ["batch", 3, 8, 8], "classes": ["classes_batch", 8], "output": ["batch", "classes_batch"]}, dims
+    x, classes = torch.randn(3, 3, 8, 8, generator=g), torch.randn(2, 8, generator=g)
+    with torch.no_grad(), qm.frozen():
+        want = qm(x, classes).numpy()
+    got = ort.InferenceSession(res.onnx_path).run(None, {"x": x.numpy(), "classes": classes.numpy()})[0]
+    assert np.abs(got - want).max() <= res.tolerance
