@@ -243,7 +243,9 @@ def _call(model, inputs):
     return model(**inputs) if isinstance(inputs, Mapping) else model(*inputs)
 
 
-def run_case(name: str, out_dir: str) -> dict:
+def build_case(name: str) -> tuple:
+    """A case's model in eval mode and its inputs, seeded: ``(what, model, make, generator, example,
+    3 calibration batches, a held-out batch)``; ``make(n, generator)`` gives more batches."""
     what, build = CASES[name]
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
@@ -251,7 +253,11 @@ def run_case(name: str, out_dir: str) -> dict:
     model.eval()
     example = make(1 if name in SINGLE_SAMPLE else 4, g)
     calib = [make(4, g) for _ in range(3)]
-    held_out = make(4, g)
+    return what, model, make, g, example, calib, make(4, g)
+
+
+def run_case(name: str, out_dir: str) -> dict:
+    what, model, make, g, example, calib, held_out = build_case(name)
     row: dict = {"case": name, "what": what}
     t0 = time.perf_counter()
     try:

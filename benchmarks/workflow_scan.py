@@ -30,7 +30,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 import qgraph
-from benchmarks.usage_scan import CASES, SINGLE_SAMPLE, SKIP, _call
+from benchmarks.usage_scan import CASES, SKIP, _call, build_case
 
 WORKFLOWS = ("w4a16 + qpack", "2:4 + w8a8", "bitswitch @4", "OFQ", "subset (DFSQ)", "report", "QAT")
 
@@ -81,14 +81,7 @@ def _qat(model, example, calib, skip, path: str) -> str:
 
 
 def run_case(name: str, out_dir: str) -> dict:
-    what, build = CASES[name]
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(1)
-    model, make = build()
-    model.eval()
-    example = make(1 if name in SINGLE_SAMPLE else 4, g)
-    calib = [make(4, g) for _ in range(3)]
-    held = make(4, g)
+    what, model, _, _, example, calib, held = build_case(name)
     skip = SKIP.get(name)
     row: dict = {"case": name, "what": what}
     t0 = time.perf_counter()

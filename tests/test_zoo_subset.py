@@ -310,20 +310,11 @@ def test_masked_self_attention_becomes_linears_and_sdpa_with_the_same_mask(how, 
 
 def test_nn_transformer_is_traced_into_and_every_weight_quantized(tmp_path):
     """fx keeps torch.nn modules whole: ``nn.Transformer`` and its decoder were one float leaf call."""
-
-    class Seq2Seq(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.emb, self.head = nn.Embedding(30, 16), nn.Linear(16, 30)
-            self.t = nn.Transformer(16, 2, 1, 1, 32, dropout=0.0, batch_first=True)
-
-        def forward(self, src, tgt):
-            mask = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1])
-            return self.head(self.t(self.emb(src), self.emb(tgt), tgt_mask=mask, tgt_is_causal=True))
+    from benchmarks.usage_models import CausalTransformer
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
-    model = Seq2Seq().eval()
+    model = CausalTransformer().eval()  # embedding, nn.Transformer with a causal target mask, head
     data = [(torch.randint(0, 30, (4, 9), generator=g), torch.randint(0, 30, (4, 7), generator=g)) for _ in range(3)]
     qm = qgraph.quantize(model, data[0], "w8a8", data[1:])
     assert qm.qgraph.capture.route == "symbolic_trace" and not qm.qgraph.capture.leaves
