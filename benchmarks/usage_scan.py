@@ -310,23 +310,29 @@ def line(r: dict) -> str:
             f"{notes} | {r['s']:.0f} |")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def chosen_cases(argv: list[str] | None, doc: str) -> list[str]:
+    """The case names given on the command line (all of them when none is), unknown names refused."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("cases", nargs="*", help=f"some of: {', '.join(CASES)}")
     args = ap.parse_args(argv)
     unknown = set(args.cases) - set(CASES)
     if unknown:
         ap.error(f"unknown case(s) {sorted(unknown)}; known: {', '.join(CASES)}")
+    return args.cases or list(CASES)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cases = chosen_cases(argv, __doc__)
     warnings.simplefilter("ignore")
     out_dir = tempfile.mkdtemp(prefix="qgraph_usage_")
     print("| case | what | capture | weight / activation quantizers | SQNR dB | export (ORT error <= tolerance) | notes | s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     failed = 0
-    for name in args.cases or list(CASES):
+    for name in cases:
         r = run_case(name, out_dir)
         failed += "error" in r or not r.get("export", "").startswith("ok") or "MISMATCH" in r.get("batch3", "")
         print(line(r), flush=True)
-    total = len(args.cases or CASES)
+    total = len(cases)
     print(f"\n{total - failed}/{total} cases quantize, export, verify (and run at batch 3 where the batch is dynamic)")
     return 1 if failed else 0
 

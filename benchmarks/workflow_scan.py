@@ -20,7 +20,6 @@ Per case, each column one workflow, each judged by a check that can fail:
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 import qgraph
-from benchmarks.usage_scan import CASES, SKIP, _call, build_case
+from benchmarks.usage_scan import SKIP, _call, build_case, chosen_cases
 
 WORKFLOWS = ("w4a16 + qpack", "2:4 + w8a8", "bitswitch @4", "OFQ", "subset (DFSQ)", "report", "QAT")
 
@@ -105,18 +104,13 @@ def run_case(name: str, out_dir: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("cases", nargs="*", help=f"some of: {', '.join(CASES)}")
-    args = ap.parse_args(argv)
-    unknown = set(args.cases) - set(CASES)
-    if unknown:
-        ap.error(f"unknown case(s) {sorted(unknown)}; known: {', '.join(CASES)}")
+    cases = chosen_cases(argv, __doc__)
     warnings.simplefilter("ignore")
     out_dir = tempfile.mkdtemp(prefix="qgraph_workflows_")
     print("| case | " + " | ".join(WORKFLOWS) + " | s |")
     print("| --- |" + " --- |" * len(WORKFLOWS) + " --- |")
     cells = failed = 0
-    for name in args.cases or list(CASES):
+    for name in cases:
         r = run_case(name, out_dir)
         cells += len(WORKFLOWS)
         failed += sum(not r[w].startswith("ok") for w in WORKFLOWS)
