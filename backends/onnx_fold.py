@@ -32,7 +32,9 @@ Then rewrites for ONNX Runtime's fusions (:func:`prepare_for_onnxruntime`):
    ONNX Runtime constant-folds when it loads the model, so the conv runs at FP32 speed on float
    weights while the file keeps the integer codes. ONNX Runtime never folds a DequantizeLinear (it
    keeps them for its QDQ fusions) and has no weight-only conv kernel, so the DequantizeLinear would
-   otherwise run at every inference (ResNet-18 w4a16: 0.54× FP32 speed).
+   otherwise run at every inference (ResNet-18 w4a16: 0.54× FP32 speed). A conv whose input is
+   dequantized behind a zero ``Pad`` (``padding='same'`` with an even kernel) is not weight-only:
+   ONNX Runtime folds the Pad into the Conv, and then re-quantizes float weights per tensor.
 8. An int2/uint2 weight of a weight-only MatMul whose column count is not a multiple of 4 is stored
    in an int4/uint4 container instead: ONNX Runtime 1.32 fuses it into ``MatMulNBits(bits=2)`` and
    then computes wrong results (a classifier head with 10 outputs came out 100% off); int4 is right.
@@ -243,10 +245,21 @@ class _Graph:
                 return False
             if p.op_type == "DequantizeLinear":
                 return True
-            if p.op_type not in _PASS_THROUGH:
+            if not self.passes_through(p):
                 return False
             name = p.input[0]
         return False
+
+    def passes_through(self, node: onnx.NodeProto) -> bool:
+        """An op between a DequantizeLinear and its reader that ONNX Runtime's fusions see past: a
+        reshape or max pool, or a zero ``Pad`` (``padding='same'`` with an even kernel), which its
+        PadFusion folds into the Conv after it when it loads the model."""
+        if node.op_type in _PASS_THROUGH:
+            return True
+        if node.op_type != "Pad" or _attr(node, "mode", b"constant") not in (b"constant", "constant"):
+            return False
+        value = self.inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        return len(node.input) <= 2 or not node.input[2] or value is not None and not np.any(_to_numpy(value))
 
     def weight_dq(self, dq: onnx.NodeProto, types) -> onnx.TensorProto | None:
         """The integer initializer a DequantizeLinear reads, if it is one of ``types`` and only
@@ -445,7 +458,7 @@ def _dequantizer(gr: _Graph, name: str) -> onnx.NodeProto | None:
         p = gr.producer.get(name)
         if p is None or p.op_type == "DequantizeLinear":
             return p
-        if p.op_type not in _PASS_THROUGH:
+        if not gr.passes_through(p):
             return None
         name = p.input[0]
     return None
