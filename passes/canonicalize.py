@@ -7,16 +7,22 @@ Rewrite rules:
    padding, dilation, groups)``.
 2. ``call_module Linear`` → ``F.linear(x, weight, bias)``.
 3. ``call_module Embedding`` (no ``max_norm``) → ``F.embedding(ids, weight, padding_idx)``.
-4. ``call_module MultiheadAttention`` used as self-attention (``attn(x, x, x)``, packed projections,
-   no ``bias_k``/``add_zero_attn``, the attention weights unused; ``attn_mask``,
-   ``key_padding_mask`` and ``is_causal`` become the mask or flag of the attention call, combined
-   as ``MultiheadAttention`` combines them) → the ops it runs:
-   ``F.linear(x, in_proj_weight)`` → split heads → ``F.scaled_dot_product_attention`` → merge heads
-   → ``F.linear(·, out_proj.weight)``. torch.fx keeps ``nn.MultiheadAttention`` as one opaque module
-   call; rewritten, its projections are ordinary linears (quantized, fused by ONNX Runtime) and
-   its attention an ordinary op. Attention dropout is not part of the rewritten graph (recorded).
-   Other attention layers stay modules; the insert pass wraps them
-   (:class:`qgraph.wrappers.QuantizedMultiheadAttention`).
+4. ``call_module MultiheadAttention`` (no ``bias_k``/``add_zero_attn``, the attention weights
+   unused; ``attn_mask``, ``key_padding_mask`` and ``is_causal`` become the mask or flag of the
+   attention call, combined as ``MultiheadAttention`` combines them) → the ops it runs: in-projection
+   → split heads → ``F.scaled_dot_product_attention`` → merge heads → ``F.linear(·, out_proj.weight)``.
+   Self-attention (``attn(x, x, x)``) projects with one ``F.linear(x, in_proj_weight)``.
+   Cross-attention (``attn(x, memory, memory)``) reads row blocks of the packed projection: they
+   become parameters of their own, ``q_in_proj_weight`` (and ``_bias``) for ``F.linear(x, ·)`` and
+   ``kv_in_proj_weight`` for ``F.linear(memory, ·)`` (``k_``/``v_in_proj_*`` when key and value
+   differ; a module built with ``kdim``/``vdim`` has ``q/k/v_proj_weight`` already), and the packed
+   ones are dropped once nothing reads them. Key or value written as the same view twice
+   (``m.transpose(0, 1)``) counts as one value. torch.fx keeps ``nn.MultiheadAttention`` as one
+   opaque module call; rewritten, its projections are ordinary linears (quantized, fused by ONNX
+   Runtime) and its attention an ordinary op. Attention dropout is not part of the rewritten graph
+   (recorded). A module is rewritten at all its calls or none: where one call does not fit (its
+   attention weights used), every call stays a module and the insert pass wraps it
+   (:class:`qgraph.wrappers.QuantizedMultiheadAttention`, weight-only).
 5. ``aten.view`` (torch.export graphs) → ``aten.reshape``, ``aten.contiguous`` → ``aten.clone``
    (contiguous format): the same values, but re-exporting the captured graph to ONNX otherwise drops
    the ``contiguous`` and fails on the ``view`` of a transposed tensor after it (Hugging Face T5:
@@ -44,7 +50,8 @@ Rewrite rules:
 
 After this, weights are graph values that quantizers can be attached to in both dialects
 (``torch.export`` graphs already have this form). The module stays in the hierarchy and owns its
-parameters, so ``state_dict`` keys do not change. Auto-leaf modules are left alone.
+parameters, so ``state_dict`` keys do not change, except for cross-attention's split projections
+(rule 4). Auto-leaf modules are left alone.
 """
 
 from __future__ import annotations
@@ -79,6 +86,7 @@ class CanonicalizePass(QPass):
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         modified = False
+        attention = self._rewritable_attention(gm)
         for node in list(gm.graph.nodes):
             if node.op == "call_function" and node.target in SDPA and self._attention_4d(gm, node):
                 modified = True  # rule 7 (the node is visited again below for rule 5)
@@ -108,7 +116,9 @@ class CanonicalizePass(QPass):
             mod = gm.get_submodule(node.target)
             kind = parametrize.type_before_parametrizations(mod)  # a weight-normed Linear is a ParametrizedLinear
             if isinstance(mod, nn.MultiheadAttention):
-                modified |= self._attention(gm, node, mod)
+                if attention.get(node.target):
+                    self._attention(gm, node, mod, _attention_call(node, mod))
+                    modified = True
                 continue
             if kind is nn.Embedding and mod.max_norm is None and len(node.args) == 1 and not node.kwargs:
                 modified |= self._replace(gm, node, F.embedding, (node.args[0], f"{node.target}.weight", mod.padding_idx), "Embedding")
@@ -135,8 +145,23 @@ class CanonicalizePass(QPass):
             gm.graph.erase_node(node)
             self.record("replaced", new, path, f"{kind.__name__} module call by {fn.__name__}")
             modified = True
+        for path, ok in attention.items():
+            if ok:
+                _drop_packed_projections(gm, path)
         modified |= self._merge_tied(gm)
         return self.finish(gm, modified)
+
+    def _rewritable_attention(self, gm: fx.GraphModule) -> dict[str, bool]:
+        """``{path: rewrite}`` for the ``nn.MultiheadAttention`` modules called in ``gm``: all of a
+        module's calls are rewritten or none (a call left whole is wrapped, and the wrapper must still
+        own the packed projections the others read)."""
+        ok: dict[str, bool] = {}
+        for node in gm.graph.nodes:
+            if node.op == "call_module" and node.target not in self.leaves:
+                mod = gm.get_submodule(node.target)
+                if isinstance(mod, nn.MultiheadAttention):
+                    ok[node.target] = ok.get(node.target, True) and _attention_call(node, mod) is not None
+        return ok
 
     def _linear_of_transposed(self, gm: fx.GraphModule, node: fx.Node) -> bool:
         """Rule 8: ``matmul(x, W.T)`` → ``linear(x, W)``."""
@@ -228,36 +253,17 @@ class CanonicalizePass(QPass):
         self.record("replaced", new, path, f"{what} module call by {fn.__name__}")
         return True
 
-    def _attention(self, gm, node: fx.Node, mod: nn.MultiheadAttention) -> bool:
-        """Rule 4: a self-attention ``nn.MultiheadAttention`` call as graph ops."""
-        args = list(node.args) + [None] * (8 - len(node.args))
-        names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights", "is_causal")
-        call = dict(zip(names, args))
-        call.update(node.kwargs)
-        x = call["query"]
-        users = list(node.users)
-        simple = (
-            isinstance(x, fx.Node) and x is call["key"] is call["value"]
-            and all(call[m] is None or _float_or_bool(call[m]) for m in ("key_padding_mask", "attn_mask"))
-            and isinstance(call["is_causal"], (bool, type(None))) and not (call["is_causal"] and call["attn_mask"] is None)
-            and isinstance(call["need_weights"], (bool, type(None)))
-            and mod._qkv_same_embed_dim and mod.bias_k is None and mod.bias_v is None and not mod.add_zero_attn
-            and _rank(x) == 3
-            and all(u.op == "call_function" and u.target is operator.getitem and u.args[1] in (0, 1) for u in users)
-            and not any(u.users for u in users if u.args[1] == 1)
-        )
-        if not simple:
-            return False
-        path, heads, dim = str(node.target), mod.num_heads, mod.embed_dim
+    def _attention(self, gm, node: fx.Node, mod: nn.MultiheadAttention, call: dict) -> None:
+        """Rule 4: an ``nn.MultiheadAttention`` call as graph ops."""
+        x, key, value, users = call["query"], call["key"], call["value"], list(node.users)
+        path, heads = str(node.target), mod.num_heads
         g = gm.graph
+        before = node.prev
         with g.inserting_before(node):
-            h = x if mod.batch_first else g.call_method("transpose", (x, 0, 1))
-            w_in = g.get_attr(f"{path}.in_proj_weight")
-            b_in = g.get_attr(f"{path}.in_proj_bias") if mod.in_proj_bias is not None else None
-            qkv = g.call_function(F.linear, (h, w_in, b_in))
-            qkv = g.call_method("unflatten", (qkv, -1, (3, heads, dim // heads)))
-            qkv = g.call_method("permute", (qkv, 2, 0, 3, 1, 4))  # [3, N, heads, L, head_dim]
-            q, k, v = (g.call_function(operator.getitem, (qkv, i)) for i in range(3))
+            seq_first = (lambda t: t) if mod.batch_first else (lambda t: g.call_method("transpose", (t, 0, 1)))
+            q, k, v, projections = self._in_projections(gm, path, mod, seq_first(x),
+                                                        *((None, None) if key is x and value is x else
+                                                          (seq_first(key), None if value is key else seq_first(value))))
             o = g.call_function(F.scaled_dot_product_attention, (q, k, v), _sdpa_masking(g, call, heads))
             o = g.call_method("flatten", (g.call_method("transpose", (o, 1, 2)), 2))  # [N, L, dim]
             w_out = g.get_attr(f"{path}.out_proj.weight")
@@ -265,8 +271,10 @@ class CanonicalizePass(QPass):
             proj = out = g.call_function(F.linear, (o, w_out, b_out))
             if not mod.batch_first:
                 out = g.call_method("transpose", (out, 0, 1))
-        for n in _between(x, out):
+        n = before.next
+        while n is not node:  # the nodes this rewrite inserted, in order
             n.meta[MODULE_PATH_KEY] = f"{path}.out_proj" if n in (proj, w_out, b_out) else path
+            n = n.next
         for u in users:
             if u.args[1] == 0:
                 u.replace_all_uses_with(out)
@@ -275,9 +283,104 @@ class CanonicalizePass(QPass):
         note = f", attention dropout {mod.dropout} left out" if mod.dropout else ""
         masks = [m for m in ("attn_mask", "key_padding_mask") if call[m] is not None] + (["is_causal"] if call["is_causal"] else [])
         note += f", masked by {' and '.join(masks)}" if masks else ""
-        self.record("replaced", out, path, f"MultiheadAttention ({heads} heads) by in-projection, scaled_dot_product_attention, "
-                                           f"out-projection{note}")
+        kind = "self-attention" if x is key is value else "cross-attention" if key is value else "separate key and value"
+        self.record("replaced", out, path, f"MultiheadAttention ({kind}, {heads} heads) by {projections}, "
+                                           f"scaled_dot_product_attention, out-projection{note}")
+
+    def _in_projections(self, gm, path: str, mod: nn.MultiheadAttention, x: fx.Node, key: fx.Node | None,
+                        value: fx.Node | None) -> tuple:
+        """q, k, v as ``[N, heads, length, head_dim]`` and what computed them. Self-attention (``key``
+        None): one linear on the packed ``in_proj_weight``. Otherwise q reads rows ``[0, E)`` of it and
+        k and v the rest, in one linear when they read the same tensor (``value`` None); a module
+        with ``kdim``/``vdim`` has ``q/k/v_proj_weight`` already. Row blocks of the packed parameters
+        become parameters of their own (``q_in_proj_weight``, ``kv_in_proj_weight``, ``q_in_proj_bias``
+        ...), so each projection is an ordinary linear whose weight is quantized and stored once; the
+        packed ones are dropped once no call reads them (:func:`_drop_packed_projections`)."""
+        g, heads, dim = gm.graph, mod.num_heads, mod.embed_dim
+
+        def heads_first(t: fx.Node, n: int) -> list[fx.Node]:  # [N, len, n*dim] -> n x [N, heads, len, head_dim]
+            t = g.call_method("permute", (g.call_method("unflatten", (t, -1, (n, heads, dim // heads))), 2, 0, 3, 1, 4))
+            return [g.call_function(operator.getitem, (t, i)) for i in range(n)]
+
+        def linear(inp: fx.Node, name: str, rows: slice) -> fx.Node:
+            if mod._qkv_same_embed_dim:
+                _register(gm, w := f"{path}.{name}_in_proj_weight", mod.in_proj_weight[rows])
+            else:
+                w = f"{path}.{name}_proj_weight"
+            if mod.in_proj_bias is not None:
+                _register(gm, b := f"{path}.{name}_in_proj_bias", mod.in_proj_bias[rows])
+            return g.call_function(F.linear, (inp, g.get_attr(w), g.get_attr(b) if mod.in_proj_bias is not None else None))
+
+        if key is None:
+            w_in = g.get_attr(f"{path}.in_proj_weight")
+            b_in = g.get_attr(f"{path}.in_proj_bias") if mod.in_proj_bias is not None else None
+            return *heads_first(g.call_function(F.linear, (x, w_in, b_in)), 3), "in-projection"
+        (q,) = heads_first(linear(x, "q", slice(0, dim)), 1)
+        if value is None and mod._qkv_same_embed_dim:
+            k, v = heads_first(linear(key, "kv", slice(dim, 3 * dim)), 2)
+            what = "q and kv projections"
+        else:
+            (k,) = heads_first(linear(key, "k", slice(dim, 2 * dim)), 1)
+            (v,) = heads_first(linear(key if value is None else value, "v", slice(2 * dim, 3 * dim)), 1)
+            what = "q, k and v projections"
+        return q, k, v, what
+
+
+def _attention_call(node: fx.Node, mod: nn.MultiheadAttention) -> dict | None:
+    """The arguments of an ``nn.MultiheadAttention`` call by name (``key`` is ``query`` and ``value``
+    is ``key`` where they compute the same value), or None when rule 4 does not apply."""
+    args = list(node.args) + [None] * (8 - len(node.args))
+    names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights", "is_causal")
+    call = dict(zip(names, args))
+    call.update(node.kwargs)
+    x = call["query"]
+    if _same_value(call["key"], x):  # attn(x.transpose(0, 1), x.transpose(0, 1), ...): two nodes, one value
+        call["key"] = x
+    if _same_value(call["value"], call["key"]):
+        call["value"] = call["key"]
+    users = list(node.users)
+    simple = (
+        all(isinstance(call[t], fx.Node) and _rank(call[t]) == 3 for t in ("query", "key", "value"))
+        and all(call[m] is None or _float_or_bool(call[m]) for m in ("key_padding_mask", "attn_mask"))
+        and isinstance(call["is_causal"], (bool, type(None))) and not (call["is_causal"] and call["attn_mask"] is None)
+        and isinstance(call["need_weights"], (bool, type(None)))
+        and mod.bias_k is None and mod.bias_v is None and not mod.add_zero_attn
+        and all(u.op == "call_function" and u.target is operator.getitem and u.args[1] in (0, 1) for u in users)
+        and not any(u.users for u in users if u.args[1] == 1)
+    )
+    return call if simple else None
+
+
+def _drop_packed_projections(gm: fx.GraphModule, path: str) -> None:
+    """Set the packed projections of a rewritten attention module to None where no node reads them any
+    more (its cross-attention calls read row blocks of their own), so they are neither kept nor trained."""
+    mod = gm.get_submodule(path)
+    read = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
+    for name in ("in_proj_weight", "in_proj_bias"):
+        if getattr(mod, name, None) is not None and f"{path}.{name}" not in read:
+            setattr(mod, name, None)
+
+
+def _same_value(a, b) -> bool:
+    """The same node, or the same pure view/op call on the same inputs (``kv.transpose(0, 1)`` written twice)."""
+    if a is b:
         return True
+    return (isinstance(a, fx.Node) and isinstance(b, fx.Node) and a.op == b.op and a.op in ("call_method", "call_function")
+            and a.target == b.target and a.args == b.args and a.kwargs == b.kwargs
+            and str(getattr(a.target, "__name__", a.target)) in _PURE)
+
+
+_PURE = {"transpose", "permute", "reshape", "view", "contiguous", "flatten", "unflatten", "squeeze", "unsqueeze", "getitem",
+         "float", "to", "type_as", "detach", "t"}
+
+
+def _register(gm: fx.GraphModule, target: str, value: torch.Tensor) -> None:
+    """A new parameter ``target`` holding a copy of ``value`` (trainable, like the one it came from);
+    a second call of the same module finds it there."""
+    owner, _, attr = target.rpartition(".")
+    owner = gm.get_submodule(owner) if owner else gm
+    if not isinstance(getattr(owner, attr, None), nn.Parameter):
+        setattr(owner, attr, nn.Parameter(value.detach().clone()))
 
 
 _T_FNS = {torch.t, torch.ops.aten.t.default, torch.ops.aten.numpy_T.default, "t"}  # no dims
@@ -350,15 +453,3 @@ def _rank(node: fx.Node) -> int | None:
 
     tm = tensor_meta(node)
     return len(tm[0]) if tm else None
-
-
-def _between(start: fx.Node, end: fx.Node) -> set:
-    """Nodes on a path from ``start`` (excluded) to ``end``."""
-    seen, stack = set(), [end]
-    while stack:
-        n = stack.pop()
-        if n in seen or n is start:
-            continue
-        seen.add(n)
-        stack.extend(n.all_input_nodes)
-    return seen

@@ -6,7 +6,8 @@
   functional forward is reused.
 * :class:`QuantizedMultiheadAttention`: an ``nn.MultiheadAttention`` whose projection weights are
   fake-quantized (weight-only) before ``F.multi_head_attention_forward``, for the attention layers
-  the canonicalize pass cannot rewrite into graph ops (cross-attention, masks, inside auto-leaves).
+  the canonicalize pass cannot rewrite into graph ops (attention weights used, ``bias_k``, inside
+  auto-leaves).
 """
 
 from __future__ import annotations

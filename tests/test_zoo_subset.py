@@ -84,23 +84,72 @@ def test_self_attention_becomes_linears_and_sdpa_and_residual_adds_stay_float():
     assert 0 < err < 0.05
 
 
-def test_cross_attention_is_wrapped_with_weight_quantizers(tmp_path):
-    class Cross(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.attn = nn.MultiheadAttention(32, 4)
-            self.fc = nn.Linear(32, 8)
+class _Cross(nn.Module):
+    """Attention of queries over another sequence, as decoders and DETR/Perceiver-style heads call it."""
 
-        def forward(self, q, kv):
-            return self.fc(self.attn(q, kv, kv)[0])
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        kdim = 24 if how == "kdim" else None
+        self.attn = nn.MultiheadAttention(32, 4, kdim=kdim, vdim=kdim, batch_first=how != "memory")
+        self.fc = nn.Linear(32, 8)
 
+    def forward(self, q, kv, keep):  # keep: [N, S] 1 for tokens, 0 for padding
+        if self.how == "memory":  # sequence-first, key = value = the encoder's output, padded
+            return self.fc(self.attn(q.transpose(0, 1), kv.transpose(0, 1), kv.transpose(0, 1), key_padding_mask=keep == 0)[0])
+        if self.how == "twice":  # one module attending over two sequences: its two calls share the packed weights
+            return self.fc(self.attn(q, kv, kv)[0] + self.attn(q, q, q)[0])
+        if self.how == "weights":  # the attention weights are used: this call stays whole, and so does the other
+            o, w = self.attn(q, kv, kv)
+            return self.fc(o + self.attn(q, q, q)[0]) + w.mean(-1).unsqueeze(-1)
+        if self.how == "separate":  # values differ from keys
+            return self.fc(self.attn(q, kv, kv.flip(1))[0])
+        return self.fc(self.attn(q, kv, kv)[0])
+
+
+@pytest.mark.parametrize("how, projections", [("memory", "q and kv"), ("separate", "q, k and v"), ("kdim", "q, k and v"),
+                                             ("twice", "q and kv")])
+def test_cross_attention_becomes_linears_and_sdpa(how, projections, tmp_path):
     torch.manual_seed(0)
-    model, args = Cross().eval(), (torch.randn(5, 2, 32), torch.randn(7, 2, 32))
+    model = _Cross(how).eval()
+    width = 24 if how == "kdim" else 32
+    keep = torch.ones(2, 7, dtype=torch.long)
+    keep[1, 5:] = 0
+    args = (torch.randn(2, 5, 32), torch.randn(2, 7, width), keep)
+    qm = qgraph.quantize(model, args, "w8a8", [(torch.randn(2, 5, 32), torch.randn(2, 7, width), keep) for _ in range(2)])
+    assert not any(n.op == "call_module" and n.target == "attn" for n in qm._float_graph.graph.nodes)
+    assert any("cross-attention" in c.detail or "separate key and value" in c.detail for c in qm.changes
+               if projections in c.detail)
+    ops = {(r["op"], r["module"]) for r in qm.summary_rows()}
+    assert ("matmul", "attn") in ops  # the attention's q, k and v are quantized, not only the weights
+    weights = sorted(n for n, q in qm.quantizers().items() if q.role == "weight")
+    # q and kv (or q, k, v), out_proj, fc; a module also called as self-attention keeps its packed in_proj for that
+    assert len(weights) == {"memory": 4, "twice": 5}.get(how, 5), weights
+    assert all(qm.quantizers()[n].initialized for n in weights)
+    with torch.no_grad():
+        want = model(*args)
+        assert torch.allclose(qm._float_graph(*args), want, atol=1e-5)  # the rewrite itself is exact
+        with qm.frozen():
+            got = qm(*args)
+    assert 10 * torch.log10(want.pow(2).mean() / (got - want).pow(2).mean()) > 20  # 24.5 to 34 dB here
+    res = qm.export(str(tmp_path / "cross"), formats=("onnx", "qpack"))
+    assert res.max_abs_error <= res.tolerance
+    again = qgraph.load(str(tmp_path / "cross.qpack"), model, args)  # the split projections are restored by name
+    with torch.no_grad(), again.frozen():
+        torch.testing.assert_close(again(*args), got, rtol=0, atol=0)
+
+
+def test_attention_whose_weights_are_used_is_wrapped_with_weight_quantizers(tmp_path):
+    """Every call of the module stays whole: the wrapper owns the packed projections (its other call,
+    a self-attention, used to be rewritten to read them and failed once the module was wrapped)."""
+    torch.manual_seed(0)
+    model = _Cross("weights").eval()
+    args = (torch.randn(2, 5, 32), torch.randn(2, 7, 32), torch.ones(2, 7, dtype=torch.long))
     qm = qgraph.quantize(model, args, "w8a8")
     assert isinstance(qm.qgraph.get_submodule("attn"), QuantizedMultiheadAttention)
     wq = [q for q in qm.quantizers().values() if q.role == "weight"]
     assert len(wq) == 3 and all(q.initialized for q in wq)
-    res = qm.export(str(tmp_path / "cross"), formats=("onnx",))
+    res = qm.export(str(tmp_path / "weights"), formats=("onnx",))
     assert res.max_abs_error <= res.tolerance
 
 
@@ -319,9 +368,9 @@ def test_nn_transformer_is_traced_into_and_every_weight_quantized(tmp_path):
     qm = qgraph.quantize(model, data[0], "w8a8", data[1:])
     assert qm.qgraph.capture.route == "symbolic_trace" and not qm.qgraph.capture.leaves
     weights = {n for n, q in qm.quantizers().items() if q.role == "weight"}
-    # embedding, head; encoder: in/out projection, two linears; decoder: self-attention (rewritten),
-    # cross-attention (wrapped: two), two linears
-    assert len(weights) == 12, sorted(weights)
+    # embedding, head; encoder: in/out projection, two linears; decoder: self-attention, cross-attention
+    # (q, kv and out projections), two linears
+    assert len(weights) == 13, sorted(weights)
     assert any(n.startswith("t.decoder.layers.0.linear1") for n in weights)
     with torch.no_grad(), qm.frozen():
         want, got = model(*data[0]), qm(*data[0])
