@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -32,6 +34,7 @@ class ExportResult:
     qpack_path: str | None = None
     qpack_bytes: int = 0
     drift: float | None = None  # the model's own rounding drift behind a default tolerance (qgraph.export_tolerance)
+    fixed_shapes: str | None = None  # why the file has the example's input shapes although a dynamic batch was asked for
 
     def __str__(self) -> str:
         parts = []
@@ -39,6 +42,8 @@ class ExportResult:
             top1 = f", top-1 agreement {self.top1_agreement:.1%}" if self.top1_agreement is not None else ""
             parts.append(f"{self.onnx_path} ({self.onnx_bytes / 1024:.1f} KiB): ONNX Runtime vs qgraph max abs error "
                          f"{self.max_abs_error:.3g} (tolerance {self.tolerance:.3g}){top1}")
+        if self.fixed_shapes:
+            parts.append(f"input shapes fixed to the example's: {self.fixed_shapes}")
         if self.qpack_path:
             parts.append(f"{self.qpack_path} ({self.qpack_bytes / 1024:.1f} KiB)")
         return "; ".join(parts)
@@ -199,7 +204,9 @@ class QModel(nn.Module):
         range, and twice the output change that float-rounding noise at every activation quantizer
         causes (:mod:`qgraph.export_tolerance`; ``ExportResult.drift`` records that change). ``dynamic_batch``: let the batch dimension vary
         where the graph allows (``ExportResult.dynamic_batch`` says whether it does; such a file is
-        also run at another batch size, and one that fails there is an :class:`ExportMismatchError`).
+        also run at another batch size, and one that fails there is an :class:`ExportMismatchError`;
+        where the model itself fails at another batch size, its first dims are not a batch and the file
+        gets the example's shapes: ``ExportResult.fixed_shapes`` says so).
         qpack: the file is read back and every rebuilt weight must equal this model's fake-quantized
         weight bit for bit.
         Task-specific scales: the ONNX file is for ``task`` (default: the active task), the qpack holds
@@ -222,23 +229,35 @@ class QModel(nn.Module):
             self.sync_weight_quantizers()
             agreement = sess = None
             packed, single = self._export_sources(task)
+            mismatch = None
             if "onnx" in formats:
-                agreement, sess = single._export_onnx(base + ".onnx", result, verify, tolerance, dynamic_batch)
+                try:
+                    single._export_checked_onnx(base + ".onnx", result, verify, tolerance, dynamic_batch, min_top1)
+                except ExportMismatchError as e:  # the file and its report stay on disk for inspection
+                    mismatch = e
             if "qpack" in formats:
                 packed._export_qpack(base + ".qpack", result, verify)
             self._write_report(result)
-        if agreement is not None:
-            bad_top1 = agreement.top1_agreement_up_to_ties is not None and agreement.top1_agreement_up_to_ties < min_top1
-            if agreement.max_abs_error > result.tolerance or bad_top1:
-                raise ExportMismatchError(
-                    f"ONNX Runtime disagrees with the quantized model on the example inputs: {agreement}; "
-                    f"tolerance {result.tolerance:.3g}, minimum top-1 agreement {min_top1:.0%}. The file is at {result.onnx_path}"
-                )
-            if result.dynamic_batch:
-                with self.frozen():
-                    single._check_other_batch(sess, result)
-                    single._separate_batches(sess, result)
+        if mismatch is not None:
+            raise mismatch
         return result
+
+    def _export_checked_onnx(self, onnx_path, result, verify, tolerance, dynamic_batch, min_top1) -> None:
+        """Export, compare with ONNX Runtime on the example, and check a dynamic batch at another size.
+        Where the model itself takes no other batch (its first dims are not batches: a graph's node
+        features and edge list), the file is exported again with the example's shapes, and
+        ``result.fixed_shapes`` says why."""
+        agreement, sess = self._export_onnx(onnx_path, result, verify, tolerance, dynamic_batch)
+        _check_agreement(agreement, result, min_top1)
+        if agreement is None or not result.dynamic_batch:
+            return
+        try:
+            self._check_other_batch(sess, result)
+            self._separate_batches(sess, result)
+        except _ModelRefusesOtherShapes as refused:
+            agreement, sess = self._export_onnx(onnx_path, result, verify, tolerance, dynamic_batch=False)
+            _check_agreement(agreement, result, min_top1)
+            result.fixed_shapes = str(refused)
 
     def _export_sources(self, task: str | None):
         """(model for the qpack, model for ONNX): group gains folded (a copy, when there are any), and
@@ -294,18 +313,18 @@ class QModel(nn.Module):
         other, shortened = shorter_sequences(batch_only, claims)
         fix = f"; export with dynamic_batch=False for a file with fixed input shapes. The file is at {result.onnx_path}"
         try:
-            with torch.no_grad():
-                expected = self(*other)
+            expected = self._probe(other)
         except Exception as e:  # noqa: BLE001 - the model itself refuses the shapes the file claims to take
             if not shortened:
-                raise ExportMismatchError(f"the file's inputs claim a dynamic batch, but the quantized model itself fails at a "
-                                          f"batch of {new_size}: {type(e).__name__}: {str(e).strip()[:300]}{fix}") from e
+                raise _ModelRefusesOtherShapes(new_size, e) from e
             # the model takes only the example's token length (one input's length fixed, the others tied
             # to it): the file says so, and the batch is checked alone
             _fix_sequence_dims(result.onnx_path, claims, self._example_inputs)
             other, shortened = batch_only, 0
-            with torch.no_grad():
-                expected = self(*other)
+            try:
+                expected = self._probe(other)
+            except Exception as e:  # noqa: BLE001 - nor another batch
+                raise _ModelRefusesOtherShapes(new_size, e) from e
         at = f"a batch of {new_size}" + (" with token inputs one token shorter" if shortened else "")
         why = f"ONNX Runtime runs the file at the example's batch of {size} but not at {at}"
         try:
@@ -314,6 +333,13 @@ class QModel(nn.Module):
             raise ExportMismatchError(f"{why}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}{fix}") from e
         if agreement.max_abs_error > result.tolerance:
             raise ExportMismatchError(f"{why}: {agreement}; tolerance {result.tolerance:.3g}{fix}")
+
+    def _probe(self, args: tuple):
+        """The outputs on inputs of sizes the model may refuse. torch.fx prints the generated code of a
+        failing graph line to stderr before the exception reaches the caller; a probe's failure is an
+        answer, not an error, so that print is swallowed."""
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            return self(*args)
 
     def _separate_batches(self, sess, result) -> None:
         """An input whose first dim does not have to match the other inputs' (CLIP's images against its
@@ -342,8 +368,7 @@ class QModel(nn.Module):
                 sized[slots[j]] = torch.cat([t] * n)[:n]
             args = pytree.tree_unflatten(sized, spec)
             try:
-                with torch.no_grad():
-                    expected = self(*args)
+                expected = self._probe(args)
             except Exception:  # noqa: BLE001 - its size is tied to the other inputs'
                 continue
             name = own[inputs[k].name] = f"{inputs[k].name}_batch"
@@ -398,6 +423,26 @@ class QModel(nn.Module):
         }
         with open(result.report_path, "w") as f:
             json.dump(report, f, indent=2, default=str)
+
+
+class _ModelRefusesOtherShapes(Exception):
+    """The quantized model itself fails on the example cut to another batch size: its first dims are
+    not (only) a batch, e.g. a graph network's node features and ``[2, edges]`` edge list."""
+
+    def __init__(self, size: int, cause: BaseException) -> None:
+        first = (str(cause).strip().splitlines() or [""])[0][:200]
+        super().__init__(f"the model itself fails at a batch of {size} ({type(cause).__name__}: {first})")
+
+
+def _check_agreement(agreement, result: ExportResult, min_top1: float) -> None:
+    if agreement is None:
+        return
+    bad_top1 = agreement.top1_agreement_up_to_ties is not None and agreement.top1_agreement_up_to_ties < min_top1
+    if agreement.max_abs_error > result.tolerance or bad_top1:
+        raise ExportMismatchError(
+            f"ONNX Runtime disagrees with the quantized model on the example inputs: {agreement}; "
+            f"tolerance {result.tolerance:.3g}, minimum top-1 agreement {min_top1:.0%}. The file is at {result.onnx_path}"
+        )
 
 
 def _fix_sequence_dims(path: str, claims: list[bool], example: tuple) -> None:

@@ -598,3 +598,21 @@ def test_an_input_whose_first_dim_is_not_the_batch_gets_a_name_of_its_own(tmp_pa
     got = ort.InferenceSession(res.onnx_path).run(None, {"x": x.numpy(), "classes": classes.numpy()})[0]
     assert np.abs(got - want).max() <= res.tolerance
 
+
+def test_inputs_whose_first_dims_are_not_a_batch_export_with_the_examples_shapes(tmp_path):
+    """A graph network on node features ``[nodes, 6]`` and an edge list ``[2, edges]``: cut to one
+    "sample", the edge list has one row and the model itself fails. The export check raised that
+    IndexError; the file now gets the example's shapes, and the result says why."""
+    import json
+
+    from benchmarks.usage_models_ops import MessagePassing, _graph
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    model, example = MessagePassing().eval(), _graph(4, g)
+    qm = qgraph.quantize(model, example, "w8a8", [_graph(4, g) for _ in range(2)])
+    res = qm.export(str(tmp_path / "gnn"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance and not res.dynamic_batch
+    assert "fails at a batch of 1 (IndexError" in res.fixed_shapes and "input shapes fixed" in str(res)
+    assert all(isinstance(d, int) for i in ort_session(res.onnx_path).get_inputs() for d in i.shape)
+    assert json.load(open(res.report_path))["export"]["fixed_shapes"] == res.fixed_shapes

@@ -357,7 +357,7 @@ def test_masked_self_attention_becomes_linears_and_sdpa_with_the_same_mask(how, 
     assert res.max_abs_error <= res.tolerance
 
 
-def test_nn_transformer_is_traced_into_and_every_weight_quantized(tmp_path):
+def test_nn_transformer_is_traced_into_and_every_weight_quantized(tmp_path, capsys):
     """fx keeps torch.nn modules whole: ``nn.Transformer`` and its decoder were one float leaf call."""
     from benchmarks.usage_models import CausalTransformer
 
@@ -377,3 +377,6 @@ def test_nn_transformer_is_traced_into_and_every_weight_quantized(tmp_path):
     assert 10 * torch.log10(want.pow(2).mean() / (got - want).pow(2).mean()) > 25
     res = qm.export(str(tmp_path / "t"), formats=("onnx",))
     assert res.max_abs_error <= res.tolerance
+    # the export's batch probes (source and target batches are tied by the cross-attention) fail quietly:
+    # torch.fx printed each failing graph line to stderr
+    assert "FX-traced" not in capsys.readouterr().err
