@@ -227,7 +227,6 @@ class QModel(nn.Module):
         self.eval()
         with self.frozen():
             self.sync_weight_quantizers()
-            agreement = sess = None
             packed, single = self._export_sources(task)
             mismatch = None
             if "onnx" in formats:
