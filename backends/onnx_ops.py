@@ -6,6 +6,8 @@
   initializer is folded into a typed initializer after export (int4 packed two to a byte, int2
   four to a byte; :func:`qgraph.backends.onnx_fold.fold_constant_quantization`).
 * ``aten::conv3d`` → ``Conv`` (works around an onnxscript bug with bias-less 3-D convs: :func:`conv3d`).
+* ``aten::_cdist_forward`` (``torch.cdist``), which torchlib does not translate → the direct
+  pairwise-distance formula (:func:`cdist`).
 * mixture-of-experts grouped matmuls (``transformers::grouped_mm_fallback``, ``aten::_grouped_mm``
   with offsets, which torchlib does not translate) → one ``MatMul`` per expert (:func:`grouped_mm`).
 
@@ -117,6 +119,27 @@ def conv3d(input, weight, bias=None, stride=(1, 1, 1), padding=(0, 0, 0), dilati
     return op.Squeeze(out, op.Constant(value_ints=[0])) if unbatched else out
 
 
+def cdist(x1, x2, p: float = 2.0, compute_mode=None):
+    """``aten::_cdist_forward`` (``torch.cdist``: pairwise p-norm distances between the rows of
+    ``x1 [..., P, M]`` and ``x2 [..., R, M]``), which torchlib does not translate, as the direct
+    formula on ``x1[..., :, None, :] - x2[..., None, :, :]``: ``Sqrt(ReduceSum(d²))`` for p = 2,
+    ``ReduceSum(|d|)`` for 1, ``ReduceMax(|d|)`` for ∞, the count of non-zeros for 0, else
+    ``ReduceSum(|d|^p)^(1/p)``. PyTorch computes p = 2 on more than 25 rows through a matrix product
+    (``compute_mode``), which rounds differently by a few ulps; the direct form is the exact one."""
+    axes = op.Constant(value_ints=[-1])
+    d = op.Sub(op.Unsqueeze(x1, op.Constant(value_ints=[-2])), op.Unsqueeze(x2, op.Constant(value_ints=[-3])))
+    if p == 2:
+        return op.Sqrt(op.ReduceSum(op.Mul(d, d), axes, keepdims=0))
+    a = op.Abs(d)
+    if p == 1:
+        return op.ReduceSum(a, axes, keepdims=0)
+    if p == float("inf"):
+        return op.ReduceMax(a, axes, keepdims=0)
+    if p == 0:
+        return op.ReduceSum(op.CastLike(op.Not(op.Equal(d, op.CastLike(0.0, d))), d), axes, keepdims=0)
+    return op.Pow(op.ReduceSum(op.Pow(a, op.CastLike(p, a)), axes, keepdims=0), op.CastLike(1.0 / p, a))
+
+
 def grouped_mm(input, weight, offs=None, bias=None, out_dtype=None):
     """A mixture-of-experts grouped matmul (``transformers::grouped_mm_fallback``, ``aten::_grouped_mm``):
     ``input [S, K]`` holds the tokens sorted by expert, ``offs [E]`` the cumulative row count of each
@@ -175,5 +198,6 @@ def translation_table(opset: int = 21) -> dict:
         torch.ops.qgraph.fake_quantize.default: fake_quantize,
         torch.ops.qgraph.dequantize.default: dequantize_int2 if opset >= INT2_OPSET else dequantize,
         torch.ops.aten.conv3d.default: conv3d,
+        torch.ops.aten._cdist_forward.default: cdist,
         **dict.fromkeys(_grouped_mm_ops(), grouped_mm),
     }

@@ -616,3 +616,31 @@ def test_inputs_whose_first_dims_are_not_a_batch_export_with_the_examples_shapes
     assert "fails at a batch of 1 (IndexError" in res.fixed_shapes and "input shapes fixed" in str(res)
     assert all(isinstance(d, int) for i in ort_session(res.onnx_path).get_inputs() for d in i.shape)
     assert json.load(open(res.report_path))["export"]["fixed_shapes"] == res.fixed_shapes
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0, 2.0, 3.0, float("inf")])
+def test_cdist_exports_where_torchs_exporter_has_no_translation(p, tmp_path):
+    """``torch.cdist`` (metric learning, prototypes, Siamese nets) failed every export:
+    "No ONNX function found for aten._cdist_forward"."""
+
+    class Distances(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc = nn.Linear(4, 8)
+
+        def forward(self, a, b):
+            d = torch.cdist(self.enc(a), self.enc(b), p=p)
+            return d if p else d + torch.cdist(a.round(), b.round(), p=p)  # p=0 counts differing coordinates
+
+    torch.manual_seed(0)
+    model, args = Distances().eval(), (torch.randn(2, 5, 4), torch.randn(2, 6, 4))
+    path = str(tmp_path / "cdist.onnx")
+    qgraph.export_onnx(model, args, path)
+    sess = ort_session(path)
+    got = sess.run(None, {i.name: a.numpy() for i, a in zip(sess.get_inputs(), args)})[0]
+    with torch.no_grad():
+        want = model(*args).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    qm = qgraph.quantize(model, args, "w8a8")
+    res = qm.export(str(tmp_path / "q"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
