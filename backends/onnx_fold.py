@@ -52,7 +52,14 @@ Then rewrites for ONNX Runtime's fusions (:func:`prepare_for_onnxruntime`):
     bias, so ONNX Runtime still fuses QLinearConv / QGemm; the rounding is covered by the export
     check's tolerance there.
 
-Rules 5 to 10 depend on what ONNX Runtime does; the file stays valid ONNX that any runtime can run.
+11. An activation's ``DequantizeLinear`` with one step per position along an axis (OFQ's per-token
+    steps) becomes ``Mul(Sub(Cast(q → float), zp), scale)``, applied first. ONNX Runtime has no
+    integer kernel for per-axis activations, yet its extended fusions take them in: ``DQ → MatMul``
+    became ``MatMulIntegerToFloat``, which refuses a per-axis zero point at run time, and
+    ``DQ → LeakyRelu → Q`` became ``QLinearLeakyRelu``, whose lookup table failed to build. The same
+    float arithmetic as plain ops runs where the fused kernels could not.
+
+Rules 5 to 11 depend on what ONNX Runtime does; the file stays valid ONNX that any runtime can run.
 """
 
 from __future__ import annotations
@@ -212,9 +219,10 @@ def _widens_packed(src: int, to: int) -> bool:
 
 
 def prepare_for_onnxruntime(model: onnx.ModelProto, float_biases: bool = False) -> dict[str, int]:
-    """Rules 5 to 10 (module docstring), in place; returns how many weights or nodes each rule changed.
+    """Rules 5 to 11 (module docstring), in place; returns how many weights or nodes each rule changed.
     ``float_biases``: rule 10 for every integer Conv/Gemm (a bit-switch model's fixed-bits copy)."""
     return {
+        "per_axis_activations": _per_axis_activations_as_float_ops(model),
         "int8_compute": _int8_compute_for_packed_weights(model),
         "sum_bias": _keep_matmul_for_matmulnbits(model),
         "foldable_dequantize": _foldable_weight_only_convs(model),
@@ -384,20 +392,50 @@ def _foldable_weight_only_convs(model: onnx.ModelProto) -> int:
         zp_t = gr.inits.get(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
         if scale_t is None or (len(dq.input) > 2 and dq.input[2] and zp_t is None):
             continue
-        scale = _to_numpy(scale_t)
         shape = [1] * len(w.dims)
-        if scale.size > 1:
+        if _to_numpy(scale_t).size > 1:
             shape[_attr(dq, "axis", 1) % len(w.dims)] = -1
-        out = dq.output[0]
-        nodes = [onnx.helper.make_node("Cast", [w.name], [f"{out}_codes"], to=scale_t.data_type)]
-        codes = f"{out}_codes"
-        if zp_t is not None and np.any(_to_numpy(zp_t) != 0):
-            zp = gr.rewrite_initializer(zp_t.name, _to_numpy(zp_t).astype(scale.dtype).reshape(shape), "float")
-            nodes.append(onnx.helper.make_node("Sub", [codes, zp], [f"{out}_centered"]))
-            codes = f"{out}_centered"
-        s = gr.rewrite_initializer(scale_t.name, scale.reshape(shape), "broadcast")
-        nodes.append(onnx.helper.make_node("Mul", [codes, s], [out]))
-        before[idx] = nodes
+        before[idx] = _float_dequantize(gr, dq, scale_t, zp_t, shape)
+        drop.add(idx)
+    if before:
+        gr.replace_nodes(before, drop)
+    return len(before)
+
+
+def _float_dequantize(gr: _Graph, dq: onnx.NodeProto, scale_t: onnx.TensorProto, zp_t: onnx.TensorProto | None,
+                      shape: list[int]) -> list[onnx.NodeProto]:
+    """``DequantizeLinear(q, scale, zp)`` as ``Mul(Sub(Cast(q → float), zp), scale)`` (no ``Sub`` for
+    a zero ``zp``), with scale and zero point reshaped to ``shape`` to broadcast along the axis."""
+    scale = _to_numpy(scale_t)
+    out = dq.output[0]
+    nodes = [onnx.helper.make_node("Cast", [dq.input[0]], [f"{out}_codes"], to=scale_t.data_type)]
+    codes = f"{out}_codes"
+    if zp_t is not None and np.any(_to_numpy(zp_t) != 0):
+        zp = gr.rewrite_initializer(zp_t.name, _to_numpy(zp_t).astype(scale.dtype).reshape(shape), "float")
+        nodes.append(onnx.helper.make_node("Sub", [codes, zp], [f"{out}_centered"]))
+        codes = f"{out}_centered"
+    s = gr.rewrite_initializer(scale_t.name, scale.reshape(shape), "broadcast")
+    nodes.append(onnx.helper.make_node("Mul", [codes, s], [out]))
+    return nodes
+
+
+def _per_axis_activations_as_float_ops(model: onnx.ModelProto) -> int:
+    """Rule 11: an activation's ``DequantizeLinear`` with one step per position along an axis (OFQ's
+    per-token steps) → ``Mul(Sub(Cast(q), zp), scale)``."""
+    gr = _Graph(model.graph)
+    before: dict[int, list[onnx.NodeProto]] = {}
+    drop: set[int] = set()
+    for idx, dq in enumerate(gr.g.node):
+        if dq.op_type != "DequantizeLinear" or dq.domain not in ("", "ai.onnx") or dq.input[0] in gr.inits:
+            continue
+        scale_t = gr.inits.get(dq.input[1])
+        zp_t = gr.inits.get(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
+        axis = _attr(dq, "axis", 1)
+        if scale_t is None or len(scale_t.dims) != 1 or _to_numpy(scale_t).size < 2 or axis >= 0 or _attr(dq, "block_size", 0):
+            continue
+        if len(dq.input) > 2 and dq.input[2] and zp_t is None:
+            continue
+        before[idx] = _float_dequantize(gr, dq, scale_t, zp_t, [-1] + [1] * (-axis - 1))
         drop.add(idx)
     if before:
         gr.replace_nodes(before, drop)

@@ -224,3 +224,25 @@ def test_recipe_options_are_checked():
         qgraph.get_recipe("ofq(bits=2, method=lsq)")
     with pytest.raises(qgraph.RecipeError, match="2..7"):
         qgraph.get_recipe("ofq(bits=9)")
+
+
+@pytest.mark.parametrize("case", ["masked_fill", "superres"])
+def test_per_token_activations_export_past_onnx_runtimes_fusions(case, tmp_path):
+    """OFQ's per-token activation steps reach ONNX Runtime's extended fusions as per-axis
+    DequantizeLinear: attention·V became MatMulIntegerToFloat, which refused the per-axis zero point
+    at run time, and DQ → LeakyRelu → Q became QLinearLeakyRelu, whose lookup table failed to build.
+    The export writes such dequantizations as float ops (onnx_fold rule 11)."""
+    from benchmarks.usage_scan import build_case
+
+    _, model, _, _, example, calib, _ = build_case(case)
+    qm = qgraph.quantize(model, example, "ofq", calib)
+    res = qm.export(str(tmp_path / case), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
+    import onnx
+
+    m = onnx.load(res.onnx_path)
+    inits = {t.name: t for t in m.graph.initializer}
+    per_axis = [n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in inits
+                and int(np.prod(inits[n.input[1]].dims)) > 1]
+    assert not per_axis, [n.name for n in per_axis]  # every per-token step is dequantized by Mul
+    assert any(n.op_type == "Mul" and n.output[0].startswith("fake_quantize") for n in m.graph.node)
