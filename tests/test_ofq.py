@@ -246,3 +246,24 @@ def test_per_token_activations_export_past_onnx_runtimes_fusions(case, tmp_path)
                 and int(np.prod(inits[n.input[1]].dims)) > 1]
     assert not per_axis, [n.name for n in per_axis]  # every per-token step is dequantized by Mul
     assert any(n.op_type == "Mul" and n.output[0].startswith("fake_quantize") for n in m.graph.node)
+
+
+@pytest.mark.parametrize("case", ["siamese", "stn"])
+def test_signed_activation_grids_travel_in_uint8(case, tmp_path):
+    """OFQ's 2-bit activations are signed. In int8 containers, ONNX Runtime (converting int8 Q/DQ
+    pairs to uint8 after propagating a DequantizeLinear past an Unsqueeze or Reshape) wrote a
+    QuantizeLinear whose output type did not match its zero point, and the file did not load. The
+    grid is shifted by 128 into uint8 instead: the same values."""
+    import onnx
+
+    from benchmarks.usage_scan import build_case
+
+    _, model, _, _, example, calib, _ = build_case(case)
+    qm = qgraph.quantize(model, example, "ofq", calib)
+    res = qm.export(str(tmp_path / case), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
+    m = onnx.load(res.onnx_path)
+    inits = {t.name: t for t in m.graph.initializer}
+    zps = [inits[n.input[2]] for n in m.graph.node if n.op_type == "QuantizeLinear"]
+    assert zps and all(z.data_type == onnx.TensorProto.UINT8 for z in zps)
+    assert any(int(onnx.numpy_helper.to_array(z).ravel()[0]) == 128 for z in zps)  # a symmetric signed grid, shifted
