@@ -39,7 +39,7 @@ from torch.utils import _pytree as pytree
 from qgraph.capture import batch_inputs
 from qgraph.errors import InputError
 from qgraph.granularity import PerTensor
-from qgraph.ops import ADDMM, CONV, CONV_TRANSPOSE, LINEAR, is_passthrough, module_path
+from qgraph.ops import ADDMM, CONV, CONV_TRANSPOSE, LINEAR, is_fusable_activation, is_passthrough, module_path
 from qgraph.quantizer import FakeQuantize, frozen_weights
 
 MAX_SAMPLES = 128  # calibration samples the correction uses (one batch: the layer means are exact over it)
@@ -161,6 +161,44 @@ def bias_grid(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:
         return None
     s_w = qw.effective_scale().detach().float().reshape(-1)
     return (qx.effective_scale().detach().float().reshape(()) * s_w) if s_w.numel() > 1 else None
+
+
+def _on_8_bits(q) -> bool:
+    return isinstance(q, FakeQuantize) and q.role == "activation" and q.spec.qmax - q.spec.qmin == 255
+
+
+def _requantized_at_8_bits(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node``'s result (through one ReLU) only feeds 8-bit activation quantizers: ONNX
+    Runtime then runs it as QLinearConv / QGemm with an int32 bias (``backends.onnx_fold`` rule 10
+    adds the bias after the op everywhere else)."""
+    users = list(node.users)
+    if len(users) == 1 and is_fusable_activation(gm, users[0]):
+        users = list(users[0].users)
+    return bool(users) and all(u.op == "call_module" and _on_8_bits(gm.get_submodule(u.target)) for u in users)
+
+
+@torch.no_grad()
+def snap_biases_to_int32_grid(gm: fx.GraphModule) -> list[tuple[fx.Node, float]]:
+    """Put the bias of every layer ONNX Runtime runs as an integer kernel with an int32 bias onto that
+    grid, ``s_x · s_w`` (as bias correction leaves it): QAT moves biases and scales off it, and ONNX
+    Runtime's rounding then flips output codes the fake-quantized model does not. Returns the layers
+    moved and by how many grid steps at most."""
+    moved = []
+    for node in targets(gm):
+        bias = BiasCorrectionPass._bias_param(gm, node)
+        grid = bias_grid(gm, node) if bias is not None else None
+        x = node.args[1] if node.target in ADDMM else node.args[0]
+        if grid is None or grid.numel() != bias.numel() or not (isinstance(x, fx.Node) and x.op == "call_module"
+                                                               and _on_8_bits(gm.get_submodule(x.target))):
+            continue
+        if not _requantized_at_8_bits(gm, node):
+            continue
+        steps = bias.detach().float() / grid
+        off = float((steps - steps.round()).abs().max())
+        if off > 1e-3:
+            bias.copy_((steps.round() * grid).to(bias.dtype))
+            moved.append((node, off))
+    return moved
 
 
 class _Probe(nn.Module):

@@ -139,6 +139,18 @@ class QModel(nn.Module):
                 if key in state:  # (through its sparsity mask, if any)
                     self.qgraph.get_submodule(name)(effective_weight(self.qgraph, state, key))
 
+    def _snap_biases(self) -> None:
+        """Before an export: biases of integer layers back on the int32 grid ONNX Runtime stores them
+        on (:func:`qgraph.passes.bias_correction.snap_biases_to_int32_grid`), recorded in ``changes``.
+        Post-training biases are there already; training moves them off."""
+        from qgraph.ops import module_path
+        from qgraph.passes.base import Change
+        from qgraph.passes.bias_correction import snap_biases_to_int32_grid
+
+        for node, off in snap_biases_to_int32_grid(self.qgraph):
+            self.changes.append(Change("export", "rounded", node.name, module_path(node),
+                                       f"bias onto the int32 grid s_x·s_w of ONNX Runtime's integer kernel ({off:.2f} steps off)"))
+
     # ----------------------------------------------------------------- bit switching (recipe "bitswitch")
     def set_bits(self, bits) -> QModel:
         """Switch a bit-switch model to ``bits`` (an int) or per layer (``{"layer3.*": 2}``); see qgraph.bitswitch."""
@@ -210,7 +222,9 @@ class QModel(nn.Module):
         qpack: the file is read back and every rebuilt weight must equal this model's fake-quantized
         weight bit for bit.
         Task-specific scales: the ONNX file is for ``task`` (default: the active task), the qpack holds
-        every task's scales. Learned group gains (QSLAW) are folded into the codes first.
+        every task's scales. Learned group gains (QSLAW) are folded into the codes first, and the biases
+        of layers ONNX Runtime runs as integer kernels are put back on their int32 grid ``s_x · s_w``
+        (training moves them off; recorded in ``changes``).
         """
         if getattr(self.recipe, "bits", None):  # a bit-switch model: one INT8 qpack, ONNX at the current bits
             from qgraph.bitswitch_export import export_bitswitch
@@ -227,6 +241,7 @@ class QModel(nn.Module):
         self.eval()
         with self.frozen():
             self.sync_weight_quantizers()
+            self._snap_biases()
             packed, single = self._export_sources(task)
             mismatch = None
             if "onnx" in formats:
