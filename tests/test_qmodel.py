@@ -128,10 +128,10 @@ def test_qat_biases_go_back_on_the_int32_grid_before_export(tmp_path):
     """ONNX Runtime stores the bias of QLinearConv / QGemm as int32 on ``s_x · s_w``. Training moves
     biases (and scales) off that grid, and its rounding then flipped output codes: a frame classifier
     after three SGD steps, 0.00256 off against a tolerance of 0.0005. Export puts them back on it."""
+    from qgraph.passes.bias_correction import bias_grid
+
     from benchmarks.usage_scan import build_case
     from benchmarks.workflow_scan import _outputs
-
-    from qgraph.passes.bias_correction import bias_grid
 
     _, model, _, _, example, calib, _ = build_case("argmax_out")
     qm = qgraph.quantize(model, example, "w8a8", calib, qat=True)
