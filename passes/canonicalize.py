@@ -6,7 +6,11 @@ Rewrite rules:
    ``get_attr weight`` (+ ``get_attr bias``) → ``call_function F.conv{n}d(x, weight, bias, stride,
    padding, dilation, groups)``.
 2. ``call_module Linear`` → ``F.linear(x, weight, bias)``.
-3. ``call_module Embedding`` (no ``max_norm``) → ``F.embedding(ids, weight, padding_idx)``.
+3. ``call_module Embedding`` (no ``max_norm``) → ``F.embedding(ids, weight, padding_idx)``;
+   ``call_module EmbeddingBag`` on ``[N, bag]`` ids (bags of equal size: no offsets, per-sample
+   weights, ``max_norm`` or ``padding_idx``) → ``F.embedding(ids, weight)`` then ``sum``/``mean``/
+   ``amax`` over the bag: the table becomes a weight-only embedding like any other (it stayed
+   float), and the exporter writes a Gather and a reduction instead of a Loop over the bags.
 4. ``call_module MultiheadAttention`` (no ``bias_k``/``add_zero_attn``, the attention weights
    unused; ``attn_mask``, ``key_padding_mask`` and ``is_causal`` become the mask or flag of the
    attention call, combined as ``MultiheadAttention`` combines them) → the ops it runs: in-projection
@@ -122,6 +126,10 @@ class CanonicalizePass(QPass):
                 continue
             if kind is nn.Embedding and mod.max_norm is None and len(node.args) == 1 and not node.kwargs:
                 modified |= self._replace(gm, node, F.embedding, (node.args[0], f"{node.target}.weight", mod.padding_idx), "Embedding")
+                continue
+            if kind is nn.EmbeddingBag and _fixed_bags(node, mod):
+                self._embedding_bag(gm, node, mod)
+                modified = True
                 continue
             if kind in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and mod.padding_mode == "zeros" and len(node.args) == 1:
                 fn = _CONV_FN[len(mod.kernel_size)]
@@ -240,6 +248,20 @@ class CanonicalizePass(QPass):
             modified = True
         return modified
 
+    def _embedding_bag(self, gm, node: fx.Node, mod: nn.EmbeddingBag) -> None:
+        """Rule 3: bags of equal size (``ids [N, bag]``) → ``F.embedding(ids, weight)`` reduced over the bag."""
+        path, g = str(node.target), gm.graph
+        with g.inserting_before(node):
+            rows = g.call_function(F.embedding, (node.args[0], g.get_attr(f"{path}.weight")))
+            out = g.call_method({"sum": "sum", "mean": "mean", "max": "amax"}[mod.mode], (rows, 1))
+        for n in (rows, rows.args[1], out):
+            n.meta[MODULE_PATH_KEY] = path
+        out.meta = {**node.meta, MODULE_PATH_KEY: path}
+        node.replace_all_uses_with(out)
+        g.erase_node(node)
+        self.record("replaced", out, path, f"EmbeddingBag (mode {mod.mode}, bags of equal size) module call by "
+                                           f"embedding and {out.target} over the bag")
+
     def _replace(self, gm, node: fx.Node, fn, args: tuple, what: str) -> bool:
         """``node`` → ``fn(*args)``, where string args name attributes to read with ``get_attr``."""
         path = str(node.target)
@@ -324,6 +346,14 @@ class CanonicalizePass(QPass):
             (v,) = heads_first(linear(key if value is None else value, "v", slice(2 * dim, 3 * dim)), 1)
             what = "q, k and v projections"
         return q, k, v, what
+
+
+def _fixed_bags(node: fx.Node, mod: nn.EmbeddingBag) -> bool:
+    """An ``nn.EmbeddingBag`` called on ``[N, bag]`` ids alone (no offsets, per-sample weights,
+    ``max_norm`` or ``padding_idx``, which drops entries from a bag)."""
+    tm = tensor_meta(node.args[0]) if len(node.args) == 1 and isinstance(node.args[0], fx.Node) else None
+    return (tm is not None and len(tm[0]) == 2 and not node.kwargs and mod.max_norm is None and mod.padding_idx is None
+            and mod.mode in ("sum", "mean", "max"))
 
 
 def _attention_call(node: fx.Node, mod: nn.MultiheadAttention) -> dict | None:

@@ -196,3 +196,33 @@ def test_tied_weights_get_one_quantizer_and_are_stored_once(tmp_path):
     back = qgraph.load(res.qpack_path, _TiedLM().eval(), ids)
     with torch.no_grad(), qm.frozen():
         assert torch.equal(back(ids), qm(ids))
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_embedding_bags_of_equal_size_become_quantized_lookups(mode, tmp_path):
+    """``nn.EmbeddingBag`` on ``[N, bag]`` ids (DLRM's sparse features) stayed a float module: the
+    tables, most of a recommender's bytes, were not quantized, and the exporter wrote a Loop over the
+    bags. It is now ``F.embedding`` reduced over the bag, a weight-only embedding like any other."""
+    import onnx
+
+    class Bags(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bag, self.fc = nn.EmbeddingBag(50, 8, mode=mode), nn.Linear(8, 3)
+
+        def forward(self, ids):
+            return self.fc(self.bag(ids))
+
+    torch.manual_seed(0)
+    model = Bags().eval()
+    ids = torch.randint(0, 50, (4, 3))
+    qm = qgraph.quantize(model, ids, "w8a8", calib_data=[(torch.randint(0, 50, (4, 3)),) for _ in range(2)])
+    with torch.no_grad():
+        torch.testing.assert_close(qm._float_graph(ids), model(ids), rtol=1e-6, atol=1e-6)  # the rewrite is exact
+    assert "bag.weight_quantizer" in qm.quantizers()
+    assert any(c.action == "replaced" and f"EmbeddingBag (mode {mode}" in c.detail for c in qm.changes)
+    res = qm.export(str(tmp_path / "bags"))
+    assert res.max_abs_error <= res.tolerance
+    ops = {n.op_type for n in onnx.load(res.onnx_path).graph.node}
+    assert "Gather" in ops and "Loop" not in ops, ops
+    assert "bag.weight" in qgraph.backends.qpack.read_qpack(res.qpack_path).packed
