@@ -159,8 +159,10 @@ def bias_grid(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:
     if not (isinstance(qx, FakeQuantize) and qx.role == "activation" and qx.mode == "quantize" and qx.initialized
             and isinstance(qx.spec.granularity, PerTensor) and isinstance(qw, FakeQuantize) and qw.initialized):
         return None
-    s_w = qw.effective_scale().detach().float().reshape(-1)
-    return (qx.effective_scale().detach().float().reshape(()) * s_w) if s_w.numel() > 1 else None
+    s_x, s_w = qx.effective_scale().detach().float(), qw.effective_scale().detach().float().reshape(-1)
+    if s_x.numel() != 1:  # one step per token (OFQ's activation quantizer): no integer kernel's grid
+        return None
+    return (s_x.reshape(()) * s_w) if s_w.numel() > 1 else None
 
 
 def _on_8_bits(q) -> bool:
@@ -185,13 +187,13 @@ def snap_biases_to_int32_grid(gm: fx.GraphModule) -> list[tuple[fx.Node, float]]
     moved and by how many grid steps at most."""
     moved = []
     for node in targets(gm):
+        x = node.args[1] if node.target in ADDMM else node.args[0]
+        if not (isinstance(x, fx.Node) and x.op == "call_module" and _on_8_bits(gm.get_submodule(x.target))
+                and _requantized_at_8_bits(gm, node)):
+            continue
         bias = BiasCorrectionPass._bias_param(gm, node)
         grid = bias_grid(gm, node) if bias is not None else None
-        x = node.args[1] if node.target in ADDMM else node.args[0]
-        if grid is None or grid.numel() != bias.numel() or not (isinstance(x, fx.Node) and x.op == "call_module"
-                                                               and _on_8_bits(gm.get_submodule(x.target))):
-            continue
-        if not _requantized_at_8_bits(gm, node):
+        if grid is None or grid.numel() != bias.numel():
             continue
         steps = bias.detach().float() / grid
         off = float((steps - steps.round()).abs().max())

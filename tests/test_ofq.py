@@ -267,3 +267,14 @@ def test_signed_activation_grids_travel_in_uint8(case, tmp_path):
     zps = [inits[n.input[2]] for n in m.graph.node if n.op_type == "QuantizeLinear"]
     assert zps and all(z.data_type == onnx.TensorProto.UINT8 for z in zps)
     assert any(int(onnx.numpy_helper.to_array(z).ravel()[0]) == 128 for z in zps)  # a symmetric signed grid, shifted
+
+
+def test_per_token_steps_are_not_taken_for_an_integer_kernels_bias_grid(tmp_path):
+    """A conv after an OFQ activation quantizer with one step per row: the export's int32 bias check
+    read that quantizer's scale as one number and failed (shape '[]' is invalid for input of size 16)."""
+    from benchmarks.usage_scan import build_case
+
+    _, model, _, _, example, calib, _ = build_case("int_output")  # convs with biases on 16x16 images
+    qm = qgraph.quantize(model, example, "ofq", calib)
+    res = qm.export(str(tmp_path / "cnn"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
