@@ -143,10 +143,13 @@ class QModel(nn.Module):
         """Before an export: biases of integer layers back on the int32 grid ONNX Runtime stores them
         on (:func:`qgraph.passes.bias_correction.snap_biases_to_int32_grid`), recorded in ``changes``.
         Post-training biases are there already; training moves them off."""
+        from qgraph.meta import FLOAT_BIASES_KEY
         from qgraph.ops import module_path
         from qgraph.passes.base import Change
         from qgraph.passes.bias_correction import snap_biases_to_int32_grid
 
+        if self.qgraph.meta.get(FLOAT_BIASES_KEY):  # a bit-switch model's fixed-bits copy: every bias stays float in the file
+            return
         for node, off in snap_biases_to_int32_grid(self.qgraph):
             self.changes.append(Change("export", "rounded", node.name, module_path(node),
                                        f"bias onto the int32 grid s_x·s_w of ONNX Runtime's integer kernel ({off:.2f} steps off)"))
