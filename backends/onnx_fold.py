@@ -59,7 +59,14 @@ Then rewrites for ONNX Runtime's fusions (:func:`prepare_for_onnxruntime`):
     ``DQ → LeakyRelu → Q`` became ``QLinearLeakyRelu``, whose lookup table failed to build. The same
     float arithmetic as plain ops runs where the fused kernels could not.
 
-Rules 5 to 11 depend on what ONNX Runtime does; the file stays valid ONNX that any runtime can run.
+12. An activation's int8 ``QuantizeLinear → [Clip] → DequantizeLinear`` (a signed grid: OFQ's 2-bit
+    activations) moves to uint8, codes, zero point and Clip bounds shifted by 128: the same values.
+    ONNX Runtime converts int8 pairs to uint8 itself, and where it had first propagated a
+    DequantizeLinear past an Unsqueeze or Reshape, it wrote a QuantizeLinear whose output type no
+    longer matched its zero point, and the file failed to load. Applied first; weights keep their
+    signed grids (they are initializers, not a QuantizeLinear's computed input).
+
+Rules 5 to 12 depend on what ONNX Runtime does; the file stays valid ONNX that any runtime can run.
 """
 
 from __future__ import annotations
@@ -219,9 +226,10 @@ def _widens_packed(src: int, to: int) -> bool:
 
 
 def prepare_for_onnxruntime(model: onnx.ModelProto, float_biases: bool = False) -> dict[str, int]:
-    """Rules 5 to 11 (module docstring), in place; returns how many weights or nodes each rule changed.
+    """Rules 5 to 12 (module docstring), in place; returns how many weights or nodes each rule changed.
     ``float_biases``: rule 10 for every integer Conv/Gemm (a bit-switch model's fixed-bits copy)."""
     return {
+        "uint8_activations": _signed_activations_in_uint8(model),
         "per_axis_activations": _per_axis_activations_as_float_ops(model),
         "int8_compute": _int8_compute_for_packed_weights(model),
         "sum_bias": _keep_matmul_for_matmulnbits(model),
@@ -303,9 +311,17 @@ class _Graph:
         self.g.initializer.extend(keep)
 
     def add_initializer(self, value: np.ndarray, name: str) -> str:
-        if name not in self.inits:
-            self.inits[name] = numpy_helper.from_array(value, name)
-            self.g.initializer.append(self.inits[name])
+        """``value`` as an initializer named ``name``, or ``name_2``, ... where ``name`` holds another
+        value (a zero point shared by two weights, reshaped along different axes)."""
+        base, i = name, 1
+        while name in self.inits:
+            old = _to_numpy(self.inits[name])
+            if old.dtype == value.dtype and old.shape == value.shape and np.array_equal(old, value):
+                return name
+            i += 1
+            name = f"{base}_{i}"
+        self.inits[name] = numpy_helper.from_array(value, name)
+        self.g.initializer.append(self.inits[name])
         return name
 
     def rewrite_initializer(self, name: str, value: np.ndarray, suffix: str) -> str:
@@ -417,6 +433,38 @@ def _float_dequantize(gr: _Graph, dq: onnx.NodeProto, scale_t: onnx.TensorProto,
     s = gr.rewrite_initializer(scale_t.name, scale.reshape(shape), "broadcast")
     nodes.append(onnx.helper.make_node("Mul", [codes, s], [out]))
     return nodes
+
+
+def _signed_activations_in_uint8(model: onnx.ModelProto) -> int:
+    """Rule 12: an activation's int8 ``Q → [Clip] → DQ`` → uint8, codes, zero point and bounds + 128."""
+    gr = _Graph(model.graph)
+    done = 0
+    for q in list(gr.g.node):
+        if q.op_type != "QuantizeLinear" or q.input[0] in gr.inits or len(q.input) < 3 or q.input[2] not in gr.inits:
+            continue
+        zp_t = gr.inits[q.input[2]]
+        if zp_t.data_type != TensorProto.INT8 or _attr(q, "output_dtype", 0) not in (0, TensorProto.INT8):
+            continue
+        chain, clips = list(gr.users.get(q.output[0], [])), []
+        if len(chain) == 1 and chain[0].op_type == "Clip":
+            clips = chain
+            chain = list(gr.users.get(chain[0].output[0], []))
+        bounds = [gr.inits.get(b) for c in clips for b in c.input[1:]]
+        if (not chain or any(d.op_type != "DequantizeLinear" or len(d.input) < 3 or d.input[2] != q.input[2] for d in chain)
+                or any(b is None or b.data_type != TensorProto.INT8 for b in bounds) or q.output[0] in gr.outputs):
+            continue
+        shift = lambda t: (_to_numpy(t).astype(np.int16) + 128).astype(np.uint8)  # noqa: E731
+        zp = gr.add_initializer(shift(zp_t), f"{zp_t.name}_uint8")
+        for n in [q, *chain]:
+            n.input[2] = zp
+        for c in clips:
+            for k in (1, 2):
+                c.input[k] = gr.add_initializer(shift(gr.inits[c.input[k]]), f"{c.input[k]}_uint8")
+        for a in q.attribute:
+            if a.name == "output_dtype" and a.i:
+                a.i = TensorProto.UINT8
+        done += 1
+    return done
 
 
 def _per_axis_activations_as_float_ops(model: onnx.ModelProto) -> int:

@@ -69,16 +69,10 @@ def _scale_rank(scale) -> int:
 
 
 def fake_quantize(x, scale, zero_point, qmin: int, qmax: int, axis: int, group_size: int, grad_factor: float):
-    # activations always travel in uint8 containers. Not uint4: ONNX Runtime's QDQ fusion picks up
-    # uint4 activations for QLinearConv and then rejects the graph (ORT 1.32). Not int8: a signed grid
-    # is shifted by 128 (codes and zero point alike, the same values): ONNX Runtime converts int8
-    # Q/DQ pairs to uint8 itself, and where it first propagated a DequantizeLinear past an
-    # Unsqueeze or Reshape it wrote a QuantizeLinear whose output type no longer matched its zero
-    # point, and the file failed to load (OFQ's 2-bit activations, ORT 1.32).
-    dtype = ir.DataType.UINT8
-    if qmin < 0:
-        zero_point = op.Add(op.Cast(zero_point, to=ir.DataType.FLOAT), op.Constant(value_float=128.0))
-        qmin, qmax = qmin + 128, qmax + 128
+    # activations always travel in 8-bit containers: ONNX Runtime's QDQ fusion picks up uint4
+    # activations for QLinearConv and then rejects the graph (ORT 1.32); signed ones move to uint8
+    # after export (backends.onnx_fold rule 12)
+    dtype = container(qmin, qmax, allow_4bit=False)
     zp = op.Cast(zero_point, to=dtype)
     attrs = _qdq_attrs(axis, group_size, _scale_rank(scale))
     q = op.QuantizeLinear(x, scale, zp, **attrs)

@@ -184,3 +184,19 @@ def test_two_layers_with_equal_int4_codes_export(tmp_path):
     m = onnx.load(res.onnx_path)
     casts = [n.output[0] for n in m.graph.node if n.op_type == "Cast"]
     assert len(casts) == len(set(casts))
+
+
+def test_an_initializer_added_under_a_taken_name_with_another_value_gets_its_own():
+    """Rule 7 reshapes a zero point shared by two weights (deduplicated) along each weight's channel
+    axis; the second reshape came back under the first one's name, and a ConvTranspose (axis 1)
+    and a Conv (axis 0) sharing all-128 zero points made a file ONNX Runtime refused ("Sub:
+    Incompatible dimensions")."""
+    from qgraph.backends.onnx_fold import _Graph
+
+    g = onnx.helper.make_graph([], "g", [], [], initializer=[onnx.numpy_helper.from_array(np.zeros(3, np.float32), "z")])
+    gr = _Graph(g)
+    a = gr.add_initializer(np.zeros((1, 3, 1, 1), np.float32), "z_float")
+    assert gr.add_initializer(np.zeros((1, 3, 1, 1), np.float32), "z_float") == a  # the same value: shared
+    b = gr.add_initializer(np.zeros((3, 1, 1, 1), np.float32), "z_float")
+    assert b != a and onnx.numpy_helper.to_array(gr.inits[b]).shape == (3, 1, 1, 1)
+    assert gr.add_initializer(np.ones((1, 3, 1, 1), np.float32), "z_float") not in (a, b)
