@@ -42,7 +42,7 @@ def may_mutate(node: fx.Node) -> bool:
         return bool(getattr(mod, "inplace", False))
     if node.op == "call_function":
         t = node.target
-        if t in _INPLACE_OPERATORS or node.kwargs.get("inplace") is True or "out" in node.kwargs:
+        if t in _INPLACE_OPERATORS or node.kwargs.get("inplace") is True or node.kwargs.get("out") is not None:
             return True
         if isinstance(t, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
             return False  # aten ops: torch's is_impure read their schema above

@@ -80,3 +80,25 @@ def test_a_float_rewrite_that_changes_the_model_is_named():
     gm = fx.symbolic_trace(InPlace().eval())
     with pytest.raises(CaptureError, match=r"pass bad_fold changed what the float model computes.*SQNR"):
         run_float_rewrites(gm, [_ScaleWeights()], (torch.randn(4, 8),))
+
+
+def test_a_pure_call_whose_out_argument_is_none_is_dead_code():
+    """fx records ``F.normalize(w)`` with its defaults, ``out=None`` included; the purity test read any
+    ``out`` keyword as a write, so a weight normalised in ``forward`` and folded into a parameter kept
+    its dead normalisation, and the capture notes claimed the raw weight stayed float."""
+
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 8))
+
+        def forward(self, x):
+            torch.nn.functional.normalize(self.w, dim=-1)  # result unused: dead
+            return torch.nn.functional.normalize(x, dim=-1, out=torch.empty_like(x))
+
+    gm = fx.symbolic_trace(M())
+    calls = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is torch.nn.functional.normalize]
+    assert [n.kwargs.get("out") is None for n in calls] == [True, False] and "out" in calls[0].kwargs
+    assert not may_mutate(calls[0]) and may_mutate(calls[1])
+    assert eliminate_dead_code(gm.graph)
+    assert [n.kwargs.get("out") is None for n in gm.graph.nodes if n.target is torch.nn.functional.normalize] == [False]
