@@ -55,6 +55,18 @@ def _set_attr(gm: fx.GraphModule, target: str, value: torch.Tensor) -> None:
     setattr(owner, name, nn.Parameter(value, requires_grad=True))
 
 
+def _new_bias_target(gm: fx.GraphModule, weight: str) -> str:
+    """Where a folded bias goes: ``bias`` next to a ``weight`` (or ``folded_weight``), ``<name>_bias``
+    next to a matrix of another name, at the root for a root parameter; a name no other attribute
+    holds (a root-level weight's bias was ``.bias``, which torch.fx refuses)."""
+    owner_path, _, attr = weight.rpartition(".")
+    owner = gm.get_submodule(owner_path) if owner_path else gm
+    name = "bias" if attr in ("weight", "folded_weight") else f"{attr}_bias"
+    while getattr(owner, name, None) is not None:
+        name += "_"
+    return f"{owner_path}.{name}" if owner_path else name
+
+
 class FoldBatchNormPass(QPass):
     name = "fold_bn"
     float_rewrite = True
@@ -78,7 +90,7 @@ class FoldBatchNormPass(QPass):
                 new_b = b * scale + shift
             _set_attr(gm, str(w_node.target), new_w.to(w.dtype))
             if b_node is None:
-                bias_target = str(w_node.target).rpartition(".")[0] + ".bias"
+                bias_target = _new_bias_target(gm, str(w_node.target))
                 _set_attr(gm, bias_target, new_b.to(w.dtype))
                 with gm.graph.inserting_before(layer):
                     b_node = gm.graph.get_attr(bias_target)

@@ -226,3 +226,18 @@ def test_embedding_bags_of_equal_size_become_quantized_lookups(mode, tmp_path):
     ops = {n.op_type for n in onnx.load(res.onnx_path).graph.node}
     assert "Gather" in ops and "Loop" not in ops, ops
     assert "bag.weight" in qgraph.backends.qpack.read_qpack(res.qpack_path).packed
+
+
+def test_a_scaled_root_level_weight_computed_in_forward_folds_and_quantizes(tmp_path):
+    """A cosine classifier: ``10 * F.linear(normalize(x), normalize(self.weight))`` on a root parameter.
+    The folded weight lives at the root, and folding the scale gave it a bias named ``.bias``, which
+    torch.fx refused (RuntimeError from its lint, deep inside quantize)."""
+    from benchmarks.usage_models_seq import CosineHead
+
+    torch.manual_seed(0)
+    model, x = CosineHead().eval(), torch.randn(4, 3, 16, 16)
+    qm = qgraph.quantize(model, x, "w8a8", calib_data=[(torch.randn(4, 3, 16, 16),) for _ in range(2)])
+    assert "folded_weight_quantizer" in qm.quantizers()
+    assert not any(n.startswith("stayed float") for n in qm.qgraph.capture.notes), qm.qgraph.capture.notes
+    res = qm.export(str(tmp_path / "cos"))
+    assert res.max_abs_error <= res.tolerance
