@@ -6,7 +6,8 @@ submodules, weight-normalised and 1-D convolutions, half-precision weights, a si
 Hugging Face encoder-decoders and two-tower models, Hugging Face models called with a tokenizer's
 ``BatchEncoding``; and the second round's cases in ``usage_models.py`` (einsum and masked attention,
 U-Nets, tied weights, functional layers, torch's Transformer modules, parametrizations, ...) and the
-third's in ``usage_models_ops.py`` (grid_sample, unpooling, embedding bags, an edge list, STFT, ...). Every case goes through the default path:
+third's in ``usage_models_ops.py`` (grid_sample, unpooling, embedding bags, an edge list, STFT, ...) and
+``usage_models_seq.py`` (WaveNet, einsum layers, FFT mixing, packed LSTMs, a hand-written MoE, ...). Every case goes through the default path:
 ``quantize(model, example, "w8a8", calib)``, ``export`` with its default dynamic batch (ONNX Runtime
 verification included), then, where the batch stayed dynamic, the ONNX file is run at batch 3 (and,
 where the file's token inputs have a dynamic sequence length, 3 tokens shorter) and compared with the
@@ -37,6 +38,7 @@ from torch.utils import _pytree as pytree
 import qgraph
 from benchmarks.usage_models import CASES as MORE_CASES
 from benchmarks.usage_models_ops import CASES as OPS_CASES
+from benchmarks.usage_models_seq import CASES as SEQ_CASES
 from qgraph.batch_dim import is_token_sequence
 from qgraph.capture import batch_inputs
 from qgraph.export_tolerance import export_tolerance
@@ -219,6 +221,7 @@ CASES: dict[str, Case] = {
 }
 CASES.update(MORE_CASES)  # the second round (benchmarks/usage_models.py)
 CASES.update(OPS_CASES)  # the third (benchmarks/usage_models_ops.py)
+CASES.update(SEQ_CASES)  # and its sequence-model idioms (benchmarks/usage_models_seq.py)
 SINGLE_SAMPLE = {"llama_bf16", "t5"}
 SKIP = {"torch_compile": ["fc"]}  # module paths as in the model itself, not behind the wrapper's _orig_mod.  # their example is one sample; calibration uses batches of 4
 
