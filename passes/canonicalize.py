@@ -47,7 +47,9 @@ Rewrite rules:
    ``.T``, ``.t()``, ``transpose(0, 1)``, ``permute(1, 0)``) → ``linear(x, W)``: the same product,
    with the weight read as stored (``[out, in]``), so it is quantized per output channel like any
    linear, its ``[in, out]`` copy is not folded into a second parameter, and a weight tied to an
-   embedding stays one tensor. ``x @ W`` and ``W @ x`` need no rewrite (``ops.classify``).
+   embedding stays one tensor. ``x @ W`` and ``W @ x`` need no rewrite (``ops.classify``). A layer
+   written as an einsum with its 2-D weight, ``einsum("...k,kn->...n", x, W)`` (or ``nk``),
+   contracting x's last dim and keeping the others in order, becomes ``x @ W`` (or ``linear(x, W)``).
 7. ``scaled_dot_product_attention`` on q / k / v of rank 5 or more (window attention in timm's NesT
    and Hiera: ``[batch, heads, windows, tokens, dim]``), without a mask: the ONNX exporter translates
    only 4-D attention, so the leading dims but the last are merged before it and restored after it.
@@ -73,7 +75,7 @@ from torch.fx.passes.infra.pass_base import PassResult
 from torch.nn.utils import parametrize
 
 from qgraph.meta import MODULE_PATH_KEY
-from qgraph.ops import BATCHED_MATMUL, MATMUL, MATMUL_METHODS, SDPA, is_matrix_parameter, module_path, tensor_meta
+from qgraph.ops import BATCHED_MATMUL, EINSUM, MATMUL, MATMUL_METHODS, SDPA, is_matrix_parameter, module_path, tensor_meta
 
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _ATEN_VIEW = torch.ops.aten.view.default
@@ -104,7 +106,7 @@ class CanonicalizePass(QPass):
                 node.replace_all_uses_with(c, delete_user_cb=lambda u, c=c: u is not c)
                 modified = True
                 continue
-            if self._linear_of_transposed(gm, node):
+            if self._linear_of_transposed(gm, node) or self._einsum_linear(gm, node):
                 modified = True  # rule 8
                 continue
             if node.op == "call_function" and node.target is _ATEN_VIEW:
@@ -192,6 +194,42 @@ class CanonicalizePass(QPass):
             gm.graph.erase_node(wt)
         path = str(w.target).rpartition(".")[0]
         self.record("replaced", new, path, f"x @ {w.target}.T by linear(x, {w.target})")
+        return True
+
+    def _einsum_linear(self, gm: fx.GraphModule, node: fx.Node) -> bool:
+        """Rule 8: ``einsum("...k,kn->...n", x, W)`` → ``linear(x, W.T)`` as ``x @ W``, and
+        ``einsum("...k,nk->...n", x, W)`` → ``linear(x, W)``: a layer written as an einsum with its
+        2-D weight (code ported from JAX) contracts x's last dim, keeping the others in order."""
+        if node.op != "call_function" or node.target not in EINSUM or node.kwargs or not node.args:
+            return False
+        eq, operands = node.args[0], node.args[1:]
+        if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+            operands = tuple(operands[0])
+        if not isinstance(eq, str) or len(operands) != 2 or "->" not in eq:
+            return False
+        (sx, sw), out = eq.replace(" ", "").split("->")[0].split(","), eq.replace(" ", "").split("->")[1]
+        x, w = operands
+        if not (isinstance(x, fx.Node) and x.op != "get_attr" and isinstance(w, fx.Node) and is_matrix_parameter(gm, w)):
+            return False
+        if len(sw) != 2 or not sx or len(set(sx.replace("...", ""))) != len(sx.replace("...", "")) or sw[0] == sw[1]:
+            return False
+        k = sx[-1]
+        if k not in sw or k in out:
+            return False
+        n = sw[1] if sw[0] == k else sw[0]
+        if n in sx or out != sx[:-1] + n:
+            return False
+        aten = isinstance(node.target, torch._ops.OpOverload)
+        with gm.graph.inserting_before(node):
+            if sw[0] == k:  # W is [k, n]: x @ W (a linear whose weight is [in, out], ops.classify)
+                new = gm.graph.call_function(torch.ops.aten.matmul.default if aten else torch.matmul, (x, w))
+            else:
+                new = gm.graph.call_function(torch.ops.aten.linear.default if aten else F.linear, (x, w))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        self.record("replaced", new, str(w.target).rpartition(".")[0],
+                    f"einsum('{eq}') with the weight {w.target} by {'x @ W' if sw[0] == k else 'linear(x, W)'}")
         return True
 
     def _attention_4d(self, gm: fx.GraphModule, node: fx.Node) -> bool:

@@ -412,8 +412,9 @@ def _sdpa_info(node: fx.Node) -> OpInfo | None:
 
 def _einsum_info(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
     """An einsum of two activations (attention written as ``einsum("bhqd,bhkd->bhqk", q, k)``) is a
-    matmul: both operands are quantized like matmul inputs. An operand that is a parameter (a weight
-    contracted in an einsum) is left alone, and so are einsums of one or of three or more operands."""
+    matmul: both operands are quantized like matmul inputs. An einsum with a 2-D weight that is a
+    linear layer was rewritten to ``x @ W`` by canonicalize (rule 8); other einsums with a parameter
+    operand are left alone, and so are einsums of one or of three or more operands."""
     operands = node.args[1:]
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
         operands = tuple(operands[0])

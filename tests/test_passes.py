@@ -241,3 +241,29 @@ def test_a_scaled_root_level_weight_computed_in_forward_folds_and_quantizes(tmp_
     assert not any(n.startswith("stayed float") for n in qm.qgraph.capture.notes), qm.qgraph.capture.notes
     res = qm.export(str(tmp_path / "cos"))
     assert res.max_abs_error <= res.tolerance
+
+
+@pytest.mark.parametrize("eq, shape, rewritten", [("btd,de->bte", (8, 6), True), ("btd,ed->bte", (6, 8), True),
+                                                  ("...d,de->...e", (8, 6), True), ("btd,de->bet", (8, 6), False)])
+def test_a_layer_written_as_einsum_with_its_weight_is_a_quantized_linear(eq, shape, rewritten, tmp_path):
+    """``torch.einsum("btd,de->bte", x, self.w)`` (code ported from JAX) left its weight float and the
+    model unquantized, with no note: an einsum with a parameter operand was not an op qgraph knew."""
+
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(*shape) * 0.3)
+
+        def forward(self, x):
+            return torch.einsum(eq, torch.relu(x), self.w)
+
+    torch.manual_seed(0)
+    model, x = M().eval(), torch.randn(4, 5, 8)
+    qm = qgraph.quantize(model, x, "w8a8", calib_data=[(torch.randn(4, 5, 8),) for _ in range(2)])
+    with torch.no_grad():
+        torch.testing.assert_close(qm._float_graph(x), model(x), rtol=1e-5, atol=1e-5)
+    assert ("w_quantizer" in qm.quantizers()) == rewritten
+    if rewritten:
+        assert any(c.action == "replaced" and c.detail.startswith(f"einsum('{eq}')") for c in qm.changes)
+        res = qm.export(str(tmp_path / "e"), formats=("onnx",))
+        assert res.max_abs_error <= res.tolerance
