@@ -26,7 +26,7 @@ import torch.fx as fx
 from torch import nn
 
 from qgraph.batch_dim import declared_dynamic_dims
-from qgraph.capture_checks import drop_dead_code, module_types, outputs_match
+from qgraph.capture_checks import drop_dead_code, failure_site, module_types, outputs_match
 from qgraph.errors import CaptureError, InputError
 from qgraph.export_route import export_route
 from qgraph.graph import CaptureInfo, QGraph, record_shapes
@@ -178,7 +178,7 @@ def _symbolic(model: nn.Module, keywords: tuple[str, ...] | None = None) -> tupl
         except Exception as e:
             where = getattr(e, "_qgraph_failed_in", "")
             last_error = _decorated_forward(model) if "co_varnames is too small" in str(e) else ""
-            last_error = last_error or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            last_error = last_error or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{failure_site(e)}"
             if not where or where in leaves:
                 return None, leaves, last_error
             leaves[where] = last_error

@@ -4,6 +4,8 @@ and dead code is dropped only where the outputs stay the same."""
 from __future__ import annotations
 
 import copy
+import os
+import traceback
 
 import torch
 import torch.fx as fx
@@ -48,3 +50,24 @@ def drop_dead_code(gm: fx.GraphModule, args: tuple, expected) -> None:
 
 def module_types(model: nn.Module) -> dict[str, type]:
     return {name: type(m) for name, m in model.named_modules() if name}
+
+
+_LIBRARY_DIRS = tuple(os.path.dirname(m.__file__) + os.sep for m in (torch, fx, pytree, os))  # torch, the stdlib
+
+
+def failure_site(e: BaseException) -> str:
+    """Where in the user's code a capture route failed: ``" at <file>:<line> (<function>): <code>"``
+    for the innermost frame outside torch, the standard library and qgraph, or ``""``. The tracers'
+    own messages name an internal check (fx: "`__cuda_array_interface__` must be a dict" for
+    ``pack_padded_sequence`` on a traced tensor), not the line that made it."""
+    import qgraph.backends
+    import qgraph.passes
+
+    ours = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (qgraph, qgraph.passes, qgraph.backends))
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if not f.filename.startswith(_LIBRARY_DIRS + ours) and not f.filename.startswith("<")]
+    if not frames:
+        return ""
+    f = frames[-1]
+    code = f" `{f.line.strip()}`" if f.line else ""
+    return f" at {os.path.basename(f.filename)}:{f.lineno} ({f.name}){code}"

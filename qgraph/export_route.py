@@ -20,7 +20,7 @@ from torch.fx.experimental.symbolic_shapes import is_concrete_int
 from torch.utils import _pytree as pytree
 
 from qgraph.batch_dim import batch_dynamic_shapes, has_token_sequences, is_token_sequence, tracing_inputs
-from qgraph.capture_checks import drop_dead_code, module_types, outputs_match
+from qgraph.capture_checks import drop_dead_code, failure_site, module_types, outputs_match
 from qgraph.graph import CaptureInfo, QGraph, record_shapes
 from qgraph.keyword_inputs import positional_exported
 from qgraph.meta import CAPTURE_KEY
@@ -45,7 +45,7 @@ def export_route(model: nn.Module, args: tuple, expected, keywords: tuple[str, .
         if ok:
             drop_dead_code(qg, args, expected)
     except Exception as e:
-        return None, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        return None, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}{failure_site(e)}"
     if not ok:
         return None, "graph does not reproduce the model's outputs"
     notes = []

@@ -449,3 +449,18 @@ def test_a_graph_that_gives_nan_where_the_model_does_is_captured():
     with torch.no_grad():
         out = qg(x, keep)
     assert out[1].isnan().all() and not out[0].isnan().any()
+
+
+def test_a_model_no_route_captures_is_refused_naming_the_line_that_failed():
+    """An LSTM over ``pack_padded_sequence`` (a lengths tensor decides the packing): fx's message was
+    "`__cuda_array_interface__` must be a dict", torch.export's a failed ``zeros()`` inside the LSTM;
+    neither said where in the model. The error now names the user's line for each route."""
+    from benchmarks.usage_models_seq import PackedLSTM, _padded_ids
+
+    torch.manual_seed(0)
+    model, args = PackedLSTM().eval(), _padded_ids(4, torch.Generator().manual_seed(1))
+    with pytest.raises(qgraph.CaptureError) as err:
+        qgraph.quantize(model, args, "w8a8")
+    lines = str(err.value).splitlines()
+    assert any(ln.strip().startswith("symbolic_trace:") and "usage_models_seq.py:" in ln and "pack_padded_sequence(" in ln for ln in lines), lines
+    assert any(ln.strip().startswith("torch.export:") and "`_, (h, _) = self.rnn(packed)`" in ln for ln in lines), lines
