@@ -226,22 +226,28 @@ def test_recipe_options_are_checked():
         qgraph.get_recipe("ofq(bits=9)")
 
 
-@pytest.mark.parametrize("case", ["masked_fill", "superres"])
-def test_per_token_activations_export_past_onnx_runtimes_fusions(case, tmp_path):
-    """OFQ's per-token activation steps reach ONNX Runtime's extended fusions as per-axis
-    DequantizeLinear: attention·V became MatMulIntegerToFloat, which refused the per-axis zero point
-    at run time, and DQ → LeakyRelu → Q became QLinearLeakyRelu, whose lookup table failed to build.
-    The export writes such dequantizations as float ops (onnx_fold rule 11)."""
+def _ofq_onnx(case: str, tmp_path):
+    """A usage-scan case quantized with OFQ and exported (checked in ONNX Runtime): the ONNX model
+    and its initializers by name."""
+    import onnx
+
     from benchmarks.usage_scan import build_case
 
     _, model, _, _, example, calib, _ = build_case(case)
     qm = qgraph.quantize(model, example, "ofq", calib)
     res = qm.export(str(tmp_path / case), formats=("onnx",))
     assert res.max_abs_error <= res.tolerance
-    import onnx
-
     m = onnx.load(res.onnx_path)
-    inits = {t.name: t for t in m.graph.initializer}
+    return m, {t.name: t for t in m.graph.initializer}
+
+
+@pytest.mark.parametrize("case", ["masked_fill", "superres"])
+def test_per_token_activations_export_past_onnx_runtimes_fusions(case, tmp_path):
+    """OFQ's per-token activation steps reach ONNX Runtime's extended fusions as per-axis
+    DequantizeLinear: attention·V became MatMulIntegerToFloat, which refused the per-axis zero point
+    at run time, and DQ → LeakyRelu → Q became QLinearLeakyRelu, whose lookup table failed to build.
+    The export writes such dequantizations as float ops (onnx_fold rule 11)."""
+    m, inits = _ofq_onnx(case, tmp_path)
     per_axis = [n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in inits
                 and int(np.prod(inits[n.input[1]].dims)) > 1]
     assert not per_axis, [n.name for n in per_axis]  # every per-token step is dequantized by Mul
@@ -256,14 +262,7 @@ def test_signed_activation_grids_travel_in_uint8(case, tmp_path):
     grid is shifted by 128 into uint8 instead: the same values."""
     import onnx
 
-    from benchmarks.usage_scan import build_case
-
-    _, model, _, _, example, calib, _ = build_case(case)
-    qm = qgraph.quantize(model, example, "ofq", calib)
-    res = qm.export(str(tmp_path / case), formats=("onnx",))
-    assert res.max_abs_error <= res.tolerance
-    m = onnx.load(res.onnx_path)
-    inits = {t.name: t for t in m.graph.initializer}
+    m, inits = _ofq_onnx(case, tmp_path)
     zps = [inits[n.input[2]] for n in m.graph.node if n.op_type == "QuantizeLinear"]
     assert zps and all(z.data_type == onnx.TensorProto.UINT8 for z in zps)
     assert any(int(onnx.numpy_helper.to_array(z).ravel()[0]) == 128 for z in zps)  # a symmetric signed grid, shifted
@@ -272,9 +271,4 @@ def test_signed_activation_grids_travel_in_uint8(case, tmp_path):
 def test_per_token_steps_are_not_taken_for_an_integer_kernels_bias_grid(tmp_path):
     """A conv after an OFQ activation quantizer with one step per row: the export's int32 bias check
     read that quantizer's scale as one number and failed (shape '[]' is invalid for input of size 16)."""
-    from benchmarks.usage_scan import build_case
-
-    _, model, _, _, example, calib, _ = build_case("int_output")  # convs with biases on 16x16 images
-    qm = qgraph.quantize(model, example, "ofq", calib)
-    res = qm.export(str(tmp_path / "cnn"), formats=("onnx",))
-    assert res.max_abs_error <= res.tolerance
+    _ofq_onnx("int_output", tmp_path)  # convs with biases on 16x16 images; raises if the export fails
