@@ -60,9 +60,6 @@ class BitSwitchPass(QPass):
             if node.op != "call_function" or info.weight is None or info.weight.op != "get_attr" or info.kind == "conv_transpose":
                 self.record("kept float", node, info.module_path, f"{info.kind}: only conv / linear ops on a get_attr weight switch bits")
                 continue
-            if info.kind == "linear" and info.weight_channel_axis != 0:
-                self.record("kept float", node, info.module_path, "linear with an [in, out] weight (addmm)")
-                continue
             candidates.append((node, info))
         for leaf in sorted(self.leaves):
             self.record("kept float", leaf, leaf, "auto-leaf: its layers are not bit-switched")
@@ -97,7 +94,7 @@ class BitSwitchPass(QPass):
         wnode = self._weight_q.get(info.weight)
         if wnode is None:  # a weight read by two switched ops (a layer called twice) gets one quantizer
             weight = _attr(gm, str(info.weight.target))
-            wq = DoubleRoundWeightQuantizer(weight, bits, layer, axis=0, rounding=self.recipe.rounding)
+            wq = DoubleRoundWeightQuantizer(weight, bits, layer, axis=info.weight_channel_axis, rounding=self.recipe.rounding)
             target = unique_submodule_name(gm, f"{stem}.weight_quantizer" if path else f"{stem}_weight_quantizer")
             wnode = self._weight_q[info.weight] = self._insert_after(gm, info.weight, target, wq)
         node.replace_input_with(info.weight, wnode)
@@ -113,7 +110,7 @@ class BitSwitchPass(QPass):
             setattr(gm.get_submodule(parent) if parent else gm, child, SwitchableBatchNorm(gm.get_submodule(bn_path), bits, layer))
             detail += f"; BatchNorm {bn_path} switchable"
         # for summaries: the highest bit width (a fixed-bits copy, qm.at_bits(), carries its own bits)
-        wspec = QSpec(bits=bits[0], symmetric=True, signed=True, granularity=PerChannel(0), learnable=True)
+        wspec = QSpec(bits=bits[0], symmetric=True, signed=True, granularity=PerChannel(info.weight_channel_axis), learnable=True)
         aspec = QSpec(bits=bits[0], symmetric=False, signed=False, granularity=PerTensor(), learnable=True)
         node.meta[ANNOTATION_KEY] = Annotation(info.kind, layer, wspec, aspec, quantize_output=False)
         self.record("bit-switched", node, layer, detail)

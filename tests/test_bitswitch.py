@@ -293,3 +293,34 @@ def test_switched_layers_on_root_parameters_get_quantizers_of_their_own(tmp_path
     back = qgraph.load(res.qpack_path, model, bits=4)
     with torch.no_grad(), qm.frozen(), back.frozen():
         assert torch.equal(back(data[0]), qm(data[0]))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_layers_with_in_out_weights_switch_bits_too(bits, tmp_path):
+    """``x @ W`` with an ``[in, out]`` weight (Hugging Face GPT-2's ``Conv1D``, an einsum layer
+    canonicalize rewrote) was kept float, so bit switching switched 1 of GPT-2's 9 layers and refused
+    a model of such layers. Its weight is quantized per output column now; the INT8 qpack derives
+    each precision exactly and the ONNX file matches."""
+    torch.manual_seed(0)
+
+    class InOut(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w1, self.w2 = torch.nn.Parameter(torch.randn(8, 16) * 0.3), torch.nn.Parameter(torch.randn(16, 4) * 0.3)
+
+        def forward(self, x):
+            return torch.relu(x @ self.w1) @ self.w2
+
+    g = torch.Generator().manual_seed(1)
+    model = InOut().eval()
+    x, calib = torch.randn(4, 8, generator=g), [torch.randn(4, 8, generator=g) for _ in range(3)]
+    qm = qgraph.quantize(model, x, "bitswitch(keep_first_last=False)", calib)
+    assert sum(c.action == "bit-switched" for c in qm.changes) == 2
+    q1 = qm.qgraph.get_submodule("w1_weight_quantizer")
+    assert q1.axis == 1 and q1.scale.numel() == 16  # one step per output column
+    qm.set_bits(bits)
+    res = qm.export(str(tmp_path / "m"))
+    assert res.max_abs_error <= res.tolerance
+    back = qgraph.load(res.qpack_path, model, x, bits=bits)
+    with torch.no_grad(), qm.frozen(), back.frozen():
+        assert torch.equal(back(x), qm(x))
