@@ -53,7 +53,7 @@ Then rewrites for ONNX Runtime's fusions (:func:`prepare_for_onnxruntime`):
     check's tolerance there.
 
 11. An activation's ``DequantizeLinear`` with one step per position along an axis (OFQ's per-token
-    steps) becomes ``Mul(Sub(Cast(q → float), zp), scale)``, applied first. ONNX Runtime has no
+    steps) becomes ``Mul(Sub(Cast(q → float), zp), scale)``, before rules 5 to 10. ONNX Runtime has no
     integer kernel for per-axis activations, yet its extended fusions take them in: ``DQ → MatMul``
     became ``MatMulIntegerToFloat``, which refuses a per-axis zero point at run time, and
     ``DQ → LeakyRelu → Q`` became ``QLinearLeakyRelu``, whose lookup table failed to build. The same
@@ -63,7 +63,7 @@ Then rewrites for ONNX Runtime's fusions (:func:`prepare_for_onnxruntime`):
     activations) moves to uint8, codes, zero point and Clip bounds shifted by 128: the same values.
     ONNX Runtime converts int8 pairs to uint8 itself, and where it had first propagated a
     DequantizeLinear past an Unsqueeze or Reshape, it wrote a QuantizeLinear whose output type no
-    longer matched its zero point, and the file failed to load. Applied first; weights keep their
+    longer matched its zero point, and the file failed to load. Applied first of all; weights keep their
     signed grids (they are initializers, not a QuantizeLinear's computed input).
 
 Rules 5 to 12 depend on what ONNX Runtime does; the file stays valid ONNX that any runtime can run.
