@@ -1,7 +1,8 @@
 """Which weight matrices of a quantized graph stayed float because qgraph has no quantized form for
-the module that reads them (``nn.LSTM``/``nn.GRU``/``nn.RNN`` and their cells, ``nn.Bilinear``, a
-user's module reading its own parameters inside an op qgraph does not know, a TorchScript submodule,
-which runs as one opaque call).
+the module that reads them (``nn.LSTM``/``nn.GRU``/``nn.RNN`` and their cells, ``nn.Bilinear``, an
+``nn.EmbeddingBag`` with ``max_norm``, a TorchScript submodule, which runs as one opaque call), or
+because the graph reads them in an op qgraph does not quantize (a user's module multiplying its own
+``weight`` elementwise, an einsum that is not a linear layer).
 
 Conv/Linear/Embedding/attention weights, and any weight an op qgraph knows reads (a router's linear),
 are left out: the recipe or annotate decided about those (skip globs, overrides, routers kept float),
@@ -22,7 +23,7 @@ from qgraph.quantizer import FakeQuantize
 from qgraph.wrappers import SWAPPABLE, QuantizedModule, QuantizedMultiheadAttention
 
 NOTE_PREFIX = "stayed float, no quantized form in qgraph"  # the capture note the insert pass adds
-DECIDED_BY_RECIPE = SWAPPABLE + (nn.Embedding, nn.EmbeddingBag, nn.MultiheadAttention)
+DECIDED_BY_RECIPE = SWAPPABLE + (nn.Embedding, nn.MultiheadAttention)
 
 
 def _reads_into_quantizer(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -54,11 +55,15 @@ def _read_by_known_op(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 
 def float_weight_modules(gm: fx.GraphModule, leaves: set[str] = frozenset()) -> dict[str, str]:
-    """``{module path: type name}`` of the modules whose weight matrices the graph reads in float, and
-    that no recipe rule covers. A weight matrix is a parameter of 2 or more dimensions named
-    ``weight*`` (``weight``, LSTM's ``weight_ih_l0``): position tables, class tokens and relative
-    position biases are added to activations, not multiplied, and stay float by design."""
+    """``{path: what}`` of the weight matrices the graph reads in float, and that no recipe rule
+    covers: a module (``rnn: LSTM``) whose parameters a module call reads, or a parameter the graph
+    reads itself (``weight: parameter read by mul``; a root-level parameter has no module to name).
+    A weight matrix is a parameter of 2 or more dimensions that is named ``weight*`` (``weight``,
+    LSTM's ``weight_ih_l0``) or, read by the graph, reaches a product (matmul, einsum, a conv)
+    through views: position tables, class tokens and relative position biases are added to
+    activations, not multiplied, and stay float by design."""
     used: dict[str, bool] = {}  # parameter name -> quantized
+    readers: dict[str, list[str]] = {}  # parameter read by the graph itself -> the ops reading it
     scripted: list[str] = []
     for node in gm.graph.nodes:
         if node.op == "call_module":
@@ -73,11 +78,15 @@ def float_weight_modules(gm: fx.GraphModule, leaves: set[str] = frozenset()) -> 
                 scripted.append(str(node.target).removesuffix("._c"))
                 continue
             used[str(node.target)] = used.get(str(node.target), False) or _reads_into_quantizer(gm, node) or _read_by_known_op(gm, node)
+            readers.setdefault(str(node.target), []).extend(_consumers(node))
     params = dict(gm.named_parameters(remove_duplicate=False))
     found: dict[str, str] = {}
     for name, quantized in used.items():
         p = params.get(name)
-        if quantized or p is None or p.dim() < 2 or not name.rpartition(".")[2].startswith("weight"):
+        if quantized or p is None or p.dim() < 2:
+            continue
+        ops = readers.get(name)
+        if not name.rpartition(".")[2].startswith("weight") and not (ops and any(op in _PRODUCT_NAMES for op in ops)):
             continue
         owner = name.rpartition(".")[0]
         if _inside(owner, leaves):  # the leaf's own note lists what stayed float in it
@@ -85,9 +94,43 @@ def float_weight_modules(gm: fx.GraphModule, leaves: set[str] = frozenset()) -> 
         t = owner_type(gm, owner)
         if t is not None and issubclass(t, DECIDED_BY_RECIPE + (FakeQuantize,)):
             continue
-        found[owner] = t.__name__ if t is not None else "module"
+        if ops is not None:  # read by the graph: name the parameter and what reads it
+            found[name] = f"parameter read by {', '.join(dict.fromkeys(ops))}"
+        else:
+            found[owner] = t.__name__ if t is not None else "module"
     found.update({path: "TorchScript module" for path in scripted if not _inside(path, leaves)})
     return found
+
+
+_VIEW_NAMES = {"view", "reshape", "transpose", "permute", "t", "unsqueeze", "squeeze", "contiguous", "to", "float", "expand",
+               "flatten", "getitem", "clone", "_to_copy", "type_as"}
+_PRODUCT_NAMES = {"linear", "matmul", "mm", "bmm", "einsum", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+                  "conv_transpose3d", "bilinear", "baddbmm", "addmm", "tensordot", "outer", "__matmul__"}
+
+
+def _op_name(node: fx.Node) -> str:
+    t = node.target
+    if isinstance(t, str):
+        return t
+    if isinstance(t, torch._ops.OpOverload):
+        return t.overloadpacket.__name__
+    return getattr(t, "__name__", str(t))
+
+
+def _consumers(node: fx.Node) -> list[str]:
+    """The ops that read a ``get_attr``'s value, looking through views and copies."""
+    out, frontier, seen = [], list(node.users), set()
+    while frontier:
+        user = frontier.pop()
+        if user in seen or user.op not in ("call_function", "call_method"):
+            continue
+        seen.add(user)
+        name = _op_name(user)
+        if name in _VIEW_NAMES:
+            frontier += list(user.users)
+        else:
+            out.append(name)
+    return out
 
 
 def _inside(path: str, leaves: set[str]) -> bool:

@@ -464,3 +464,27 @@ def test_a_model_no_route_captures_is_refused_naming_the_line_that_failed():
     lines = str(err.value).splitlines()
     assert any(ln.strip().startswith("symbolic_trace:") and "usage_models_seq.py:" in ln and "pack_padded_sequence(" in ln for ln in lines), lines
     assert any(ln.strip().startswith("torch.export:") and "`_, (h, _) = self.rnn(packed)`" in ln for ln in lines), lines
+
+
+class _OwnParameters(nn.Module):
+    """A contraction with a 3-D parameter (not a linear layer) and a root-level ``weight`` used
+    elementwise (FT-Transformer's feature tokens): neither has a quantized form."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.core = nn.Parameter(torch.randn(4, 5, 6))
+        self.weight = nn.Parameter(torch.randn(4, 6))
+        self.pos = nn.Parameter(torch.randn(1, 4, 6))  # added, not multiplied: float by design, not listed
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc(torch.einsum("nij,ijk->nik", x, self.core) * self.weight + self.pos)
+
+
+def test_parameters_the_graph_reads_in_float_are_named_with_their_op():
+    """The einsum's parameter stayed float without a word (only ``weight*`` names were looked at), and a
+    root-level ``weight`` was listed as "`` (module)``", an empty name."""
+    qm = qgraph.quantize(_OwnParameters().eval(), torch.randn(2, 4, 5), "w8a8")
+    notes = [n for n in qm.qgraph.capture.notes if n.startswith("stayed float, no quantized form")]
+    assert notes == ["stayed float, no quantized form in qgraph: core (parameter read by einsum), weight (parameter read by mul); "
+                     "their weights stay float, in the exports too"], qm.qgraph.capture.notes
