@@ -7,10 +7,11 @@ Rewrite rules:
    padding, dilation, groups)``.
 2. ``call_module Linear`` → ``F.linear(x, weight, bias)``.
 3. ``call_module Embedding`` (no ``max_norm``) → ``F.embedding(ids, weight, padding_idx)``;
-   ``call_module EmbeddingBag`` on ``[N, bag]`` ids (bags of equal size: no offsets, per-sample
-   weights, ``max_norm`` or ``padding_idx``) → ``F.embedding(ids, weight)`` then ``sum``/``mean``/
-   ``amax`` over the bag: the table becomes a weight-only embedding like any other (it stayed
-   float), and the exporter writes a Gather and a reduction instead of a Loop over the bags.
+   ``call_module EmbeddingBag`` (no ``max_norm``) → ``F.embedding(ids, weight)`` then a reduction
+   over each bag: ``sum``/``mean``/``amax`` on ``[N, bag]`` ids alone, else
+   :func:`qgraph.embedding_bag.reduce_bags` (offsets, per-sample weights, ``padding_idx``). The table
+   becomes a weight-only embedding like any other (it stayed float), and the exporter writes a
+   Gather and a reduction or scatter instead of a Loop over the bags.
 4. ``call_module MultiheadAttention`` (no ``bias_k``/``add_zero_attn``, the attention weights
    unused; ``attn_mask``, ``key_padding_mask`` and ``is_causal`` become the mask or flag of the
    attention call, combined as ``MultiheadAttention`` combines them) → the ops it runs: in-projection
@@ -74,6 +75,7 @@ from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
 from torch.nn.utils import parametrize
 
+from qgraph.embedding_bag import bag_call, reduce_bags
 from qgraph.meta import MODULE_PATH_KEY
 from qgraph.ops import BATCHED_MATMUL, EINSUM, MATMUL, MATMUL_METHODS, SDPA, is_matrix_parameter, module_path, tensor_meta
 
@@ -117,6 +119,9 @@ class CanonicalizePass(QPass):
                 node.target, node.kwargs = torch.ops.aten.clone.default, {"memory_format": torch.contiguous_format}  # rule 5
                 modified = True
                 continue
+            if node.op == "call_function" and node.target in _ATEN_BAGS and self._aten_embedding_bag(gm, node):
+                modified = True  # rule 3, torch.export dialect
+                continue
             if node.op != "call_module" or node.target in self.leaves:
                 continue
             mod = gm.get_submodule(node.target)
@@ -129,8 +134,8 @@ class CanonicalizePass(QPass):
             if kind is nn.Embedding and mod.max_norm is None and len(node.args) == 1 and not node.kwargs:
                 modified |= self._replace(gm, node, F.embedding, (node.args[0], f"{node.target}.weight", mod.padding_idx), "Embedding")
                 continue
-            if kind is nn.EmbeddingBag and _fixed_bags(node, mod):
-                self._embedding_bag(gm, node, mod)
+            if kind is nn.EmbeddingBag and (bags := bag_call(node, mod)) is not None:
+                self._embedding_bag(gm, node, mod, bags)
                 modified = True
                 continue
             if kind in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and mod.padding_mode == "zeros" and len(node.args) == 1:
@@ -286,19 +291,56 @@ class CanonicalizePass(QPass):
             modified = True
         return modified
 
-    def _embedding_bag(self, gm, node: fx.Node, mod: nn.EmbeddingBag) -> None:
-        """Rule 3: bags of equal size (``ids [N, bag]``) → ``F.embedding(ids, weight)`` reduced over the bag."""
-        path, g = str(node.target), gm.graph
+    def _embedding_bag(self, gm, node: fx.Node, mod: nn.EmbeddingBag, bags: dict) -> None:
+        """Rule 3: ``F.embedding(ids, weight)``, reduced over each bag (:mod:`qgraph.embedding_bag`)."""
+        path, g, ids = str(node.target), gm.graph, bags["input"]
         with g.inserting_before(node):
-            rows = g.call_function(F.embedding, (node.args[0], g.get_attr(f"{path}.weight")))
-            out = g.call_method({"sum": "sum", "mean": "mean", "max": "amax"}[mod.mode], (rows, 1))
+            rows = g.call_function(F.embedding, (ids, g.get_attr(f"{path}.weight")))
+            if bags["equal"]:
+                out = g.call_method({"sum": "sum", "mean": "mean", "max": "amax"}[mod.mode], (rows, 1))
+            else:
+                out = g.call_function(reduce_bags, (rows, ids, bags["offsets"], mod.mode, mod.include_last_offset,
+                                                    bags["per_sample_weights"], mod.padding_idx))
         for n in (rows, rows.args[1], out):
             n.meta[MODULE_PATH_KEY] = path
         out.meta = {**node.meta, MODULE_PATH_KEY: path}
         node.replace_all_uses_with(out)
         g.erase_node(node)
-        self.record("replaced", out, path, f"EmbeddingBag (mode {mod.mode}, bags of equal size) module call by "
-                                           f"embedding and {out.target} over the bag")
+        how = (f"{out.target} over the bag" if bags["equal"] else
+               "a scatter of each row into its bag" + (" (offsets)" if bags["offsets"] is not None else ""))
+        self.record("replaced", out, path, f"EmbeddingBag (mode {mod.mode}{', bags of equal size' if bags['equal'] else ''}) "
+                                           f"module call by embedding and {how}")
+
+    def _aten_embedding_bag(self, gm, node: fx.Node) -> bool:
+        """Rule 3 on a ``torch.export`` graph: ``aten.embedding_bag(weight, ids, offsets, ...)[0]`` →
+        ``aten.embedding(weight, ids)`` and :func:`reduce_bags` (the bag's other outputs unused)."""
+        names = ("weight", "indices", "offsets", "scale_grad_by_freq", "mode", "sparse", "per_sample_weights",
+                 "include_last_offset", "padding_idx")
+        call = {**dict(zip(names, node.args)), **node.kwargs}
+        users = list(node.users)
+        w = call["weight"]
+        if (not isinstance(w, fx.Node) or w.op != "get_attr" or call.get("mode", 0) not in (0, 1, 2) or not users
+                or any(u.target is not operator.getitem or u.args[1] != 0 for u in users)):
+            return False
+        ids, g = call["indices"], gm.graph
+        pad = call.get("padding_idx")
+        with g.inserting_before(node):
+            rows = g.call_function(torch.ops.aten.embedding.default, (w, ids))
+            out = g.call_function(reduce_bags, (rows, ids, call["offsets"], ("sum", "mean", "max")[call.get("mode", 0)],
+                                                bool(call.get("include_last_offset", False)), call.get("per_sample_weights"),
+                                                None if pad is None or pad < 0 else pad))
+        wv, iv = w.meta.get("val"), ids.meta.get("val")
+        rows.meta = {k: v for k, v in node.meta.items() if k != "val"}
+        if isinstance(wv, torch.Tensor) and isinstance(iv, torch.Tensor):
+            rows.meta["val"] = torch.ops.aten.embedding.default(wv, iv)
+        out.meta = dict(users[0].meta)
+        for u in users:
+            u.replace_all_uses_with(out)
+            g.erase_node(u)
+        g.erase_node(node)
+        self.record("replaced", out, module_path(out) or str(w.target).rpartition(".")[0],
+                    f"{node.target} by embedding and a scatter of each row into its bag")
+        return True
 
     def _replace(self, gm, node: fx.Node, fn, args: tuple, what: str) -> bool:
         """``node`` → ``fn(*args)``, where string args name attributes to read with ``get_attr``."""
@@ -386,12 +428,7 @@ class CanonicalizePass(QPass):
         return q, k, v, what
 
 
-def _fixed_bags(node: fx.Node, mod: nn.EmbeddingBag) -> bool:
-    """An ``nn.EmbeddingBag`` called on ``[N, bag]`` ids alone (no offsets, per-sample weights,
-    ``max_norm`` or ``padding_idx``, which drops entries from a bag)."""
-    tm = tensor_meta(node.args[0]) if len(node.args) == 1 and isinstance(node.args[0], fx.Node) else None
-    return (tm is not None and len(tm[0]) == 2 and not node.kwargs and mod.max_norm is None and mod.padding_idx is None
-            and mod.mode in ("sum", "mean", "max"))
+_ATEN_BAGS = {getattr(torch.ops.aten, op).default for op in ("embedding_bag", "_embedding_bag")} | {torch.ops.aten.embedding_bag.padding_idx}
 
 
 def _attention_call(node: fx.Node, mod: nn.MultiheadAttention) -> dict | None:

@@ -228,6 +228,60 @@ def test_embedding_bags_of_equal_size_become_quantized_lookups(mode, tmp_path):
     assert "bag.weight" in qgraph.backends.qpack.read_qpack(res.qpack_path).packed
 
 
+class _Bag(nn.Module):
+    def __init__(self, **kw) -> None:
+        super().__init__()
+        self.bag, self.fc = nn.EmbeddingBag(20, 6, **kw), nn.Linear(6, 3)
+
+    def forward(self, ids, offsets=None, per_sample_weights=None):
+        return self.fc(self.bag(ids, offsets, per_sample_weights))
+
+
+class _BagAnyArgs(_Bag):  # *args: symbolic tracing cannot bind it, so this one is captured by torch.export
+    def forward(self, *args):
+        return self.fc(self.bag(*args))
+
+
+_FLAT = torch.tensor([1, 2, 3, 4, 5, 0, 7])
+_BAGS = [  # (module options, inputs): the tutorial's offsets with an empty bag, and each option of the module
+    ({"mode": "mean"}, (_FLAT, torch.tensor([0, 2, 2, 5]))),
+    ({"mode": "sum", "include_last_offset": True}, (_FLAT, torch.tensor([0, 2, 5, 7]))),
+    ({"mode": "sum"}, (_FLAT, torch.tensor([0, 3, 5]), torch.linspace(0.5, 2.0, 7))),
+    ({"mode": "max", "padding_idx": 0}, (torch.tensor([1, 2, 3, 4, 5, 0, 0]), torch.tensor([0, 3, 5]))),
+    ({"mode": "mean", "padding_idx": 0}, (torch.tensor([[1, 0, 3], [0, 0, 5]]),)),
+]
+
+
+@pytest.mark.parametrize("cls", [_Bag, _BagAnyArgs])
+@pytest.mark.parametrize("options,inputs", _BAGS, ids=["offsets-mean-empty-bag", "last-offset", "per-sample-weights",
+                                                       "padding-max", "padding-2d-mean"])
+def test_embedding_bags_with_offsets_become_quantized_lookups(cls, options, inputs, tmp_path):
+    """The PyTorch text-classification tutorial's ``EmbeddingBag(text, offsets)`` kept a float table and no
+    note said so; with ``padding_idx`` the exported file did not even load (the exporter's Loop). Every
+    form but ``max_norm`` is now a lookup and a scatter into the bags, exact, with an int8 table."""
+    import onnx
+
+    torch.manual_seed(0)
+    model = cls(**options).eval()
+    qm = qgraph.quantize(model, inputs, "w8a8", calib_data=[inputs])
+    assert qm.qgraph.capture.route == ("symbolic_trace" if cls is _Bag else "torch.export")
+    with torch.no_grad():
+        torch.testing.assert_close(qm._float_graph(*inputs), model(*inputs), rtol=1e-6, atol=1e-6)  # the rewrite is exact
+    assert "bag.weight_quantizer" in qm.quantizers()
+    assert any(c.action == "replaced" and "scatter of each row into its bag" in c.detail for c in qm.changes)
+    res = qm.export(str(tmp_path / "bags"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
+    assert "Loop" not in {n.op_type for n in onnx.load(res.onnx_path).graph.node}
+
+
+def test_an_embedding_bag_left_float_is_named():
+    """``max_norm`` renormalizes the table in place, so that bag stays a float module: the notes say so."""
+    model = _Bag(mode="sum", max_norm=1.0).eval()
+    qm = qgraph.quantize(model, (_FLAT, torch.tensor([0, 3])), "w8a8")
+    assert "bag.weight_quantizer" not in qm.quantizers()
+    assert any("bag (EmbeddingBag)" in n for n in qm.qgraph.capture.notes), qm.qgraph.capture.notes
+
+
 def test_a_scaled_root_level_weight_computed_in_forward_folds_and_quantizes(tmp_path):
     """A cosine classifier: ``10 * F.linear(normalize(x), normalize(self.weight))`` on a root parameter.
     The folded weight lives at the root, and folding the scale gave it a bias named ``.bias``, which
