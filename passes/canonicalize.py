@@ -55,6 +55,12 @@ Rewrite rules:
    and Hiera: ``[batch, heads, windows, tokens, dim]``), without a mask: the ONNX exporter translates
    only 4-D attention, so the leading dims but the last are merged before it and restored after it.
 
+9. ``call_module LSTM/GRU/RNN`` on a tensor (not a packed sequence) →
+   :func:`qgraph.recurrent.run_recurrent(x, hx, [get_attr weights], ...)`, and their cells →
+   :func:`qgraph.recurrent.run_cell`: the weight matrices become
+   graph values, quantized weight-only where they are read (``qgraph.ops``); the exporter still
+   writes one LSTM/GRU/RNN op. Eval mode: dropout between stacked layers is not in the graph.
+
 After this, weights are graph values that quantizers can be attached to in both dialects
 (``torch.export`` graphs already have this form). The module stays in the hierarchy and owns its
 parameters, so ``state_dict`` keys do not change, except for cross-attention's split projections
@@ -78,6 +84,7 @@ from torch.nn.utils import parametrize
 from qgraph.embedding_bag import bag_call, reduce_bags
 from qgraph.meta import MODULE_PATH_KEY
 from qgraph.ops import BATCHED_MATMUL, EINSUM, MATMUL, MATMUL_METHODS, SDPA, is_matrix_parameter, module_path, tensor_meta
+from qgraph.recurrent import module_config, recurrent_call, weight_names
 
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _ATEN_VIEW = torch.ops.aten.view.default
@@ -136,6 +143,10 @@ class CanonicalizePass(QPass):
                 continue
             if kind is nn.EmbeddingBag and (bags := bag_call(node, mod)) is not None:
                 self._embedding_bag(gm, node, mod, bags)
+                modified = True
+                continue
+            if (call := recurrent_call(node, mod)) is not None:
+                self._recurrent(gm, node, mod, *call)
                 modified = True
                 continue
             if kind in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and mod.padding_mode == "zeros" and len(node.args) == 1:
@@ -310,6 +321,21 @@ class CanonicalizePass(QPass):
                "a scatter of each row into its bag" + (" (offsets)" if bags["offsets"] is not None else ""))
         self.record("replaced", out, path, f"EmbeddingBag (mode {mod.mode}{', bags of equal size' if bags['equal'] else ''}) "
                                            f"module call by embedding and {how}")
+
+    def _recurrent(self, gm, node: fx.Node, mod: nn.Module, fn, x: fx.Node, hx) -> None:
+        """Rule 9: an LSTM/GRU/RNN (cell) module call → :func:`qgraph.recurrent.run_recurrent`
+        (``run_cell``) on its weights."""
+        path, g = str(node.target), gm.graph
+        with g.inserting_before(node):
+            weights = [g.get_attr(f"{path}.{name}") for name in weight_names(mod)]
+            new = g.call_function(fn, (x, hx, weights, *module_config(mod)))
+        for w in weights:
+            w.meta[MODULE_PATH_KEY] = path
+        new.meta = {**node.meta, MODULE_PATH_KEY: path}
+        node.replace_all_uses_with(new)
+        g.erase_node(node)
+        self.record("replaced", new, path, f"{type(mod).__name__} module call by {fn.__name__} on its {len(weights)} weights"
+                    + (" (eval mode: no dropout between layers)" if getattr(mod, "dropout", 0) and mod.num_layers > 1 else ""))
 
     def _aten_embedding_bag(self, gm, node: fx.Node) -> bool:
         """Rule 3 on a ``torch.export`` graph: ``aten.embedding_bag(weight, ids, offsets, ...)[0]`` →

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qgraph.meta import MODULE_PATH_KEY
+from qgraph.recurrent import RECURRENT_MODULES
 
 aten = torch.ops.aten
 
@@ -382,13 +383,14 @@ def _expert_weight_info(node: fx.Node) -> OpInfo | None:
 
 def _opaque_weight_info(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
     """The weight of a Conv/Linear module read directly by calls qgraph does not know (a function
-    wrapped with ``torch.fx.wrap`` such as torchvision's ``shifted_window_attention``): quantized
-    weight-only, on its ``get_attr``, so that every reader sees the quantized weight."""
+    wrapped with ``torch.fx.wrap`` such as torchvision's ``shifted_window_attention``), and the weight
+    matrices of an LSTM/GRU/RNN (``qgraph.recurrent``; ``aten.lstm`` in ``torch.export`` graphs):
+    quantized weight-only, on its ``get_attr``, so that every reader sees the quantized weight."""
     owner, _, attr = str(node.target).rpartition(".")
-    if attr != "weight" or not node.users:
-        return None
-    mod = owner_type(gm, owner)
-    if mod is None or not issubclass(mod, CONV_MODULES + CONV_TRANSPOSE_MODULES + LINEAR_MODULES):
+    mod = owner_type(gm, owner) if node.users else None
+    if mod is not None and issubclass(mod, RECURRENT_MODULES) and attr.startswith(("weight_ih", "weight_hh", "weight_hr_l")):
+        return OpInfo("linear", owner, node, None, [], 0)  # one row per gate unit: per-channel along dim 0
+    if attr != "weight" or mod is None or not issubclass(mod, CONV_MODULES + CONV_TRANSPOSE_MODULES + LINEAR_MODULES):
         return None
     readers = []
     for user in node.users:  # look through weight transforms (sparsity masks: W → mask → op)

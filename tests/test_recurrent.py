@@ -1,0 +1,86 @@
+"""LSTM/GRU/RNN layers and cells: their weight matrices are quantized weight-only (they stayed float,
+most of a speech or OCR model's bytes), the float graph stays exact, the file keeps one LSTM/GRU op
+fed by int8 initializers, and qpack round trips are exact."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import qgraph
+
+
+class _Layer(nn.Module):
+    def __init__(self, cell, out: int = 16, **options) -> None:
+        super().__init__()
+        self.rnn, self.fc = cell(8, 16, **options), nn.Linear(out, 3)
+
+    def forward(self, x, h=None):
+        y, _ = self.rnn(x) if h is None else self.rnn(x, h)
+        return self.fc(y)
+
+
+class _AnyArgs(_Layer):  # *args: captured by torch.export, where the layer is aten.lstm on its weights
+    def forward(self, *args):
+        y, _ = self.rnn(*args)
+        return self.fc(y)
+
+
+class _CellLoop(nn.Module):
+    def __init__(self, cell) -> None:
+        super().__init__()
+        self.cell, self.fc = cell(8, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = None
+        for t in range(x.shape[1]):
+            h = self.cell(x[:, t], h)
+        return self.fc(h[0] if isinstance(h, tuple) else h)
+
+
+_CASES = {
+    "lstm-batch-first": (lambda: _Layer(nn.LSTM, batch_first=True), (torch.randn(4, 6, 8),), "LSTM", 2),
+    "gru-2-layers": (lambda: _Layer(nn.GRU, num_layers=2, batch_first=True), (torch.randn(4, 6, 8),), "GRU", 4),
+    "rnn-relu": (lambda: _Layer(nn.RNN, nonlinearity="relu", batch_first=True), (torch.randn(4, 6, 8),), None, 2),
+    "lstm-unbatched": (lambda: _Layer(nn.LSTM), (torch.randn(6, 8),), "LSTM", 2),
+    "gru-initial-state": (lambda: _Layer(nn.GRU, batch_first=True), (torch.randn(4, 6, 8), torch.randn(1, 4, 16)), "GRU", 2),
+    "lstm-torch-export": (lambda: _AnyArgs(nn.LSTM, batch_first=True), (torch.randn(4, 6, 8),), "LSTM", 2),
+    "lstm-cell": (lambda: _CellLoop(nn.LSTMCell), (torch.randn(4, 5, 8),), None, 2),
+    "gru-cell": (lambda: _CellLoop(nn.GRUCell), (torch.randn(4, 5, 8),), None, 2),
+}
+
+
+@pytest.mark.parametrize("case", list(_CASES))
+def test_recurrent_weights_are_quantized_and_export(case, tmp_path):
+    build, args, onnx_op, matrices = _CASES[case]
+    torch.manual_seed(0)
+    model = build().eval()
+    qm = qgraph.quantize(model, args, "w8a8", calib_data=[args])
+    with torch.no_grad():
+        torch.testing.assert_close(qm._float_graph(*args), model(*args), rtol=1e-6, atol=1e-6)  # the rewrite is exact
+    recurrent = sorted(k for k in qm.quantizers() if k.startswith(("rnn.", "cell.")))
+    assert len(recurrent) == matrices and all(qm.quantizers()[k].role == "weight" for k in recurrent), recurrent
+    assert not any(n.startswith("stayed float") for n in qm.qgraph.capture.notes), qm.qgraph.capture.notes
+    res = qm.export(str(tmp_path / case))
+    assert res.max_abs_error <= res.tolerance
+    graph = onnx.load(res.onnx_path).graph
+    if onnx_op is not None:
+        assert onnx_op in {n.op_type for n in graph.node}
+    int8_matrices = [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2]
+    assert len(int8_matrices) == matrices + 1, int8_matrices  # and the linear head's
+    back = qgraph.load(res.qpack_path, build().eval(), args)
+    with torch.no_grad(), qm.frozen():
+        assert torch.equal(back(*args), qm(*args))
+
+
+def test_a_hidden_state_of_another_batch_is_refused_as_the_module_does():
+    """The raw ``torch.gru`` runs on a state of another batch size; the module (and the rewrite) refuse it,
+    so the export check sees a model that takes only its example's batch and fixes the file's shapes."""
+    model = _Layer(nn.GRU, batch_first=True).eval()
+    qm = qgraph.quantize(model, (torch.randn(4, 6, 8), torch.randn(1, 4, 16)), "w8a8")
+    with pytest.raises(RuntimeError, match="Expected hidden size"):
+        model(torch.randn(2, 6, 8), torch.randn(1, 4, 16))
+    with pytest.raises(RuntimeError, match="Expected hidden size"), torch.no_grad():
+        qm(torch.randn(2, 6, 8), torch.randn(1, 4, 16))
