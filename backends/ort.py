@@ -42,7 +42,11 @@ def feeds(sess: ort.InferenceSession, args: tuple) -> dict:
 
 
 def run(sess: ort.InferenceSession, args: tuple) -> list[np.ndarray]:
-    return sess.run(None, feeds(sess, args))
+    """The session's outputs. A failing run raises (its message is the error); ONNX Runtime's own
+    log line for it, printed to stderr besides, is turned off."""
+    opts = ort.RunOptions()
+    opts.log_severity_level = 4
+    return sess.run(None, feeds(sess, args), opts)
 
 
 @dataclass

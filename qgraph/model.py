@@ -219,9 +219,10 @@ class QModel(nn.Module):
         range, and twice the output change that float-rounding noise at every activation quantizer
         causes (:mod:`qgraph.export_tolerance`; ``ExportResult.drift`` records that change). ``dynamic_batch``: let the batch dimension vary
         where the graph allows (``ExportResult.dynamic_batch`` says whether it does; such a file is
-        also run at another batch size, and one that fails there is an :class:`ExportMismatchError`;
-        where the model itself fails at another batch size, its first dims are not a batch and the file
-        gets the example's shapes: ``ExportResult.fixed_shapes`` says so).
+        also run at another batch size, and one whose outputs differ there is an
+        :class:`ExportMismatchError`; where the model itself fails at another batch size (its first dims
+        are not a batch), or ONNX Runtime cannot run the file there (the exporter fixed a size inside
+        the graph), the file gets the example's shapes: ``ExportResult.fixed_shapes`` says why).
         qpack: the file is read back and every rebuilt weight must equal this model's fake-quantized
         weight bit for bit.
         Task-specific scales: the ONNX file is for ``task`` (default: the active task), the qpack holds
@@ -262,8 +263,8 @@ class QModel(nn.Module):
     def _export_checked_onnx(self, onnx_path, result, verify, tolerance, dynamic_batch, min_top1) -> None:
         """Export, compare with ONNX Runtime on the example, and check a dynamic batch at another size.
         Where the model itself takes no other batch (its first dims are not batches: a graph's node
-        features and edge list), the file is exported again with the example's shapes, and
-        ``result.fixed_shapes`` says why."""
+        features and edge list), or ONNX Runtime cannot run the file at one the model takes, the file
+        is exported again with the example's shapes, and ``result.fixed_shapes`` says why."""
         agreement, sess = self._export_onnx(onnx_path, result, verify, tolerance, dynamic_batch)
         _check_agreement(agreement, result, min_top1)
         if agreement is None or not result.dynamic_batch:
@@ -345,9 +346,14 @@ class QModel(nn.Module):
         at = f"a batch of {new_size}" + (" with token inputs one token shorter" if shortened else "")
         why = f"ONNX Runtime runs the file at the example's batch of {size} but not at {at}"
         try:
-            agreement = ort_backend.compare(expected, ort_backend.run(sess, other), tie_tolerance=result.tolerance)
-        except Exception as e:  # noqa: BLE001 - a shape error inside ONNX Runtime, or outputs that do not line up
-            raise ExportMismatchError(f"{why}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}{fix}") from e
+            got = ort_backend.run(sess, other)
+        except Exception as e:  # noqa: BLE001 - a shape error inside ONNX Runtime: the exporter fixed a size the model varies
+            raise _FileRefusesOtherShapes(f"{why} ({_first_line(e)}), although the model does: the exporter fixed a size "
+                                          f"inside the graph") from e
+        try:
+            agreement = ort_backend.compare(expected, got, tie_tolerance=result.tolerance)
+        except Exception as e:  # noqa: BLE001 - outputs that do not line up
+            raise ExportMismatchError(f"{why}: {_first_line(e)}{fix}") from e
         if agreement.max_abs_error > result.tolerance:
             raise ExportMismatchError(f"{why}: {agreement}; tolerance {result.tolerance:.3g}{fix}")
 
@@ -449,6 +455,20 @@ class _ModelRefusesOtherShapes(Exception):
     def __init__(self, size: int, cause: BaseException) -> None:
         first = (str(cause).strip().splitlines() or [""])[0][:200]
         super().__init__(f"the model itself fails at a batch of {size} ({type(cause).__name__}: {first})")
+
+
+class _FileRefusesOtherShapes(_ModelRefusesOtherShapes):
+    """The model runs at another batch size but ONNX Runtime cannot run the dynamic file there: the
+    exporter wrote a size of the example into the graph (a sequence-first ``nn.LSTM`` input, whose
+    dim 0 is the sequence, which the LSTM translation fixes)."""
+
+    def __init__(self, why: str) -> None:
+        Exception.__init__(self, why)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def _check_agreement(agreement, result: ExportResult, min_top1: float) -> None:

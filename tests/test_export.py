@@ -456,7 +456,10 @@ def test_a_single_sample_example_exports_a_file_that_runs_other_batches(tmp_path
     assert np.abs(got - want).max() < 1e-4
 
 
-def test_a_file_that_fails_at_another_batch_is_refused(tiny_w8a8, tmp_path, monkeypatch):
+def test_a_file_that_fails_at_another_batch_gets_the_examples_shapes(tiny_w8a8, tmp_path, monkeypatch):
+    """A dynamic-batch file that ONNX Runtime cannot run at another batch size, where the model runs
+    (the exporter fixed a size inside the graph), used to be an ExportMismatchError and no usable file:
+    it is now exported again with the example's shapes, and the result says why."""
     from qgraph.backends import ort as ort_backend
 
     real_run, example_batch = ort_backend.run, tiny_w8a8._example_inputs[0].shape[0]
@@ -467,7 +470,24 @@ def test_a_file_that_fails_at_another_batch_is_refused(tiny_w8a8, tmp_path, monk
         return real_run(sess, args)
 
     monkeypatch.setattr(ort_backend, "run", run_only_the_example_batch)
-    with pytest.raises(qgraph.ExportMismatchError, match=f"batch of {example_batch} but not at a batch of 1: Reshape"):
+    res = tiny_w8a8.export(str(tmp_path / "m"), formats=("onnx",))
+    assert not res.dynamic_batch and res.max_abs_error <= res.tolerance
+    assert f"batch of {example_batch} but not at a batch of 1 (Reshape node" in res.fixed_shapes, res.fixed_shapes
+    dims = [d.dim_param or d.dim_value for d in onnx.load(res.onnx_path).graph.input[0].type.tensor_type.shape.dim]
+    assert dims[0] == example_batch and "input shapes fixed" in str(res)
+
+
+def test_a_file_whose_outputs_differ_at_another_batch_is_refused(tiny_w8a8, tmp_path, monkeypatch):
+    from qgraph.backends import ort as ort_backend
+
+    real_run, example_batch = ort_backend.run, tiny_w8a8._example_inputs[0].shape[0]
+
+    def wrong_at_other_batches(sess, args):
+        out = real_run(sess, args)
+        return out if args[0].shape[0] == example_batch else [o + 1.0 for o in out]
+
+    monkeypatch.setattr(ort_backend, "run", wrong_at_other_batches)
+    with pytest.raises(qgraph.ExportMismatchError, match=f"batch of {example_batch} but not at a batch of 1: max abs error"):
         tiny_w8a8.export(str(tmp_path / "m"), formats=("onnx",))
     tiny_w8a8.export(str(tmp_path / "m"), formats=("onnx",), dynamic_batch=False)  # a fixed batch is not checked at another
 
@@ -511,7 +531,7 @@ def test_a_token_length_the_model_fixes_is_written_as_a_number(tmp_path):
         sess.run(None, {"ids": _ids(3, length=7).numpy()})
 
 
-def test_a_file_that_fails_at_a_shorter_sequence_is_refused(tmp_path, monkeypatch):
+def test_a_file_that_fails_at_a_shorter_sequence_gets_the_examples_shapes(tmp_path, monkeypatch):
     from qgraph.backends import ort as ort_backend
 
     qm = qgraph.quantize(_AnyLength().eval(), _ids(4), "w8a8", [_ids(8, seed=1)])
@@ -526,8 +546,10 @@ def test_a_file_that_fails_at_a_shorter_sequence_is_refused(tmp_path, monkeypatc
         return real_run(sess, args)
 
     monkeypatch.setattr(ort_backend, "run", run_only_the_example_length)
-    with pytest.raises(qgraph.ExportMismatchError, match="batch of 4 but not at a batch of 1 with token inputs one token shorter"):
-        qm.export(str(tmp_path / "m"), formats=("onnx",))
+    res = qm.export(str(tmp_path / "m"), formats=("onnx",))  # exported again with the example's shapes
+    assert "batch of 4 but not at a batch of 1 with token inputs one token shorter" in res.fixed_shapes, res.fixed_shapes
+    dims = [d.dim_param or d.dim_value for d in onnx.load(res.onnx_path).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [4, 10]
 
 
 def test_onnx_runtime_failing_on_the_file_is_an_export_error_naming_it(tiny_w8a8, tmp_path, monkeypatch):

@@ -84,3 +84,17 @@ def test_a_hidden_state_of_another_batch_is_refused_as_the_module_does():
         model(torch.randn(2, 6, 8), torch.randn(1, 4, 16))
     with pytest.raises(RuntimeError, match="Expected hidden size"), torch.no_grad():
         qm(torch.randn(2, 6, 8), torch.randn(1, 4, 16))
+
+
+def test_a_sequence_first_input_exports_with_the_examples_shapes(tmp_path):
+    """``nn.LSTM``'s default layout, ``[T, N, F]`` as the model's input: the export takes dim 0 (the
+    sequence) for the batch, and the exporter fixes the sequence length inside the LSTM op. Depending
+    on which of its strategies captures the graph, the file either has fixed shapes already or claims a
+    dynamic dim 0 that ONNX Runtime cannot run at another size; the export failed on the latter. Both
+    now give a file with the example's shapes (``fixed_shapes`` says why in the second case)."""
+    torch.manual_seed(0)
+    model, x = _Layer(nn.LSTM, num_layers=2).eval(), torch.randn(6, 4, 8)
+    res = qgraph.quantize(model, x, "w8a8").export(str(tmp_path / "seq_first"), formats=("onnx",))
+    assert not res.dynamic_batch and res.max_abs_error <= res.tolerance
+    assert [d.dim_value for d in onnx.load(res.onnx_path).graph.input[0].type.tensor_type.shape.dim] == [6, 4, 8]
+    assert res.fixed_shapes is None or "the exporter fixed a size inside the graph" in res.fixed_shapes
