@@ -10,6 +10,7 @@ the loaded model reproduces the writer's outputs bit for bit.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -134,29 +135,44 @@ def write(qm, path: str) -> int:
     return write_qpack(path, packed, floats, meta)
 
 
+_MAX_RECORDED_VALUES = 65536  # integer example inputs up to this size may be stored with their values
+
+
 def example_input_specs(qm) -> list[dict]:
     """Shape and dtype of each example input, for the qpack's meta (and its name, for inputs given by
-    name), so ``load`` can make inputs of the same kind."""
+    name), so ``load`` can make inputs of the same kind. Where the model fails on the inputs ``load``
+    would make (``nn.EmbeddingBag`` offsets must start at 0, lengths must fit), the values of the
+    integer and boolean example inputs are stored too (up to 65,536 each), and ``load`` uses them."""
     names = qm.qgraph.capture.keywords or (None,) * len(qm._example_inputs)
-    return [_input_spec(a, name) for a, name in zip(qm._example_inputs, names)]
+    specs = [_input_spec(a, name) for a, name in zip(qm._example_inputs, names)]
+    g = torch.Generator().manual_seed(0)
+    try:
+        qm._probe(tuple(_synth_value(s, g) for s in specs))
+    except Exception:  # noqa: BLE001 - the model refuses made-up inputs: keep the example's integers
+        specs = [_input_spec(a, name, values=True) for a, name in zip(qm._example_inputs, names)]
+    return specs
 
 
-def _input_spec(a, name: str | None = None) -> dict:
-    spec = _value_spec(a)
+def _input_spec(a, name: str | None = None, values: bool = False) -> dict:
+    spec = _value_spec(a, values)
     return {"name": name, **spec} if name else spec
 
 
-def _value_spec(a) -> dict:
-    """A tensor's shape and dtype; lists and tuples of inputs nested (``forward(self, views: list)``);
-    None and Python numbers as they are (example inputs ``(x, None, 2.0)``)."""
+def _value_spec(a, values: bool = False) -> dict:
+    """A tensor's shape and dtype (and, with ``values``, the values of an integer or boolean one);
+    lists and tuples of inputs nested (``forward(self, views: list)``); None and Python numbers as
+    they are (example inputs ``(x, None, 2.0)``)."""
     if isinstance(a, torch.Tensor):
-        return {"shape": list(a.shape), "dtype": str(a.dtype).replace("torch.", "")}
+        spec = {"shape": list(a.shape), "dtype": str(a.dtype).replace("torch.", "")}
+        if values and not a.is_floating_point() and not a.is_complex() and a.numel() <= _MAX_RECORDED_VALUES:
+            spec["values"] = a.flatten().tolist()
+        return spec
     if a is None:
         return {"none": True}
     if isinstance(a, (bool, int, float)):
         return {"value": a}
     if isinstance(a, (list, tuple)):
-        return {"list" if isinstance(a, list) else "tuple": [_value_spec(x) for x in a]}
+        return {"list" if isinstance(a, list) else "tuple": [_value_spec(x, values) for x in a]}
     raise QGraphError(f"example inputs must be tensors, lists or tuples of them, None or Python numbers to be recorded "
                       f"in a qpack, got {type(a).__name__}")
 
@@ -164,6 +180,11 @@ def _value_spec(a) -> dict:
 def _synth_value(s: dict, g: torch.Generator):
     if "shape" in s:
         dtype = getattr(torch, s["dtype"])
+        if "values" in s:  # recorded because the model refuses made-up integers
+            values = torch.tensor(s["values"], dtype=dtype)
+            if values.numel() != math.prod(s["shape"]):
+                raise QGraphError(f"unreadable example-input record in the qpack: {len(s['values'])} values for shape {s['shape']}")
+            return values.reshape(s["shape"])
         if dtype.is_floating_point:
             return torch.randn(s["shape"], generator=g).to(dtype)
         # integers 1: a token id in any vocabulary and an attention mask that keeps every token (zeros
@@ -181,8 +202,9 @@ def _synth_value(s: dict, g: torch.Generator):
 
 
 def _synth_inputs(specs: list[dict]) -> tuple | dict:
-    """Inputs of the recorded shapes and dtypes (random normal floats, integers 1, booleans False), lists,
-    None and numbers as recorded; a dict by name when the example inputs were given by name."""
+    """Inputs of the recorded shapes and dtypes (random normal floats, integers 1, booleans False, or
+    the recorded values), lists, None and numbers as recorded; a dict by name when the example inputs
+    were given by name."""
     g = torch.Generator().manual_seed(0)
     out = [_synth_value(s, g) for s in specs]
     if specs and all(s.get("name") for s in specs):
@@ -198,7 +220,8 @@ def load(path: str, model: nn.Module | Callable, example_inputs=None, bits=None,
     to; its weights are derived from the stored INT8 codes (see qgraph.bitswitch_export).
 
     Example inputs default to the factory's, else to tensors of the recorded shapes (random normal
-    floats, integers 1, booleans False); give real ones when the model's control flow depends on input values.
+    floats, integers 1, booleans False; the example's own integers where the model refused those at
+    export); give real ones when the model's control flow depends on input values.
     ``task``: for files with task-specific scales, the task to select (default: the first).
     """
     from qgraph.api import prepare

@@ -321,3 +321,25 @@ def test_a_layer_written_as_einsum_with_its_weight_is_a_quantized_linear(eq, sha
         assert any(c.action == "replaced" and c.detail.startswith(f"einsum('{eq}')") for c in qm.changes)
         res = qm.export(str(tmp_path / "e"), formats=("onnx",))
         assert res.max_abs_error <= res.tolerance
+
+
+def test_a_qpack_of_a_model_that_refuses_made_up_integers_loads_without_example_inputs(tmp_path):
+    """``qgraph.load(path, model)`` makes integer inputs of ones, which are not valid bag offsets
+    (``offsets[0]`` must be 0): loading the text-classification tutorial's model failed. Where the
+    model refuses those at export, the qpack stores the example's integers, and load uses them."""
+    import json
+
+    from qgraph.backends.qpack import read_qpack
+
+    torch.manual_seed(0)
+    model, inputs = _Bag(mode="mean").eval(), (_FLAT, torch.tensor([0, 2, 2, 5]))
+    qm = qgraph.quantize(model, inputs, "w4a16", calib_data=[inputs])
+    res = qm.export(str(tmp_path / "bags"), formats=("qpack",))
+    specs = read_qpack(res.qpack_path).meta["example_inputs"]
+    assert [s.get("values") for s in specs] == [_FLAT.tolist(), [0, 2, 2, 5]], json.dumps(specs)
+    back = qgraph.load(res.qpack_path, _Bag(mode="mean").eval())
+    with torch.no_grad(), qm.frozen(), back.frozen():
+        assert torch.equal(back(*inputs), qm(*inputs))
+    plain = qgraph.quantize(_Bag(mode="mean").eval(), (torch.tensor([[1, 2], [3, 4]]),), "w4a16")  # ones are fine ids
+    res = plain.export(str(tmp_path / "plain"), formats=("qpack",))
+    assert "values" not in read_qpack(res.qpack_path).meta["example_inputs"][0]
