@@ -42,7 +42,7 @@ Then rewrites for ONNX Runtime's fusions (:func:`prepare_for_onnxruntime`):
    DequantizeLinear's default): MatMulNBits then has no zero-point input, as in the files ONNX
    Runtime's own 4-bit quantizer writes, and a group-32 int4 file is 2.5% smaller.
 
-10. A Conv or Gemm whose input and weight are both dequantized and whose bias is a float initializer
+10. A Conv, ConvTranspose or Gemm whose input and weight are both dequantized and whose bias is a float initializer
     gets the bias added by an ``Add`` after it, where its activations are on fewer than 8 bits (a
     ``Clip`` between Q and DQ) or its result is not quantized again (no ``QuantizeLinear`` after it,
     directly or through a Relu). ONNX Runtime otherwise rounds the bias to int32 on ``s_x · s_w``
@@ -558,12 +558,14 @@ def _requantized(gr: _Graph, out: str) -> bool:
 
 
 def _exact_float_bias(model: onnx.ModelProto, everywhere: bool = False) -> int:
-    """Rule 10: ``Conv/Gemm(DQ(x), DQ(W), b)`` → ``Add(Conv/Gemm(DQ(x), DQ(W)), b)`` where ONNX Runtime's
-    int32 bias would be coarse or would reach the output unrounded (``everywhere``: for every such op)."""
+    """Rule 10: ``Conv/ConvTranspose/Gemm(DQ(x), DQ(W), b)`` → ``Add(Conv(DQ(x), DQ(W)), b)`` where ONNX
+    Runtime's int32 bias would be coarse or would reach the output unrounded (``everywhere``: for every
+    such op). ONNX Runtime rounds a float bias beside DQ inputs to int32 ``s_x·s_w`` at its basic
+    optimization level (a bit-switch ConvTranspose: 0.0013 off at 8 bits)."""
     gr = _Graph(model.graph)
     after: dict[int, list[onnx.NodeProto]] = {}
     for idx, n in enumerate(gr.g.node):
-        if n.op_type not in ("Conv", "Gemm") or n.domain not in ("", "ai.onnx") or len(n.input) != 3 or not n.input[2]:
+        if n.op_type not in ("Conv", "ConvTranspose", "Gemm") or n.domain not in ("", "ai.onnx") or len(n.input) != 3 or not n.input[2]:
             continue
         bias = gr.inits.get(n.input[2])
         if bias is None or bias.data_type != TensorProto.FLOAT or len(bias.dims) != 1:
@@ -576,7 +578,7 @@ def _exact_float_bias(model: onnx.ModelProto, everywhere: bool = False) -> int:
         if not (everywhere or _narrow_codes(gr, x_dq) or not _requantized(gr, n.output[0])):
             continue
         b = _to_numpy(bias)
-        if n.op_type == "Conv":  # [C] against [N, C, *spatial]
+        if n.op_type != "Gemm":  # [C] against [N, C, *spatial]
             rank = len(gr.inits[w_dq.input[0]].dims) if w_dq.input[0] in gr.inits else None
             if rank is None:
                 cast = gr.producer.get(w_dq.input[0])

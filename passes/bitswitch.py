@@ -13,8 +13,9 @@ statistics). Rewrite rules, for each conv / linear op whose weight is a ``get_at
    :class:`~qgraph.bitswitch.SwitchableBatchNorm` (one BatchNorm per bit width) at the same path.
 4. The op's ``node.meta`` annotation records the highest bit width (for ``summary()``).
 5. With ``keep_first_last`` (default) the first and the last such op in graph order stay float
-   (§6.2); so do ops an ``Override(skip=True)`` matches, transposed convs and layers inside
-   auto-leaves (recorded as ``kept float``). A weight read by a switched op is read through its
+   (§6.2); so do ops an ``Override(skip=True)`` matches, grouped transposed convs and layers inside
+   auto-leaves (recorded as ``kept float``). A transposed conv switches per output channel, its
+   weight's axis 1. A weight read by a switched op is read through its
    quantizer by every op (a layer called twice, one call a float end): the qpack stores it once.
 
 Nothing else is quantized: residual adds, pooling and the BatchNorms after float layers stay float,
@@ -30,15 +31,18 @@ from collections.abc import Iterable
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from qgraph.passes.annotate import Annotation
 from qgraph.passes.base import ANNOTATION_KEY, QPass, unique_submodule_name
 from qgraph.passes.insert_quantizers import read_quantized_everywhere
+from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
 
 from qgraph.bitswitch import BitSwitchActQuantizer, BitSwitchRecipe, DoubleRoundWeightQuantizer, SwitchableBatchNorm, set_bits
 from qgraph.capture import batch_inputs
 from qgraph.errors import InputError, RecipeError
 from qgraph.granularity import PerChannel, PerTensor
+from qgraph.meta import MODULE_PATH_KEY
 from qgraph.ops import BN_MODULES, classify, owner_type
 from qgraph.qspec import QSpec
 
@@ -53,12 +57,16 @@ class BitSwitchPass(QPass):
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         candidates = []
+        functional = self._functional_transposed_convs(gm)
         for node in gm.graph.nodes:
             info = classify(gm, node)
             if info is None or info.kind not in ("conv", "linear", "conv_transpose"):
                 continue
-            if node.op != "call_function" or info.weight is None or info.weight.op != "get_attr" or info.kind == "conv_transpose":
+            if node.op != "call_function" or info.weight is None or info.weight.op != "get_attr":
                 self.record("kept float", node, info.module_path, f"{info.kind}: only conv / linear ops on a get_attr weight switch bits")
+                continue
+            if info.kind == "conv_transpose" and _groups(node) != 1:
+                self.record("kept float", node, info.module_path, "grouped transposed conv: its output channels are not one weight axis")
                 continue
             candidates.append((node, info))
         for leaf in sorted(self.leaves):
@@ -79,13 +87,38 @@ class BitSwitchPass(QPass):
             modified = True
         for w, q in self._weight_q.items():  # a float end layer sharing a switched layer's weight reads it switched
             read_quantized_everywhere(self, w, q)
-        if not modified:  # a bit-switch model that switches nothing: say why now, not at export
+        modified |= functional
+        if not any(c.action == "bit-switched" for c in self.changes):  # a bit-switch model that switches nothing: say why now, not at export
             kept = [f"{c.module_path or c.node} ({c.detail})" for c in self.changes if c.action == "kept float"]
             raise RecipeError(f"recipe {self.recipe.name!r} switches no layer of this model: "
                               + ("; ".join(kept) if kept else "it has no conv or linear layer")
                               + (". bitswitch(..., keep_first_last=False) switches the first and last layers too"
                                  if self.recipe.keep_first_last else ""))
         return self.finish(gm, modified)
+
+    def _functional_transposed_convs(self, gm: fx.GraphModule) -> bool:
+        """Rule 0: ``call_module ConvTranspose{n}d`` (zero padding, one input, outside auto-leaves) →
+        ``F.conv_transpose{n}d`` on ``get_attr`` weights, so that it can switch like a conv. (Other
+        recipes keep the module and swap it for a ``QuantizedModule``; canonicalize leaves it.)"""
+        changed = False
+        for node in list(gm.graph.nodes):
+            if node.op != "call_module" or node.target in self.leaves or len(node.args) != 1 or node.kwargs:
+                continue
+            mod = gm.get_submodule(str(node.target))
+            if type(mod) not in _CONV_T_FN or mod.padding_mode != "zeros":
+                continue
+            path = str(node.target)
+            with gm.graph.inserting_before(node):
+                w = gm.graph.get_attr(f"{path}.weight")
+                b = gm.graph.get_attr(f"{path}.bias") if mod.bias is not None else None
+                new = gm.graph.call_function(_CONV_T_FN[type(mod)], (node.args[0], w, b, mod.stride, mod.padding, mod.output_padding,
+                                                                     mod.groups, mod.dilation))
+            new.meta = {**node.meta, MODULE_PATH_KEY: path}
+            node.replace_all_uses_with(new)
+            gm.graph.erase_node(node)
+            self.record("replaced", new, path, f"{type(mod).__name__} module call by {new.target.__name__}")
+            changed = True
+        return changed
 
     def _rewrite(self, gm: fx.GraphModule, node: fx.Node, info) -> None:
         bits, path = self.recipe.bits, info.module_path
@@ -166,6 +199,15 @@ class BitSwitchCalibratePass(QPass):
             self.record("calibrated", name, q.layer, f"{'signed' if int(q.signed) else 'unsigned'}; scales {scales} from {len(batches)} batches")
         gm.train(was_training)
         return PassResult(gm, True)
+
+
+_CONV_T_FN = {nn.ConvTranspose1d: F.conv_transpose1d, nn.ConvTranspose2d: F.conv_transpose2d, nn.ConvTranspose3d: F.conv_transpose3d}
+
+
+def _groups(node: fx.Node) -> int:
+    """``groups`` of a ``conv_transpose{n}d(x, w, bias, stride, padding, output_padding, groups, dilation)`` call."""
+    groups = node.kwargs.get("groups", node.args[6] if len(node.args) > 6 else 1)
+    return groups if isinstance(groups, int) else -1
 
 
 def _attr(gm, target: str) -> torch.Tensor:
