@@ -48,9 +48,11 @@ Then rewrites for ONNX Runtime's fusions (:func:`prepare_for_onnxruntime`):
     directly or through a Relu). ONNX Runtime otherwise rounds the bias to int32 on ``s_x · s_w``
     when it loads the model (its QDQ bias quantization), which the quantized PyTorch model does not
     do: an OFQ model (2-bit activations, 3-bit weights) came out 0.55 off, bit-switch models at 4
-    bits 0.003. With 8-bit activations whose result is quantized again (w8a8, w4a8) the op keeps its
-    bias, so ONNX Runtime still fuses QLinearConv / QGemm; the rounding is covered by the export
-    check's tolerance there.
+    bits 0.003. A float bias added to a ``MatMul`` of DQ inputs (bit switching, narrow codes) becomes
+    ``Sub(MatMul, -b)``: ONNX Runtime's MatMulAddFusion would make a 2-D ``MatMul + Add`` a Gemm and
+    round its bias just the same. With 8-bit activations whose result is quantized again (w8a8,
+    w4a8) the op keeps its bias, so ONNX Runtime still fuses QLinearConv / QGemm; the rounding is
+    covered by the export check's tolerance there.
 
 11. An activation's ``DequantizeLinear`` with one step per position along an axis (OFQ's per-token
     steps) becomes ``Mul(Sub(Cast(q → float), zp), scale)``, before rules 5 to 10. ONNX Runtime has no
@@ -564,7 +566,11 @@ def _exact_float_bias(model: onnx.ModelProto, everywhere: bool = False) -> int:
     optimization level (a bit-switch ConvTranspose: 0.0013 off at 8 bits)."""
     gr = _Graph(model.graph)
     after: dict[int, list[onnx.NodeProto]] = {}
+    subtracted = 0
     for idx, n in enumerate(gr.g.node):
+        if n.op_type == "Add" and n.domain in ("", "ai.onnx"):
+            subtracted += _subtracted_matmul_bias(gr, n, everywhere)
+            continue
         if n.op_type not in ("Conv", "ConvTranspose", "Gemm") or n.domain not in ("", "ai.onnx") or len(n.input) != 3 or not n.input[2]:
             continue
         bias = gr.inits.get(n.input[2])
@@ -593,4 +599,27 @@ def _exact_float_bias(model: onnx.ModelProto, everywhere: bool = False) -> int:
         after[idx] = [onnx.helper.make_node("Add", [n.output[0], name], [out], name=f"{out}_bias")]
     if after:
         gr.replace_nodes({}, after=after)
-    return len(after)
+    return len(after) + subtracted
+
+
+def _subtracted_matmul_bias(gr: _Graph, add: onnx.NodeProto, everywhere: bool) -> int:
+    """Rule 10 for ``Add(MatMul(DQ(x), DQ(W)), b)`` with narrow activation codes (or ``everywhere``):
+    the Add becomes ``Sub(MatMul(...), -b)``, the same float values. ONNX Runtime's MatMulAddFusion
+    would otherwise make it a Gemm with bias, and its QDQ bias quantization then round ``b`` to int32
+    (a bit-switch VAE at 4 bits: 1.1e-4 off on its 2-D ``mu`` linear)."""
+    if len(add.input) != 2:
+        return 0
+    for k in (0, 1):
+        bias, mm = gr.inits.get(add.input[k]), gr.producer.get(add.input[1 - k])
+        if bias is None or bias.data_type != TensorProto.FLOAT or len(bias.dims) != 1 or mm is None or mm.op_type != "MatMul":
+            continue
+        if gr.users.get(mm.output[0], []) != [add] or mm.output[0] in gr.outputs:
+            return 0
+        x_dq, w_dq = _dequantizer(gr, mm.input[0]), gr.producer.get(mm.input[1])
+        if x_dq is None or w_dq is None or w_dq.op_type != "DequantizeLinear" or not (everywhere or _narrow_codes(gr, x_dq)):
+            return 0
+        negated = gr.add_initializer(-_to_numpy(bias), f"{add.input[k]}_negated")
+        add.op_type = "Sub"
+        add.input[:] = [mm.output[0], negated]
+        return 1
+    return 0
