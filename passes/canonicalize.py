@@ -61,6 +61,9 @@ Rewrite rules:
    graph values, quantized weight-only where they are read (``qgraph.ops``); the exporter still
    writes one LSTM/GRU/RNN op. Eval mode: dropout between stacked layers is not in the graph.
 
+10. ``call_module Bilinear`` → ``F.bilinear(x1, x2, weight, bias)``: its ``[out, in1, in2]`` weight
+    is quantized weight-only where it is read, per output feature (``qgraph.ops``).
+
 After this, weights are graph values that quantizers can be attached to in both dialects
 (``torch.export`` graphs already have this form). The module stays in the hierarchy and owns its
 parameters, so ``state_dict`` keys do not change, except for cross-attention's split projections
@@ -148,6 +151,10 @@ class CanonicalizePass(QPass):
             if (call := recurrent_call(node, mod)) is not None:
                 self._recurrent(gm, node, mod, *call)
                 modified = True
+                continue
+            if kind is nn.Bilinear and len(node.args) == 2 and not node.kwargs:
+                modified |= self._replace(gm, node, F.bilinear, (*node.args, f"{node.target}.weight",
+                                                                  f"{node.target}.bias" if mod.bias is not None else None), "Bilinear")
                 continue
             if kind in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and mod.padding_mode == "zeros" and len(node.args) == 1:
                 fn = _CONV_FN[len(mod.kernel_size)]

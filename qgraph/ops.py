@@ -384,12 +384,15 @@ def _expert_weight_info(node: fx.Node) -> OpInfo | None:
 def _opaque_weight_info(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
     """The weight of a Conv/Linear module read directly by calls qgraph does not know (a function
     wrapped with ``torch.fx.wrap`` such as torchvision's ``shifted_window_attention``), and the weight
-    matrices of an LSTM/GRU/RNN (``qgraph.recurrent``; ``aten.lstm`` in ``torch.export`` graphs):
+    matrices of an LSTM/GRU/RNN (``qgraph.recurrent``; ``aten.lstm`` in ``torch.export`` graphs) and
+    the ``[out, in1, in2]`` weight of an ``nn.Bilinear``:
     quantized weight-only, on its ``get_attr``, so that every reader sees the quantized weight."""
     owner, _, attr = str(node.target).rpartition(".")
     mod = owner_type(gm, owner) if node.users else None
     if mod is not None and issubclass(mod, RECURRENT_MODULES) and attr.startswith(("weight_ih", "weight_hh", "weight_hr_l")):
         return OpInfo("linear", owner, node, None, [], 0)  # one row per gate unit: per-channel along dim 0
+    if mod is not None and issubclass(mod, nn.Bilinear) and attr == "weight":
+        return OpInfo("linear", owner, node, None, [], 0)  # [out, in1, in2]: per output feature
     if attr != "weight" or mod is None or not issubclass(mod, CONV_MODULES + CONV_TRANSPOSE_MODULES + LINEAR_MODULES):
         return None
     readers = []

@@ -92,3 +92,24 @@ def test_weight_only_recipe_quantizes_parameter_matmuls(tmp_path):
     assert all(q.role == "weight" for q in qm.quantizers().values())
     res = qm.export(str(tmp_path / "mm4"))
     assert res.max_abs_error <= res.tolerance
+
+
+@pytest.mark.parametrize("recipe", ["w8a8", "w4a16"])
+def test_a_bilinear_layer_quantizes_its_weight(recipe, tmp_path):
+    """``nn.Bilinear`` (x1ᵀ W x2 + b, a ``[out, in1, in2]`` weight) stayed float, named in the notes. It is
+    now ``F.bilinear`` on its weight, quantized weight-only per output feature; exact float rewrite,
+    verified export, exact qpack round trip."""
+    from benchmarks.usage_models_apps import BilinearFusion
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    model, args = BilinearFusion().eval(), (torch.randn(4, 8, generator=g), torch.randn(4, 6, generator=g))
+    qm = qgraph.quantize(model, args, recipe, calib_data=[args])
+    with torch.no_grad():
+        torch.testing.assert_close(qm._float_graph(*args), model(*args), rtol=1e-6, atol=1e-6)
+    assert "fuse.weight_quantizer" in qm.quantizers() and not qm.qgraph.capture.notes
+    res = qm.export(str(tmp_path / "bilinear"))
+    assert res.max_abs_error <= res.tolerance
+    back = qgraph.load(res.qpack_path, BilinearFusion().eval(), args)
+    with torch.no_grad(), qm.frozen(), back.frozen():
+        assert torch.equal(back(*args), qm(*args))
