@@ -6,12 +6,13 @@ Rewrite rules:
    ``get_attr weight`` (+ ``get_attr bias``) → ``call_function F.conv{n}d(x, weight, bias, stride,
    padding, dilation, groups)``.
 2. ``call_module Linear`` → ``F.linear(x, weight, bias)``.
-3. ``call_module Embedding`` (no ``max_norm``) → ``F.embedding(ids, weight, padding_idx)``;
-   ``call_module EmbeddingBag`` (no ``max_norm``) → ``F.embedding(ids, weight)`` then a reduction
+3. ``call_module Embedding`` → ``F.embedding(ids, weight, padding_idx)``;
+   ``call_module EmbeddingBag`` → ``F.embedding(ids, weight)`` then a reduction
    over each bag: ``sum``/``mean``/``amax`` on ``[N, bag]`` ids alone, else
    :func:`qgraph.embedding_bag.reduce_bags` (offsets, per-sample weights, ``padding_idx``). The table
    becomes a weight-only embedding like any other (it stayed float), and the exporter writes a
-   Gather and a reduction or scatter instead of a Loop over the bags.
+   Gather and a reduction or scatter instead of a Loop over the bags. A table with ``max_norm``
+   (renormalized in place by each lookup) has every row renormalized once first (rule 3a).
 4. ``call_module MultiheadAttention`` (no ``bias_k``/``add_zero_attn``, the attention weights
    unused; ``attn_mask``, ``key_padding_mask`` and ``is_causal`` become the mask or flag of the
    attention call, combined as ``MultiheadAttention`` combines them) → the ops it runs: in-projection
@@ -136,6 +137,9 @@ class CanonicalizePass(QPass):
                 continue
             mod = gm.get_submodule(node.target)
             kind = parametrize.type_before_parametrizations(mod)  # a weight-normed Linear is a ParametrizedLinear
+            if type(mod) in (nn.Embedding, nn.EmbeddingBag) and mod.max_norm is not None:
+                self._renormalize_table(node, mod)  # then rule 3 applies
+                modified = True
             if isinstance(mod, nn.MultiheadAttention):
                 if attention.get(node.target):
                     self._attention(gm, node, mod, _attention_call(node, mod))
@@ -308,6 +312,17 @@ class CanonicalizePass(QPass):
             self.record("merged", keep, str(node.target).rpartition(".")[0], f"tied weight {node.target} read as {keep.target}")
             modified = True
         return modified
+
+    def _renormalize_table(self, node: fx.Node, mod: nn.Module) -> None:
+        """Rule 3a: ``max_norm`` renormalizes, in place, each row a lookup reads whose norm exceeds it,
+        and a renormalized row never exceeds it again. Doing it once for every row gives every lookup
+        the same values, and leaves a table that can be quantized (this is quantize's own copy)."""
+        with torch.no_grad():
+            torch.embedding_renorm_(mod.weight, torch.arange(mod.num_embeddings, device=mod.weight.device), mod.max_norm,
+                                    mod.norm_type)
+        self.record("renormalized", node, str(node.target), f"{type(mod).__name__} max_norm={mod.max_norm}: every row renormalized "
+                                                           "once, as each lookup would, so the table is fixed and quantizable")
+        mod.max_norm = None
 
     def _embedding_bag(self, gm, node: fx.Node, mod: nn.EmbeddingBag, bags: dict) -> None:
         """Rule 3: ``F.embedding(ids, weight)``, reduced over each bag (:mod:`qgraph.embedding_bag`)."""

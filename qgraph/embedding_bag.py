@@ -4,7 +4,8 @@ Two forms, chosen by :func:`bag_call` from one module call:
 
 - ``[N, bag]`` ids alone (bags of equal size, DLRM's sparse features): ``F.embedding`` then
   ``sum``/``mean``/``amax`` over the bag dimension. The exporter writes Gather and ReduceSum.
-- anything else the module accepts, except ``max_norm`` (which renormalizes the table in place):
+- anything else the module accepts (``max_norm``, which renormalizes the table in place, is applied to
+  every row once by the canonicalize pass first):
   flat ids with ``offsets`` (the PyTorch text-classification tutorial), ``include_last_offset``,
   ``per_sample_weights`` and ``padding_idx``; also ``[N, bag]`` ids with those. ``F.embedding`` then
   :func:`reduce_bags`, a scatter of each row into its bag (ScatterElements in the file). Empty bags

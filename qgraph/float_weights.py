@@ -1,6 +1,6 @@
 """Which weight matrices of a quantized graph stayed float because qgraph has no quantized form for
 the module that reads them (``nn.LSTM``/``nn.GRU``/``nn.RNN`` and their cells, ``nn.Bilinear``, an
-``nn.EmbeddingBag`` with ``max_norm``, a TorchScript submodule, which runs as one opaque call), or
+a TorchScript submodule, which runs as one opaque call), or
 because the graph reads them in an op qgraph does not quantize (a user's module multiplying its own
 ``weight`` elementwise, an einsum that is not a linear layer).
 

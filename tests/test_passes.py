@@ -274,12 +274,29 @@ def test_embedding_bags_with_offsets_become_quantized_lookups(cls, options, inpu
     assert "Loop" not in {n.op_type for n in onnx.load(res.onnx_path).graph.node}
 
 
-def test_an_embedding_bag_left_float_is_named():
-    """``max_norm`` renormalizes the table in place, so that bag stays a float module: the notes say so."""
-    model = _Bag(mode="sum", max_norm=1.0).eval()
-    qm = qgraph.quantize(model, (_FLAT, torch.tensor([0, 3])), "w8a8")
-    assert "bag.weight_quantizer" not in qm.quantizers()
-    assert any("bag (EmbeddingBag)" in n for n in qm.qgraph.capture.notes), qm.qgraph.capture.notes
+@pytest.mark.parametrize("cls", [nn.Embedding, nn.EmbeddingBag])
+def test_a_table_with_max_norm_is_renormalized_once_and_quantized(cls, tmp_path):
+    """``max_norm`` renormalizes, in place, each row a lookup reads: the table stayed a float module, and
+    no note said so. Every row is now renormalized once, which gives every lookup the same values, and
+    the table is an int8 embedding like any other."""
+    import copy
+
+    torch.manual_seed(0)
+    table = cls(20, 6, max_norm=1.0)
+    table.weight.data *= 3  # most rows above the norm
+    ids = torch.randint(0, 20, (4, 3))
+    model = nn.Sequential(table, nn.Flatten(), nn.LazyLinear(3)) if cls is nn.Embedding else nn.Sequential(table, nn.Linear(6, 3))
+    model(ids)  # materialize the lazy layer
+    model = model.eval()
+    reference = copy.deepcopy(model)  # eager lookups renormalize the reference's own rows, lazily
+    qm = qgraph.quantize(model, ids, "w8a8", calib_data=[ids])
+    with torch.no_grad():
+        for batch in (ids, torch.randint(0, 20, (4, 3))):
+            torch.testing.assert_close(qm._float_graph(batch), reference(batch), rtol=1e-6, atol=1e-6)
+    assert "0.weight_quantizer" in qm.quantizers()
+    assert any(c.action == "renormalized" for c in qm.changes)
+    res = qm.export(str(tmp_path / "table"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
 
 
 def test_a_scaled_root_level_weight_computed_in_forward_folds_and_quantizes(tmp_path):
