@@ -34,6 +34,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from qgraph.passes.annotate import Annotation
 from qgraph.passes.base import ANNOTATION_KEY, QPass, unique_submodule_name
+from qgraph.passes.canonicalize import replace_module_call
 from qgraph.passes.insert_quantizers import read_quantized_everywhere
 from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
@@ -42,7 +43,6 @@ from qgraph.bitswitch import BitSwitchActQuantizer, BitSwitchRecipe, DoubleRound
 from qgraph.capture import batch_inputs
 from qgraph.errors import InputError, RecipeError
 from qgraph.granularity import PerChannel, PerTensor
-from qgraph.meta import MODULE_PATH_KEY
 from qgraph.ops import BN_MODULES, classify, owner_type
 from qgraph.qspec import QSpec
 
@@ -107,16 +107,10 @@ class BitSwitchPass(QPass):
             mod = gm.get_submodule(str(node.target))
             if type(mod) not in _CONV_T_FN or mod.padding_mode != "zeros":
                 continue
-            path = str(node.target)
-            with gm.graph.inserting_before(node):
-                w = gm.graph.get_attr(f"{path}.weight")
-                b = gm.graph.get_attr(f"{path}.bias") if mod.bias is not None else None
-                new = gm.graph.call_function(_CONV_T_FN[type(mod)], (node.args[0], w, b, mod.stride, mod.padding, mod.output_padding,
-                                                                     mod.groups, mod.dilation))
-            new.meta = {**node.meta, MODULE_PATH_KEY: path}
-            node.replace_all_uses_with(new)
-            gm.graph.erase_node(node)
-            self.record("replaced", new, path, f"{type(mod).__name__} module call by {new.target.__name__}")
+            path, fn = str(node.target), _CONV_T_FN[type(mod)]
+            new = replace_module_call(gm, node, fn, (node.args[0], f"{path}.weight", f"{path}.bias" if mod.bias is not None else None,
+                                                     mod.stride, mod.padding, mod.output_padding, mod.groups, mod.dilation))
+            self.record("replaced", new, path, f"{type(mod).__name__} module call by {fn.__name__}")
             changed = True
         return changed
 

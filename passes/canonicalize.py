@@ -393,13 +393,7 @@ class CanonicalizePass(QPass):
     def _replace(self, gm, node: fx.Node, fn, args: tuple, what: str) -> bool:
         """``node`` → ``fn(*args)``, where string args name attributes to read with ``get_attr``."""
         path = str(node.target)
-        with gm.graph.inserting_before(node):
-            args = tuple(gm.graph.get_attr(a) if isinstance(a, str) else a for a in args)
-            new = gm.graph.call_function(fn, args)
-        new.meta = dict(node.meta)
-        new.meta[MODULE_PATH_KEY] = path
-        node.replace_all_uses_with(new)
-        gm.graph.erase_node(node)
+        new = replace_module_call(gm, node, fn, args)
         self.record("replaced", new, path, f"{what} module call by {fn.__name__}")
         return True
 
@@ -474,6 +468,18 @@ class CanonicalizePass(QPass):
             (v,) = heads_first(linear(key if value is None else value, "v", slice(2 * dim, 3 * dim)), 1)
             what = "q, k and v projections"
         return q, k, v, what
+
+
+def replace_module_call(gm: fx.GraphModule, node: fx.Node, fn, args: tuple) -> fx.Node:
+    """A ``call_module`` node → ``fn(*args)``, where string args name attributes to read with
+    ``get_attr``; the new node keeps the module's path."""
+    with gm.graph.inserting_before(node):
+        args = tuple(gm.graph.get_attr(a) if isinstance(a, str) else a for a in args)
+        new = gm.graph.call_function(fn, args)
+    new.meta = {**node.meta, MODULE_PATH_KEY: str(node.target)}
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+    return new
 
 
 _ATEN_BAGS = {getattr(torch.ops.aten, op).default for op in ("embedding_bag", "_embedding_bag")} | {torch.ops.aten.embedding_bag.padding_idx}
