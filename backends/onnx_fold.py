@@ -38,6 +38,9 @@ Then rewrites for ONNX Runtime's fusions (:func:`prepare_for_onnxruntime`):
 8. An int2/uint2 weight of a weight-only MatMul whose column count is not a multiple of 4 is stored
    in an int4/uint4 container instead: ONNX Runtime 1.32 fuses it into ``MatMulNBits(bits=2)`` and
    then computes wrong results (a classifier head with 10 outputs came out 100% off); int4 is right.
+   So is an int2/uint2 table whose dequantized values a Transpose reads (GPT-2's tied embedding and
+   LM head, bit switching at 2 bits): ONNX Runtime 1.32 failed to load that file, constant-folding
+   the transposed int2 values ("Element type mismatch between tensor proto and ortvalue_initializer").
 9. The all-zero zero point of a symmetric weight-only MatMul weight is left out (0 is
    DequantizeLinear's default): MatMulNBits then has no zero-point input, as in the files ONNX
    Runtime's own 4-bit quantizer writes, and a group-32 int4 file is 2.5% smaller.
@@ -500,6 +503,8 @@ def _int2_matmul_in_int4(model: onnx.ModelProto) -> int:
     for dq in gr.g.node:
         w = gr.weight_dq(dq, wider)
         if w is None or w.dims[-1] % 4 == 0 or any(r.op_type != "MatMul" for r in gr.users[dq.output[0]]):
+            w = _int2_read_through_transpose(gr, dq)
+        if w is None:
             continue
         dtype = wider[w.data_type]
         for i in (0, 2):
@@ -510,6 +515,16 @@ def _int2_matmul_in_int4(model: onnx.ModelProto) -> int:
     if changed:
         gr.replace_nodes({})
     return changed
+
+
+def _int2_read_through_transpose(gr: _Graph, dq: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The int2/uint2 initializer a DequantizeLinear reads when a Transpose reads its result (a tied
+    embedding table that is also the LM head): ONNX Runtime 1.32 fails to load such a file, in the
+    constant folding of the transposed int2 values."""
+    if dq.op_type != "DequantizeLinear" or not dq.input or not any(r.op_type == "Transpose" for r in gr.users.get(dq.output[0], [])):
+        return None
+    w = gr.inits.get(dq.input[0])
+    return w if w is not None and w.data_type in (TensorProto.INT2, TensorProto.UINT2) else None
 
 
 def _drop_zero_points_of_matmul_weights(model: onnx.ModelProto) -> int:

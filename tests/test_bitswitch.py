@@ -373,3 +373,30 @@ def test_a_float_bias_after_a_2d_matmul_stays_exact_in_onnx_runtime(tmp_path):
     res = qm.export(str(tmp_path / "vae"), formats=("onnx",))
     assert res.max_abs_error <= res.tolerance
     assert "Sub" in {n.op_type for n in onnx.load(res.onnx_path).graph.node}
+
+
+class _TiedLM(nn.Module):
+    """Token embedding, a layer, and an LM head tied to the embedding table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.mix = nn.Embedding(64, 32), nn.Linear(32, 32)
+
+    def forward(self, ids):
+        return torch.nn.functional.linear(torch.relu(self.mix(self.embed(ids))), self.embed.weight)
+
+
+def test_a_tied_lm_head_switched_to_2_bits_loads_in_onnx_runtime(tmp_path):
+    """At 2 bits the tied table is an int2 initializer whose dequantized values a Transpose reads (the
+    LM head): ONNX Runtime 1.32 failed to load the file, in its constant folding. The table is stored in
+    an int4 container there (onnx_fold rule 8)."""
+    import onnx
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 64, (4, 8))
+    qm = qgraph.quantize(_TiedLM().eval(), ids, "bitswitch(keep_first_last=False)", calib_data=[ids])
+    qm.set_bits(2)
+    res = qm.export(str(tmp_path / "tied2"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
+    types = {t.data_type for t in onnx.load(res.onnx_path).graph.initializer}
+    assert onnx.TensorProto.INT4 in types
