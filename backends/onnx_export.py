@@ -21,6 +21,7 @@ from qgraph.batch_dim import batch_dynamic_shapes, doubled, single_sample
 from qgraph.errors import ExportError
 from qgraph.meta import CAPTURE_KEY, FLOAT_BIASES_KEY
 from qgraph.ops import module_path
+from qgraph.packed_sequences import packing_note
 
 OPSET = 21
 IR_VERSION = 10  # ONNX Runtime rejects onnx.helper's newer default
@@ -51,7 +52,11 @@ def exporter_failure(e: BaseException, gm: torch.nn.Module) -> str:
         paths = sorted({module_path(n) or "the model's own forward" for n in nodes if op in str(n.target)})
         at = f", called in {', '.join(paths[:5])}{' and others' if len(paths) > 5 else ''}" if paths else ""
         where = f" on node %{node} (op {op}{at})"
-    return f"the ONNX exporter failed{where}: {cause}" + (f" [{type(e).__name__}: {step}]" if step else "")
+    text = f"the ONNX exporter failed{where}: {cause}" + (f" [{type(e).__name__}: {step}]" if step else "")
+    packing = packing_note(gm) if isinstance(getattr(gm, "graph", None), torch.fx.Graph) else None
+    if packing:  # the likely cause, in the user's terms, first
+        return f"the graph packs sequences: {packing.partition(': ')[2]}. The exporter's error: {text}"
+    return text
 
 
 def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None = None, dynamic_batch: bool = True,

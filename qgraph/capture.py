@@ -41,6 +41,7 @@ from qgraph.keyword_inputs import (
 from qgraph.meta import CAPTURE_KEY
 from qgraph.model_wrappers import unwrap
 from qgraph.ops import MODULE_TYPES_KEY
+from qgraph.packed_sequences import opaque_packing, packing_note
 from qgraph.precision import float32_inputs, upcast
 
 _MAX_LEAF_ROUNDS = 64
@@ -172,7 +173,8 @@ def _symbolic(model: nn.Module, keywords: tuple[str, ...] | None = None) -> tupl
     for _ in range(_MAX_LEAF_ROUNDS):
         tracer = _AutoLeafTracer(set(leaves))
         try:
-            graph = tracer.trace(model, concrete_args=concrete)
+            with opaque_packing(model):
+                graph = tracer.trace(model, concrete_args=concrete)
             if keywords:
                 keep_only_inputs(graph, keywords)
         except Exception as e:
@@ -252,6 +254,8 @@ def _capture(model: nn.Module, args: tuple, keywords: tuple[str, ...] | None,
         if ok:
             drop_dead_code(gm, args, expected)
             gm.meta[CAPTURE_KEY] = CaptureInfo("symbolic_trace", leaves)
+            if (note := packing_note(gm)) is not None:
+                gm.capture.notes.append(note)
             gm.meta[MODULE_TYPES_KEY] = module_types(model)
             if not leaves:
                 return gm

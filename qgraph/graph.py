@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import networkx as nx
 import torch
 import torch.fx as fx
+from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
+from torch.nn.utils.rnn import PackedSequence
 
 from qgraph.errors import InputError
 from qgraph.meta import CAPTURE_KEY
@@ -129,15 +131,50 @@ def _rename_reserved(root, graph: fx.Graph):
     return proxy
 
 
+class _ShapeProp(ShapeProp):
+    """torch.fx's ShapeProp (without a fake mode) that records no metadata for a ``PackedSequence``,
+    alone or in a tuple: ShapeProp rebuilds the named tuple from metadata, and its constructor checks
+    its fields' devices."""
+
+    def run_node(self, n: fx.Node):
+        if self.fake_mode is not None:
+            return super().run_node(n)
+        try:
+            result = fx.Interpreter.run_node(self, n)
+        except Exception as e:
+            raise RuntimeError(f"ShapeProp error for: node={n.format_node()} with meta={n.meta}") from e
+        found = False
+
+        def extract(obj):
+            nonlocal found
+            if isinstance(obj, torch.Tensor):
+                found = True
+                return _extract_tensor_metadata(obj)
+            return obj
+
+        meta = fx.node.map_aggregate(_without_packed(result), extract)
+        if found:
+            n.meta["tensor_meta"] = meta
+        n.meta["type"] = type(result)
+        return result
+
+
+def _without_packed(value):
+    """``value`` with each ``PackedSequence`` in it (an LSTM's ``(output, (h, c))``) replaced by None."""
+    if isinstance(value, PackedSequence):
+        return None
+    if isinstance(value, (tuple, list)) and not hasattr(value, "_fields"):
+        return type(value)(_without_packed(v) for v in value)
+    return value
+
+
 def record_shapes(gm: fx.GraphModule, example_inputs: tuple):
     """Record shape and dtype on every node (``node.meta['val']`` for tensors), by running the graph;
     returns the graph's outputs of that run."""
-    from torch.fx.passes.shape_prop import ShapeProp
-
     # ShapeProp prints the traceback of a failing node before it raises; capture catches the error,
     # records it and tries the next route, so the user would see a traceback for a capture that worked
     with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-        out = ShapeProp(gm).propagate(*example_inputs)
+        out = _ShapeProp(gm).propagate(*example_inputs)
     for node in gm.graph.nodes:
         tm = node.meta.get("tensor_meta")
         if "val" not in node.meta and tm is not None and hasattr(tm, "shape"):

@@ -9,7 +9,8 @@ DequantizeLinear of int8 initializers.
 
 The function mirrors ``nn.RNNBase.forward`` for tensor inputs (batched or not, ``batch_first``,
 initial state given or zero, LSTM projections) in eval mode: dropout between layers is not applied.
-Packed sequences are not covered (no capture route traces ``pack_padded_sequence``).
+:func:`run_packed` does the same on a ``PackedSequence`` (``qgraph.packed_sequences`` keeps the
+packing an opaque call while tracing).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 LAYERS = (nn.LSTM, nn.GRU, nn.RNN)
 CELLS = (nn.LSTMCell, nn.GRUCell, nn.RNNCell)
@@ -31,11 +33,14 @@ def recurrent_call(node: fx.Node, mod: nn.Module) -> tuple | None:
     x = node.args[0]
     if not isinstance(x, fx.Node):
         return None
+    hx = node.args[1] if len(node.args) == 2 else None
+    if isinstance(mod, LAYERS) and x.meta.get("type") is PackedSequence:  # qgraph.packed_sequences
+        return run_packed, x, hx
     tm = x.meta.get("tensor_meta")
     ranks = (2, 3) if isinstance(mod, LAYERS) else (1, 2)
-    if tm is None or not hasattr(tm, "shape") or len(tm.shape) not in ranks:  # a PackedSequence has no tensor metadata
+    if tm is None or not hasattr(tm, "shape") or len(tm.shape) not in ranks:
         return None
-    return run_recurrent if isinstance(mod, LAYERS) else run_cell, x, node.args[1] if len(node.args) == 2 else None
+    return run_recurrent if isinstance(mod, LAYERS) else run_cell, x, hx
 
 
 def weight_names(mod: nn.Module) -> list[str]:
@@ -52,6 +57,31 @@ def module_config(mod: nn.Module) -> tuple:
     if isinstance(mod, CELLS):
         return (mode, mod.hidden_size)
     return (mode, mod.bias, mod.num_layers, mod.bidirectional, mod.batch_first, mod.hidden_size, getattr(mod, "proj_size", 0))
+
+
+def run_packed(packed: PackedSequence, hx, weights: list, mode: str, has_biases: bool, num_layers: int, bidirectional: bool,
+               batch_first: bool, hidden_size: int, proj_size: int):
+    """What the module returns on a ``PackedSequence``: ``(packed output, h_n)`` (``(h_n, c_n)`` for an
+    LSTM), the state in the caller's row order, as ``nn.RNNBase.forward`` computes it."""
+    lstm = mode == "LSTM"
+    data, batch_sizes, sorted_indices, unsorted_indices = packed
+    layers = num_layers * (2 if bidirectional else 1)
+    n = int(batch_sizes[0])
+    if hx is None:
+        h0 = torch.zeros(layers, n, proj_size or hidden_size, dtype=data.dtype, device=data.device)
+        hx = (h0, torch.zeros(layers, n, hidden_size, dtype=data.dtype, device=data.device)) if lstm else h0
+    elif sorted_indices is not None:
+        hx = tuple(h.index_select(1, sorted_indices) for h in hx) if lstm else hx.index_select(1, sorted_indices)
+    config = (has_biases, num_layers, 0.0, False, bidirectional)
+    if lstm:
+        out, h, c = torch.lstm(data, batch_sizes, hx, weights, *config)
+        hidden = (h, c)
+    else:
+        fn = {"GRU": torch.gru, "RNN_TANH": torch.rnn_tanh, "RNN_RELU": torch.rnn_relu}[mode]
+        out, hidden = fn(data, batch_sizes, hx, weights, *config)
+    if unsorted_indices is not None:
+        hidden = tuple(h.index_select(1, unsorted_indices) for h in hidden) if lstm else hidden.index_select(1, unsorted_indices)
+    return PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices), hidden
 
 
 def run_cell(x: torch.Tensor, hx, weights: list, mode: str, hidden_size: int):

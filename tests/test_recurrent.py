@@ -8,6 +8,7 @@ import onnx
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import qgraph
 
@@ -98,3 +99,47 @@ def test_a_sequence_first_input_exports_with_the_examples_shapes(tmp_path):
     assert not res.dynamic_batch and res.max_abs_error <= res.tolerance
     assert [d.dim_value for d in onnx.load(res.onnx_path).graph.input[0].type.tensor_type.shape.dim] == [6, 4, 8]
     assert res.fixed_shapes is None or "the exporter fixed a size inside the graph" in res.fixed_shapes
+
+
+class _PackedGRU(nn.Module):
+    """``pack_padded_sequence`` / ``pad_packed_sequence`` imported by name, a bidirectional GRU, the padded
+    output averaged over time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.rnn, self.head = nn.Embedding(30, 8), nn.GRU(8, 8, batch_first=True, bidirectional=True), nn.Linear(16, 3)
+
+    def forward(self, ids, lengths):
+        packed = pack_padded_sequence(self.embed(ids), lengths, batch_first=True, enforce_sorted=False)
+        out, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=ids.shape[1])
+        return self.head(out.sum(1) / lengths[:, None])
+
+
+def _lengths_batch(n: int = 4, seed: int = 1) -> tuple:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 30, (n, 7), generator=g), torch.tensor([7 - i % 4 for i in range(n)])
+
+
+@pytest.mark.parametrize("build", [lambda: __import__("benchmarks.usage_models_seq", fromlist=["PackedLSTM"]).PackedLSTM(), _PackedGRU],
+                         ids=["lstm-hidden-state", "bidirectional-gru-padded-output"])
+def test_packed_sequences_capture_and_quantize_their_recurrent_weights(build, tmp_path):
+    """An LSTM over ``pack_padded_sequence``, as NLP tutorials write it: no capture route handled the model
+    (CaptureError). The packing is now an opaque call in the traced graph and the layer runs on the packed
+    batch with quantized weights: exact float graph, exact qpack round trip. ONNX export still fails, in the
+    exporter, and the error and the capture notes say why."""
+    import torch.nn.utils.rnn as rnn
+
+    torch.manual_seed(0)
+    model, args = build().eval(), _lengths_batch()
+    qm = qgraph.quantize(model, args, "w8a8", calib_data=[_lengths_batch(seed=2)])
+    assert rnn.pack_padded_sequence.__module__ == "torch.nn.utils.rnn"  # patched only while tracing
+    with torch.no_grad():
+        torch.testing.assert_close(qm._float_graph(*args), model(*args), rtol=1e-6, atol=1e-6)
+    assert any(k.startswith("rnn.weight_hh_l0") for k in qm.quantizers())
+    assert any(n.startswith("packed sequences") for n in qm.qgraph.capture.notes), qm.qgraph.capture.notes
+    res = qm.export(str(tmp_path / "packed"), formats=("qpack",))
+    back = qgraph.load(res.qpack_path, build().eval())
+    with torch.no_grad(), qm.frozen(), back.frozen():
+        assert torch.equal(back(*args), qm(*args))
+    with pytest.raises(qgraph.ExportError, match="cannot trace the packing"):
+        qm.export(str(tmp_path / "packed"), formats=("onnx",))
