@@ -451,19 +451,28 @@ def test_a_graph_that_gives_nan_where_the_model_does_is_captured():
     assert out[1].isnan().all() and not out[0].isnan().any()
 
 
-def test_a_model_no_route_captures_is_refused_naming_the_line_that_failed():
-    """An LSTM over ``pack_padded_sequence`` (a lengths tensor decides the packing): fx's message was
-    "`__cuda_array_interface__` must be a dict", torch.export's a failed ``zeros()`` inside the LSTM;
-    neither said where in the model. The error now names the user's line for each route."""
-    from benchmarks.usage_models_seq import PackedLSTM, _padded_ids
+class _ValueDependentWidth(nn.Module):
+    """How many outputs it returns depends on the input's values: no route can capture that."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        keep = int((x.sum() > 0).item()) + 1
+        return self.fc(x)[:, :keep]
+
+
+def test_a_model_no_route_captures_is_refused_naming_the_line_that_failed():
+    """Each route's failure names the user's line: fx's and torch.export's messages named neither the
+    file nor the code (an LSTM over ``pack_padded_sequence``, the first such model, now captures)."""
     torch.manual_seed(0)
-    model, args = PackedLSTM().eval(), _padded_ids(4, torch.Generator().manual_seed(1))
     with pytest.raises(qgraph.CaptureError) as err:
-        qgraph.quantize(model, args, "w8a8")
+        qgraph.quantize(_ValueDependentWidth().eval(), torch.randn(4, 8), "w8a8")
     lines = str(err.value).splitlines()
-    assert any(ln.strip().startswith("symbolic_trace:") and "usage_models_seq.py:" in ln and "pack_padded_sequence(" in ln for ln in lines), lines
-    assert any(ln.strip().startswith("torch.export:") and "`_, (h, _) = self.rnn(packed)`" in ln for ln in lines), lines
+    code = "`keep = int((x.sum() > 0).item()) + 1`"
+    assert any(ln.strip().startswith("symbolic_trace:") and "test_capture.py:" in ln and code in ln for ln in lines), lines
+    assert any(ln.strip().startswith("torch.export:") and code in ln for ln in lines), lines
 
 
 class _OwnParameters(nn.Module):
