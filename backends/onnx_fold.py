@@ -232,7 +232,8 @@ def _widens_packed(src: int, to: int) -> bool:
 
 def prepare_for_onnxruntime(model: onnx.ModelProto, float_biases: bool = False) -> dict[str, int]:
     """Rules 5 to 12 (module docstring), in place; returns how many weights or nodes each rule changed.
-    ``float_biases``: rule 10 for every integer Conv/Gemm (a bit-switch model's fixed-bits copy)."""
+    ``float_biases``: rule 10 for every integer Conv/ConvTranspose/Gemm and biased MatMul (a bit-switch
+    model's fixed-bits copy)."""
     return {
         "uint8_activations": _signed_activations_in_uint8(model),
         "per_axis_activations": _per_axis_activations_as_float_ops(model),
