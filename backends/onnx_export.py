@@ -21,7 +21,8 @@ from qgraph.batch_dim import batch_dynamic_shapes, doubled, single_sample
 from qgraph.errors import ExportError
 from qgraph.meta import CAPTURE_KEY, FLOAT_BIASES_KEY
 from qgraph.ops import module_path
-from qgraph.packed_sequences import packing_note
+from qgraph.packed_export import exportable_packing
+from qgraph.packed_sequences import packing_export_failure
 
 OPSET = 21
 IR_VERSION = 10  # ONNX Runtime rejects onnx.helper's newer default
@@ -53,9 +54,9 @@ def exporter_failure(e: BaseException, gm: torch.nn.Module) -> str:
         at = f", called in {', '.join(paths[:5])}{' and others' if len(paths) > 5 else ''}" if paths else ""
         where = f" on node %{node} (op {op}{at})"
     text = f"the ONNX exporter failed{where}: {cause}" + (f" [{type(e).__name__}: {step}]" if step else "")
-    packing = packing_note(gm) if isinstance(getattr(gm, "graph", None), torch.fx.Graph) else None
+    packing = packing_export_failure(gm) if isinstance(getattr(gm, "graph", None), torch.fx.Graph) else None
     if packing:  # the likely cause, in the user's terms, first
-        return f"the graph packs sequences: {packing.partition(': ')[2]}. The exporter's error: {text}"
+        return f"{packing}. The exporter's error: {text}"
     return text
 
 
@@ -86,7 +87,7 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
         dynamic = batch_dynamic_shapes(args, gm.forward, sequence=sequence, declared=declared) if dynamic_batch else None
 
     def export(args, kwargs):
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), exportable_packing(gm):
             warnings.simplefilter("ignore")
             return torch.onnx.export(
                 gm,

@@ -8,7 +8,7 @@ so no capture route handled such a model at all. While qgraph traces, :func:`opa
 a model's module imported from it. The recurrent layer then takes the ``PackedSequence`` as a module
 call, which the canonicalize pass rewrites into :func:`qgraph.recurrent.run_packed` so its weights are
 quantized like those of a layer on tensors. The graph runs in PyTorch (calibration, QAT, qpack); an
-ONNX export of it still fails in the exporter, on the packing itself, with an ``ExportError``.
+ONNX export writes the layers as ONNX recurrent ops on the padded batch (``qgraph.packed_export``).
 """
 
 from __future__ import annotations
@@ -71,14 +71,29 @@ def opaque_packing(model: nn.Module):
             ns[name] = value
 
 
-def packing_note(gm: fx.GraphModule) -> str | None:
-    """The capture note for a graph that packs sequences, or None."""
+def _packing_sites(gm: fx.GraphModule) -> str | None:
     from qgraph.ops import module_path
 
     calls = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in (pack_padded, pad_packed)]
-    if not calls:
+    return ", ".join(sorted({module_path(n) or "the model's own forward" for n in calls})) if calls else None
+
+
+def packing_note(gm: fx.GraphModule) -> str | None:
+    """The capture note for a graph that packs sequences, or None."""
+    where = _packing_sites(gm)
+    if where is None:
         return None
-    where = sorted({module_path(n) or "the model's own forward" for n in calls})
-    return (f"packed sequences ({', '.join(where)}): pack_padded_sequence / pad_packed_sequence are opaque calls in the graph; "
-            "the model quantizes and runs in PyTorch (and its qpack), but the ONNX exporter cannot trace the packing, whose "
-            "sizes depend on the lengths' values: for an ONNX file, run the recurrent layer on the padded batch")
+    return (f"packed sequences ({where}): pack_padded_sequence / pad_packed_sequence are opaque calls in the graph; the "
+            "recurrent layers run on the packed batch in PyTorch, and an ONNX file runs them on the padded batch with each "
+            "row's length (LSTM / GRU / RNN sequence_lens)")
+
+
+def packing_export_failure(gm: fx.GraphModule) -> str | None:
+    """Why an ONNX export of a graph that packs sequences may have failed, or None for other graphs."""
+    where = _packing_sites(gm)
+    if where is None:
+        return None
+    return (f"the graph packs sequences ({where}) and ONNX has no packed layout. The file runs recurrent layers on the "
+            "padded batch with each row's length, which covers pack_padded_sequence → LSTM / GRU / RNN (stacked, "
+            "bidirectional, with an initial state) → pad_packed_sequence; any other use of a packed sequence (its .data or "
+            ".batch_sizes, an LSTM with proj_size, another function on it) has no translation")

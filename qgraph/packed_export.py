@@ -1,0 +1,131 @@
+"""Packed sequences in an ONNX export: one LSTM / GRU / RNN op with ``sequence_lens``.
+
+A captured graph keeps ``pack_padded_sequence`` → :func:`qgraph.recurrent.run_packed` →
+``pad_packed_sequence`` as opaque calls (``qgraph.packed_sequences``). ``torch.export`` cannot trace
+the packing: its sizes (``batch_sizes``) depend on the lengths' values. ONNX's recurrent ops take a
+padded batch and each row's length instead, and compute what the packed layer computes: each row runs
+for its own length (the reverse direction starts from the row's last valid step), the state returned
+is the one after that step, and outputs past the length are zero.
+
+While a graph is exported, :func:`exportable_packing` retargets the three calls to functions on a
+:class:`Padded` batch (the padded tensor, the lengths and its layout): packing keeps the padded tensor,
+the layer becomes the custom op ``qgraph::packed_rnn`` (eager: the real packed layer; in ONNX:
+``backends/onnx_rnn.py``) and unpacking trims the time axis to the longest row, or pads it to
+``total_length``. A graph that reads a packed sequence's own fields (``.data``, ``.batch_sizes``)
+fails the export with an ``AttributeError`` on :class:`Padded`, never with a silently different file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import NamedTuple
+
+import torch
+import torch.fx as fx
+from torch.nn.utils import rnn
+
+from qgraph.packed_sequences import pack_padded, pad_packed
+from qgraph.recurrent import run_packed
+
+
+class Padded(NamedTuple):
+    """A packed sequence as ONNX sees it: ``padded`` ([N, T, F] if ``batch_first`` else [T, N, F],
+    zero past each row's length once a layer wrote it) and the rows' ``lengths``."""
+
+    padded: torch.Tensor
+    lengths: torch.Tensor
+    batch_first: bool
+
+
+@torch.library.custom_op("qgraph::packed_rnn", mutates_args=())
+def packed_rnn(x: torch.Tensor, lengths: torch.Tensor, h0: torch.Tensor | None, c0: torch.Tensor | None,
+               weights: list[torch.Tensor], mode: str, has_biases: bool, num_layers: int, bidirectional: bool,
+               batch_first: bool, hidden_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A recurrent layer on a padded batch whose rows have ``lengths``: ``(output, h_n, c_n)``, the
+    output padded with zeros to ``x``'s time length, ``c_n`` empty unless ``mode`` is LSTM."""
+    time = x.shape[1 if batch_first else 0]
+    packed = rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=batch_first, enforce_sorted=False)
+    hx = None if h0 is None else ((h0, c0) if mode == "LSTM" else h0)
+    out, hidden = run_packed(packed, hx, list(weights), mode, has_biases, num_layers, bidirectional, batch_first, hidden_size, 0)
+    y, _ = rnn.pad_packed_sequence(out, batch_first=batch_first, total_length=time)
+    if mode == "LSTM":
+        return y, hidden[0].clone(), hidden[1].clone()
+    return y, hidden.clone(), x.new_zeros(0)
+
+
+@packed_rnn.register_fake
+def _(x, lengths, h0, c0, weights, mode, has_biases, num_layers, bidirectional, batch_first, hidden_size):
+    states = num_layers * (2 if bidirectional else 1)
+    n = x.shape[0 if batch_first else 1]
+    y = x.new_empty(list(x.shape[:-1]) + [(2 if bidirectional else 1) * hidden_size])
+    return y, x.new_empty(states, n, hidden_size), x.new_empty(states, n, hidden_size) if mode == "LSTM" else x.new_empty(0)
+
+
+def pack_for_export(input, lengths, batch_first: bool = False, enforce_sorted: bool = True) -> Padded:
+    """``pack_padded_sequence`` for the exporter: the padded tensor and lengths, unpacked. The file
+    accepts rows in any order, where ``enforce_sorted=True`` would have refused unsorted ones."""
+    return Padded(input, torch.as_tensor(lengths), batch_first)
+
+
+def run_for_export(packed, hx, weights: list, mode: str, has_biases: bool, num_layers: int, bidirectional: bool,
+                   batch_first: bool, hidden_size: int, proj_size: int):
+    """:func:`qgraph.recurrent.run_packed` on a :class:`Padded` batch, as ``qgraph::packed_rnn``."""
+    if not isinstance(packed, Padded):
+        return run_packed(packed, hx, weights, mode, has_biases, num_layers, bidirectional, batch_first, hidden_size, proj_size)
+    if proj_size:
+        raise NotImplementedError(f"an LSTM with proj_size={proj_size} on packed sequences has no ONNX translation "
+                                  "(ONNX's LSTM has no projection)")
+    lstm = mode == "LSTM"
+    h0, c0 = (hx if lstm else (hx, None)) if hx is not None else (None, None)
+    y, h, c = packed_rnn(packed.padded, packed.lengths, h0, c0, list(weights), mode, has_biases, num_layers, bidirectional,
+                         packed.batch_first, hidden_size)
+    return Padded(y, packed.lengths, packed.batch_first), ((h, c) if lstm else h)
+
+
+def pad_for_export(sequence, batch_first: bool = False, padding_value: float = 0.0, total_length=None):
+    """``pad_packed_sequence`` for the exporter: ``(padded, lengths)``, the time axis as long as the
+    longest row (a size the file computes from the lengths) or ``total_length``."""
+    if not isinstance(sequence, Padded):
+        return rnn.pad_packed_sequence(sequence, batch_first, padding_value, total_length)
+    y, lengths = sequence.padded, sequence.lengths
+    if sequence.batch_first != batch_first:
+        y = y.transpose(0, 1)
+    axis = 1 if batch_first else 0
+    time = y.shape[axis]
+    if total_length is None:
+        longest = lengths.max().item()
+        torch._check(longest >= 0)
+        torch._check(longest <= time)
+        y = y.narrow(axis, 0, longest)
+    elif total_length != time:
+        y = y.narrow(axis, 0, total_length) if total_length < time else torch.cat(
+            [y, y.new_zeros(*(total_length - time if d == axis else s for d, s in enumerate(y.shape)))], axis)
+    if padding_value != 0:
+        steps = torch.arange(y.shape[axis], device=y.device)
+        valid = steps[None, :] < lengths.to(y.device)[:, None]  # [N, T]
+        y = torch.where((valid if batch_first else valid.T).unsqueeze(-1), y, padding_value)
+    return y, lengths.to(torch.int64)
+
+
+_RETARGET = {pack_padded: pack_for_export, run_packed: run_for_export, pad_packed: pad_for_export}
+
+
+@contextlib.contextmanager
+def exportable_packing(gm: torch.nn.Module):
+    """While exporting ``gm``: its packing calls run on :class:`Padded` batches (no-op for a graph
+    without them). The targets are restored afterwards."""
+    graph = getattr(gm, "graph", None)
+    nodes = [n for n in graph.nodes if n.op == "call_function" and n.target in _RETARGET] if isinstance(graph, fx.Graph) else []
+    if not nodes:
+        yield
+        return
+    originals = [n.target for n in nodes]
+    for n in nodes:
+        n.target = _RETARGET[n.target]
+    gm.recompile()
+    try:
+        yield
+    finally:
+        for n, target in zip(nodes, originals):
+            n.target = target
+        gm.recompile()

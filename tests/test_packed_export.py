@@ -1,0 +1,108 @@
+"""Packed sequences in ONNX: ``pack_padded_sequence`` → LSTM/GRU/RNN → ``pad_packed_sequence`` is
+written as ONNX recurrent ops with ``sequence_lens`` (``qgraph.packed_export``). The export failed in
+``torch.export`` before. Each file is run in ONNX Runtime on lengths the example never had (a batch
+whose longest row is shorter than the padded input, so the output's time axis shrinks) and compared
+with the quantized PyTorch model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from qgraph.backends import ort as ort_backend
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import qgraph
+
+
+class _Stacked(nn.Module):
+    """Sequence-first input; two bidirectional LSTM layers, then a GRU on the first one's packed output
+    with an initial state; the padded output trimmed to the longest row (no ``total_length``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(5, 8)
+        self.lstm = nn.LSTM(8, 6, num_layers=2, bidirectional=True)
+        self.gru = nn.GRU(12, 7)
+        self.head = nn.Linear(7, 3)
+
+    def forward(self, x, lengths):  # x [T, N, 5]
+        packed = pack_padded_sequence(self.inp(x), lengths, enforce_sorted=False)
+        out, (h, c) = self.lstm(packed)
+        out, h2 = self.gru(out, h[-1:, :, :1].expand(1, -1, 7).contiguous())
+        padded, lens = pad_packed_sequence(out, batch_first=True)
+        return self.head(padded), lens, c
+
+
+class _RNNPadded(nn.Module):
+    """``nn.RNN`` (relu, no biases) with sorted lengths, unpacked with a padding value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn, self.head = nn.RNN(4, 6, nonlinearity="relu", bias=False, batch_first=True), nn.Linear(6, 2)
+
+    def forward(self, x, lengths):
+        out, _ = self.rnn(pack_padded_sequence(x, lengths, batch_first=True))
+        padded, _ = pad_packed_sequence(out, batch_first=True, padding_value=-1.0, total_length=x.shape[1])
+        return self.head(padded)
+
+
+class _ReadsData(nn.Module):
+    """Reads the packed output's own ``.data``, which a padded batch does not have."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn, self.head = nn.GRU(4, 6, batch_first=True), nn.Linear(6, 2)
+
+    def forward(self, x, lengths):
+        out, _ = self.rnn(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
+        return self.head(out.data).sum(0)
+
+
+def _stacked_inputs(lengths, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(9, len(lengths), 5, generator=g), torch.tensor(lengths)
+
+
+def _rnn_inputs(lengths, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(len(lengths), 6, 4, generator=g), torch.tensor(lengths)
+
+
+@pytest.mark.parametrize("build, inputs, example, other, ops", [
+    (_Stacked, _stacked_inputs, [9, 4, 7, 2], [5, 1, 3, 2], {"LSTM": 2, "GRU": 1}),
+    (_RNNPadded, _rnn_inputs, [6, 5, 3, 3], [4, 4, 2, 1, 1], {"RNN": 1}),
+], ids=["stacked-lstm-gru-trimmed", "rnn-sorted-padding-value"])
+def test_packed_sequences_export_as_onnx_recurrent_ops(build, inputs, example, other, ops, tmp_path):
+    torch.manual_seed(0)
+    model = build().eval()
+    args = inputs(example)
+    qm = qgraph.quantize(model, args, "w8a8", calib_data=[inputs(example, seed=1)])
+    res = qm.export(str(tmp_path / "packed"), formats=("onnx",))
+    file = onnx.load(res.onnx_path)
+    found = {t: sum(n.op_type == t for n in file.graph.node) for t in ("LSTM", "GRU", "RNN")}
+    assert {t: k for t, k in found.items() if k} == ops
+    int8 = {i.name for i in file.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    assert len(int8) >= 2 * sum(ops.values()), int8  # the recurrent weight matrices stay int8 codes
+    sess = ort_backend.session(res.onnx_path)
+    for lengths in (example, other):  # rows shorter than the padded input (and another batch size where it is dim 0)
+        x = inputs(lengths, seed=3)
+        with torch.no_grad(), qm.frozen():
+            want = qm(*x)
+        want = want if isinstance(want, tuple) else (want,)
+        got = ort_backend.run(sess, x)
+        assert [g.shape for g in got] == [tuple(w.shape) for w in want]
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w.numpy(), atol=1e-4, rtol=0)
+
+
+def test_a_graph_that_reads_packed_data_fails_the_export_with_a_reason(tmp_path):
+    """ONNX has no packed layout, so ``.data`` of a packed sequence cannot be written: the export stops
+    with an ``ExportError`` that names the packing, rather than writing a file with other numbers."""
+    torch.manual_seed(0)
+    args = _rnn_inputs([6, 5, 3, 3])
+    qm = qgraph.quantize(_ReadsData().eval(), args, "w8a8")
+    with pytest.raises(qgraph.ExportError, match="the graph packs sequences"):
+        qm.export(str(tmp_path / "data"), formats=("onnx",))
