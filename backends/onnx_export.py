@@ -19,6 +19,7 @@ from qgraph.backends.onnx_ops import INT2_OPSET, is_2bit, translation_table
 
 from qgraph.batch_dim import batch_dynamic_shapes, doubled, single_sample
 from qgraph.errors import ExportError
+from qgraph.export_route import quiet_torch_export
 from qgraph.meta import CAPTURE_KEY, FLOAT_BIASES_KEY
 from qgraph.ops import module_path
 from qgraph.packed_export import exportable_packing
@@ -73,6 +74,7 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
     (2-D integer tensors) is left dynamic too (named ``sequence``), unless the capture fixed it.
     ``kwargs``: inputs given by name (``args`` is then empty), which the file's inputs are named after.
     """
+    _refuse_sparse_inputs(gm, args, kwargs)
     if opset is None:
         opset = INT2_OPSET if has_2bit_weights(gm) else OPSET
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -87,7 +89,7 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
         dynamic = batch_dynamic_shapes(args, gm.forward, sequence=sequence, declared=declared) if dynamic_batch else None
 
     def export(args, kwargs):
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), exportable_packing(gm):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet_torch_export(), exportable_packing(gm):
             warnings.simplefilter("ignore")
             return torch.onnx.export(
                 gm,
@@ -134,6 +136,24 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return model
+
+
+def _refuse_sparse_inputs(gm: torch.nn.Module, args: tuple, kwargs: dict | None) -> None:
+    """An ``ExportError`` naming the first sparse input: ``torch.export`` refuses sparse tensors (its
+    error names only an ATen op) and ONNX Runtime takes dense inputs only."""
+    from torch.utils import _pytree as pytree
+
+    from qgraph.keyword_inputs import forward_parameters
+
+    names = [p.name for p in forward_parameters(gm.forward)] if not kwargs else list(kwargs)
+    for i, value in enumerate(tuple(kwargs.values()) if kwargs else args):
+        sparse = next((t for t in pytree.tree_leaves(value) if isinstance(t, torch.Tensor) and t.layout != torch.strided), None)
+        if sparse is not None:
+            name = names[i] if i < len(names) else f"#{i}"
+            raise ExportError(f"input {name!r} is a sparse tensor ({sparse.layout}, shape {list(sparse.shape)}): ONNX files take "
+                              "dense inputs only, and torch.export refuses sparse ones. The quantized model runs in PyTorch "
+                              f"and its qpack; for an ONNX file, quantize with the dense tensor ({name}.to_dense()) as the "
+                              "example, where the model accepts one (torch.spmm and torch.mm do)")
 
 
 def _pin_fixed_dims(program) -> None:

@@ -9,8 +9,11 @@ passes see it. The capture notes say what each of these did.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
+import io
+import logging
 import operator
 
 import torch
@@ -25,6 +28,21 @@ from qgraph.graph import CaptureInfo, QGraph, record_shapes
 from qgraph.keyword_inputs import positional_exported
 from qgraph.meta import CAPTURE_KEY
 from qgraph.ops import MODULE_TYPES_KEY
+
+
+@contextlib.contextmanager
+def quiet_torch_export():
+    """A ``torch.export`` attempt without its stderr: on a failure it prints the whole partial graph
+    there (hundreds of lines for a small Transformer) and logs guard warnings, before raising the
+    error qgraph reports in its own words (capture notes, ``CaptureError``, ``ExportError``)."""
+    logger = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def export_route(model: nn.Module, args: tuple, expected, keywords: tuple[str, ...] | None = None,
@@ -142,9 +160,10 @@ def _export_batch_dynamic(model: nn.Module, args: tuple, keywords: tuple[str, ..
     batch alone; plain static export when that fails too. ``declared``: dims the model declares
     dynamic as well (:func:`qgraph.batch_dim.declared_dynamic_dims`)."""
     def export(example, shapes=None):
-        if keywords:  # by name, as the model is called
-            return torch.export.export(model, (), dict(zip(keywords, example)), dynamic_shapes=shapes, strict=False)
-        return torch.export.export(model, example, dynamic_shapes=shapes, strict=False)
+        with quiet_torch_export():
+            if keywords:  # by name, as the model is called
+                return torch.export.export(model, (), dict(zip(keywords, example)), dynamic_shapes=shapes, strict=False)
+            return torch.export.export(model, example, dynamic_shapes=shapes, strict=False)
 
     attempts = [True, False] if has_token_sequences(args) else [False]
     failure: Exception | None = None

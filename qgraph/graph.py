@@ -134,7 +134,7 @@ def _rename_reserved(root, graph: fx.Graph):
 class _ShapeProp(ShapeProp):
     """torch.fx's ShapeProp (without a fake mode) that records no metadata for a ``PackedSequence``,
     alone or in a tuple: ShapeProp rebuilds the named tuple from metadata, and its constructor checks
-    its fields' devices."""
+    its fields' devices. A sparse tensor's layout is recorded as ``meta["layout"]``."""
 
     def run_node(self, n: fx.Node):
         if self.fake_mode is not None:
@@ -155,6 +155,8 @@ class _ShapeProp(ShapeProp):
         meta = fx.node.map_aggregate(_without_packed(result), extract)
         if found:
             n.meta["tensor_meta"] = meta
+        if isinstance(result, torch.Tensor) and result.layout != torch.strided:
+            n.meta["layout"] = result.layout  # a sparse tensor: ShapeProp's metadata has no layout
         n.meta["type"] = type(result)
         return result
 

@@ -324,8 +324,8 @@ def _matmul_info(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
     ``dt_proj.weight @ x``). ``weight_channel_axis``: 1 for ``x @ W`` (``W`` is ``[in, out]``, as in
     ``addmm``), 0 for ``W @ x``. ``x @ W.T`` is rewritten to ``linear(x, W)`` by canonicalize."""
     a, b = node.args[0], node.args[1]
-    if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
-        return None
+    if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)) or is_sparse(a) or is_sparse(b):
+        return None  # a sparse operand (a GCN's adjacency in torch.spmm): the product stays float
     if node.target not in BATCHED_MATMUL:
         for w, x, axis in ((b, a, 1), (a, b, 0)):
             if is_matrix_parameter(gm, w) and x.op != "get_attr":
@@ -461,9 +461,16 @@ def tensor_meta(node: fx.Node):
     return None
 
 
+def is_sparse(node: fx.Node) -> bool:
+    """A sparse tensor (``torch.sparse_coo_tensor``, CSR, ...): no quantizer can observe it, and ONNX
+    has no sparse activations; an op that reads one stays float."""
+    val = node.meta.get("val")
+    return node.meta.get("layout", torch.strided) != torch.strided or (isinstance(val, torch.Tensor) and val.layout != torch.strided)
+
+
 def _is_float_tensor(node: fx.Node) -> bool:
     tm = tensor_meta(node)
-    return tm is None or tm[1].is_floating_point
+    return (tm is None or tm[1].is_floating_point) and not is_sparse(node)
 
 
 def _same_shape(a: fx.Node, b: fx.Node) -> bool:

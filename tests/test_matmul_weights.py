@@ -113,3 +113,31 @@ def test_a_bilinear_layer_quantizes_its_weight(recipe, tmp_path):
     back = qgraph.load(res.qpack_path, BilinearFusion().eval(), args)
     with torch.no_grad(), qm.frozen(), back.frozen():
         assert torch.equal(back(*args), qm(*args))
+
+
+class _GCN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(8, 4) * 0.3)
+
+    def forward(self, x, adj):
+        return torch.spmm(adj, x @ self.w)
+
+
+def test_a_sparse_operand_gets_no_quantizer_and_the_export_names_it(tmp_path):
+    """A GCN's sparse adjacency in ``torch.spmm``: calibration failed in ``aminmax`` on the sparse input
+    ("calibration batch 0 does not fit the model"), and the ONNX export named only ``aten.mm``."""
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, 10, (2, 30), generator=g)
+    adj = torch.sparse_coo_tensor(idx, torch.rand(30, generator=g), (10, 10)).coalesce()
+    args = (torch.randn(10, 8, generator=g), adj)
+    model = _GCN().eval()
+    qm = qgraph.quantize(model, args, "w8a8")
+    with torch.no_grad():
+        torch.testing.assert_close(qm._float_graph(*args), model(*args))
+    observed = [n for n in qm.qgraph.graph.nodes if n.op == "call_module" and any(a.name == "adj" for a in n.all_input_nodes)]
+    assert not observed, observed
+    with torch.no_grad():
+        assert torch.isfinite(qm(*args)).all()
+    with pytest.raises(qgraph.ExportError, match="input 'adj' is a sparse tensor"):
+        qm.export(str(tmp_path / "gcn"), formats=("onnx",))
