@@ -43,6 +43,7 @@ from qgraph.model_wrappers import unwrap
 from qgraph.ops import MODULE_TYPES_KEY
 from qgraph.packed_sequences import opaque_packing, packing_note
 from qgraph.precision import float32_inputs, upcast
+from qgraph.trace_patches import traceable_calls
 
 _MAX_LEAF_ROUNDS = 64
 
@@ -173,7 +174,7 @@ def _symbolic(model: nn.Module, keywords: tuple[str, ...] | None = None) -> tupl
     for _ in range(_MAX_LEAF_ROUNDS):
         tracer = _AutoLeafTracer(set(leaves))
         try:
-            with opaque_packing(model):
+            with opaque_packing(model), traceable_calls(model):
                 graph = tracer.trace(model, concrete_args=concrete)
             if keywords:
                 keep_only_inputs(graph, keywords)

@@ -20,6 +20,8 @@ from torch import nn
 from torch.nn.utils import rnn
 from torch.utils import _pytree as pytree
 
+from qgraph.trace_patches import forward_globals
+
 
 def pack_padded(*args, **kwargs):
     """``pack_padded_sequence``, as one opaque call in a traced graph."""
@@ -44,19 +46,10 @@ def _recorded(real, target):
     return call
 
 
-def _forward_globals(m: nn.Module) -> dict | None:
-    """The module namespace ``type(m).forward`` was written in (None for a TorchScript module, whose
-    ``forward`` is no Python function)."""
-    try:
-        return type(m).forward.__globals__
-    except Exception:  # noqa: BLE001 - ScriptModule's forward descriptor raises its own AttributeError on access
-        return None
-
-
 @contextlib.contextmanager
 def opaque_packing(model: nn.Module):
     """While tracing ``model``: calls of the packing functions on traced values become graph nodes."""
-    namespaces = [vars(rnn)] + list({id(g): g for g in map(_forward_globals, model.modules()) if g is not None}.values())
+    namespaces = [vars(rnn)] + list({id(g): g for g in map(forward_globals, model.modules()) if g is not None}.values())
     reals = {getattr(rnn, name): target for name, target in _OPAQUE.items()}
     patched = []
     try:
