@@ -62,7 +62,7 @@ def exporter_failure(e: BaseException, gm: torch.nn.Module) -> str:
 
 
 def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None = None, dynamic_batch: bool = True,
-                kwargs: dict | None = None) -> onnx.ModelProto:
+                kwargs: dict | None = None, batch_axes: list[int | None] | None = None) -> onnx.ModelProto:
     """Export ``gm`` on ``args`` to ``path`` (one self-contained file) and return the model.
 
     ``opset``: by default 21, or 25 when the graph dequantizes 2-bit weights (INT2 initializers);
@@ -73,6 +73,8 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
     batch size. ``batch_is_dynamic(model)`` tells which happened. The sequence length of token inputs
     (2-D integer tensors) is left dynamic too (named ``sequence``), unless the capture fixed it.
     ``kwargs``: inputs given by name (``args`` is then empty), which the file's inputs are named after.
+    ``batch_axes``: the batch dim of each tensor input where it is not dim 0 (sequence-first models:
+    :func:`qgraph.batch_dim.sequence_first_axes`); a token input's sequence is then its other dim.
     """
     _refuse_sparse_inputs(gm, args, kwargs)
     if opset is None:
@@ -84,9 +86,10 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
     sequence = capture is None or not capture.static_sequence  # likewise the sequence length of token inputs
     declared = capture.dynamic_dims if capture is not None else None
     if kwargs:
-        dynamic = batch_dynamic_shapes(tuple(kwargs.values()), gm.forward, tuple(kwargs), sequence, declared) if dynamic_batch else None
+        dynamic = (batch_dynamic_shapes(tuple(kwargs.values()), gm.forward, tuple(kwargs), sequence, declared, axes=batch_axes)
+                   if dynamic_batch else None)
     else:
-        dynamic = batch_dynamic_shapes(args, gm.forward, sequence=sequence, declared=declared) if dynamic_batch else None
+        dynamic = batch_dynamic_shapes(args, gm.forward, sequence=sequence, declared=declared, axes=batch_axes) if dynamic_batch else None
 
     def export(args, kwargs):
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet_torch_export(), exportable_packing(gm):
@@ -108,7 +111,7 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
     # exporter lets SDPA's mask check guard batch == 1 and writes shapes like 4 // batch, a file that
     # runs only at batch 1 (pytorch/pytorch#180202). The example itself if the copies fail.
     program = None
-    if dynamic is not None and single_sample(tuple(kwargs.values()) if kwargs else args):
+    if dynamic is not None and batch_axes is None and single_sample(tuple(kwargs.values()) if kwargs else args):
         try:
             program = export(doubled(args), dict(zip(kwargs, doubled(tuple(kwargs.values())))) if kwargs else kwargs)
         except Exception:  # noqa: BLE001 - the plain attempt below reports its own failure
@@ -127,7 +130,7 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
                           f"{type(e).__name__}: {cause}"
                           + (". With dynamic_batch=False shapes are constants, which may avoid it" if dynamic_batch else "")) from e
     model = program.model_proto
-    _name_batch_dim(model, declared)
+    _name_batch_dim(model, declared, batch_axes)
     _name_outputs(model)
     fold_constant_quantization(model)
     prepare_for_onnxruntime(model, float_biases=bool(getattr(gm, "meta", {}).get(FLOAT_BIASES_KEY)))
@@ -274,7 +277,8 @@ def strip_debug_info(model: onnx.ModelProto) -> None:
     del model.graph.value_info[:]
 
 
-def _name_batch_dim(model: onnx.ModelProto, declared: dict[str, dict[int, str]] | None = None) -> None:
+def _name_batch_dim(model: onnx.ModelProto, declared: dict[str, dict[int, str]] | None = None,
+                    axes: list[int | None] | None = None) -> None:
     """Call the symbolic first dimension of the inputs ``batch`` everywhere it appears in inputs/outputs
     (every input's batch is one batch, even where the exporter kept a symbol per input: BERT's mask), and
     the symbolic second dimension of 2-D integer inputs (token ids, masks) ``sequence``. Independent
@@ -282,21 +286,24 @@ def _name_batch_dim(model: onnx.ModelProto, declared: dict[str, dict[int, str]] 
     the others are named after their input (``decoder_input_ids_sequence``), since one name for two
     sizes tells ONNX Runtime they are equal. ``declared``: the names a model gave its own dynamic dims
     (:func:`qgraph.batch_dim.declared_dynamic_dims`), for the inputs of that argument (``past_keys_0``
-    belongs to ``past_keys``)."""
+    belongs to ``past_keys``). ``axes``: each input's batch dim where it is not dim 0 (then a token
+    input's sequence is its dim 0)."""
     def symbolic(i, axis: int) -> str:
         dims = i.type.tensor_type.shape.dim
         return dims[axis].dim_param if len(dims) > axis else ""
 
+    inputs = list(model.graph.input)
+    batch_dims = [a or 0 for a in axes] if axes is not None and len(axes) == len(inputs) else [0] * len(inputs)
     integer = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL}
-    rename = {symbolic(i, 0): "batch" for i in model.graph.input if symbolic(i, 0)}
+    rename = {symbolic(i, b): "batch" for i, b in zip(inputs, batch_dims) if symbolic(i, b)}
     for i in model.graph.input:
         owner = next((p for p in declared or {} if i.name == p or (i.name.startswith(p + "_") and i.name[len(p) + 1:].isdigit())), None)
         for axis, name in (declared or {}).get(owner, {}).items():
             sym = symbolic(i, axis)
             if sym and sym not in rename:
                 rename[sym] = name
-    for i in model.graph.input:
-        sym = symbolic(i, 1)
+    for i, b in zip(inputs, batch_dims):
+        sym = symbolic(i, 1 - b) if b in (0, 1) else ""
         if not sym or sym in rename or len(i.type.tensor_type.shape.dim) != 2 or i.type.tensor_type.elem_type not in integer:
             continue
         rename[sym] = "sequence" if "sequence" not in rename.values() else f"{i.name}_sequence"
@@ -307,7 +314,7 @@ def _name_batch_dim(model: onnx.ModelProto, declared: dict[str, dict[int, str]] 
 
 
 def batch_is_dynamic(model: onnx.ModelProto) -> bool:
-    return any(i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].dim_param == "batch" for i in model.graph.input)
+    return any(d.dim_param == "batch" for i in model.graph.input for d in i.type.tensor_type.shape.dim)
 
 
 def _name_outputs(model: onnx.ModelProto) -> None:

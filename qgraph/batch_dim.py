@@ -13,6 +13,7 @@ batch of 1 symbolic on its own: ResNet-18 and the Llama graph both export with a
 from __future__ import annotations
 
 import inspect
+import itertools
 
 import torch
 from torch.utils import _pytree as pytree
@@ -31,7 +32,8 @@ def is_token_sequence(t) -> bool:
 
 
 def batch_dynamic_shapes(args: tuple, forward=None, keywords: tuple[str, ...] | None = None,
-                         sequence: bool = False, declared: dict[str, dict[int, str]] | None = None) -> tuple | dict | None:
+                         sequence: bool = False, declared: dict[str, dict[int, str]] | None = None,
+                         axes: list[int | None] | None = None) -> tuple | dict | None:
     """``dynamic_shapes`` for ``torch.export`` that mark dim 0 of every tensor input ``Dim.AUTO``
     (with ``sequence``, dim 1 of token inputs too: :func:`is_token_sequence`), nested like the inputs
     (a list of tensors gets a list of specs) and like ``forward``'s signature (the arguments that
@@ -39,7 +41,9 @@ def batch_dynamic_shapes(args: tuple, forward=None, keywords: tuple[str, ...] | 
     rejected, and captured with a fixed batch); None when no input has a batch dim (or this torch has no ``Dim.AUTO``). With ``keywords`` (inputs given by name) a dict by
     parameter name; names that ``**kwargs`` collects are one dict under its name.
     ``declared``: more dims to keep dynamic, by ``forward`` parameter (``{"past_keys": {2: "past_sequence"}}``,
-    applied to every tensor under that argument; :func:`declared_dynamic_dims`)."""
+    applied to every tensor under that argument; :func:`declared_dynamic_dims`). ``axes``: the batch dim
+    of each tensor leaf where it is not dim 0 (:func:`sequence_first_axes`); a token input's sequence is
+    then its other dim."""
     auto = getattr(torch.export.Dim, "AUTO", None)
     if auto is None or not any(_batched(t) for t in pytree.tree_leaves(args)):
         return None
@@ -47,14 +51,20 @@ def batch_dynamic_shapes(args: tuple, forward=None, keywords: tuple[str, ...] | 
     names = list(keywords) if keywords else _positional_names(params)
     declared = declared or {}
 
+    tensor_index = itertools.count()  # axes are per tensor leaf, in tree_map's (= tree_leaves') order
+
     def spec_for(name):
         extra = declared.get(name, {})
 
         def spec(t):
+            k = next(tensor_index) if isinstance(t, torch.Tensor) else None
             if not _batched(t):
                 return None
+            b = axes[k] if axes is not None and axes[k] is not None else 0
+            dims = {b: auto}
             # a length of 1 would be specialised anyway (and torch logs a warning saying so)
-            dims = {0: auto, 1: auto} if sequence and is_token_sequence(t) and t.shape[1] != 1 else {0: auto}
+            if sequence and is_token_sequence(t) and t.shape[1 - b] != 1:
+                dims[1 - b] = auto
             dims.update({d: auto for d in extra if d < t.dim()})
             return dims
         return spec
@@ -111,25 +121,74 @@ def doubled(args: tuple) -> tuple:
     return tuple(pytree.tree_map(lambda t: torch.cat([t, t]) if _batched(t) else t, a) for a in args)
 
 
-def other_batch(args: tuple) -> tuple[tuple, tuple[int, int]]:
+def sequence_first_axes(args: tuple) -> list[int | None] | None:
+    """The batch dim of each tensor leaf (``pytree.tree_leaves`` order; None for 0-d tensors) for a
+    sequence-first model: dim 1 where it has the size of the first 2+-D input's dim 1, else dim 0
+    where that has it (``nn.LSTM``'s default ``[T, N, F]`` input with ``[layers, N, H]`` states,
+    ``nn.Transformer``'s ``[S, N, E]``, word_language_model's ``[T, N]`` ids beside its states). None
+    when some input has that size nowhere, or when only 2-D token inputs would move off dim 0 (their
+    dim 1 is the sequence). A guess the export then checks: the
+    model must run with these dims cut to another size, and the file must agree there."""
+    tensors = [t for t in pytree.tree_leaves(args) if isinstance(t, torch.Tensor)]
+    first = next((t for t in tensors if t.dim() >= 2), None)
+    if first is None:
+        return None
+    n = first.shape[1]
+    axes: list[int | None] = []
+    for t in tensors:
+        if not _batched(t):
+            axes.append(None)
+        elif t.dim() >= 2 and t.shape[1] == n:
+            axes.append(1)
+        elif t.shape[0] == n:
+            axes.append(0)
+        else:
+            return None
+    # dim 1 of token ids alone is their sequence, not a batch: some other input must put its batch there
+    return axes if any(a == 1 and not is_token_sequence(t) for a, t in zip(axes, tensors)) else None
+
+
+def _map_batched(args: tuple, axes: list[int | None] | None, fn) -> tuple:
+    """``args`` with ``fn(tensor, batch dim)`` applied to every batched tensor leaf."""
+    flat, spec = pytree.tree_flatten(args)
+    k = 0
+    for i, t in enumerate(flat):
+        if isinstance(t, torch.Tensor):
+            b = axes[k] if axes is not None else (0 if _batched(t) else None)
+            if b is not None and _batched(t):
+                flat[i] = fn(t, b)
+            k += 1
+    return pytree.tree_unflatten(flat, spec)
+
+
+def other_batch(args: tuple, axes: list[int | None] | None = None) -> tuple[tuple, tuple[int, int]]:
     """The example at another batch size, to check a dynamic batch: two copies of a single sample,
-    else the first sample alone. Returns ``(inputs, (old size, new size))``."""
-    size = next(t.shape[0] for t in pytree.tree_leaves(args) if _batched(t))
-    if single_sample(args):
-        return doubled(args), (1, 2)
-    return tuple(pytree.tree_map(lambda t: t[:1] if _batched(t) else t, a) for a in args), (size, 1)
+    else the first sample alone. Returns ``(inputs, (old size, new size))``. ``axes``: the batch
+    dims, where not dim 0 (:func:`sequence_first_axes`)."""
+    if axes is None:
+        size = next(t.shape[0] for t in pytree.tree_leaves(args) if _batched(t))
+        if single_sample(args):
+            return doubled(args), (1, 2)
+        return tuple(pytree.tree_map(lambda t: t[:1] if _batched(t) else t, a) for a in args), (size, 1)
+    tensors = [t for t in pytree.tree_leaves(args) if isinstance(t, torch.Tensor)]
+    size = next(t.shape[b] for t, b in zip(tensors, axes) if b is not None)
+    if size == 1:
+        return _map_batched(args, axes, lambda t, b: torch.cat([t, t], b)), (1, 2)
+    return _map_batched(args, axes, lambda t, b: t.narrow(b, 0, 1)), (size, 1)
 
 
-def shorter_sequences(args: tuple, cut: list[bool]) -> tuple[tuple, int]:
+def shorter_sequences(args: tuple, cut: list[bool], axes: list[int | None] | None = None) -> tuple[tuple, int]:
     """``args`` with the token inputs flagged in ``cut`` (one flag per tensor leaf, in the order of
     ``pytree.tree_leaves``) one token shorter, where they have at least 3 tokens: to check a file
-    that claims a dynamic sequence length. Returns the inputs and how many were cut."""
+    that claims a dynamic sequence length. Returns the inputs and how many were cut. ``axes``: the
+    batch dims (a token input's sequence is its other dim)."""
     flat, spec = pytree.tree_flatten(args)
     tensors = [i for i, t in enumerate(flat) if isinstance(t, torch.Tensor)]
     done = 0
-    for i, c in zip(tensors, cut):
-        if c and is_token_sequence(flat[i]) and flat[i].shape[1] >= 3:
-            flat[i], done = flat[i][:, :-1], done + 1
+    for k, (i, c) in enumerate(zip(tensors, cut)):
+        seq = 1 - (axes[k] or 0) if axes is not None else 1
+        if c and is_token_sequence(flat[i]) and flat[i].shape[seq] >= 3:
+            flat[i], done = flat[i].narrow(seq, 0, flat[i].shape[seq] - 1), done + 1
     return pytree.tree_unflatten(flat, spec), done
 
 

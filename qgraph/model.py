@@ -35,6 +35,7 @@ class ExportResult:
     qpack_bytes: int = 0
     drift: float | None = None  # the model's own rounding drift behind a default tolerance (qgraph.export_tolerance)
     fixed_shapes: str | None = None  # why the file has the example's input shapes although a dynamic batch was asked for
+    batch_dims: list[int | None] | None = None  # each tensor input's batch dim, where the file's batch is not dim 0 (sequence-first)
 
     def __str__(self) -> str:
         parts = []
@@ -44,6 +45,9 @@ class ExportResult:
                          f"{self.max_abs_error:.3g} (tolerance {self.tolerance:.3g}){top1}")
         if self.fixed_shapes:
             parts.append(f"input shapes fixed to the example's: {self.fixed_shapes}")
+        if self.batch_dims:
+            parts.append(f"sequence-first inputs: the batch is dim {', '.join('-' if d is None else str(d) for d in self.batch_dims)} "
+                         "of the tensor inputs, in order")
         if self.qpack_path:
             parts.append(f"{self.qpack_path} ({self.qpack_bytes / 1024:.1f} KiB)")
         return "; ".join(parts)
@@ -267,15 +271,42 @@ class QModel(nn.Module):
         is exported again with the example's shapes, and ``result.fixed_shapes`` says why."""
         agreement, sess = self._export_onnx(onnx_path, result, verify, tolerance, dynamic_batch)
         _check_agreement(agreement, result, min_top1)
-        if agreement is None or not result.dynamic_batch:
+        if agreement is None:
+            return
+        if not result.dynamic_batch:  # the exporter fixed dim 0 (a sequence-first LSTM's time axis): dim 1 may be the batch
+            if dynamic_batch and not self._export_sequence_first(onnx_path, result, verify, tolerance, min_top1):
+                agreement, sess = self._export_onnx(onnx_path, result, verify, tolerance, dynamic_batch=False)
+                _check_agreement(agreement, result, min_top1)
             return
         try:
             self._check_other_batch(sess, result)
             self._separate_batches(sess, result)
         except _ModelRefusesOtherShapes as refused:
+            if self._export_sequence_first(onnx_path, result, verify, tolerance, min_top1):
+                return
             agreement, sess = self._export_onnx(onnx_path, result, verify, tolerance, dynamic_batch=False)
             _check_agreement(agreement, result, min_top1)
             result.fixed_shapes = str(refused)
+
+    def _export_sequence_first(self, onnx_path, result, verify, tolerance, min_top1) -> bool:
+        """Where dim 0 is not the batch, try dim 1 (sequence-first inputs: ``nn.LSTM``'s and
+        ``nn.Transformer``'s default layout, their ``[layers, N, H]`` states). Kept if the model runs
+        with those dims at another size and ONNX Runtime agrees there; ``result.batch_dims`` says so."""
+        from qgraph.batch_dim import sequence_first_axes
+
+        axes = sequence_first_axes(self._example_inputs)
+        if axes is None or self.qgraph.capture.static_batch:
+            return False
+        try:
+            agreement, sess = self._export_onnx(onnx_path, result, verify, tolerance, True, batch_axes=axes)
+            _check_agreement(agreement, result, min_top1)
+            if agreement is None or not result.dynamic_batch:
+                return False
+            self._check_other_batch(sess, result, axes)
+        except Exception:  # noqa: BLE001 - the guess was wrong (or the exporter failed on it): the caller writes a fixed-shape file
+            return False
+        result.batch_dims = axes
+        return True
 
     def _export_sources(self, task: str | None):
         """(model for the qpack, model for ONNX): group gains folded (a copy, when there are any), and
@@ -286,14 +317,14 @@ class QModel(nn.Module):
         packed = folded_copy(self)
         return packed, single_task_copy(packed, task)
 
-    def _export_onnx(self, onnx_path, result, verify, tolerance, dynamic_batch):
+    def _export_onnx(self, onnx_path, result, verify, tolerance, dynamic_batch, batch_axes=None):
         from qgraph.backends import ort as ort_backend
         from qgraph.backends.onnx_export import batch_is_dynamic, export_onnx
 
         args = self._example_inputs
         with torch.no_grad():
             expected = self(*args)
-        model = export_onnx(self.lowered(), args, onnx_path, dynamic_batch=dynamic_batch)
+        model = export_onnx(self.lowered(), args, onnx_path, dynamic_batch=dynamic_batch, batch_axes=batch_axes)
         result.onnx_path, result.onnx_bytes, result.dynamic_batch = onnx_path, os.path.getsize(onnx_path), batch_is_dynamic(model)
         if not verify:
             return None, None
@@ -317,23 +348,25 @@ class QModel(nn.Module):
         result.max_abs_error, result.top1_agreement = agreement.max_abs_error, agreement.top1_agreement
         return agreement, sess  # the session, for the other-batch check
 
-    def _check_other_batch(self, sess, result) -> None:
+    def _check_other_batch(self, sess, result, axes: list[int | None] | None = None) -> None:
         """A file that claims a dynamic batch must run at another batch size than the example's too:
         an exporter can keep the batch symbolic yet write shapes that only hold for the example's size
         (torch 2.11 with a single-sample example, pytorch/pytorch#180202). Token inputs whose length
-        the file leaves dynamic (``sequence``) are run one token shorter in the same call."""
+        the file leaves dynamic (``sequence``) are run one token shorter in the same call. ``axes``: the
+        batch dims of a sequence-first export (:func:`qgraph.batch_dim.sequence_first_axes`)."""
         from qgraph.backends import ort as ort_backend
         from qgraph.batch_dim import other_batch, shorter_sequences
 
-        batch_only, (size, new_size) = other_batch(self._example_inputs)
-        claims = [len(i.shape) == 2 and isinstance(i.shape[1], str) and i.shape[1] in ("sequence", f"{i.name}_sequence")
-                  for i in sess.get_inputs()]
-        other, shortened = shorter_sequences(batch_only, claims)
+        batch_only, (size, new_size) = other_batch(self._example_inputs, axes)
+        seq_dims = [1 - (a or 0) for a in axes] if axes is not None else [1] * len(sess.get_inputs())
+        claims = [len(i.shape) == 2 and d in (0, 1) and isinstance(i.shape[d], str) and i.shape[d] in ("sequence", f"{i.name}_sequence")
+                  for i, d in zip(sess.get_inputs(), seq_dims)]
+        other, shortened = shorter_sequences(batch_only, claims, axes)
         fix = f"; export with dynamic_batch=False for a file with fixed input shapes. The file is at {result.onnx_path}"
         try:
             expected = self._probe(other)
         except Exception as e:  # noqa: BLE001 - the model itself refuses the shapes the file claims to take
-            if not shortened:
+            if not shortened or axes is not None:
                 raise _ModelRefusesOtherShapes(new_size, e) from e
             # the model takes only the example's token length (one input's length fixed, the others tied
             # to it): the file says so, and the batch is checked alone

@@ -89,18 +89,45 @@ def test_a_hidden_state_of_another_batch_is_refused_as_the_module_does():
         qm(torch.randn(2, 6, 8), torch.randn(1, 4, 16))
 
 
-def test_a_sequence_first_input_exports_with_the_examples_shapes(tmp_path):
-    """``nn.LSTM``'s default layout, ``[T, N, F]`` as the model's input: the export takes dim 0 (the
-    sequence) for the batch, and the exporter fixes the sequence length inside the LSTM op. Depending
-    on which of its strategies captures the graph, the file either has fixed shapes already or claims a
-    dynamic dim 0 that ONNX Runtime cannot run at another size; the export failed on the latter. Both
-    now give a file with the example's shapes (``fixed_shapes`` says why in the second case)."""
+class _WordLM(nn.Module):
+    """word_language_model's RNNModel: ids ``[T, N]`` and ``(h, c)`` ``[layers, N, H]`` in, both out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.rnn, self.head = nn.Embedding(30, 8), nn.LSTM(8, 16, 2), nn.Linear(16, 30)
+
+    def forward(self, ids, hidden):
+        out, hidden = self.rnn(self.embed(ids), hidden)
+        return self.head(out), hidden
+
+
+@pytest.mark.parametrize("case", ["features", "ids-and-state"])
+def test_sequence_first_inputs_export_with_a_dynamic_batch_on_dim_1(case, tmp_path):
+    """``nn.LSTM``'s default layout, ``[T, N, F]`` (word_language_model: ``[T, N]`` ids and
+    ``[layers, N, H]`` states). The export took dim 0 for the batch: the states refused another size
+    there, or the file did (the exporter fixes the sequence length inside the LSTM op), and the file
+    got the example's shapes. Now dim 1 is tried next, kept where the model runs with it cut to
+    another size and ONNX Runtime agrees there: the file's batch is dim 1."""
     torch.manual_seed(0)
-    model, x = _Layer(nn.LSTM, num_layers=2).eval(), torch.randn(6, 4, 8)
-    res = qgraph.quantize(model, x, "w8a8").export(str(tmp_path / "seq_first"), formats=("onnx",))
-    assert not res.dynamic_batch and res.max_abs_error <= res.tolerance
-    assert [d.dim_value for d in onnx.load(res.onnx_path).graph.input[0].type.tensor_type.shape.dim] == [6, 4, 8]
-    assert res.fixed_shapes is None or "the exporter fixed a size inside the graph" in res.fixed_shapes
+    if case == "features":
+        model, args = _Layer(nn.LSTM, num_layers=2).eval(), (torch.randn(6, 4, 8),)
+        other = (torch.randn(6, 3, 8),)
+    else:
+        model = _WordLM().eval()
+        args = (torch.randint(0, 30, (6, 4)), (torch.randn(2, 4, 16), torch.randn(2, 4, 16)))
+        other = (torch.randint(0, 30, (6, 3)), (torch.randn(2, 3, 16), torch.randn(2, 3, 16)))
+    qm = qgraph.quantize(model, args, "w8a8")
+    res = qm.export(str(tmp_path / "seq_first"), formats=("onnx",))
+    assert res.dynamic_batch and res.fixed_shapes is None and res.batch_dims[0] == 1, res
+    file = onnx.load(res.onnx_path)
+    assert all(i.type.tensor_type.shape.dim[1].dim_param == "batch" for i in file.graph.input)
+    sess = onnxruntime.InferenceSession(res.onnx_path)
+    flat = [t.numpy() for t in torch.utils._pytree.tree_leaves(other)]
+    got = sess.run(None, {i.name: v for i, v in zip(sess.get_inputs(), flat)})
+    with torch.no_grad(), qm.frozen():
+        want = torch.utils._pytree.tree_leaves(qm(*other))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w.numpy(), atol=1e-5, rtol=0)
 
 
 class _PackedGRU(nn.Module):
