@@ -18,7 +18,9 @@
   of the tensor (fx reads a buffer of the model as ``get_attr``).
 
 Before this, each sent a model to the ``torch.export`` fallback, made a module a float leaf, or left no
-route at all.
+route at all. The patches are process-wide while one trace runs (as torch.fx's own autowrapping of
+``math`` functions is), fall through to the original wherever no traced value is involved, and are
+undone when the trace ends.
 """
 
 from __future__ import annotations
