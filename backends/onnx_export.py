@@ -77,6 +77,11 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
     :func:`qgraph.batch_dim.sequence_first_axes`); a token input's sequence is then its other dim.
     """
     _refuse_sparse_inputs(gm, args, kwargs)
+    if _has_recurrent_layers(gm):
+        # The exporter decomposes LSTM/GRU into torch's while_loop, which compiles its body with dynamo.
+        # State left by earlier exports in the process made later ones fix the batch (the third LSTM
+        # export in one process came out static); from a clean state each export is the same.
+        torch._dynamo.reset()
     if opset is None:
         opset = INT2_OPSET if has_2bit_weights(gm) else OPSET
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -139,6 +144,15 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return model
+
+
+def _has_recurrent_layers(gm: torch.nn.Module) -> bool:
+    from qgraph.recurrent import run_packed, run_recurrent
+
+    graph = getattr(gm, "graph", None)
+    return isinstance(graph, torch.fx.Graph) and any(
+        n.op == "call_function" and (n.target in (run_recurrent, run_packed) or str(n.target).startswith(("aten.lstm", "aten.gru")))
+        for n in graph.nodes)
 
 
 def _refuse_sparse_inputs(gm: torch.nn.Module, args: tuple, kwargs: dict | None) -> None:

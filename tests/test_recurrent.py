@@ -175,3 +175,18 @@ def test_packed_sequences_capture_and_quantize_their_recurrent_weights(build, tm
         want = qm(*other).numpy()
     got = onnxruntime.InferenceSession(res.onnx_path).run(None, {"ids": other[0].numpy(), "lengths": other[1].numpy()})[0]
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_an_lstm_export_does_not_depend_on_the_exports_before_it(tmp_path):
+    """The exporter decomposes LSTMs into torch's while_loop, which compiles its body with dynamo; after
+    a sequence-first and a packed LSTM export in the same process, a batch-first LSTM's file came out
+    with the example's shapes (the usage scan's ``lstm`` row read "static batch" after
+    ``word_lm_lstm`` and ``packed_lstm``). Each export now starts from a clean dynamo state."""
+    torch.manual_seed(0)
+    word = qgraph.quantize(_WordLM().eval(), (torch.randint(0, 30, (6, 4)), (torch.randn(2, 4, 16), torch.randn(2, 4, 16))), "w8a8")
+    word.export(str(tmp_path / "word"), formats=("onnx",))
+    packed = __import__("benchmarks.usage_models_seq", fromlist=["PackedLSTM"]).PackedLSTM().eval()
+    qgraph.quantize(packed, _lengths_batch(), "w8a8").export(str(tmp_path / "packed"), formats=("onnx",))
+    res = qgraph.quantize(_Layer(nn.LSTM, batch_first=True).eval(), torch.randn(4, 6, 8), "w8a8").export(
+        str(tmp_path / "batch_first"), formats=("onnx",))
+    assert res.dynamic_batch and res.batch_dims is None and res.fixed_shapes is None, res
