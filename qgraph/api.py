@@ -110,12 +110,31 @@ def export_onnx(model: nn.Module, example_inputs, path: str, dynamic_batch: bool
     """Export any module to ONNX the way qgraph exports quantized ones (opset 21, one file, no
     exporter debug metadata), e.g. the FP32 baseline a quantized file is compared with.
     ``example_inputs`` may be a mapping of ``forward``'s arguments by name (the file's inputs are then
-    named after them). Returns the ``onnx.ModelProto``.
+    named after them). A model that packs sequences (``pack_padded_sequence``) is exported through
+    qgraph's capture, whose graph the ONNX export can translate. Returns the ``onnx.ModelProto``.
     """
     from qgraph.backends.onnx_export import export_onnx as _export
+    from qgraph.errors import ExportError
+    from qgraph.packed_sequences import packing_note
 
     model, _ = unwrap(model)
     if is_keyword_inputs(example_inputs):
         named = ordered_keywords(model.forward, example_inputs)
         return _export(model.eval(), (), path, dynamic_batch=dynamic_batch, kwargs=named)
-    return _export(model.eval(), as_input_tuple(example_inputs), path, dynamic_batch=dynamic_batch)
+    args = as_input_tuple(example_inputs)
+    try:
+        return _export(model.eval(), args, path, dynamic_batch=dynamic_batch)
+    except ExportError as failure:
+        # torch.export cannot trace pack_padded_sequence; qgraph's capture keeps it an opaque call,
+        # which the export writes as ONNX recurrent ops (qgraph.packed_export)
+        try:
+            graph = trace(model, args)
+        except Exception:  # noqa: BLE001 - not capturable either: the exporter's own error stands
+            raise failure from failure.__cause__
+        if packing_note(graph) is None:
+            raise
+        from qgraph.passes.canonicalize import CanonicalizePass
+        from qgraph.passes.pipeline import run_float_rewrites
+
+        run_float_rewrites(graph, [CanonicalizePass(set(graph.capture.leaves))], args)  # layers on packed batches: run_packed
+        return _export(graph, args, path, dynamic_batch=dynamic_batch)

@@ -100,6 +100,20 @@ def test_packed_sequences_export_as_onnx_recurrent_ops(build, inputs, example, o
             np.testing.assert_allclose(g, w.numpy(), atol=1e-4, rtol=0)
 
 
+def test_the_float_model_exports_too(tmp_path):
+    """``qgraph.export_onnx`` of the float model (the baseline a quantized file is compared with) failed
+    in ``torch.export`` on the packing; it now goes through qgraph's capture."""
+    torch.manual_seed(0)
+    model = _Stacked().eval()
+    qgraph.export_onnx(model, _stacked_inputs([9, 4, 7, 2]), str(tmp_path / "float.onnx"), dynamic_batch=False)
+    sess = ort_backend.session(str(tmp_path / "float.onnx"))
+    x = _stacked_inputs([8, 9, 1, 5], seed=2)
+    with torch.no_grad():
+        want = model(*x)
+    for g, w in zip(ort_backend.run(sess, x), want):
+        np.testing.assert_allclose(g, w.numpy(), atol=1e-5, rtol=0)
+
+
 def test_a_graph_that_reads_packed_data_fails_the_export_with_a_reason(tmp_path):
     """ONNX has no packed layout, so ``.data`` of a packed sequence cannot be written: the export stops
     with an ``ExportError`` that names the packing, rather than writing a file with other numbers."""
