@@ -54,8 +54,11 @@ Then rewrites for ONNX Runtime's fusions (:func:`prepare_for_onnxruntime`):
     bits 0.003. A float bias added to a ``MatMul`` of DQ inputs (bit switching, narrow codes) becomes
     ``Sub(MatMul, -b)``: ONNX Runtime's MatMulAddFusion would make a 2-D ``MatMul + Add`` a Gemm and
     round its bias just the same. With 8-bit activations whose result is quantized again (w8a8,
-    w4a8) the op keeps its bias, so ONNX Runtime still fuses QLinearConv / QGemm; the rounding is
-    covered by the export check's tolerance there.
+    w4a8) the op keeps its bias, so ONNX Runtime still fuses QLinearConv / QGemm, unless the bias is
+    off that op's grid ``s_x · s_w``: a layer called at several steps with different input scales (a
+    state-space scan's shared ``B`` linear, stepped over time) has its bias on one step's grid at
+    most, and ONNX Runtime's rounding of the others flipped one output code 0.0071 off (tolerance
+    1.1e-4). Biases on the grid (post-training bias correction puts them there) keep the fusion.
 
 11. An activation's ``DequantizeLinear`` with one step per position along an axis (OFQ's per-token
     steps) becomes ``Mul(Sub(Cast(q → float), zp), scale)``, before rules 5 to 10. ONNX Runtime has no
@@ -575,6 +578,24 @@ def _requantized(gr: _Graph, out: str) -> bool:
     return bool(users) and out not in gr.outputs and all(u.op_type == "QuantizeLinear" for u in users)
 
 
+def _off_grid(gr: _Graph, x_dq: onnx.NodeProto, w_dq: onnx.NodeProto, bias: onnx.TensorProto) -> bool:
+    """``bias`` is not on the int32 grid ``s_x · s_w`` ONNX Runtime would round it to (more than 1e-3
+    of a step off, the tolerance of ``snap_biases_to_int32_grid``, plus float32's share of a large
+    bias); False where a scale is not a constant of the file."""
+    s_x, s_w = gr.inits.get(x_dq.input[1]) if len(x_dq.input) > 1 else None, gr.inits.get(w_dq.input[1]) if len(w_dq.input) > 1 else None
+    if s_x is None or s_w is None:
+        return False
+    sx, sw, b = _to_numpy(s_x).astype(np.float64), _to_numpy(s_w).astype(np.float64), _to_numpy(bias).astype(np.float64)
+    if sx.size != 1 or sw.size not in (1, b.size):
+        return False
+    grid = (sx.reshape(()) * sw.reshape(-1)) if sw.size > 1 else np.full(b.shape, sx.reshape(()) * sw.reshape(()))
+    if (grid <= 0).any():
+        return False
+    steps = b.reshape(-1) / grid
+    # float32 storage of a snapped bias leaves ~1e-7 of |steps|: no flip, ONNX Runtime rounds it back
+    return bool((np.abs(steps - np.round(steps)) > 1e-3 + 1e-6 * np.abs(steps)).any())
+
+
 def _exact_float_bias(model: onnx.ModelProto, everywhere: bool = False) -> int:
     """Rule 10: ``Conv/ConvTranspose/Gemm(DQ(x), DQ(W), b)`` → ``Add(Conv(DQ(x), DQ(W)), b)`` where ONNX
     Runtime's int32 bias would be coarse or would reach the output unrounded (``everywhere``: for every
@@ -597,7 +618,7 @@ def _exact_float_bias(model: onnx.ModelProto, everywhere: bool = False) -> int:
         x_dq, w_dq = _dequantizer(gr, n.input[0]), gr.producer.get(n.input[1])
         if x_dq is None or w_dq is None or w_dq.op_type != "DequantizeLinear":
             continue
-        if not (everywhere or _narrow_codes(gr, x_dq) or not _requantized(gr, n.output[0])):
+        if not (everywhere or _narrow_codes(gr, x_dq) or not _requantized(gr, n.output[0]) or _off_grid(gr, x_dq, w_dq, bias)):
             continue
         b = _to_numpy(bias)
         if n.op_type != "Gemm":  # [C] against [N, C, *spatial]
@@ -632,7 +653,9 @@ def _subtracted_matmul_bias(gr: _Graph, add: onnx.NodeProto, everywhere: bool) -
         if gr.users.get(mm.output[0], []) != [add] or mm.output[0] in gr.outputs:
             return 0
         x_dq, w_dq = _dequantizer(gr, mm.input[0]), gr.producer.get(mm.input[1])
-        if x_dq is None or w_dq is None or w_dq.op_type != "DequantizeLinear" or not (everywhere or _narrow_codes(gr, x_dq)):
+        if x_dq is None or w_dq is None or w_dq.op_type != "DequantizeLinear":
+            return 0
+        if not (everywhere or _narrow_codes(gr, x_dq) or _off_grid(gr, x_dq, w_dq, bias)):
             return 0
         negated = gr.add_initializer(-_to_numpy(bias), f"{add.input[k]}_negated")
         add.op_type = "Sub"

@@ -666,3 +666,25 @@ def test_cdist_exports_where_torchs_exporter_has_no_translation(p, tmp_path):
     qm = qgraph.quantize(model, args, "w8a8")
     res = qm.export(str(tmp_path / "q"), formats=("onnx",))
     assert res.max_abs_error <= res.tolerance
+
+
+def test_a_layer_called_with_different_input_scales_keeps_an_exact_bias(tmp_path):
+    """A state-space scan calls one ``B`` linear at every time step, each call with its own input scale,
+    so its bias can lie on one call's int32 grid ``s_x · s_w`` at most. ONNX Runtime rounds a Gemm's
+    float bias onto that op's grid when it loads the file (the usage scan's ``ssm_scan``: one output
+    code flipped, 0.0071 off against a tolerance of 1.1e-4). Such biases are now added after the op,
+    so every bias an op still carries is on its own grid and the load rounds nothing."""
+    from qgraph.backends.onnx_fold import _dequantizer, _Graph, _off_grid
+
+    from benchmarks.usage_models_more import StateSpaceScan
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    qm = qgraph.quantize(StateSpaceScan().eval(), torch.randn(4, 7, 8, generator=g), "w8a8",
+                         [(torch.randn(8, 7, 8, generator=g),) for _ in range(2)])
+    res = qm.export(str(tmp_path / "scan"), formats=("onnx",))
+    gr = _Graph(onnx.load(res.onnx_path).graph)
+    carried = [n for n in gr.g.node if n.op_type == "Gemm" and len(n.input) == 3 and n.input[2] in gr.inits]
+    assert all(not _off_grid(gr, _dequantizer(gr, n.input[0]), gr.producer[n.input[1]], gr.inits[n.input[2]]) for n in carried)
+    moved = [n for n in gr.g.node if n.op_type == "Add" and any(i.endswith("_without_bias") for i in n.input)]
+    assert len(moved) >= 6, [n.name for n in moved]  # the B calls whose scale is not the one the bias was snapped to
