@@ -6,7 +6,8 @@ because the graph reads them in an op qgraph does not quantize (a user's module 
 
 Conv/Linear/Embedding/attention weights, and any weight an op qgraph knows reads (a router's linear),
 are left out: the recipe or annotate decided about those (skip globs, overrides, routers kept float),
-and the passes record the decisions. So are weights inside auto-leaves, whose
+and the passes record the decisions; unless the graph reads such a module's weight itself in a product
+qgraph does not quantize (a VQ-VAE's ``codebook.weight`` in ``torch.cdist``). So are weights inside auto-leaves, whose
 notes already list what stayed float, and parameters the graph never reads (a head eval mode skips).
 """
 
@@ -92,8 +93,9 @@ def float_weight_modules(gm: fx.GraphModule, leaves: set[str] = frozenset()) -> 
         if _inside(owner, leaves):  # the leaf's own note lists what stayed float in it
             continue
         t = owner_type(gm, owner)
-        if t is not None and issubclass(t, DECIDED_BY_RECIPE + (FakeQuantize,)):
-            continue
+        product = bool(ops) and any(op in _PRODUCT_NAMES for op in ops)
+        if t is not None and issubclass(t, DECIDED_BY_RECIPE + (FakeQuantize,)) and not product:
+            continue  # (an Embedding's table the graph itself multiplies, a VQ codebook in cdist, is listed)
         if ops is not None:  # read by the graph: name the parameter and what reads it
             found[name] = f"parameter read by {', '.join(dict.fromkeys(ops))}"
         else:
@@ -105,7 +107,7 @@ def float_weight_modules(gm: fx.GraphModule, leaves: set[str] = frozenset()) -> 
 _VIEW_NAMES = {"view", "reshape", "transpose", "permute", "t", "unsqueeze", "squeeze", "contiguous", "to", "float", "expand",
                "flatten", "getitem", "clone", "_to_copy", "type_as"}
 _PRODUCT_NAMES = {"linear", "matmul", "mm", "bmm", "einsum", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
-                  "conv_transpose3d", "bilinear", "baddbmm", "addmm", "tensordot", "outer", "__matmul__"}
+                  "conv_transpose3d", "bilinear", "baddbmm", "addmm", "tensordot", "outer", "__matmul__", "cdist"}
 
 
 def _op_name(node: fx.Node) -> str:

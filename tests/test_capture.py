@@ -497,3 +497,25 @@ def test_parameters_the_graph_reads_in_float_are_named_with_their_op():
     notes = [n for n in qm.qgraph.capture.notes if n.startswith("stayed float, no quantized form")]
     assert notes == ["stayed float, no quantized form in qgraph: core (parameter read by einsum), weight (parameter read by mul); "
                      "their weights stay float, in the exports too"], qm.qgraph.capture.notes
+
+
+class _Codebook(nn.Module):
+    """A VQ-VAE quantizer: the nearest entry of an ``nn.Embedding`` codebook by ``torch.cdist``, looked
+    up by indexing its weight. An embedding table read as a module call is the recipe's decision; this
+    one no op quantizes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.codebook = nn.Linear(6, 4), nn.Embedding(8, 4)
+
+    def forward(self, x):
+        z = self.enc(x)
+        return z + (self.codebook.weight[torch.cdist(z, self.codebook.weight).argmin(1)] - z).detach()
+
+
+def test_a_codebook_read_by_cdist_is_named():
+    """It stayed float without a word: ``nn.Embedding`` weights were left to the recipe even where the
+    graph itself reads them in a product no quantizer covers."""
+    qm = qgraph.quantize(_Codebook().eval(), torch.randn(5, 6), "w8a8")
+    notes = [n for n in qm.qgraph.capture.notes if n.startswith("stayed float, no quantized form")]
+    assert len(notes) == 1 and "codebook.weight (parameter read by" in notes[0] and "cdist" in notes[0], qm.qgraph.capture.notes
