@@ -39,6 +39,7 @@ import qgraph
 from benchmarks.usage_models import CASES as MORE_CASES
 from benchmarks.usage_models_apps import CASES as APP_CASES
 from benchmarks.usage_models_examples import CASES as EXAMPLE_CASES
+from benchmarks.usage_models_more import CASES as BLOCK_CASES
 from benchmarks.usage_models_ops import CASES as OPS_CASES
 from benchmarks.usage_models_seq import CASES as SEQ_CASES
 from qgraph.batch_dim import is_token_sequence
@@ -226,6 +227,7 @@ CASES.update(OPS_CASES)  # the third (benchmarks/usage_models_ops.py)
 CASES.update(SEQ_CASES)  # and its sequence-model idioms (benchmarks/usage_models_seq.py)
 CASES.update(APP_CASES)  # the fourth: small applications (benchmarks/usage_models_apps.py)
 CASES.update(EXAMPLE_CASES)  # the fifth: pytorch/examples and tutorials (benchmarks/usage_models_examples.py)
+CASES.update(BLOCK_CASES)  # the sixth: building blocks of recent papers (benchmarks/usage_models_more.py)
 SINGLE_SAMPLE = {"llama_bf16", "t5"}
 SKIP = {"torch_compile": ["fc"]}  # module paths as in the model itself, not behind the wrapper's _orig_mod.  # their example is one sample; calibration uses batches of 4
 
