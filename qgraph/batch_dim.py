@@ -148,15 +148,14 @@ def sequence_first_axes(args: tuple) -> list[int | None] | None:
     return axes if any(a == 1 and not is_token_sequence(t) for a, t in zip(axes, tensors)) else None
 
 
-def _map_batched(args: tuple, axes: list[int | None] | None, fn) -> tuple:
-    """``args`` with ``fn(tensor, batch dim)`` applied to every batched tensor leaf."""
+def _map_batched(args: tuple, axes: list[int | None], fn) -> tuple:
+    """``args`` with ``fn(tensor, batch dim)`` applied to every tensor leaf that has a batch dim in ``axes``."""
     flat, spec = pytree.tree_flatten(args)
     k = 0
     for i, t in enumerate(flat):
         if isinstance(t, torch.Tensor):
-            b = axes[k] if axes is not None else (0 if _batched(t) else None)
-            if b is not None and _batched(t):
-                flat[i] = fn(t, b)
+            if axes[k] is not None and _batched(t):
+                flat[i] = fn(t, axes[k])
             k += 1
     return pytree.tree_unflatten(flat, spec)
 

@@ -14,7 +14,7 @@ from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
 from torch.nn.utils.rnn import PackedSequence
 
 from qgraph.errors import InputError
-from qgraph.meta import CAPTURE_KEY
+from qgraph.meta import CAPTURE_KEY, LAYOUT_KEY
 from qgraph.ops import module_path, tensor_meta
 
 
@@ -134,7 +134,7 @@ def _rename_reserved(root, graph: fx.Graph):
 class _ShapeProp(ShapeProp):
     """torch.fx's ShapeProp (without a fake mode) that records no metadata for a ``PackedSequence``,
     alone or in a tuple: ShapeProp rebuilds the named tuple from metadata, and its constructor checks
-    its fields' devices. A sparse tensor's layout is recorded as ``meta["layout"]``."""
+    its fields' devices. A sparse tensor's layout is recorded under ``LAYOUT_KEY``."""
 
     def run_node(self, n: fx.Node):
         if self.fake_mode is not None:
@@ -156,7 +156,7 @@ class _ShapeProp(ShapeProp):
         if found:
             n.meta["tensor_meta"] = meta
         if isinstance(result, torch.Tensor) and result.layout != torch.strided:
-            n.meta["layout"] = result.layout  # a sparse tensor: ShapeProp's metadata has no layout
+            n.meta[LAYOUT_KEY] = result.layout  # a sparse tensor: ShapeProp's metadata has no layout
         n.meta["type"] = type(result)
         return result
 

@@ -15,7 +15,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from qgraph.meta import MODULE_PATH_KEY
+from qgraph.meta import LAYOUT_KEY, MODULE_PATH_KEY
 from qgraph.recurrent import RECURRENT_MODULES
 
 aten = torch.ops.aten
@@ -465,7 +465,7 @@ def is_sparse(node: fx.Node) -> bool:
     """A sparse tensor (``torch.sparse_coo_tensor``, CSR, ...): no quantizer can observe it, and ONNX
     has no sparse activations; an op that reads one stays float."""
     val = node.meta.get("val")
-    return node.meta.get("layout", torch.strided) != torch.strided or (isinstance(val, torch.Tensor) and val.layout != torch.strided)
+    return node.meta.get(LAYOUT_KEY, torch.strided) != torch.strided or (isinstance(val, torch.Tensor) and val.layout != torch.strided)
 
 
 def _is_float_tensor(node: fx.Node) -> bool:
