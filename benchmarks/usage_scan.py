@@ -292,8 +292,9 @@ def run_case(name: str, out_dir: str) -> dict:
         if res.dynamic_batch:  # the file at another batch size, judged by the same default rule on those inputs
             sess = ort_backend.session(res.onnx_path, matmulnbits_accuracy_level=0)
             x3 = float32_inputs(batch_inputs(qm.qgraph, make(3, g)))  # float32, as the file takes (half models are quantized as float32)
-            if _dynamic_sequence(res.onnx_path):  # and token inputs 3 shorter than the example's
-                x3 = tuple(a[:, :max(2, a.shape[1] - 3)] if is_token_sequence(a) else a for a in x3)
+            if _dynamic_sequence(res.onnx_path):  # and token inputs 3 shorter than the example's (dim 0 where dim 1 is the batch)
+                axes = iter(res.batch_dims or [0] * len(pytree.tree_leaves(x3)))
+                x3 = pytree.tree_map(lambda a: _shorter(a, 1 - (next(axes) or 0)) if isinstance(a, torch.Tensor) else a, x3)
                 row["shorter"] = True
             got = ort_backend.run(sess, x3)
             with torch.no_grad(), qm.frozen():
@@ -305,6 +306,10 @@ def run_case(name: str, out_dir: str) -> dict:
         row["export"] = f"FAIL: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
     row["s"] = time.perf_counter() - t0
     return row
+
+
+def _shorter(a: torch.Tensor, dim: int) -> torch.Tensor:
+    return a.narrow(dim, 0, max(2, a.shape[dim] - 3)) if is_token_sequence(a) else a
 
 
 def _dynamic_sequence(path: str) -> bool:
