@@ -22,8 +22,8 @@ from qgraph.errors import ExportError
 from qgraph.export_route import quiet_torch_export
 from qgraph.meta import CAPTURE_KEY, FLOAT_BIASES_KEY
 from qgraph.ops import module_path
-from qgraph.packed_export import exportable_packing
 from qgraph.packed_sequences import packing_export_failure
+from qgraph.recurrent_export import exportable_recurrence
 
 OPSET = 21
 IR_VERSION = 10  # ONNX Runtime rejects onnx.helper's newer default
@@ -97,7 +97,7 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
         dynamic = batch_dynamic_shapes(args, gm.forward, sequence=sequence, declared=declared, axes=batch_axes) if dynamic_batch else None
 
     def export(args, kwargs):
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet_torch_export(), exportable_packing(gm):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet_torch_export(), exportable_recurrence(gm):
             warnings.simplefilter("ignore")
             return torch.onnx.export(
                 gm,
@@ -325,6 +325,8 @@ def _name_batch_dim(model: onnx.ModelProto, declared: dict[str, dict[int, str]] 
         for d in v.type.tensor_type.shape.dim:
             if d.dim_param in rename:
                 d.dim_param = rename[d.dim_param]
+            elif d.dim_param:  # an expression of symbols (a flattened [T, N] output: s31*s81 -> sequence*batch)
+                d.dim_param = re.sub(r"\b[a-z]\d+\b", lambda m: rename.get(m.group(0), m.group(0)), d.dim_param)
 
 
 def batch_is_dynamic(model: onnx.ModelProto) -> bool:

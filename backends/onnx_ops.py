@@ -8,8 +8,9 @@
 * ``aten::conv3d`` → ``Conv`` (works around an onnxscript bug with bias-less 3-D convs: :func:`conv3d`).
 * ``aten::_cdist_forward`` (``torch.cdist``), which torchlib does not translate → the direct
   pairwise-distance formula (:func:`cdist`).
-* ``qgraph::packed_rnn`` (recurrent layers on packed sequences) → ONNX ``LSTM``/``GRU``/``RNN`` with
-  ``sequence_lens`` (``backends/onnx_rnn.py``).
+* ``qgraph::rnn`` and ``qgraph::packed_rnn`` (recurrent layers on a batch, on packed sequences) → ONNX
+  ``LSTM``/``GRU``/``RNN`` for any time length, on packed sequences with ``sequence_lens``
+  (``backends/onnx_rnn.py``).
 * mixture-of-experts grouped matmuls (``transformers::grouped_mm_fallback``, ``aten::_grouped_mm``
   with offsets, which torchlib does not translate) → one ``MatMul`` per expert (:func:`grouped_mm`).
 
@@ -195,12 +196,13 @@ def _grouped_mm_ops() -> list:
 
 def translation_table(opset: int = 21) -> dict:
     """Translations for an export at ``opset`` (INT2 containers from opset 25 on)."""
-    from qgraph.backends.onnx_rnn import packed_rnn
+    from qgraph.backends.onnx_rnn import packed_rnn, rnn
 
-    import qgraph.packed_export  # noqa: F401  (registers qgraph::packed_rnn)
     import qgraph.primitives  # noqa: F401  (registers the custom ops)
+    import qgraph.recurrent_export  # noqa: F401  (registers qgraph::rnn and qgraph::packed_rnn)
 
     return {
+        torch.ops.qgraph.rnn.default: rnn,
         torch.ops.qgraph.packed_rnn.default: packed_rnn,
         torch.ops.qgraph.fake_quantize.default: fake_quantize,
         torch.ops.qgraph.dequantize.default: dequantize_int2 if opset >= INT2_OPSET else dequantize,

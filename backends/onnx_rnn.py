@@ -1,5 +1,6 @@
-"""``qgraph::packed_rnn`` (a recurrent layer on packed sequences, ``qgraph.packed_export``) as ONNX
-``LSTM`` / ``GRU`` / ``RNN`` ops with ``sequence_lens``, one op per layer.
+"""``qgraph::rnn`` and ``qgraph::packed_rnn`` (recurrent layers on a batch and on packed sequences,
+``qgraph.recurrent_export``) as ONNX ``LSTM`` / ``GRU`` / ``RNN`` ops, one op per layer; on packed
+sequences with ``sequence_lens``. The time length is the input's, whatever it is.
 
 ONNX orders gates differently from PyTorch: an LSTM's ``i f g o`` rows become ``i o f c``, a GRU's
 ``r z n`` become ``z r h`` (with ``linear_before_reset=1``, PyTorch's GRU: the reset gate scales
@@ -33,13 +34,24 @@ def _stack(values: list):
     return op.Concat(*rows, axis=0) if len(rows) > 1 else rows[0]
 
 
+def rnn(x, h0, c0, weights, mode: str, has_biases: bool, num_layers: int, bidirectional: bool, batch_first: bool,
+        hidden_size: int):
+    return _layers(x, None, h0, c0, weights, mode, has_biases, num_layers, bidirectional, batch_first, hidden_size)
+
+
 def packed_rnn(x, lengths, h0, c0, weights, mode: str, has_biases: bool, num_layers: int, bidirectional: bool,
                batch_first: bool, hidden_size: int):
+    seq = op.Cast(lengths, to=ir.DataType.INT32)
+    return _layers(x, seq, h0, c0, weights, mode, has_biases, num_layers, bidirectional, batch_first, hidden_size)
+
+
+def _layers(x, seq, h0, c0, weights, mode: str, has_biases: bool, num_layers: int, bidirectional: bool, batch_first: bool,
+            hidden_size: int):
+    """The stacked layers; ``seq``: each row's length (int32), or None where every row runs the whole axis."""
     directions = 2 if bidirectional else 1
     per = 4 if has_biases else 2  # weight_ih, weight_hh[, bias_ih, bias_hh] per layer and direction
     if batch_first:
         x = op.Transpose(x, perm=[1, 0, 2])
-    seq = op.Cast(lengths, to=ir.DataType.INT32)
     attrs = {"hidden_size": hidden_size, "direction": "bidirectional" if bidirectional else "forward"}
     hs, cs = [], []
     for layer in range(num_layers):

@@ -126,7 +126,7 @@ def export_onnx(model: nn.Module, example_inputs, path: str, dynamic_batch: bool
         return _export(model.eval(), args, path, dynamic_batch=dynamic_batch)
     except ExportError as failure:
         # torch.export cannot trace pack_padded_sequence; qgraph's capture keeps it an opaque call,
-        # which the export writes as ONNX recurrent ops (qgraph.packed_export)
+        # which the export writes as ONNX recurrent ops (qgraph.recurrent_export)
         try:
             graph = trace(model, args)
         except Exception:  # noqa: BLE001 - not capturable either: the exporter's own error stands

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+from collections.abc import Mapping
 
 import torch
 from torch.utils import _pytree as pytree
@@ -146,6 +147,77 @@ def sequence_first_axes(args: tuple) -> list[int | None] | None:
             return None
     # dim 1 of token ids alone is their sequence, not a batch: some other input must put its batch there
     return axes if any(a == 1 and not is_token_sequence(t) for a, t in zip(axes, tensors)) else None
+
+
+def states_beside_axes(args: tuple) -> list[int | None] | None:
+    """The batch dim of each tensor leaf where the first 2+-D input is batch-first but recurrent states
+    beside it have their batch on dim 1 (``nn.GRU(batch_first=True)``'s ``[N, T, F]`` input with its
+    ``[layers, N, H]`` state): dim 0 where a tensor has the first input's dim 0 size there, else dim 1.
+    None where some tensor has that size on neither, or none is on dim 1 (then dim 0 was the guess)."""
+    tensors = [t for t in pytree.tree_leaves(args) if isinstance(t, torch.Tensor)]
+    first = next((t for t in tensors if t.dim() >= 2), None)
+    if first is None:
+        return None
+    n = first.shape[0]
+    axes: list[int | None] = []
+    for t in tensors:
+        if not _batched(t):
+            axes.append(None)
+        elif t.shape[0] == n:
+            axes.append(0)
+        elif t.dim() >= 2 and t.shape[1] == n:
+            axes.append(1)
+        else:
+            return None
+    return axes if 1 in axes else None
+
+
+def batch_axes_guesses(args: tuple) -> list[list[int | None]]:
+    """The batch layouts to try where dim 0 of every input is not the batch, in order:
+    :func:`sequence_first_axes`, then :func:`states_beside_axes`."""
+    guesses = []
+    for guess in (sequence_first_axes(args), states_beside_axes(args)):
+        if guess is not None and guess not in guesses:
+            guesses.append(guess)
+    return guesses
+
+
+def samples_reversed(args: tuple) -> tuple | None:
+    """The example with the order of dim 0 reversed in every tensor input, to test whether dim 0 holds
+    samples (:func:`follows_samples`). None where the inputs' dim 0 sizes differ or are below 2."""
+    sizes = {t.shape[0] for t in pytree.tree_leaves(args) if _batched(t)}
+    if len(sizes) != 1 or min(sizes) < 2:
+        return None
+    return tuple(pytree.tree_map(lambda t: t.flip(0) if _batched(t) else t, a) for a in args)
+
+
+def follows_samples(before, after, n: int, tolerance: float) -> bool:
+    """Whether the outputs ``after`` (on :func:`samples_reversed` inputs) are ``before`` with ``n``
+    samples reversed: each tensor flipped along one of its dims of size ``n`` or unchanged (a statistic
+    over the batch), each list of ``n`` per-sample outputs reversed or unchanged, within ``tolerance``.
+    A batch passes; the time axis of a recurrent or causal model does not (its outputs at a step depend
+    on the steps before)."""
+    if isinstance(before, torch.Tensor) or isinstance(after, torch.Tensor):
+        if not (isinstance(before, torch.Tensor) and isinstance(after, torch.Tensor)) or before.shape != after.shape:
+            return False
+        if before.numel() == 0:
+            return True
+        a, b = before.double(), after.double()
+        options = [a] + [a.flip(d) for d in range(a.dim()) if a.shape[d] == n]
+        return any(torch.allclose(o, b, rtol=0, atol=tolerance, equal_nan=True) for o in options)
+    if isinstance(before, Mapping):
+        return (isinstance(after, Mapping) and list(before) == list(after)
+                and all(follows_samples(before[k], after[k], n, tolerance) for k in before))
+    if isinstance(before, (list, tuple)):
+        if not isinstance(after, (list, tuple)) or len(before) != len(after):
+            return False
+        if all(follows_samples(x, y, n, tolerance) for x, y in zip(before, after)):
+            return True
+        return len(before) == n and all(follows_samples(x, y, n, tolerance) for x, y in zip(reversed(before), after))
+    try:
+        return bool(before == after)
+    except Exception:  # noqa: BLE001 - values that do not compare
+        return False
 
 
 def _map_batched(args: tuple, axes: list[int | None], fn) -> tuple:

@@ -35,7 +35,7 @@ class ExportResult:
     qpack_bytes: int = 0
     drift: float | None = None  # the model's own rounding drift behind a default tolerance (qgraph.export_tolerance)
     fixed_shapes: str | None = None  # why the file has the example's input shapes although a dynamic batch was asked for
-    batch_dims: list[int | None] | None = None  # each tensor input's batch dim, where the file's batch is not dim 0 (sequence-first)
+    batch_dims: list[int | None] | None = None  # each tensor input's batch dim, where the file's batch is not dim 0 of every input
 
     def __str__(self) -> str:
         parts = []
@@ -46,7 +46,7 @@ class ExportResult:
         if self.fixed_shapes:
             parts.append(f"input shapes fixed to the example's: {self.fixed_shapes}")
         if self.batch_dims:
-            parts.append(f"sequence-first inputs: the batch is dim {', '.join('-' if d is None else str(d) for d in self.batch_dims)} "
+            parts.append(f"the batch is dim {', '.join('-' if d is None else str(d) for d in self.batch_dims)} "
                          "of the tensor inputs, in order")
         if self.qpack_path:
             parts.append(f"{self.qpack_path} ({self.qpack_bytes / 1024:.1f} KiB)")
@@ -273,8 +273,14 @@ class QModel(nn.Module):
         _check_agreement(agreement, result, min_top1)
         if agreement is None:
             return
+        if result.dynamic_batch and not self._dim0_holds_samples(result.tolerance):
+            # dim 0 varies but is no batch (a sequence-first LSTM's time axis once the file takes any length)
+            if self._export_batch_axes(onnx_path, result, verify, tolerance, min_top1):
+                return
+            agreement, sess = self._export_onnx(onnx_path, result, verify, tolerance, dynamic_batch)
+            _check_agreement(agreement, result, min_top1)
         if not result.dynamic_batch:  # the exporter fixed dim 0 (a sequence-first LSTM's time axis): dim 1 may be the batch
-            if dynamic_batch and not self._export_sequence_first(onnx_path, result, verify, tolerance, min_top1):
+            if dynamic_batch and not self._export_batch_axes(onnx_path, result, verify, tolerance, min_top1):
                 agreement, sess = self._export_onnx(onnx_path, result, verify, tolerance, dynamic_batch=False)
                 _check_agreement(agreement, result, min_top1)
             return
@@ -282,31 +288,49 @@ class QModel(nn.Module):
             self._check_other_batch(sess, result)
             self._separate_batches(sess, result)
         except _ModelRefusesOtherShapes as refused:
-            if self._export_sequence_first(onnx_path, result, verify, tolerance, min_top1):
+            if self._export_batch_axes(onnx_path, result, verify, tolerance, min_top1):
                 return
             agreement, sess = self._export_onnx(onnx_path, result, verify, tolerance, dynamic_batch=False)
             _check_agreement(agreement, result, min_top1)
             result.fixed_shapes = str(refused)
 
-    def _export_sequence_first(self, onnx_path, result, verify, tolerance, min_top1) -> bool:
-        """Where dim 0 is not the batch, try dim 1 (sequence-first inputs: ``nn.LSTM``'s and
-        ``nn.Transformer``'s default layout, their ``[layers, N, H]`` states). Kept if the model runs
-        with those dims at another size and ONNX Runtime agrees there; ``result.batch_dims`` says so."""
-        from qgraph.batch_dim import sequence_first_axes
+    def _dim0_holds_samples(self, tolerance: float) -> bool:
+        """Whether reversing dim 0 of the example inputs reverses the outputs (:func:`follows_samples`);
+        True where that cannot be tried (one sample, inputs of several dim 0 sizes, a model that fails)."""
+        from qgraph.batch_dim import batch_axes_guesses, follows_samples, samples_reversed
 
-        axes = sequence_first_axes(self._example_inputs)
-        if axes is None or self.qgraph.capture.static_batch:
-            return False
+        flipped = samples_reversed(self._example_inputs) if batch_axes_guesses(self._example_inputs) else None
+        if flipped is None:
+            return True
         try:
-            agreement, sess = self._export_onnx(onnx_path, result, verify, tolerance, True, batch_axes=axes)
-            _check_agreement(agreement, result, min_top1)
-            if agreement is None or not result.dynamic_batch:
-                return False
-            self._check_other_batch(sess, result, axes)
-        except Exception:  # noqa: BLE001 - the guess was wrong (or the exporter failed on it): the caller writes a fixed-shape file
+            before, after = self._probe(self._example_inputs), self._probe(flipped)
+        except Exception:  # noqa: BLE001 - a model that refuses its samples reordered: no evidence against dim 0
+            return True
+        n = next(t.shape[0] for t in torch.utils._pytree.tree_leaves(flipped) if isinstance(t, torch.Tensor) and t.dim())
+        return follows_samples(before, after, n, tolerance)
+
+    def _export_batch_axes(self, onnx_path, result, verify, tolerance, min_top1) -> bool:
+        """Where dim 0 is not the batch of every input, try the layouts of
+        :func:`qgraph.batch_dim.batch_axes_guesses`: sequence-first inputs (``nn.LSTM``'s and
+        ``nn.Transformer``'s default layout, their ``[layers, N, H]`` states), then a batch-first input
+        beside such states. The first one kept is where the model runs with those dims cut to another
+        size and ONNX Runtime agrees there; ``result.batch_dims`` says which."""
+        from qgraph.batch_dim import batch_axes_guesses
+
+        if self.qgraph.capture.static_batch:
             return False
-        result.batch_dims = axes
-        return True
+        for axes in batch_axes_guesses(self._example_inputs):
+            try:
+                agreement, sess = self._export_onnx(onnx_path, result, verify, tolerance, True, batch_axes=axes)
+                _check_agreement(agreement, result, min_top1)
+                if agreement is None or not result.dynamic_batch:
+                    continue
+                self._check_other_batch(sess, result, axes)
+            except Exception:  # noqa: BLE001 - the guess was wrong (or the exporter failed on it): try the next
+                continue
+            result.batch_dims = axes
+            return True
+        return False
 
     def _export_sources(self, task: str | None):
         """(model for the qpack, model for ONNX): group gains folded (a copy, when there are any), and
@@ -353,7 +377,7 @@ class QModel(nn.Module):
         an exporter can keep the batch symbolic yet write shapes that only hold for the example's size
         (torch 2.11 with a single-sample example, pytorch/pytorch#180202). Token inputs whose length
         the file leaves dynamic (``sequence``) are run one token shorter in the same call. ``axes``: the
-        batch dims of a sequence-first export (:func:`qgraph.batch_dim.sequence_first_axes`)."""
+        batch dims where they are not dim 0 (:func:`qgraph.batch_dim.batch_axes_guesses`)."""
         from qgraph.backends import ort as ort_backend
         from qgraph.batch_dim import other_batch, shorter_sequences
 

@@ -8,7 +8,7 @@ so no capture route handled such a model at all. While qgraph traces, :func:`opa
 a model's module imported from it. The recurrent layer then takes the ``PackedSequence`` as a module
 call, which the canonicalize pass rewrites into :func:`qgraph.recurrent.run_packed` so its weights are
 quantized like those of a layer on tensors. The graph runs in PyTorch (calibration, QAT, qpack); an
-ONNX export writes the layers as ONNX recurrent ops on the padded batch (``qgraph.packed_export``).
+ONNX export writes the layers as ONNX recurrent ops on the padded batch (``qgraph.recurrent_export``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Packed sequences in ONNX: ``pack_padded_sequence`` → LSTM/GRU/RNN → ``pad_packed_sequence`` is
-written as ONNX recurrent ops with ``sequence_lens`` (``qgraph.packed_export``). The export failed in
+written as ONNX recurrent ops with ``sequence_lens`` (``qgraph.recurrent_export``). The export failed in
 ``torch.export`` before. Each file is run in ONNX Runtime on lengths the example never had (a batch
 whose longest row is shorter than the padded input, so the output's time axis shrinks) and compared
 with the quantized PyTorch model."""

@@ -1,4 +1,14 @@
-"""Packed sequences in an ONNX export: one LSTM / GRU / RNN op with ``sequence_lens``.
+"""Recurrent layers in an ONNX export: one ONNX LSTM / GRU / RNN op per layer, for any sequence length.
+
+``torch.export`` traces ``aten.lstm`` / ``aten.gru`` through their step-by-step meta functions, which
+fix the time length at the example's: a language model's file took only sequences of the example's
+length, even where its token inputs were declared dynamic. While a graph is exported,
+:func:`exportable_recurrence` retargets :func:`qgraph.recurrent.run_recurrent` to the custom op
+``qgraph::rnn`` (eager: the layer itself; its fake function keeps the time dim symbolic; in ONNX:
+``backends/onnx_rnn.py``). An LSTM with ``proj_size`` keeps the exporter's own translation: ONNX's
+LSTM has no projection.
+
+Packed sequences
 
 A captured graph keeps ``pack_padded_sequence`` → :func:`qgraph.recurrent.run_packed` →
 ``pad_packed_sequence`` as opaque calls (``qgraph.packed_sequences``). ``torch.export`` cannot trace
@@ -7,7 +17,7 @@ padded batch and each row's length instead, and compute what the packed layer co
 for its own length (the reverse direction starts from the row's last valid step), the state returned
 is the one after that step, and outputs past the length are zero.
 
-While a graph is exported, :func:`exportable_packing` retargets the three calls to functions on a
+While a graph is exported, :func:`exportable_recurrence` retargets the three calls to functions on a
 :class:`Padded` batch (the padded tensor, the lengths and its layout): packing keeps the padded tensor,
 the layer becomes the custom op ``qgraph::packed_rnn`` (eager: the real packed layer; in ONNX:
 ``backends/onnx_rnn.py``) and unpacking trims the time axis to the longest row, or pads it to
@@ -25,7 +35,7 @@ import torch.fx as fx
 from torch.nn.utils import rnn
 
 from qgraph.packed_sequences import pack_padded, pad_packed
-from qgraph.recurrent import run_packed
+from qgraph.recurrent import run_packed, run_recurrent
 
 
 class Padded(NamedTuple):
@@ -54,11 +64,46 @@ def packed_rnn(x: torch.Tensor, lengths: torch.Tensor, h0: torch.Tensor | None, 
 
 
 @packed_rnn.register_fake
-def _(x, lengths, h0, c0, weights, mode, has_biases, num_layers, bidirectional, batch_first, hidden_size):
+def _rnn_shapes(x, lengths, h0, c0, weights, mode, has_biases, num_layers, bidirectional, batch_first, hidden_size):
     states = num_layers * (2 if bidirectional else 1)
     n = x.shape[0 if batch_first else 1]
     y = x.new_empty(list(x.shape[:-1]) + [(2 if bidirectional else 1) * hidden_size])
     return y, x.new_empty(states, n, hidden_size), x.new_empty(states, n, hidden_size) if mode == "LSTM" else x.new_empty(0)
+
+
+@torch.library.custom_op("qgraph::rnn", mutates_args=())
+def rnn_layer(x: torch.Tensor, h0: torch.Tensor | None, c0: torch.Tensor | None, weights: list[torch.Tensor], mode: str,
+              has_biases: bool, num_layers: int, bidirectional: bool, batch_first: bool,
+              hidden_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A recurrent layer on a batched input (every row runs the whole time axis): ``(output, h_n, c_n)``,
+    ``c_n`` empty unless ``mode`` is LSTM."""
+    hx = None if h0 is None else ((h0, c0) if mode == "LSTM" else h0)
+    y, hidden = run_recurrent(x, hx, list(weights), mode, has_biases, num_layers, bidirectional, batch_first, hidden_size, 0)
+    if mode == "LSTM":
+        return y, hidden[0], hidden[1]
+    return y, hidden, x.new_zeros(0)
+
+
+@rnn_layer.register_fake
+def _(x, h0, c0, weights, mode, has_biases, num_layers, bidirectional, batch_first, hidden_size):
+    return _rnn_shapes(x, None, h0, c0, weights, mode, has_biases, num_layers, bidirectional, batch_first, hidden_size)
+
+
+def recurrent_for_export(x, hx, weights: list, mode: str, has_biases: bool, num_layers: int, bidirectional: bool,
+                         batch_first: bool, hidden_size: int, proj_size: int):
+    """:func:`qgraph.recurrent.run_recurrent` as ``qgraph::rnn`` (an unbatched input as a batch of one)."""
+    if proj_size:
+        return run_recurrent(x, hx, weights, mode, has_biases, num_layers, bidirectional, batch_first, hidden_size, proj_size)
+    lstm, batched = mode == "LSTM", x.dim() == 3
+    if not batched:
+        x = x.unsqueeze(0 if batch_first else 1)
+        if hx is not None:
+            hx = tuple(h.unsqueeze(1) for h in hx) if lstm else hx.unsqueeze(1)
+    h0, c0 = (hx if lstm else (hx, None)) if hx is not None else (None, None)
+    y, h, c = rnn_layer(x, h0, c0, list(weights), mode, has_biases, num_layers, bidirectional, batch_first, hidden_size)
+    if not batched:
+        y, h, c = y.squeeze(0 if batch_first else 1), h.squeeze(1), c.squeeze(1) if lstm else c
+    return y, ((h, c) if lstm else h)
 
 
 def pack_for_export(input, lengths, batch_first: bool = False, enforce_sorted: bool = True) -> Padded:
@@ -107,13 +152,14 @@ def pad_for_export(sequence, batch_first: bool = False, padding_value: float = 0
     return y, lengths.to(torch.int64)
 
 
-_RETARGET = {pack_padded: pack_for_export, run_packed: run_for_export, pad_packed: pad_for_export}
+_RETARGET = {pack_padded: pack_for_export, run_packed: run_for_export, pad_packed: pad_for_export,
+             run_recurrent: recurrent_for_export}
 
 
 @contextlib.contextmanager
-def exportable_packing(gm: torch.nn.Module):
-    """While exporting ``gm``: its packing calls run on :class:`Padded` batches (no-op for a graph
-    without them). The targets are restored afterwards."""
+def exportable_recurrence(gm: torch.nn.Module):
+    """While exporting ``gm``: its recurrent layers run as ``qgraph::rnn`` and its packing calls on
+    :class:`Padded` batches (no-op for a graph without them). The targets are restored afterwards."""
     graph = getattr(gm, "graph", None)
     nodes = [n for n in graph.nodes if n.op == "call_function" and n.target in _RETARGET] if isinstance(graph, fx.Graph) else []
     if not nodes:
