@@ -89,12 +89,14 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
     if capture is not None and capture.static_batch:  # its graph may hold the example batch size as a constant
         dynamic_batch = False
     sequence = capture is None or not capture.static_sequence  # likewise the sequence length of token inputs
+    time = sequence and _has_recurrent_layers(gm, packed=False)  # and of float time series beside recurrent layers
     declared = capture.dynamic_dims if capture is not None else None
     if kwargs:
-        dynamic = (batch_dynamic_shapes(tuple(kwargs.values()), gm.forward, tuple(kwargs), sequence, declared, axes=batch_axes)
-                   if dynamic_batch else None)
+        dynamic = (batch_dynamic_shapes(tuple(kwargs.values()), gm.forward, tuple(kwargs), sequence, declared, axes=batch_axes,
+                                        time=time) if dynamic_batch else None)
     else:
-        dynamic = batch_dynamic_shapes(args, gm.forward, sequence=sequence, declared=declared, axes=batch_axes) if dynamic_batch else None
+        dynamic = (batch_dynamic_shapes(args, gm.forward, sequence=sequence, declared=declared, axes=batch_axes, time=time)
+                   if dynamic_batch else None)
 
     def export(args, kwargs):
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet_torch_export(), exportable_recurrence(gm):
@@ -146,12 +148,15 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
     return model
 
 
-def _has_recurrent_layers(gm: torch.nn.Module) -> bool:
+def _has_recurrent_layers(gm: torch.nn.Module, packed: bool = True) -> bool:
+    """Whether ``gm`` runs LSTM/GRU/RNN layers (``packed``: on packed sequences too; their time axis
+    comes with each row's length, so a file check cannot just cut it)."""
     from qgraph.recurrent import run_packed, run_recurrent
 
     graph = getattr(gm, "graph", None)
+    targets = (run_recurrent, run_packed) if packed else (run_recurrent,)
     return isinstance(graph, torch.fx.Graph) and any(
-        n.op == "call_function" and (n.target in (run_recurrent, run_packed) or str(n.target).startswith(("aten.lstm", "aten.gru")))
+        n.op == "call_function" and (n.target in targets or str(n.target).startswith(("aten.lstm", "aten.gru")))
         for n in graph.nodes)
 
 
@@ -300,7 +305,8 @@ def _name_batch_dim(model: onnx.ModelProto, declared: dict[str, dict[int, str]] 
     the others are named after their input (``decoder_input_ids_sequence``), since one name for two
     sizes tells ONNX Runtime they are equal. ``declared``: the names a model gave its own dynamic dims
     (:func:`qgraph.batch_dim.declared_dynamic_dims`), for the inputs of that argument (``past_keys_0``
-    belongs to ``past_keys``). ``axes``: each input's batch dim where it is not dim 0 (then a token
+    belongs to ``past_keys``). The symbolic time dim of 3-D float inputs (time series beside recurrent
+    layers) is a ``sequence`` too. ``axes``: each input's batch dim where it is not dim 0 (then a token
     input's sequence is its dim 0)."""
     def symbolic(i, axis: int) -> str:
         dims = i.type.tensor_type.shape.dim
@@ -316,9 +322,11 @@ def _name_batch_dim(model: onnx.ModelProto, declared: dict[str, dict[int, str]] 
             sym = symbolic(i, axis)
             if sym and sym not in rename:
                 rename[sym] = name
+    floating = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
     for i, b in zip(inputs, batch_dims):
         sym = symbolic(i, 1 - b) if b in (0, 1) else ""
-        if not sym or sym in rename or len(i.type.tensor_type.shape.dim) != 2 or i.type.tensor_type.elem_type not in integer:
+        rank, elem = len(i.type.tensor_type.shape.dim), i.type.tensor_type.elem_type
+        if not sym or sym in rename or not ((rank == 2 and elem in integer) or (rank == 3 and elem in floating)):
             continue
         rename[sym] = "sequence" if "sequence" not in rename.values() else f"{i.name}_sequence"
     for v in list(model.graph.input) + list(model.graph.output):

@@ -42,7 +42,6 @@ from benchmarks.usage_models_examples import CASES as EXAMPLE_CASES
 from benchmarks.usage_models_more import CASES as BLOCK_CASES
 from benchmarks.usage_models_ops import CASES as OPS_CASES
 from benchmarks.usage_models_seq import CASES as SEQ_CASES
-from qgraph.batch_dim import is_token_sequence
 from qgraph.capture import batch_inputs
 from qgraph.export_tolerance import export_tolerance
 from qgraph.precision import float32_inputs
@@ -292,9 +291,10 @@ def run_case(name: str, out_dir: str) -> dict:
         if res.dynamic_batch:  # the file at another batch size, judged by the same default rule on those inputs
             sess = ort_backend.session(res.onnx_path, matmulnbits_accuracy_level=0)
             x3 = float32_inputs(batch_inputs(qm.qgraph, make(3, g)))  # float32, as the file takes (half models are quantized as float32)
-            if _dynamic_sequence(res.onnx_path):  # and token inputs 3 shorter than the example's (dim 0 where dim 1 is the batch)
-                axes = iter(res.batch_dims or [0] * len(pytree.tree_leaves(x3)))
-                x3 = pytree.tree_map(lambda a: _shorter(a, 1 - (next(axes) or 0)) if isinstance(a, torch.Tensor) else a, x3)
+            cut = _sequence_dims(res.onnx_path, res.batch_dims)
+            if any(d is not None for d in cut):  # and the inputs the file gives a dynamic sequence 3 steps shorter
+                dims = iter(cut)
+                x3 = pytree.tree_map(lambda a: _shorter(a, next(dims)) if isinstance(a, torch.Tensor) else a, x3)
                 row["shorter"] = True
             got = ort_backend.run(sess, x3)
             with torch.no_grad(), qm.frozen():
@@ -308,14 +308,20 @@ def run_case(name: str, out_dir: str) -> dict:
     return row
 
 
-def _shorter(a: torch.Tensor, dim: int) -> torch.Tensor:
-    return a.narrow(dim, 0, max(2, a.shape[dim] - 3)) if is_token_sequence(a) else a
+def _shorter(a: torch.Tensor, dim: int | None) -> torch.Tensor:
+    return a if dim is None else a.narrow(dim, 0, max(2, a.shape[dim] - 3))
 
 
-def _dynamic_sequence(path: str) -> bool:
+def _sequence_dims(path: str, batch_dims: list[int | None] | None) -> list[int | None]:
+    """Per file input: its dynamic sequence dim (the one after, or before, its batch dim), else None."""
     import onnx
 
-    return any(d.dim_param.endswith("sequence") for i in onnx.load(path).graph.input for d in i.type.tensor_type.shape.dim)
+    found = []
+    for k, i in enumerate(onnx.load(path).graph.input):
+        b = (batch_dims[k] if batch_dims else 0) or 0
+        dims = [d.dim_param for d in i.type.tensor_type.shape.dim]
+        found.append(1 - b if len(dims) in (2, 3) and dims[1 - b].endswith("sequence") else None)
+    return found
 
 
 def line(r: dict) -> str:

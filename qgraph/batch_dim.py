@@ -32,9 +32,15 @@ def is_token_sequence(t) -> bool:
     return isinstance(t, torch.Tensor) and t.dim() == 2 and not t.is_floating_point() and not t.is_complex()
 
 
+def is_time_series(t) -> bool:
+    """A ``[batch, time, features]`` float tensor (``[time, batch, features]`` where dim 1 is the
+    batch): the input of a recurrent layer."""
+    return isinstance(t, torch.Tensor) and t.dim() == 3 and t.is_floating_point()
+
+
 def batch_dynamic_shapes(args: tuple, forward=None, keywords: tuple[str, ...] | None = None,
                          sequence: bool = False, declared: dict[str, dict[int, str]] | None = None,
-                         axes: list[int | None] | None = None) -> tuple | dict | None:
+                         axes: list[int | None] | None = None, time: bool = False) -> tuple | dict | None:
     """``dynamic_shapes`` for ``torch.export`` that mark dim 0 of every tensor input ``Dim.AUTO``
     (with ``sequence``, dim 1 of token inputs too: :func:`is_token_sequence`), nested like the inputs
     (a list of tensors gets a list of specs) and like ``forward``'s signature (the arguments that
@@ -44,7 +50,8 @@ def batch_dynamic_shapes(args: tuple, forward=None, keywords: tuple[str, ...] | 
     ``declared``: more dims to keep dynamic, by ``forward`` parameter (``{"past_keys": {2: "past_sequence"}}``,
     applied to every tensor under that argument; :func:`declared_dynamic_dims`). ``axes``: the batch dim
     of each tensor leaf where it is not dim 0 (:func:`sequence_first_axes`); a token input's sequence is
-    then its other dim."""
+    then its other dim. ``time``: the time dim of float time series (:func:`is_time_series`) too, for
+    graphs with recurrent layers."""
     auto = getattr(torch.export.Dim, "AUTO", None)
     if auto is None or not any(_batched(t) for t in pytree.tree_leaves(args)):
         return None
@@ -64,7 +71,7 @@ def batch_dynamic_shapes(args: tuple, forward=None, keywords: tuple[str, ...] | 
             b = axes[k] if axes is not None and axes[k] is not None else 0
             dims = {b: auto}
             # a length of 1 would be specialised anyway (and torch logs a warning saying so)
-            if sequence and is_token_sequence(t) and t.shape[1 - b] != 1:
+            if ((sequence and is_token_sequence(t)) or (time and is_time_series(t))) and b in (0, 1) and t.shape[1 - b] != 1:
                 dims[1 - b] = auto
             dims.update({d: auto for d in extra if d < t.dim()})
             return dims
@@ -249,16 +256,16 @@ def other_batch(args: tuple, axes: list[int | None] | None = None) -> tuple[tupl
 
 
 def shorter_sequences(args: tuple, cut: list[bool], axes: list[int | None] | None = None) -> tuple[tuple, int]:
-    """``args`` with the token inputs flagged in ``cut`` (one flag per tensor leaf, in the order of
-    ``pytree.tree_leaves``) one token shorter, where they have at least 3 tokens: to check a file
-    that claims a dynamic sequence length. Returns the inputs and how many were cut. ``axes``: the
+    """``args`` with the token inputs and time series flagged in ``cut`` (one flag per tensor leaf, in
+    the order of ``pytree.tree_leaves``) one step shorter, where they have at least 3 steps: to check
+    a file that claims a dynamic sequence length. Returns the inputs and how many were cut. ``axes``: the
     batch dims (a token input's sequence is its other dim)."""
     flat, spec = pytree.tree_flatten(args)
     tensors = [i for i, t in enumerate(flat) if isinstance(t, torch.Tensor)]
     done = 0
     for k, (i, c) in enumerate(zip(tensors, cut)):
         seq = 1 - (axes[k] or 0) if axes is not None else 1
-        if c and is_token_sequence(flat[i]) and flat[i].shape[seq] >= 3:
+        if c and (is_token_sequence(flat[i]) or is_time_series(flat[i])) and flat[i].shape[seq] >= 3:
             flat[i], done = flat[i].narrow(seq, 0, flat[i].shape[seq] - 1), done + 1
     return pytree.tree_unflatten(flat, spec), done
 

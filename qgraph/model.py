@@ -375,32 +375,32 @@ class QModel(nn.Module):
     def _check_other_batch(self, sess, result, axes: list[int | None] | None = None) -> None:
         """A file that claims a dynamic batch must run at another batch size than the example's too:
         an exporter can keep the batch symbolic yet write shapes that only hold for the example's size
-        (torch 2.11 with a single-sample example, pytorch/pytorch#180202). Token inputs whose length
-        the file leaves dynamic (``sequence``) are run one token shorter in the same call. ``axes``: the
+        (torch 2.11 with a single-sample example, pytorch/pytorch#180202). Token inputs and time series
+        whose length the file leaves dynamic (``sequence``) are run one step shorter in the same call. ``axes``: the
         batch dims where they are not dim 0 (:func:`qgraph.batch_dim.batch_axes_guesses`)."""
         from qgraph.backends import ort as ort_backend
         from qgraph.batch_dim import other_batch, shorter_sequences
 
         batch_only, (size, new_size) = other_batch(self._example_inputs, axes)
         seq_dims = [1 - (a or 0) for a in axes] if axes is not None else [1] * len(sess.get_inputs())
-        claims = [len(i.shape) == 2 and d in (0, 1) and isinstance(i.shape[d], str) and i.shape[d] in ("sequence", f"{i.name}_sequence")
+        claims = [len(i.shape) in (2, 3) and d in (0, 1) and isinstance(i.shape[d], str) and i.shape[d] in ("sequence", f"{i.name}_sequence")
                   for i, d in zip(sess.get_inputs(), seq_dims)]
         other, shortened = shorter_sequences(batch_only, claims, axes)
         fix = f"; export with dynamic_batch=False for a file with fixed input shapes. The file is at {result.onnx_path}"
         try:
             expected = self._probe(other)
         except Exception as e:  # noqa: BLE001 - the model itself refuses the shapes the file claims to take
-            if not shortened or axes is not None:
+            if not shortened:
                 raise _ModelRefusesOtherShapes(new_size, e) from e
-            # the model takes only the example's token length (one input's length fixed, the others tied
-            # to it): the file says so, and the batch is checked alone
-            _fix_sequence_dims(result.onnx_path, claims, self._example_inputs)
+            # the model takes only the example's length (one input's length fixed, the others tied to
+            # it; a time series that reads fixed steps): the file says so, and the batch is checked alone
+            _fix_sequence_dims(result.onnx_path, claims, seq_dims, self._example_inputs)
             other, shortened = batch_only, 0
             try:
                 expected = self._probe(other)
             except Exception as e:  # noqa: BLE001 - nor another batch
                 raise _ModelRefusesOtherShapes(new_size, e) from e
-        at = f"a batch of {new_size}" + (" with token inputs one token shorter" if shortened else "")
+        at = f"a batch of {new_size}" + (" with sequence inputs one step shorter" if shortened else "")
         why = f"ONNX Runtime runs the file at the example's batch of {size} but not at {at}"
         try:
             got = ort_backend.run(sess, other)
@@ -539,17 +539,17 @@ def _check_agreement(agreement, result: ExportResult, min_top1: float) -> None:
         )
 
 
-def _fix_sequence_dims(path: str, claims: list[bool], example: tuple) -> None:
-    """Write the example's token lengths into the file's inputs flagged in ``claims`` (one flag per
-    tensor input): the model refuses other lengths, so the file must not claim them."""
+def _fix_sequence_dims(path: str, claims: list[bool], seq_dims: list[int], example: tuple) -> None:
+    """Write the example's lengths (dim ``seq_dims[k]``) into the file's inputs flagged in ``claims``
+    (one flag per tensor input): the model refuses other lengths, so the file must not claim them."""
     import onnx
     from torch.utils import _pytree as pytree
 
     tensors = [t for t in pytree.tree_leaves(example) if isinstance(t, torch.Tensor)]
     model = onnx.load(path)
-    for inp, claim, t in zip(model.graph.input, claims, tensors):
+    for inp, claim, d, t in zip(model.graph.input, claims, seq_dims, tensors):
         if claim:
-            inp.type.tensor_type.shape.dim[1].dim_value = int(t.shape[1])
+            inp.type.tensor_type.shape.dim[d].dim_value = int(t.shape[d])
     onnx.save(model, path)
 
 

@@ -547,7 +547,7 @@ def test_a_file_that_fails_at_a_shorter_sequence_gets_the_examples_shapes(tmp_pa
 
     monkeypatch.setattr(ort_backend, "run", run_only_the_example_length)
     res = qm.export(str(tmp_path / "m"), formats=("onnx",))  # exported again with the example's shapes
-    assert "batch of 4 but not at a batch of 1 with token inputs one token shorter" in res.fixed_shapes, res.fixed_shapes
+    assert "batch of 4 but not at a batch of 1 with sequence inputs one step shorter" in res.fixed_shapes, res.fixed_shapes
     dims = [d.dim_param or d.dim_value for d in onnx.load(res.onnx_path).graph.input[0].type.tensor_type.shape.dim]
     assert dims == [4, 10]
 

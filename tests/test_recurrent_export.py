@@ -150,3 +150,37 @@ def test_follows_samples_tells_a_batch_from_a_time_axis():
         assert not follows_samples(per_sample, [{"score": linear(s)} for s in flipped[0].flip(1)], 5, 1e-6)
     assert samples_reversed((x, torch.randn(4, 3))) is None  # dim 0 sizes differ: no test
     assert samples_reversed((x[:1],)) is None
+
+
+class _Tagger(nn.Module):
+    """A batch-first LSTM tagger over float features, nothing declared (speech frames, sensor series)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn, self.head = nn.LSTM(5, 8, batch_first=True, bidirectional=True), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0])
+
+
+class _LastStep(_Tagger):
+    """Reads the example's last step by number: other lengths would read another step."""
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][:, 8])
+
+
+def test_a_time_series_beside_recurrent_layers_gets_a_dynamic_length(tmp_path):
+    """Like token ids' sequence, a float time series' length stays dynamic where the graph has recurrent
+    layers (before: the example's 9 steps only); a model that reads fixed steps keeps its length."""
+    torch.manual_seed(0)
+    qm = qgraph.quantize(_Tagger().eval(), (torch.randn(4, 9, 5),), "w8a8", calib_data=[(torch.randn(4, 9, 5),)])
+    res = qm.export(str(tmp_path / "tagger"), formats=("onnx",))
+    file = onnx.load(res.onnx_path)
+    assert _dims(file.graph.input[0]) == ["batch", "sequence", 5]
+    assert _dims(file.graph.output[0]) == ["batch", "sequence", 3]
+    _run_and_compare(qm, res.onnx_path, (torch.randn(2, 30, 5),))
+
+    qm = qgraph.quantize(_LastStep().eval(), (torch.randn(4, 9, 5),), "w8a8", calib_data=[(torch.randn(4, 9, 5),)])
+    res = qm.export(str(tmp_path / "last_step"), formats=("onnx",))
+    assert res.dynamic_batch and _dims(onnx.load(res.onnx_path).graph.input[0]) == ["batch", 9, 5], res
