@@ -23,7 +23,7 @@ from qgraph.export_route import quiet_torch_export
 from qgraph.meta import CAPTURE_KEY, FLOAT_BIASES_KEY
 from qgraph.ops import module_path
 from qgraph.packed_sequences import packing_export_failure
-from qgraph.recurrent_export import exportable_recurrence
+from qgraph.recurrent_export import exportable_recurrence, state_inputs
 
 OPSET = 21
 IR_VERSION = 10  # ONNX Runtime rejects onnx.helper's newer default
@@ -90,13 +90,14 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
         dynamic_batch = False
     sequence = capture is None or not capture.static_sequence  # likewise the sequence length of token inputs
     time = sequence and _has_recurrent_layers(gm, packed=False)  # and of float time series beside recurrent layers
+    states = state_inputs(gm) if time else set()  # not of their [layers, N, H] states
     declared = capture.dynamic_dims if capture is not None else None
     if kwargs:
         dynamic = (batch_dynamic_shapes(tuple(kwargs.values()), gm.forward, tuple(kwargs), sequence, declared, axes=batch_axes,
-                                        time=time) if dynamic_batch else None)
+                                        time=time, states=states) if dynamic_batch else None)
     else:
-        dynamic = (batch_dynamic_shapes(args, gm.forward, sequence=sequence, declared=declared, axes=batch_axes, time=time)
-                   if dynamic_batch else None)
+        dynamic = (batch_dynamic_shapes(args, gm.forward, sequence=sequence, declared=declared, axes=batch_axes, time=time,
+                                        states=states) if dynamic_batch else None)
 
     def export(args, kwargs):
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet_torch_export(), exportable_recurrence(gm):

@@ -40,7 +40,8 @@ def is_time_series(t) -> bool:
 
 def batch_dynamic_shapes(args: tuple, forward=None, keywords: tuple[str, ...] | None = None,
                          sequence: bool = False, declared: dict[str, dict[int, str]] | None = None,
-                         axes: list[int | None] | None = None, time: bool = False) -> tuple | dict | None:
+                         axes: list[int | None] | None = None, time: bool = False,
+                         states: frozenset[str] | set[str] = frozenset()) -> tuple | dict | None:
     """``dynamic_shapes`` for ``torch.export`` that mark dim 0 of every tensor input ``Dim.AUTO``
     (with ``sequence``, dim 1 of token inputs too: :func:`is_token_sequence`), nested like the inputs
     (a list of tensors gets a list of specs) and like ``forward``'s signature (the arguments that
@@ -51,7 +52,8 @@ def batch_dynamic_shapes(args: tuple, forward=None, keywords: tuple[str, ...] | 
     applied to every tensor under that argument; :func:`declared_dynamic_dims`). ``axes``: the batch dim
     of each tensor leaf where it is not dim 0 (:func:`sequence_first_axes`); a token input's sequence is
     then its other dim. ``time``: the time dim of float time series (:func:`is_time_series`) too, for
-    graphs with recurrent layers."""
+    graphs with recurrent layers, except under the parameter names in ``states`` (recurrent states
+    ``[layers, N, H]``: :func:`qgraph.recurrent_export.state_inputs`)."""
     auto = getattr(torch.export.Dim, "AUTO", None)
     if auto is None or not any(_batched(t) for t in pytree.tree_leaves(args)):
         return None
@@ -71,7 +73,8 @@ def batch_dynamic_shapes(args: tuple, forward=None, keywords: tuple[str, ...] | 
             b = axes[k] if axes is not None and axes[k] is not None else 0
             dims = {b: auto}
             # a length of 1 would be specialised anyway (and torch logs a warning saying so)
-            if ((sequence and is_token_sequence(t)) or (time and is_time_series(t))) and b in (0, 1) and t.shape[1 - b] != 1:
+            series = time and name not in states and is_time_series(t)
+            if ((sequence and is_token_sequence(t)) or series) and b in (0, 1) and t.shape[1 - b] != 1:
                 dims[1 - b] = auto
             dims.update({d: auto for d in extra if d < t.dim()})
             return dims

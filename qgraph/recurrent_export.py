@@ -152,6 +152,34 @@ def pad_for_export(sequence, batch_first: bool = False, padding_value: float = 0
     return y, lengths.to(torch.int64)
 
 
+_PASS_THROUGH = {"contiguous", "clone", "detach", "float", "to"}
+
+
+def state_inputs(gm: torch.nn.Module) -> set[str]:
+    """Names of ``gm``'s inputs that reach a recurrent layer's initial state (``hx``) directly (through
+    tuple indexing, ``contiguous``, ``detach``, ...): ``[layers, N, H]`` tensors whose dim 0 is no time
+    axis, although they look like a sequence-first time series."""
+    import operator
+
+    from torch.utils import _pytree as pytree
+
+    graph = getattr(gm, "graph", None)
+    if not isinstance(graph, fx.Graph):
+        return set()
+    found: set[str] = set()
+    for node in graph.nodes:
+        if node.op != "call_function" or node.target not in (run_recurrent, run_packed) or len(node.args) < 2:
+            continue
+        todo = [n for n in pytree.tree_leaves(node.args[1]) if isinstance(n, fx.Node)]
+        while todo:
+            n = todo.pop()
+            if n.op == "placeholder":
+                found.add(n.target)
+            elif (n.op == "call_function" and n.target is operator.getitem) or (n.op == "call_method" and n.target in _PASS_THROUGH):
+                todo.append(n.args[0])
+    return found
+
+
 _RETARGET = {pack_padded: pack_for_export, run_packed: run_for_export, pad_packed: pad_for_export,
              run_recurrent: recurrent_for_export}
 

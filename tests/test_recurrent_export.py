@@ -74,6 +74,8 @@ def test_a_declared_time_dim_runs_at_any_length(cell, options, with_state, tmp_p
     assert res.batch_dims == ([0, 1] if with_state else None), res
     file = onnx.load(res.onnx_path)
     assert _dims(file.graph.input[0]) == ["batch", "time", 5]
+    if with_state:
+        assert _dims(file.graph.input[1]) == [layers, "batch", 6]
     assert _dims(file.graph.output[0]) == ["batch", "time", 2]  # was [batch, 9, 2]: the example's length
     ops = {n.op_type for n in file.graph.node}
     assert cell.__name__ in ops and "Loop" not in ops, ops
@@ -107,6 +109,8 @@ def test_a_sequence_first_language_model_takes_any_length_and_batch(tmp_path):
     assert res.dynamic_batch and res.batch_dims == [1, 1, 1], res
     file = onnx.load(res.onnx_path)
     assert _dims(file.graph.input[0]) == ["sequence", "batch"]
+    # the states look like [T, N, F] time series but are [layers, N, H]: their dim 0 stays fixed
+    assert [_dims(i) for i in file.graph.input[1:]] == [[2, "batch", 16]] * 2
     assert _dims(file.graph.output[0]) == ["sequence*batch", 30]  # the exporter's symbols renamed inside expressions
     for t, n in ((3, 2), (11, 5)):
         _run_and_compare(qm, res.onnx_path, inputs(t, n))
