@@ -132,6 +132,24 @@ def doubled(args: tuple) -> tuple:
     return tuple(pytree.tree_map(lambda t: torch.cat([t, t]) if _batched(t) else t, a) for a in args)
 
 
+def _layout(args: tuple, size_dim: int, prefer: tuple[int, int]) -> tuple[list[torch.Tensor], list[int | None]] | None:
+    """Each tensor leaf's batch dim when the batch size is the first 2+-D input's dim ``size_dim``: the
+    first dim of ``prefer`` that has that size (None for 0-d tensors). None where a tensor has it on
+    neither."""
+    tensors = [t for t in pytree.tree_leaves(args) if isinstance(t, torch.Tensor)]
+    first = next((t for t in tensors if t.dim() >= 2), None)
+    if first is None:
+        return None
+    n = first.shape[size_dim]
+    axes: list[int | None] = []
+    for t in tensors:
+        dims = [d for d in prefer if t.dim() > d and t.shape[d] == n]
+        if _batched(t) and not dims:
+            return None
+        axes.append(dims[0] if _batched(t) else None)
+    return tensors, axes
+
+
 def sequence_first_axes(args: tuple) -> list[int | None] | None:
     """The batch dim of each tensor leaf (``pytree.tree_leaves`` order; None for 0-d tensors) for a
     sequence-first model: dim 1 where it has the size of the first 2+-D input's dim 1, else dim 0
@@ -140,21 +158,10 @@ def sequence_first_axes(args: tuple) -> list[int | None] | None:
     when some input has that size nowhere, or when only 2-D token inputs would move off dim 0 (their
     dim 1 is the sequence). A guess the export then checks: the
     model must run with these dims cut to another size, and the file must agree there."""
-    tensors = [t for t in pytree.tree_leaves(args) if isinstance(t, torch.Tensor)]
-    first = next((t for t in tensors if t.dim() >= 2), None)
-    if first is None:
+    found = _layout(args, 1, (1, 0))
+    if found is None:
         return None
-    n = first.shape[1]
-    axes: list[int | None] = []
-    for t in tensors:
-        if not _batched(t):
-            axes.append(None)
-        elif t.dim() >= 2 and t.shape[1] == n:
-            axes.append(1)
-        elif t.shape[0] == n:
-            axes.append(0)
-        else:
-            return None
+    tensors, axes = found
     # dim 1 of token ids alone is their sequence, not a batch: some other input must put its batch there
     return axes if any(a == 1 and not is_token_sequence(t) for a, t in zip(axes, tensors)) else None
 
@@ -164,22 +171,8 @@ def states_beside_axes(args: tuple) -> list[int | None] | None:
     beside it have their batch on dim 1 (``nn.GRU(batch_first=True)``'s ``[N, T, F]`` input with its
     ``[layers, N, H]`` state): dim 0 where a tensor has the first input's dim 0 size there, else dim 1.
     None where some tensor has that size on neither, or none is on dim 1 (then dim 0 was the guess)."""
-    tensors = [t for t in pytree.tree_leaves(args) if isinstance(t, torch.Tensor)]
-    first = next((t for t in tensors if t.dim() >= 2), None)
-    if first is None:
-        return None
-    n = first.shape[0]
-    axes: list[int | None] = []
-    for t in tensors:
-        if not _batched(t):
-            axes.append(None)
-        elif t.shape[0] == n:
-            axes.append(0)
-        elif t.dim() >= 2 and t.shape[1] == n:
-            axes.append(1)
-        else:
-            return None
-    return axes if 1 in axes else None
+    found = _layout(args, 0, (0, 1))
+    return found[1] if found is not None and 1 in found[1] else None
 
 
 def batch_axes_guesses(args: tuple) -> list[list[int | None]]:
