@@ -14,6 +14,7 @@ from qgraph.model import QModel
 from qgraph.model_wrappers import unwrap
 from qgraph.precision import float32_inputs
 from qgraph.recipes import Override, Recipe, build_recipe
+from qgraph.weight_hooks import copy_with_plain_weights
 
 
 def quantize(
@@ -92,10 +93,9 @@ def prepare(
     if qat:
         r = r.with_learnable_scales()
     model, unwrapped = unwrap(model)  # before the copy: a DistributedDataParallel wrapper holds a process group
-    model = copy.deepcopy(model).eval()
-    qg = trace(model, example_inputs, owns_model=True)
-    if unwrapped:
-        qg.capture.notes.insert(0, unwrapped)
+    model, plain = copy_with_plain_weights(model)  # a deep copy; pruned or weight-normed weights as parameters
+    qg = trace(model.eval(), example_inputs, owns_model=True)
+    qg.capture.notes[:0] = [n for n in (unwrapped, *plain) if n]
     args = as_input_tuple(example_inputs, qg.capture.keywords)  # a dict: bound by name, in the graph's order
     if qg.capture.upcast:
         args = float32_inputs(args)
