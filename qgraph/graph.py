@@ -25,7 +25,7 @@ class CaptureInfo:
     route: str  # "symbolic_trace" or "torch.export"
     leaves: dict[str, str] = field(default_factory=dict)  # module path -> reason it became a leaf
     notes: list[str] = field(default_factory=list)
-    upcast: bool = False  # a half-precision model captured as float32: half inputs are cast (qgraph.precision)
+    upcast: bool = False  # a float16/bfloat16/float64 model captured as float32: such inputs are cast (qgraph.precision)
     static_batch: bool = False  # a torch.export capture whose batch dim was fixed (the ONNX file keeps it fixed too)
     static_sequence: bool = False  # ... whose token inputs' sequence length was fixed (qgraph.batch_dim)
     keywords: tuple[str, ...] | None = None  # example inputs given by name: the graph's inputs, in order (qgraph.keyword_inputs)

@@ -275,10 +275,12 @@ def test_inlined_no_grad_region_still_gets_no_gradient():
     assert all(g is None or not g.abs().sum() for k, g in grads.items() if k.endswith("pos.weight")), list(grads)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
 def test_a_half_precision_model_is_quantized_and_exported_in_float32(dtype, tmp_path):
     """A bfloat16/float16 model (an LLM loaded in bfloat16) used to crash inside torch.conv2d (half
-    inputs, float32 fake-quantized weights). It is captured as a float32 copy; half inputs are cast."""
+    inputs, float32 fake-quantized weights). It is captured as a float32 copy; half inputs are cast.
+    A float64 model exported a file ONNX Runtime refused ("invalid model": QuantizeLinear takes no
+    double); it is captured as float32 the same way."""
     from helpers import tiny_conv_setup
 
     model, x, calib = tiny_conv_setup()
