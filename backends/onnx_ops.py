@@ -8,6 +8,9 @@
 * ``aten::conv3d`` → ``Conv`` (works around an onnxscript bug with bias-less 3-D convs: :func:`conv3d`).
 * ``aten::_cdist_forward`` (``torch.cdist``), which torchlib does not translate → the direct
   pairwise-distance formula (:func:`cdist`).
+* ``aten::adaptive_max_pool2d``/``3d``, which torchlib does not translate (torch decomposes only
+  sizes that divide) → ``Slice → ReduceMax`` per output index and axis, indices by ``ArgMax``
+  (:func:`adaptive_max_pool`).
 * ``qgraph::rnn`` and ``qgraph::packed_rnn`` (recurrent layers on a batch, on packed sequences) → ONNX
   ``LSTM``/``GRU``/``RNN`` for any time length, on packed sequences with ``sequence_lens``
   (``backends/onnx_rnn.py``).
@@ -144,6 +147,64 @@ def cdist(x1, x2, p: float = 2.0, compute_mode=None):
     return op.Pow(op.ReduceSum(op.Pow(a, op.CastLike(p, a)), axes, keepdims=0), op.CastLike(1.0 / p, a))
 
 
+def _window(j: int, size: int, out: int) -> tuple[int, int]:
+    """Adaptive pooling's window along one axis: ``[floor(j·size/out), ceil((j+1)·size/out))``."""
+    return j * size // out, -(-(j + 1) * size // out)
+
+
+def adaptive_max_pool(self, output_size):
+    """``aten::adaptive_max_pool2d`` / ``3d`` (also ``AdaptiveMaxPool1d``, which calls the 2-D op), which
+    torchlib does not translate: where every output size divides its input size torch decomposes the op
+    into a ``MaxPool``, but e.g. SPP levels (13x13 to 4x4) have windows of different sizes that overlap.
+
+    The values: a maximum over a box is a maximum over rows of maxima over columns, so one axis at a time,
+    one ``Slice → ReduceMax`` per output index, then ``Concat``. The indices (flat positions in the
+    input's spatial plane, as torch returns them; ONNX drops them when the model does not use them): per
+    output cell, ``ArgMax`` of the flattened window, mapped back to input coordinates. Needs static
+    spatial sizes."""
+    k = len(output_size)
+    shape = self.shape
+    sizes = list(shape[len(shape) - k:]) if shape is not None else []
+    if len(sizes) != k or not all(isinstance(d, int) for d in sizes):
+        raise NotImplementedError(f"adaptive max pooling is translated for static spatial sizes only (input shape {shape})")
+    rank = len(shape)
+    values = self
+    separable = list(zip(sizes, output_size))
+    if rank == k + 2 and all(size % out == 0 for size, out in separable):  # equal windows, no overlap: one MaxPool
+        kernel = [size // out for size, out in separable]
+        pooled = op.MaxPool(self, kernel_shape=kernel, strides=kernel)
+        values, separable = pooled[0] if isinstance(pooled, tuple) else pooled, []  # (Y, Indices): Y
+    for i, (size, out) in enumerate(separable):
+        axis = rank - k + i
+        parts = []
+        for j in range(out):
+            lo, hi = _window(j, size, out)
+            box = op.Slice(values, op.Constant(value_ints=[lo]), op.Constant(value_ints=[hi]), op.Constant(value_ints=[axis]))
+            parts.append(op.ReduceMax(box, op.Constant(value_ints=[axis]), keepdims=1))
+        values = op.Concat(*parts, axis=axis) if out > 1 else parts[0]
+    lead = op.Shape(self, start=0, end=rank - k)
+    cells = []
+    for flat_cell in range(int(np.prod(output_size))):
+        coords = np.unravel_index(flat_cell, tuple(output_size))
+        box, starts, lens = self, [], []
+        for i, (c, size, out) in enumerate(zip(coords, sizes, output_size)):
+            lo, hi = _window(int(c), size, out)
+            box = op.Slice(box, op.Constant(value_ints=[lo]), op.Constant(value_ints=[hi]), op.Constant(value_ints=[rank - k + i]))
+            starts.append(lo)
+            lens.append(hi - lo)
+        local = op.ArgMax(op.Reshape(box, op.Concat(lead, op.Constant(value_ints=[-1]), axis=0)), axis=-1, keepdims=1)
+        index, rest = None, local  # unravel the window position, then ravel it in the input's plane
+        for i in reversed(range(k)):
+            pos = op.Add(op.Mod(rest, op.Constant(value_int=lens[i])), op.Constant(value_int=starts[i]))
+            rest = op.Div(rest, op.Constant(value_int=lens[i]))
+            term = op.Mul(pos, op.Constant(value_int=int(np.prod(sizes[i + 1:]))))
+            index = term if index is None else op.Add(index, term)
+        cells.append(index)
+    indices = op.Reshape(op.Concat(*cells, axis=-1) if len(cells) > 1 else cells[0],
+                         op.Concat(lead, op.Constant(value_ints=list(output_size)), axis=0))
+    return values, indices
+
+
 def grouped_mm(input, weight, offs=None, bias=None, out_dtype=None):
     """A mixture-of-experts grouped matmul (``transformers::grouped_mm_fallback``, ``aten::_grouped_mm``):
     ``input [S, K]`` holds the tokens sorted by expert, ``offs [E]`` the cumulative row count of each
@@ -208,5 +269,7 @@ def translation_table(opset: int = 21) -> dict:
         torch.ops.qgraph.dequantize.default: dequantize_int2 if opset >= INT2_OPSET else dequantize,
         torch.ops.aten.conv3d.default: conv3d,
         torch.ops.aten._cdist_forward.default: cdist,
+        torch.ops.aten.adaptive_max_pool2d.default: adaptive_max_pool,
+        torch.ops.aten.adaptive_max_pool3d.default: adaptive_max_pool,
         **dict.fromkeys(_grouped_mm_ops(), grouped_mm),
     }

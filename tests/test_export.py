@@ -688,3 +688,58 @@ def test_a_layer_called_with_different_input_scales_keeps_an_exact_bias(tmp_path
     assert all(not _off_grid(gr, _dequantizer(gr, n.input[0]), gr.producer[n.input[1]], gr.inits[n.input[2]]) for n in carried)
     moved = [n for n in gr.g.node if n.op_type == "Add" and any(i.endswith("_without_bias") for i in n.input)]
     assert len(moved) >= 6, [n.name for n in moved]  # the B calls whose scale is not the one the bias was snapped to
+
+
+@pytest.mark.parametrize("pool, shape", [(nn.AdaptiveMaxPool2d(4), (2, 3, 10, 10)),  # windows of 2 and 3 that overlap
+                                         (nn.AdaptiveMaxPool2d((3, 5)), (2, 3, 10, 7)),
+                                         (nn.AdaptiveMaxPool1d(3), (2, 3, 10)),
+                                         (nn.AdaptiveMaxPool3d((2, 3, 3)), (1, 2, 5, 7, 8)),
+                                         (nn.AdaptiveMaxPool2d(5), (2, 3, 10, 10)),  # sizes that divide: one MaxPool
+                                         (nn.AdaptiveMaxPool2d(4), (3, 10, 10))])  # unbatched
+@pytest.mark.parametrize("indices", [False, True])
+def test_adaptive_max_pooling_exports_for_any_output_size(pool, shape, indices, tmp_path):
+    """Adaptive max pooling to a size that does not divide the input (spatial pyramid pooling: 13x13
+    to 4x4) failed every export: "No ONNX function found for aten.adaptive_max_pool2d". The values and,
+    where the model uses them, the indices now match PyTorch exactly."""
+
+    class Pool(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pool = pool
+            pool.return_indices = indices
+
+        def forward(self, x):
+            return self.pool(x)
+
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    path = str(tmp_path / "pool.onnx")
+    qgraph.export_onnx(Pool().eval(), (x,), path, dynamic_batch=False)
+    sess = ort_session(path)
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        want = Pool()(x)
+    want = want if indices else (want,)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w.numpy())
+
+
+def test_spatial_pyramid_pooling_quantizes_and_exports(tmp_path):
+    class SPP(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+            self.levels = nn.ModuleList(nn.AdaptiveMaxPool2d(n) for n in (1, 2, 4))
+            self.fc = nn.Linear(8 * 21, 5)
+
+        def forward(self, x):
+            f = torch.relu(self.conv(x))  # 13x13
+            return self.fc(torch.cat([p(f).flatten(1) for p in self.levels], 1))
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    qm = qgraph.quantize(SPP().eval(), torch.randn(4, 3, 15, 15, generator=g), "w8a8",
+                         [torch.randn(8, 3, 15, 15, generator=g) for _ in range(2)])
+    res = qm.export(str(tmp_path / "spp"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
+    assert "ReduceMax" in op_types(res.onnx_path)
