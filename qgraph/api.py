@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Mapping
 
+import torch
 from torch import nn
 
 from qgraph.capture import as_input_tuple, trace
@@ -17,6 +18,7 @@ from qgraph.recipes import Override, Recipe, build_recipe
 from qgraph.weight_hooks import copy_with_plain_weights
 
 
+@torch.inference_mode(False)  # called inside a user's inference_mode block: its state must be ordinary tensors
 def quantize(
     model: nn.Module,
     example_inputs,
@@ -72,6 +74,7 @@ def quantize(
     return qm
 
 
+@torch.inference_mode(False)
 def prepare(
     model: nn.Module,
     example_inputs,

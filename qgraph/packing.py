@@ -212,6 +212,7 @@ def _synth_inputs(specs: list[dict]) -> tuple | dict:
     return tuple(out)
 
 
+@torch.inference_mode(False)  # inside a user's inference_mode block too: the model's state stays trainable
 def load(path: str, model: nn.Module | Callable, example_inputs=None, bits=None, task: str | None = None):
     """Rebuild the quantized model stored at ``path`` on ``model`` (the float architecture; its
     weights are replaced) or a factory returning ``model`` / ``(model, example_inputs, ...)``.

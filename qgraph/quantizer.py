@@ -223,7 +223,7 @@ def _key(q: FakeQuantize, x: torch.Tensor) -> tuple:
 def _memoised(q: FakeQuantize, x: torch.Tensor) -> torch.Tensor:
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or q.scale.requires_grad)
     if (needs_grad or type(x) not in (torch.Tensor, nn.Parameter) or torch.compiler.is_compiling()
-            or torch.compiler.is_exporting()):
+            or torch.compiler.is_exporting() or x.is_inference() or q.scale.is_inference()):  # no version counter
         return q._quantize(x)
     slot = _MEMO[q]
     if slot[1] is not None and slot[1] == _key(q, x):

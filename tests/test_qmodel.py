@@ -147,3 +147,26 @@ def test_qat_biases_go_back_on_the_int32_grid_before_export(tmp_path):
     conv = next(n for n in qm.qgraph.graph.nodes if n.op == "call_function" and "conv" in str(n.target))
     steps = qm.qgraph.get_submodule("conv").bias / bias_grid(qm.qgraph, conv)
     torch.testing.assert_close(steps, steps.round(), rtol=0, atol=1e-3)
+
+
+def test_quantize_export_and_load_inside_inference_mode(mlp, tmp_path):
+    """Inference scripts wrap everything in ``torch.inference_mode()``. ``quantize`` there crashed in bias
+    correction ("Inference tensors do not track version counter"), and a model loaded there kept
+    inference tensors as its state, so training it later failed. Both now keep ordinary tensors, and
+    the results equal those made outside the block."""
+    model, x = mlp
+    outside = qgraph.quantize(model, x, "w8a8", [x])
+    with torch.inference_mode():
+        xi = x.clone()  # inputs made in the block are inference tensors too
+        assert xi.is_inference()
+        qm = qgraph.quantize(model, xi, "w8a8", [xi])
+        res = qm.export(str(tmp_path / "im"), formats=("onnx", "qpack"))
+        assert res.max_abs_error <= res.tolerance
+        loaded = qgraph.load(res.qpack_path, model)
+        with qm.frozen():
+            assert torch.equal(qm(xi), outside(xi))
+            assert torch.equal(loaded(xi), qm(xi))
+    assert not any(t.is_inference() for m in (qm, loaded) for t in (*m.parameters(), *m.buffers()))
+    for m in (qm, loaded):  # and they train afterwards
+        m.train()
+        m(x).sum().backward()
