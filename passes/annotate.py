@@ -72,14 +72,17 @@ class AnnotatePass(QPass):
     def __init__(self, recipe: Recipe) -> None:
         super().__init__()
         self.recipe = recipe
+        self.seen: list[tuple[str, str, type | None]] = []  # (module path, kind, module type) of every quantizable op
 
     def call(self, gm: fx.GraphModule) -> PassResult:
+        self.seen = []
         for node in gm.graph.nodes:
             node.meta.pop(ANNOTATION_KEY, None)
             info = classify(gm, node)
             if info is None:
                 continue
-            decision = self.recipe.decide(info.module_path, info.kind, owner_type(gm, info.module_path))
+            self.seen.append((info.module_path, info.kind, owner_type(gm, info.module_path)))
+            decision = self.recipe.decide(*self.seen[-1])
             if not decision.quantized:
                 continue
             weight, activation = decision.weight, decision.activation

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import difflib
 from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
 
 from qgraph.capture import as_input_tuple, trace
-from qgraph.errors import InputError
+from qgraph.errors import InputError, RecipeError
 from qgraph.keyword_inputs import is_keyword_inputs, ordered_keywords
 from qgraph.model import QModel
 from qgraph.model_wrappers import unwrap
@@ -41,9 +42,10 @@ def quantize(
     sparsity recipe with a quantization recipe (``["nm(2,4)", "w8a8"]``); ``overrides`` refine it
     (:class:`Override`), ``skip`` lists module-path globs that stay float.
     ``calib_data``: an iterable of batches (a tensor, a tuple of tensors or a mapping by name each) for post-training
-    calibration; without it the example inputs calibrate. With the ``tasks(...)`` recipe it is a mapping
-    ``{task: batches}`` and each task's scales come from its own batches. ``qat=True`` makes scales learnable
-    (LSQ) so the returned model can be trained. The input model is not modified.
+    calibration (one tensor is one batch, or a stack of batches with one more dim than the example); without it
+    the example inputs calibrate. With the ``tasks(...)`` recipe it is a mapping ``{task: batches}`` and each
+    task's scales come from its own batches. ``qat=True`` makes scales learnable (LSQ) so the returned model
+    can be trained. The input model is not modified.
     ``sync_ranks``: under ``torch.distributed`` (several ranks), every rank calls ``quantize`` with
     its own calibration shard and the ranks end with identical quantizers (statistics reduced over
     all ranks, then state broadcast from rank 0; :mod:`qgraph.distributed`). The default ``None`` does
@@ -55,6 +57,8 @@ def quantize(
     sync = should_sync(sync_ranks)
     qm = prepare(model, example_inputs, recipe, overrides=overrides, skip=skip, qat=qat, fold_bn=fold_bn)
     keywords = qm.qgraph.capture.keywords
+    if isinstance(calib_data, torch.Tensor):
+        calib_data = _tensor_batches(calib_data, qm._example_inputs)
     if isinstance(calib_data, Mapping) and keywords and set(calib_data) <= set(keywords):
         calib_data = [calib_data]  # one batch of inputs by name (a tokenizer's BatchEncoding), not {task: batches}
     if isinstance(calib_data, Mapping):  # {task: batches} for task-specific scales (recipe "tasks(...)")
@@ -74,6 +78,22 @@ def quantize(
     return qm
 
 
+def _tensor_batches(calib: torch.Tensor, example: tuple) -> list:
+    """``calib_data`` given as one tensor: iterating it would yield samples without their batch dim, so
+    it is one batch where it has the example's rank, and a stack of batches where it has one more."""
+    shape = list(calib.shape)
+    if len(example) == 1 and isinstance(example[0], torch.Tensor):
+        rank = example[0].dim()
+        if calib.dim() == rank:
+            return [calib]
+        if calib.dim() == rank + 1:
+            return list(calib)
+        raise InputError(f"calib_data is one tensor of shape {shape}, and the example input has {rank} dims: give a "
+                         f"batch of the example's rank, a stack of such batches, or a list of batches")
+    raise InputError(f"calib_data is one tensor of shape {shape}, but the model takes {len(example)} inputs: give a list "
+                     f"of batches, each a tuple of the model's inputs")
+
+
 @torch.inference_mode(False)
 def prepare(
     model: nn.Module,
@@ -91,6 +111,9 @@ def prepare(
 
     if not isinstance(model, nn.Module):
         raise InputError(f"expected a torch.nn.Module to quantize, got {type(model).__name__}")
+    if isinstance(model, QModel):
+        raise InputError(f"the model is already quantized (a QModel with recipe {model.recipe.name!r}): quantize the float "
+                         f"model it was made from")
     r = build_recipe(recipe, overrides, skip)
     fold_bn = fold_bn and not getattr(r, "bits", None)  # bit-switch recipes keep one BatchNorm per bit width
     if qat:
@@ -107,7 +130,33 @@ def prepare(
     changes = run_float_rewrites(qg, passes[:split], args)
     float_graph = copy.deepcopy(qg)
     changes += run_passes(qg, passes[split:])
+    _check_user_overrides(r.overrides[len(r.overrides) - len(list(overrides or [])) - len(_globs(skip)):], passes)
     return QModel(qg, float_graph, r, args, changes, fold_bn=fold_bn)
+
+
+def _globs(skip) -> list[str]:
+    return [skip] if isinstance(skip, str) else list(skip or [])
+
+
+def _check_user_overrides(user: tuple[Override, ...], passes: list) -> None:
+    """A skip glob or an override by module path (``name=``, ``regex=``) that matches no quantizable op is a
+    typo or a stale path: without this error the layer the user meant to keep float would be quantized
+    silently. Overrides by op kind or module type alone are policies for any model and may match nothing."""
+    from qgraph.passes.annotate import AnnotatePass
+
+    seen = next((p.seen for p in passes if isinstance(p, AnnotatePass)), None)
+    if seen is None:  # bit-switch recipes annotate in their own pass
+        return
+    for o in user:
+        if (o.name is None and o.regex is None) or any(o.matches(*op) for op in seen):
+            continue
+        paths = sorted({path for path, _, _ in seen if path})
+        keys = ", ".join(f"{k}={getattr(o, k)!r}" for k in ("name", "regex") if getattr(o, k) is not None)
+        what = f"skip {o.name!r}" if o.skip and o.regex is None and o.op is None and o.module_type is None else f"Override({keys})"
+        close = difflib.get_close_matches(o.name or o.regex, paths, n=5, cutoff=0.5)
+        hint = f"; close module paths: {', '.join(close)}" if close else (f"; module paths of quantizable ops: "
+                                                                          f"{', '.join(paths[:8])}{', ...' if len(paths) > 8 else ''}")
+        raise RecipeError(f"{what} matches none of the model's {len(seen)} quantizable ops{hint}")
 
 def export_onnx(model: nn.Module, example_inputs, path: str, dynamic_batch: bool = True):
     """Export any module to ONNX the way qgraph exports quantized ones (opset 21, one file, no

@@ -84,6 +84,20 @@ class QModel(nn.Module):
     def forward(self, *args, **kwargs):
         return self.qgraph(*args, **kwargs)  # a fixed-shape capture called with other shapes: InputError
 
+    def __reduce_ex__(self, protocol):
+        import pickle
+
+        raise pickle.PicklingError(
+            "a QModel is not pickled (torch.save(qm), pickle.dump): save qm.export(path, formats=('qpack',)) and rebuild "
+            "it with qgraph.load(path, model), or torch.save(qm.state_dict()) and load that into "
+            "qgraph.quantize(model, example, recipe).load_state_dict(...)")
+
+    def __deepcopy__(self, memo):  # what copy.deepcopy does for a module, without __reduce_ex__
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return new
+
     def frozen(self):
         """``with qm.frozen(): ...``: every weight is fake-quantized once and reused while it does not
         change (an optimizer step or ``load_state_dict`` does change it; see

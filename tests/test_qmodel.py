@@ -33,6 +33,35 @@ def test_empty_calibration_data_is_an_input_error(mlp):
         qgraph.quantize(model, x, "w8a8", calib_data=[torch.randn(8, 31)])
 
 
+def test_one_tensor_as_calibration_data_is_one_batch_or_a_stack_of_batches(mlp):
+    """Iterating a ``[64, 32]`` calibration tensor yields unbatched samples; it is one batch now, and a
+    ``[4, 16, 32]`` tensor four batches."""
+    model, x = mlp
+    data = torch.randn(64, 32, generator=torch.Generator().manual_seed(3))
+    want = qgraph.quantize(model, x, "w8a8", [data]).quantizers()["fc1.input_quantizer"].scale
+    assert torch.equal(qgraph.quantize(model, x, "w8a8", data).quantizers()["fc1.input_quantizer"].scale, want)
+    stacked = qgraph.quantize(model, x, "w8a8", data.view(4, 16, 32))
+    assert torch.equal(stacked.quantizers()["fc1.input_quantizer"].scale, want)  # min-max over the same 64 samples
+    with pytest.raises(qgraph.InputError, match=r"one tensor of shape \[64\], and the example input has 2 dims"):
+        qgraph.quantize(model, x, "w8a8", data[:, 0])
+
+
+def test_a_quantized_model_is_not_quantized_again_nor_pickled(mlp, tmp_path):
+    import copy
+    import pickle
+
+    model, x = mlp
+    qm = qgraph.quantize(model, x, "w8a8", [x])
+    with pytest.raises(qgraph.InputError, match="already quantized .*recipe 'w8a8'"):
+        qgraph.quantize(qm, x, "w8a8")
+    with pytest.raises(pickle.PicklingError, match=r"qgraph.load\(path, model\)"):  # was: cannot pickle 'weakref'
+        torch.save(qm, tmp_path / "qm.pt")
+    twin = copy.deepcopy(qm)  # deepcopy still works
+    with torch.no_grad():
+        assert torch.equal(twin(x), qm(x))
+    assert twin.quantizers()["fc1.input_quantizer"] is not qm.quantizers()["fc1.input_quantizer"]
+
+
 def test_calibration_sets_activation_ranges_from_the_data(mlp):
     model, x = mlp
     small = qgraph.quantize(model, x, "w8a8", calib_data=[x])

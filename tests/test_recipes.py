@@ -157,6 +157,18 @@ def test_skip_list_keeps_a_layer_float(mlp):
     assert _paths(qm2) == {"head"}
 
 
+def test_a_skip_glob_or_path_override_that_matches_nothing_is_an_error(mlp):
+    """``skip=["haed"]`` quantized the head silently: the layer the user meant to keep float was not."""
+    model, x = mlp
+    with pytest.raises(qgraph.RecipeError, match=r"skip 'haed' matches none of the model's 3 quantizable ops; close module paths: head"):
+        qgraph.quantize(model, x, "w8a8", skip=["fc*", "haed"])
+    with pytest.raises(qgraph.RecipeError, match=r"Override\(regex='\^encoder'\) matches none of the model's 3 quantizable ops; module paths of quantizable ops: fc1, fc2, head"):
+        qgraph.quantize(model, x, "w8a8", overrides=[Override(regex="^encoder", skip=True)])
+    # policies by op kind or module type may match nothing (one override list for many models)
+    qm = qgraph.quantize(model, x, "w8a8", overrides=[Override(op="add", skip=True), Override(module_type="Conv2d", skip=True)])
+    assert _paths(qm) == {"fc1", "fc2", "head"}
+
+
 def test_per_group_falls_back_to_per_channel_when_k_is_not_a_multiple(mlp):
     model, x = mlp
     qm = qgraph.quantize(model, x, "w4a16")  # group size 128
