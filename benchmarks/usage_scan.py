@@ -22,7 +22,6 @@ that say what stayed float.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import tempfile
 import time
@@ -42,10 +41,12 @@ from benchmarks.usage_models_examples import CASES as EXAMPLE_CASES
 from benchmarks.usage_models_more import CASES as BLOCK_CASES
 from benchmarks.usage_models_ops import CASES as OPS_CASES
 from benchmarks.usage_models_seq import CASES as SEQ_CASES
+from benchmarks.usage_models_user import CASES as USER_CASES
 from qgraph.capture import batch_inputs
 from qgraph.export_tolerance import export_tolerance
 from qgraph.precision import float32_inputs
 from qgraph.summary import sqnr_db
+from qgraph.weight_hooks import copy_with_plain_weights
 
 
 class _Base(nn.Module):
@@ -227,6 +228,7 @@ CASES.update(SEQ_CASES)  # and its sequence-model idioms (benchmarks/usage_model
 CASES.update(APP_CASES)  # the fourth: small applications (benchmarks/usage_models_apps.py)
 CASES.update(EXAMPLE_CASES)  # the fifth: pytorch/examples and tutorials (benchmarks/usage_models_examples.py)
 CASES.update(BLOCK_CASES)  # the sixth: building blocks of recent papers (benchmarks/usage_models_more.py)
+CASES.update(USER_CASES)  # the seventh: pruned, hooked, complex-valued, ... (benchmarks/usage_models_user.py)
 SINGLE_SAMPLE = {"llama_bf16", "t5"}
 SKIP = {"torch_compile": ["fc"]}  # module paths as in the model itself, not behind the wrapper's _orig_mod.  # their example is one sample; calibration uses batches of 4
 
@@ -246,8 +248,9 @@ def _tensors(out) -> list[torch.Tensor]:
 
 
 def _float_model(model: nn.Module) -> nn.Module:
-    """The reference: the user's model in float32 (half models are compared at float32)."""
-    return copy.deepcopy(model).float().eval()
+    """The reference: the user's model in float32 (half and double models are compared at float32); a
+    copy, which needs hook-computed weights (pruning, weight_norm) as parameters, as qgraph's copy has."""
+    return copy_with_plain_weights(model)[0].float().eval()
 
 
 def _call(model, inputs):
