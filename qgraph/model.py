@@ -225,7 +225,7 @@ class QModel(nn.Module):
         LowerPass().run(gm)
         return gm
 
-    def export(self, path: str, *, formats: tuple[str, ...] = ("onnx", "qpack"), verify: bool = True,
+    def export(self, path: str, *, formats: tuple[str, ...] | str = ("onnx", "qpack"), verify: bool = True,
                tolerance: float | None = None, min_top1: float = 0.99, dynamic_batch: bool = True,
                task: str | None = None) -> ExportResult:
         """Write ``path.onnx`` and/or ``path.qpack`` (``formats``), plus ``path.report.json``.
@@ -248,6 +248,8 @@ class QModel(nn.Module):
         of layers ONNX Runtime runs as integer kernels are put back on their int32 grid ``s_x · s_w``
         (training moves them off; recorded in ``changes``).
         """
+        if isinstance(formats, str):  # formats="onnx": one format, not its letters
+            formats = (formats,)
         if getattr(self.recipe, "bits", None):  # a bit-switch model: one INT8 qpack, ONNX at the current bits
             from qgraph.bitswitch_export import export_bitswitch
 

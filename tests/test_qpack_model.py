@@ -106,6 +106,8 @@ def test_unknown_export_format_is_refused(tmp_path):
     qm = qgraph.quantize(_net(), torch.randn(2, 3, 8, 8), recipe="w8a8")
     with pytest.raises(qgraph.ExportError, match="unknown export format"):
         qm.export(str(tmp_path / "n"), formats=("tflite",))
+    res = qm.export(str(tmp_path / "one"), formats="qpack")  # one format as a string (was: formats 'a', 'c', 'k', ...)
+    assert res.qpack_path and not res.onnx_path
 
 
 class TiedLM(nn.Module):
