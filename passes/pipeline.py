@@ -1,4 +1,4 @@
-"""The default pipeline: canonicalize → fold_weights → fold_bn → (sparsify) → annotate → insert quantizers
+"""The default pipeline: canonicalize → fold_weights → fold_bn → (sparsify) → (prune masks) → annotate → insert quantizers
 (→ zero biases) (→ calibrate → bias correction)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from qgraph.passes.canonicalize import CanonicalizePass
 from qgraph.passes.fold_bn import FoldBatchNormPass
 from qgraph.passes.fold_weights import FoldWeightsPass
 from qgraph.passes.insert_quantizers import InsertQuantizersPass
-from qgraph.passes.sparsity import SparsifyPass
+from qgraph.passes.sparsity import PruneMasksPass, SparsifyPass
 
 from qgraph.bitswitch import BitSwitchRecipe, is_bitswitch
 from qgraph.errors import CaptureError, QGraphError, RecipeError
@@ -26,7 +26,10 @@ from qgraph.recipes import Recipe
 from qgraph.summary import sqnr_db
 
 
-def prepare_passes(recipe: Recipe, leaves: set[str], fold_bn: bool = True) -> list[QPass]:
+def prepare_passes(recipe: Recipe, leaves: set[str], fold_bn: bool = True,
+                   prune_masks: dict[str, torch.Tensor] | None = None) -> list[QPass]:
+    """``prune_masks``: ``{module path: weight mask}`` of a model pruned with ``torch.nn.utils.prune``
+    (:func:`qgraph.weight_hooks.copy_with_plain_weights`), kept as masks on the quantized graph."""
     if isinstance(recipe, BitSwitchRecipe):  # BatchNorm stays unfolded: one per bit width
         return [CanonicalizePass(leaves), FoldWeightsPass(), BitSwitchPass(recipe, leaves)]
     passes: list[QPass] = [CanonicalizePass(leaves), FoldWeightsPass()]
@@ -34,6 +37,8 @@ def prepare_passes(recipe: Recipe, leaves: set[str], fold_bn: bool = True) -> li
         passes.append(FoldBatchNormPass())
     if recipe.sparsity is not None:
         passes.append(SparsifyPass(recipe, leaves))
+    if prune_masks:
+        passes.append(PruneMasksPass(prune_masks))
     passes += [AnnotatePass(recipe), InsertQuantizersPass(recipe, leaves)]
     passes += [method_pass(name, options) for name, options in recipe.methods]
     if recipe.bias_correction:

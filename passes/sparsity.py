@@ -13,6 +13,9 @@ the weights that are deployed and the weight quantizer sees the masked weight):
 3. Layers matching the spec's ``skip`` globs or a ``skip`` override of the recipe stay dense;
    transposed convs, embeddings and layers inside auto-leaves are not masked (recorded).
 
+``PruneMasksPass(masks)`` keeps the masks of a model pruned with ``torch.nn.utils.prune`` the same
+way (combined with a recipe's mask where both apply), so that training keeps the pruned weights zero.
+
 ``FoldMasksPass`` (in place, on the copy that is exported): each ``get_attr W → weight_mask``
 becomes ``get_attr <mask>.masked_weight`` holding ``W ⊙ mask``, so the lower pass and the ONNX
 exporter see a plain (zero-filled) weight.
@@ -72,15 +75,7 @@ class SparsifyPass(QPass):
                 self.record("kept dense", node, path, f"{spec.n}:{spec.m} does not fit: {why}")
                 continue
             mask = compute_mask(weight, spec, path)
-            name = unique_submodule_name(gm, f"{path}.weight_mask" if path else f"{w.name}_mask")
-            gm.add_submodule(name, SparseMask(mask, spec.n, spec.m, where=path or w.name))
-            with gm.graph.inserting_after(w):
-                mnode = gm.graph.call_module(name, (w,))
-            mnode.meta = {k: v for k, v in w.meta.items() if k in ("val", "tensor_meta")}
-            if tensor_meta(mnode) is None:  # (canonicalize's get_attr weights carry no shape)
-                mnode.meta["val"] = torch.empty_like(weight, device="meta")
-            mnode.meta[MODULE_PATH_KEY] = path
-            node.replace_input_with(w, mnode)
+            mnode = insert_mask(gm, node, w, SparseMask(mask, spec.n, spec.m, where=path or w.name), path)
             done[w] = mnode
             what = f"{spec.n}:{spec.m}" if spec.kind == "nm" else f"{spec.ratio_for(path):.1%} unstructured"
             self.record("masked", mnode, path, f"{what} on {tuple(weight.shape)}: "
@@ -88,6 +83,63 @@ class SparsifyPass(QPass):
         for leaf in sorted(self.leaves):
             self.record("kept dense", leaf, leaf, "layers inside an auto-leaf are not masked")
         return self.finish(gm, bool(done))
+
+
+def insert_mask(gm: fx.GraphModule, node: fx.Node, w: fx.Node, mask: SparseMask, path: str) -> fx.Node:
+    """``get_attr W → call_module <path>.weight_mask → node``: ``node`` reads ``W ⊙ mask``."""
+    name = unique_submodule_name(gm, f"{path}.weight_mask" if path else f"{w.name}_mask")
+    gm.add_submodule(name, mask)
+    with gm.graph.inserting_after(w):
+        mnode = gm.graph.call_module(name, (w,))
+    mnode.meta = {k: v for k, v in w.meta.items() if k in ("val", "tensor_meta")}
+    if tensor_meta(mnode) is None:  # (canonicalize's get_attr weights carry no shape)
+        mnode.meta["val"] = torch.empty(tuple(mask.mask.shape), device="meta")
+    mnode.meta[MODULE_PATH_KEY] = path
+    node.replace_input_with(w, mnode)
+    return mnode
+
+
+class PruneMasksPass(QPass):
+    """Keeps the masks of ``torch.nn.utils.prune`` (``{module path: bool mask of its weight}``, read by
+    :func:`qgraph.weight_hooks.copy_with_plain_weights` before it made the pruning permanent) as
+    :class:`SparseMask` modules on the conv/linear weights, so that QAT keeps the pruned weights at
+    zero (their gradient is masked). Where a sparsity recipe already masked the weight, the two masks
+    are combined. Runs after ``SparsifyPass``, before annotate."""
+
+    name = "prune_masks"
+
+    def __init__(self, masks: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.masks = masks
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        kept, modified = {}, False
+        for node in list(gm.graph.nodes):
+            info = classify(gm, node)
+            mask = self.masks.get(info.module_path) if info is not None and info.weight is not None else None
+            if mask is None or info.module_path in kept:
+                continue
+            path, w = info.module_path, info.weight
+            if info.kind not in SPARSE_KINDS:
+                kept[path] = False
+                self.record("kept dense", node, path, f"{info.kind}: the pruning mask is not kept (its zeros are)")
+                continue
+            if w.op == "call_module" and isinstance(gm.get_submodule(w.target), SparseMask):
+                existing = gm.get_submodule(w.target)
+                if existing.mask.shape == mask.shape:
+                    existing.mask &= mask.to(existing.mask.device)
+                    kept[path] = modified = True
+                    self.record("masked", w, path, f"pruning mask combined with the recipe's: {existing.sparsity:.1%} zeros")
+                    continue
+            elif w.op == "get_attr" and tuple(getattr(_attr(gm, str(w.target)), "shape", ())) == tuple(mask.shape):
+                m = insert_mask(gm, node, w, SparseMask(mask, where=path), path)
+                kept[path] = modified = True
+                self.record("masked", m, path, f"torch.nn.utils.prune mask kept: {1 - float(mask.float().mean()):.1%} "
+                                               f"of the weights stay zero, also in training")
+                continue
+            kept[path] = False
+            self.record("kept dense", node, path, "the pruning mask does not fit the weight the op reads; its zeros are kept")
+        return self.finish(gm, modified)
 
 
 class FoldMasksPass(QPass):
@@ -119,4 +171,4 @@ def _attr(gm, target: str) -> torch.Tensor:
     return obj
 
 
-__all__ = ["SparsifyPass", "FoldMasksPass"]
+__all__ = ["SparsifyPass", "PruneMasksPass", "FoldMasksPass", "insert_mask"]

@@ -119,13 +119,13 @@ def prepare(
     if qat:
         r = r.with_learnable_scales()
     model, unwrapped = unwrap(model)  # before the copy: a DistributedDataParallel wrapper holds a process group
-    model, plain = copy_with_plain_weights(model)  # a deep copy; pruned or weight-normed weights as parameters
+    model, plain, prune_masks = copy_with_plain_weights(model)  # a deep copy; pruned or weight-normed weights as parameters
     qg = trace(model.eval(), example_inputs, owns_model=True)
     qg.capture.notes[:0] = [n for n in (unwrapped, *plain) if n]
     args = as_input_tuple(example_inputs, qg.capture.keywords)  # a dict: bound by name, in the graph's order
     if qg.capture.upcast:
         args = float32_inputs(args)
-    passes = prepare_passes(r, set(qg.capture.leaves), fold_bn=fold_bn)
+    passes = prepare_passes(r, set(qg.capture.leaves), fold_bn=fold_bn, prune_masks=prune_masks)
     split = sum(p.float_rewrite for p in passes)  # canonicalize, fold_weights (+ fold_bn): the float reference graph
     changes = run_float_rewrites(qg, passes[:split], args)
     float_graph = copy.deepcopy(qg)

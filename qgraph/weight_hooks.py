@@ -10,7 +10,8 @@ as a plain tensor attribute before every call. That tensor is the product of an 
 qgraph quantizes the weight the model computes, so its copy of the model gets that weight as an
 ordinary parameter, the way ``prune.remove``, ``remove_weight_norm`` and ``remove_spectral_norm`` leave
 it (spectral norm with its stored power-iteration vectors, as eval mode uses them). The user's model is
-not changed; the capture notes list each weight made ordinary. The newer ``torch.nn.utils.parametrize``
+not changed; the capture notes list each weight made ordinary. Pruning masks of weights are returned
+too: the quantized graph keeps them, so that training keeps the pruned weights zero. The newer ``torch.nn.utils.parametrize``
 forms need none of this: capture reads their weights through the parametrization.
 """
 
@@ -52,12 +53,13 @@ def _name(hook) -> str:
     return getattr(hook, "_tensor_name", None) or hook.name  # pruning methods / the two norms
 
 
-def copy_with_plain_weights(model: nn.Module) -> tuple[nn.Module, list[str]]:
-    """A deep copy of ``model`` whose hook-computed weights are ordinary parameters, and a note per
-    weight so made (none when the model has no such hooks)."""
+def copy_with_plain_weights(model: nn.Module) -> tuple[nn.Module, list[str], dict[str, torch.Tensor]]:
+    """A deep copy of ``model`` whose hook-computed weights are ordinary parameters, a note per weight
+    so made (none when the model has no such hooks), and the pruning masks of pruned ``weight``
+    parameters by module path (``qgraph.passes.sparsity.PruneMasksPass`` keeps them in the graph)."""
     found = list(_hooks(model))
     if not found:
-        return copy.deepcopy(model), []
+        return copy.deepcopy(model), [], {}
     saved = []
     try:
         with torch.no_grad():
@@ -72,20 +74,22 @@ def copy_with_plain_weights(model: nn.Module) -> tuple[nn.Module, list[str]]:
                 m.__dict__[name] = value
             else:
                 m.__dict__.pop(name, None)
-    notes = []
+    notes, masks = [], {}
     with torch.no_grad():
         for path, m, hook, what in list(_hooks(out)):  # a list: removing a hook changes the dict iterated
             name = _name(hook)
             where = f"{path}.{name}" if path else name
             if isinstance(hook, prune.BasePruningMethod):
+                mask = getattr(m, f"{name}_mask").detach().bool()
                 prune.remove(m, name)
-                zeros = float((getattr(m, name) == 0).float().mean())
-                notes.append(f"{where}: {what} applied on qgraph's copy ({zeros:.0%} zeros, quantized as zeros; "
-                             f"the mask is not kept for training)")
+                if name == "weight":
+                    masks[path] = mask
+                notes.append(f"{where}: {what} made permanent on qgraph's copy ({1 - float(mask.float().mean()):.0%} "
+                             f"zeros, quantized as zeros" + ("; the mask keeps them zero in training)" if name == "weight" else ")"))
             elif isinstance(hook, WeightNorm):
                 remove_weight_norm(m, name)
                 notes.append(f"{where}: {what} computed once on qgraph's copy (an ordinary weight from here on)")
             else:
                 remove_spectral_norm(m, name)
                 notes.append(f"{where}: {what} computed once on qgraph's copy with its stored power-iteration vectors")
-    return out, notes
+    return out, notes, masks
