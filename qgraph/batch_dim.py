@@ -194,6 +194,21 @@ def samples_reversed(args: tuple) -> tuple | None:
     return tuple(pytree.tree_map(lambda t: t.flip(0) if _batched(t) else t, a) for a in args)
 
 
+def dim0_holds_samples(run, args: tuple, tolerance: float) -> bool:
+    """Whether reversing dim 0 of ``args`` reverses the outputs of ``run(args)`` (:func:`follows_samples`);
+    True where that cannot be tried (one sample, inputs of several dim 0 sizes, no other layout to
+    guess, a model that fails on the reordered samples)."""
+    flipped = samples_reversed(args) if batch_axes_guesses(args) else None
+    if flipped is None:
+        return True
+    try:
+        before, after = run(args), run(flipped)
+    except Exception:  # noqa: BLE001 - a model that refuses its samples reordered: no evidence against dim 0
+        return True
+    n = next(t.shape[0] for t in pytree.tree_leaves(flipped) if isinstance(t, torch.Tensor) and t.dim())
+    return follows_samples(before, after, n, tolerance)
+
+
 def follows_samples(before, after, n: int, tolerance: float) -> bool:
     """Whether the outputs ``after`` (on :func:`samples_reversed` inputs) are ``before`` with ``n``
     samples reversed: each tensor flipped along one of its dims of size ``n`` or unchanged (a statistic

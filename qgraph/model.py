@@ -311,19 +311,9 @@ class QModel(nn.Module):
             result.fixed_shapes = str(refused)
 
     def _dim0_holds_samples(self, tolerance: float) -> bool:
-        """Whether reversing dim 0 of the example inputs reverses the outputs (:func:`follows_samples`);
-        True where that cannot be tried (one sample, inputs of several dim 0 sizes, a model that fails)."""
-        from qgraph.batch_dim import batch_axes_guesses, follows_samples, samples_reversed
+        from qgraph.batch_dim import dim0_holds_samples
 
-        flipped = samples_reversed(self._example_inputs) if batch_axes_guesses(self._example_inputs) else None
-        if flipped is None:
-            return True
-        try:
-            before, after = self._probe(self._example_inputs), self._probe(flipped)
-        except Exception:  # noqa: BLE001 - a model that refuses its samples reordered: no evidence against dim 0
-            return True
-        n = next(t.shape[0] for t in torch.utils._pytree.tree_leaves(flipped) if isinstance(t, torch.Tensor) and t.dim())
-        return follows_samples(before, after, n, tolerance)
+        return dim0_holds_samples(self._probe, self._example_inputs, tolerance)
 
     def _export_batch_axes(self, onnx_path, result, verify, tolerance, min_top1) -> bool:
         """Where dim 0 is not the batch of every input, try the layouts of
