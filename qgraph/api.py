@@ -162,31 +162,68 @@ def export_onnx(model: nn.Module, example_inputs, path: str, dynamic_batch: bool
     """Export any module to ONNX the way qgraph exports quantized ones (opset 21, one file, no
     exporter debug metadata), e.g. the FP32 baseline a quantized file is compared with.
     ``example_inputs`` may be a mapping of ``forward``'s arguments by name (the file's inputs are then
-    named after them). A model that packs sequences (``pack_padded_sequence``) is exported through
-    qgraph's capture, whose graph the ONNX export can translate. Returns the ``onnx.ModelProto``.
+    named after them). A model with LSTM/GRU/RNN layers, or one that packs sequences
+    (``pack_padded_sequence``), is exported through qgraph's capture, whose graph the ONNX export
+    writes with one ONNX recurrent op per layer: on tensors, its time axis stays dynamic with the batch
+    (``torch.export`` fixes it at the example's length). Returns the ``onnx.ModelProto``.
     """
     from qgraph.backends.onnx_export import export_onnx as _export
     from qgraph.errors import ExportError
-    from qgraph.packed_sequences import packing_note
 
     model, _ = unwrap(model)
     if is_keyword_inputs(example_inputs):
         named = ordered_keywords(model.forward, example_inputs)
         return _export(model.eval(), (), path, dynamic_batch=dynamic_batch, kwargs=named)
     args = as_input_tuple(example_inputs)
+    if dynamic_batch and any(isinstance(m, nn.RNNBase) for m in model.modules()):
+        graph = _recurrent_graph(model.eval(), args)
+        if graph is not None:
+            return _export(graph, args, path, dynamic_batch=dynamic_batch, batch_axes=_float_batch_axes(graph, args))
     try:
         return _export(model.eval(), args, path, dynamic_batch=dynamic_batch)
     except ExportError as failure:
         # torch.export cannot trace pack_padded_sequence; qgraph's capture keeps it an opaque call,
         # which the export writes as ONNX recurrent ops (qgraph.recurrent_export)
-        try:
-            graph = trace(model, args)
-        except Exception:  # noqa: BLE001 - not capturable either: the exporter's own error stands
+        graph = _recurrent_graph(model, args, packed=True)
+        if graph is None:  # not capturable, or no packing: the exporter's own error stands
             raise failure from failure.__cause__
-        if packing_note(graph) is None:
-            raise
-        from qgraph.passes.canonicalize import CanonicalizePass
-        from qgraph.passes.pipeline import run_float_rewrites
-
-        run_float_rewrites(graph, [CanonicalizePass(set(graph.capture.leaves))], args)  # layers on packed batches: run_packed
         return _export(graph, args, path, dynamic_batch=dynamic_batch)
+
+
+def _float_batch_axes(graph, args: tuple) -> list[int | None] | None:
+    """The batch dims of a float recurrent graph's inputs: None (dim 0) where reversing dim 0 reverses
+    the outputs, else the first other layout (sequence-first inputs: ``nn.LSTM``'s default). Unverified,
+    as the float export is: ``QModel.export`` checks its layout in ONNX Runtime."""
+    from torch.utils import _pytree as pytree
+
+    from qgraph.batch_dim import batch_axes_guesses, dim0_holds_samples
+
+    def run(a):
+        with torch.no_grad():
+            return graph(*a)
+
+    scale = max((float(t.abs().max()) for t in pytree.tree_leaves(run(args)) if isinstance(t, torch.Tensor)), default=0.0)
+    if dim0_holds_samples(run, args, 1e-5 * scale + 1e-7):
+        return None
+    return (batch_axes_guesses(args) or [None])[0]
+
+
+def _recurrent_graph(model: nn.Module, args: tuple, packed: bool = False):
+    """qgraph's float capture of ``model`` with its recurrent layers rewritten to ``run_recurrent`` /
+    ``run_packed`` (canonicalize), or None where it does not capture or has no such layers (``packed``:
+    none on packed sequences)."""
+    from qgraph.packed_sequences import packing_note
+    from qgraph.passes.canonicalize import CanonicalizePass
+    from qgraph.passes.pipeline import run_float_rewrites
+    from qgraph.recurrent import run_recurrent
+
+    try:
+        graph = trace(model, args)
+    except Exception:  # noqa: BLE001 - the caller falls back to the plain export
+        return None
+    if packed and packing_note(graph) is None:
+        return None
+    run_float_rewrites(graph, [CanonicalizePass(set(graph.capture.leaves))], args)  # run_recurrent / run_packed
+    if not packed and not any(n.target is run_recurrent for n in graph.graph.nodes):
+        return None
+    return graph

@@ -188,3 +188,47 @@ def test_a_time_series_beside_recurrent_layers_gets_a_dynamic_length(tmp_path):
     qm = qgraph.quantize(_LastStep().eval(), (torch.randn(4, 9, 5),), "w8a8", calib_data=[(torch.randn(4, 9, 5),)])
     res = qm.export(str(tmp_path / "last_step"), formats=("onnx",))
     assert res.dynamic_batch and _dims(onnx.load(res.onnx_path).graph.input[0]) == ["batch", 9, 5], res
+
+
+class _TokenTagger(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.fc = nn.Embedding(30, 8), nn.Linear(32, 5)
+        self.lstm = nn.LSTM(8, 16, 2, batch_first=True, bidirectional=True)
+
+    def forward(self, x):
+        return self.fc(self.lstm(self.emb(x))[0])
+
+
+class _SeriesGRU(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru, self.fc = nn.GRU(4, 8), nn.Linear(8, 2)
+
+    def forward(self, x):  # [T, N, 4], GRU's default layout
+        return self.fc(self.gru(x)[0][-1])
+
+
+@pytest.mark.parametrize("build, example, other, dims", [
+    (_TokenTagger, (3, 12), (5, 20), ["batch", "sequence"]),
+    (_SeriesGRU, (10, 4, 4), (17, 6, 4), ["sequence", "batch", 4])])
+def test_the_float_export_of_a_recurrent_model_takes_any_length(build, example, other, dims, tmp_path):
+    """``qgraph.export_onnx`` of a float LSTM/GRU model (the baseline a quantized file is compared with)
+    went straight to ``torch.export``, which fixes the time length: the tagger's file declared its
+    output at the example's 12 steps (ONNX Runtime warned at 20), and the GRU's `[T, N, 4]` file was
+    `[batch, 4, 4]` and refused another batch. It now goes through qgraph's capture, as quantized
+    models do, with the batch found on dim 1 for a sequence-first input."""
+    torch.manual_seed(0)
+    model = build().eval()
+    make = (lambda s: torch.randint(0, 30, s)) if build is _TokenTagger else torch.randn
+    x, x2 = make(example), make(other)
+    path = str(tmp_path / "float.onnx")
+    proto = qgraph.export_onnx(model, (x,), path)
+    assert [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == dims
+    out_dims = [d.dim_param or d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim]
+    assert out_dims == (["batch", "sequence", 5] if build is _TokenTagger else ["batch", 2])
+    assert {"LSTM", "GRU"} & {n.op_type for n in proto.graph.node}
+    sess = ort_backend.session(path)
+    got = sess.run(None, {sess.get_inputs()[0].name: x2.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x2).numpy(), rtol=1e-5, atol=1e-5)
