@@ -50,6 +50,7 @@ from qgraph.graph import QGraph
 from qgraph.graph_diff import GraphDiff, diff
 from qgraph.model import ExportResult, QModel
 from qgraph.packing import load
+from qgraph.parts import QuantizedParts, quantize_parts
 from qgraph.qspec import QSpec
 from qgraph.recipes import Override, Recipe, get_recipe, list_recipes, register_recipe
 from qgraph.report import Report
@@ -57,7 +58,7 @@ from qgraph.slld import SLLD, ssim
 from qgraph.sparsity import SparsitySpec  # (importing it registers the nm and sparse recipes)
 
 __all__ = [
-    "quantize", "prepare", "trace", "export_onnx", "load", "QGraph", "QModel", "ExportResult", "QSpec", "Recipe", "Override",
+    "quantize", "quantize_parts", "QuantizedParts", "prepare", "trace", "export_onnx", "load", "QGraph", "QModel", "ExportResult", "QSpec", "Recipe", "Override",
     "get_recipe", "list_recipes", "register_recipe", "SLLD", "ssim", "diff", "GraphDiff", "Report", "SparsitySpec",
     "PerTensor", "PerChannel", "PerGroup",
     "QGraphError", "InputError", "CaptureError", "RecipeError", "UnsupportedOpError",

@@ -275,6 +275,9 @@ def _capture(model: nn.Module, args: tuple, keywords: tuple[str, ...] | None,
     qg, why = export_route(model, args, expected, keywords, declared)
     if qg is None:
         tried.append(f"torch.export: {why}")
-        raise CaptureError(f"no capture route handles {model.__class__.__name__}:\n  " + "\n  ".join(tried))
+        from qgraph.capture_parts import parts_hint
+
+        raise CaptureError(f"no capture route handles {model.__class__.__name__}:\n  " + "\n  ".join(tried)
+                           + parts_hint(model, args, keywords))
     qg.capture.notes.insert(0, f"fell back to torch.export because {tried[0]}")
     return qg
