@@ -158,6 +158,7 @@ def _check_user_overrides(user: tuple[Override, ...], passes: list) -> None:
                                                                           f"{', '.join(paths[:8])}{', ...' if len(paths) > 8 else ''}")
         raise RecipeError(f"{what} matches none of the model's {len(seen)} quantizable ops{hint}")
 
+
 def export_onnx(model: nn.Module, example_inputs, path: str, dynamic_batch: bool = True):
     """Export any module to ONNX the way qgraph exports quantized ones (opset 21, one file, no
     exporter debug metadata), e.g. the FP32 baseline a quantized file is compared with.

@@ -88,9 +88,12 @@ def capturable_parts(model: nn.Module, args: tuple, keywords: tuple[str, ...] | 
 
 def parts_hint(model: nn.Module, args: tuple, keywords: tuple[str, ...] | None = None) -> str:
     """The ``CaptureError`` paragraph naming the parts that capture, or "" when none does."""
-    parts = capturable_parts(model, args, keywords)
+    budget = 30.0
+    start = time.monotonic()
+    parts = capturable_parts(model, args, keywords, budget_s=budget)
+    cut = time.monotonic() - start > budget
     if not parts:
-        return ""
+        return f"\n(No part with weights captured within the {budget:.0f} s search.)" if cut else ""
     total = _weights(model) or 1
     covered = sum(p.weights for p in parts)
     first = parts[0].path
@@ -98,4 +101,5 @@ def parts_hint(model: nn.Module, args: tuple, keywords: tuple[str, ...] | None =
     return (f"\nThese parts capture on their own ({covered / total:.0%} of the model's {total:,} weights):\n{listed}\n"
             f"  qgraph.quantize_parts(model, example_inputs, recipe, calib_data) quantizes each on the inputs the model "
             f"gives it and puts it back (the rest runs in float around them); or by hand, e.g. model.{first} = "
-            f"qgraph.quantize(model.{first}, its_inputs, recipe, its_calib_inputs).")
+            f"qgraph.quantize(model.{first}, its_inputs, recipe, its_calib_inputs)."
+            + (f" (The search stopped after {budget:.0f} s; quantize_parts searches for longer.)" if cut else ""))

@@ -35,12 +35,13 @@ class QuantizedParts(nn.Module):
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
 
+    @contextlib.contextmanager
     def frozen(self):
         """``with qp.frozen():`` every part's weights fake-quantized once (:meth:`QModel.frozen`)."""
-        stack = contextlib.ExitStack()
-        for qm in self.parts.values():
-            stack.enter_context(qm.frozen())
-        return stack
+        with contextlib.ExitStack() as stack:
+            for qm in self.parts.values():
+                stack.enter_context(qm.frozen())
+            yield self
 
     def export(self, directory: str, *, formats: tuple[str, ...] | str = ("onnx", "qpack"), **options) -> dict:
         """Each part's files as ``directory/<module path>.onnx`` / ``.qpack`` (:meth:`QModel.export`,
