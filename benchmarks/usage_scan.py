@@ -7,7 +7,9 @@ Hugging Face encoder-decoders and two-tower models, Hugging Face models called w
 ``BatchEncoding``; and the second round's cases in ``usage_models.py`` (einsum and masked attention,
 U-Nets, tied weights, functional layers, torch's Transformer modules, parametrizations, ...) and the
 third's in ``usage_models_ops.py`` (grid_sample, unpooling, embedding bags, an edge list, STFT, ...) and
-``usage_models_seq.py`` (WaveNet, einsum layers, FFT mixing, packed LSTMs, a hand-written MoE, ...). Every case goes through the default path:
+``usage_models_seq.py`` (WaveNet, einsum layers, FFT mixing, packed LSTMs, a hand-written MoE, ...), and
+the seventh's in ``usage_models_user.py`` (pruned and hook-normed weights, forward hooks, complex rotary
+embeddings, float64 and uint8 inputs, odd adaptive pooling, ...). Every case goes through the default path:
 ``quantize(model, example, "w8a8", calib)``, ``export`` with its default dynamic batch (ONNX Runtime
 verification included), then, where the batch stayed dynamic, the ONNX file is run at batch 3 (and,
 where the file's token inputs have a dynamic sequence length, 3 tokens shorter) and compared with the
