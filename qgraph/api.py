@@ -107,6 +107,7 @@ def prepare(
 ) -> QModel:
     """Capture and rewrite ``model`` with quantizers that are not calibrated yet (``quantize`` without
     its calibration step; ``qgraph.load`` fills the quantizers from a file instead)."""
+    from qgraph.passes.annotate import AnnotatePass
     from qgraph.passes.pipeline import prepare_passes, run_float_rewrites, run_passes
 
     if not isinstance(model, nn.Module):
@@ -130,7 +131,8 @@ def prepare(
     changes = run_float_rewrites(qg, passes[:split], args)
     float_graph = copy.deepcopy(qg)
     changes += run_passes(qg, passes[split:])
-    _check_user_overrides(r.overrides[len(r.overrides) - len(list(overrides or [])) - len(_globs(skip)):], passes)
+    seen = next((p.seen for p in passes if isinstance(p, AnnotatePass)), None)
+    _check_user_overrides(r.overrides[len(r.overrides) - len(list(overrides or [])) - len(_globs(skip)):], seen)
     return QModel(qg, float_graph, r, args, changes, fold_bn=fold_bn)
 
 
@@ -138,13 +140,11 @@ def _globs(skip) -> list[str]:
     return [skip] if isinstance(skip, str) else list(skip or [])
 
 
-def _check_user_overrides(user: tuple[Override, ...], passes: list) -> None:
+def _check_user_overrides(user: Iterable[Override], seen: list[tuple[str, str, type | None]] | None) -> None:
     """A skip glob or an override by module path (``name=``, ``regex=``) that matches no quantizable op is a
     typo or a stale path: without this error the layer the user meant to keep float would be quantized
-    silently. Overrides by op kind or module type alone are policies for any model and may match nothing."""
-    from qgraph.passes.annotate import AnnotatePass
-
-    seen = next((p.seen for p in passes if isinstance(p, AnnotatePass)), None)
+    silently. Overrides by op kind or module type alone are policies for any model and may match nothing.
+    ``seen``: ``(module path, kind, module type)`` of every quantizable op (``AnnotatePass.seen``)."""
     if seen is None:  # bit-switch recipes annotate in their own pass
         return
     for o in user:

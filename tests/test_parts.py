@@ -78,3 +78,36 @@ def test_quantize_parts_refuses_a_model_with_no_capturable_part():
 
     with pytest.raises(qgraph.CaptureError, match="no part of Weightless with weights captures"):
         qgraph.quantize_parts(Weightless(), ([torch.randn(2), torch.randn(2)],))
+
+
+def test_quantize_parts_takes_skip_and_overrides_by_the_whole_models_paths(detector, tmp_path):
+    model, example, calib, _ = detector
+    qp = qgraph.quantize_parts(model, example, "w8a8", calib, skip=["backbone.2"],
+                               overrides=[qgraph.Override(name="head", weight=qgraph.QSpec(bits=4, granularity=qgraph.PerChannel(0)))])
+    weights = {path: {n: q.spec.bits for n, q in qm.quantizers().items() if q.role == "weight"} for path, qm in qp.parts.items()}
+    assert len(weights["backbone"]) == 1  # the first conv; backbone.2 stays float
+    assert [bits for bits in weights["head"].values()] == [4]
+    # the part's recipe names its own paths, so its qpack loads onto the part alone
+    qp.parts["backbone"].export(str(tmp_path / "backbone"), formats=("qpack",))
+    loaded = qgraph.load(str(tmp_path / "backbone.qpack"), model.backbone)
+    assert sum(q.role == "weight" for q in loaded.quantizers().values()) == 1
+    # a part whose every op is skipped stays float
+    qp = qgraph.quantize_parts(model, example, "w8a8", calib, skip="head")
+    assert list(qp.parts) == ["backbone"] and "every op skipped" in qp.failed["head"]
+    # a typo is an error naming the close paths, as for quantize
+    with pytest.raises(qgraph.RecipeError, match=r"skip 'backbone\.3' matches none of the model's .*close module paths: backbone\.2"):
+        qgraph.quantize_parts(model, example, "w8a8", calib, skip=["backbone.3"])
+
+
+def test_quantize_parts_keeps_pruning_masks(detector):
+    """A pruned detector: the part with the pruned conv keeps its mask in the graph, as ``quantize`` does."""
+    from torch.nn.utils import prune
+
+    model, example, calib, held_out = detector
+    prune.l1_unstructured(model.backbone[2], "weight", amount=0.5)
+    qp = qgraph.quantize_parts(model, example, "w8a8", calib)
+    assert any(c.pass_name == "prune_masks" and c.action == "masked" and c.module_path == "2" for c in qp.parts["backbone"].changes)
+    (mask,) = [m for m in qp.parts["backbone"].qgraph.modules() if type(m).__name__ == "SparseMask"]
+    assert torch.equal(mask.mask, model.backbone[2].weight_mask.bool())
+    with torch.no_grad(), qp.frozen():
+        assert sqnr_db(model(*held_out), qp(*held_out)) > 25
