@@ -170,9 +170,21 @@ def states_beside_axes(args: tuple) -> list[int | None] | None:
     """The batch dim of each tensor leaf where the first 2+-D input is batch-first but recurrent states
     beside it have their batch on dim 1 (``nn.GRU(batch_first=True)``'s ``[N, T, F]`` input with its
     ``[layers, N, H]`` state): dim 0 where a tensor has the first input's dim 0 size there, else dim 1.
-    None where some tensor has that size on neither, or none is on dim 1 (then dim 0 was the guess)."""
+    None where some tensor has that size on neither, or none is on dim 1 (then dim 0 was the guess).
+    Where a state's layer count equals the batch size (``[4, 4, H]`` states of two bidirectional layers
+    at batch 4), dim 0 matches too: then the states are read as batch on dim 1, the input on dim 0."""
     found = _layout(args, 0, (0, 1))
-    return found[1] if found is not None and 1 in found[1] else None
+    if found is not None and 1 in found[1]:
+        return found[1]
+    found = _layout(args, 0, (1, 0))
+    if found is None:
+        return None
+    tensors, axes = found
+    first = next(i for i, t in enumerate(tensors) if t.dim() >= 2)
+    if tensors[first].shape[0] != tensors[first].shape[axes[first]]:
+        return None
+    axes[first] = 0
+    return axes if 1 in axes else None
 
 
 def batch_axes_guesses(args: tuple) -> list[list[int | None]]:

@@ -89,4 +89,4 @@ def packing_export_failure(gm: fx.GraphModule) -> str | None:
     return (f"the graph packs sequences ({where}) and ONNX has no packed layout. The file runs recurrent layers on the "
             "padded batch with each row's length, which covers pack_padded_sequence → LSTM / GRU / RNN (stacked, "
             "bidirectional, with an initial state) → pad_packed_sequence; any other use of a packed sequence (its .data or "
-            ".batch_sizes, an LSTM with proj_size, another function on it) has no translation")
+            ".batch_sizes, another function on it) has no translation")

@@ -5,8 +5,8 @@ fix the time length at the example's: a language model's file took only sequence
 length, even where its token inputs were declared dynamic. While a graph is exported,
 :func:`exportable_recurrence` retargets :func:`qgraph.recurrent.run_recurrent` to the custom op
 ``qgraph::rnn`` (eager: the layer itself; its fake function keeps the time dim symbolic; in ONNX:
-``backends/onnx_rnn.py``). An LSTM with ``proj_size`` keeps the exporter's own translation: ONNX's
-LSTM has no projection.
+``backends/onnx_rnn.py``). ONNX's LSTM has no projection: an LSTM with ``proj_size`` becomes one op
+per layer that carries the unprojected state, followed by the projection (:func:`_projected_lstm`).
 
 Packed sequences
 
@@ -92,18 +92,61 @@ def _(x, h0, c0, weights, mode, has_biases, num_layers, bidirectional, batch_fir
 def recurrent_for_export(x, hx, weights: list, mode: str, has_biases: bool, num_layers: int, bidirectional: bool,
                          batch_first: bool, hidden_size: int, proj_size: int):
     """:func:`qgraph.recurrent.run_recurrent` as ``qgraph::rnn`` (an unbatched input as a batch of one)."""
-    if proj_size:
-        return run_recurrent(x, hx, weights, mode, has_biases, num_layers, bidirectional, batch_first, hidden_size, proj_size)
     lstm, batched = mode == "LSTM", x.dim() == 3
     if not batched:
         x = x.unsqueeze(0 if batch_first else 1)
         if hx is not None:
             hx = tuple(h.unsqueeze(1) for h in hx) if lstm else hx.unsqueeze(1)
     h0, c0 = (hx if lstm else (hx, None)) if hx is not None else (None, None)
-    y, h, c = rnn_layer(x, h0, c0, list(weights), mode, has_biases, num_layers, bidirectional, batch_first, hidden_size)
+    if proj_size:
+        y, h, c = _projected_lstm(x, h0, c0, list(weights), has_biases, num_layers, bidirectional, batch_first, hidden_size)
+    else:
+        y, h, c = rnn_layer(x, h0, c0, list(weights), mode, has_biases, num_layers, bidirectional, batch_first, hidden_size)
     if not batched:
         y, h, c = y.squeeze(0 if batch_first else 1), h.squeeze(1), c.squeeze(1) if lstm else c
     return y, ((h, c) if lstm else h)
+
+
+def _projected_lstm(x, h0, c0, weights: list, has_biases: bool, num_layers: int, bidirectional: bool, batch_first: bool,
+                    hidden_size: int, lengths=None):
+    """An LSTM with ``proj_size`` as one ``qgraph::rnn`` LSTM per layer, which has no projection: the
+    state it carries is the unprojected ``o * tanh(c)`` (``hidden_size``), whose recurrent weight is
+    ``W_hh @ W_hr``; each layer's outputs and final state are then projected by ``W_hr``. A given
+    projected ``h0`` enters as extra input features on the direction's first step (the forward
+    direction's step 0, the reverse one's last), read by ``W_hh``, with the carried state starting at
+    zero: the same gates as ``W_hh @ h0``. Batched input (``[N, T, K]`` or ``[T, N, K]``); with ``lengths``
+    (a padded batch, ``qgraph::packed_rnn``) the reverse direction starts at each row's last valid step."""
+    dirs = 2 if bidirectional else 1
+    per = 5 if has_biases else 3  # weight_ih, weight_hh[, bias_ih, bias_hh], weight_hr
+    if batch_first:
+        x = x.transpose(0, 1)
+    steps, n = x.shape[0], x.shape[1]
+    hs, cs = [], []
+    for layer in range(num_layers):
+        groups = [weights[(layer * dirs + k) * per:(layer * dirs + k + 1) * per] for k in range(dirs)]
+        inputs, w_ih = x, [g[0] for g in groups]
+        if h0 is not None:
+            step = torch.arange(steps, device=x.device)[:, None]
+            last = (lengths.to(x.device) - 1)[None, :] if lengths is not None else steps - 1
+            firsts = []
+            for k, g in enumerate(groups):
+                first = (step == 0) if k == 0 else (step == last)  # [T, N] or [T, 1]
+                firsts.append(first.unsqueeze(-1).to(x.dtype) * h0[layer * dirs + k])
+                w_ih[k] = torch.cat([g[0]] + [g[1] if j == k else torch.zeros_like(g[1]) for j in range(dirs)], dim=1)
+            inputs = torch.cat([x, *[f.expand(steps, n, -1) for f in firsts]], dim=-1)
+        flat = []
+        for k, g in enumerate(groups):
+            flat += [w_ih[k], g[1] @ g[-1]] + list(g[2:4] if has_biases else [])
+        start = None if c0 is None else c0[layer * dirs:(layer + 1) * dirs]
+        zero = None if c0 is None else c0.new_zeros(dirs, n, hidden_size)
+        if lengths is None:
+            y, h, c = rnn_layer(inputs, zero, start, flat, "LSTM", has_biases, 1, bidirectional, False, hidden_size)
+        else:
+            y, h, c = packed_rnn(inputs, lengths, zero, start, flat, "LSTM", has_biases, 1, bidirectional, False, hidden_size)
+        x = torch.cat([y[..., k * hidden_size:(k + 1) * hidden_size] @ g[-1].T for k, g in enumerate(groups)], dim=-1)
+        hs += [h[k] @ g[-1].T for k, g in enumerate(groups)]
+        cs += [c[k] for k in range(dirs)]
+    return (x.transpose(0, 1) if batch_first else x), torch.stack(hs), torch.stack(cs)
 
 
 def pack_for_export(input, lengths, batch_first: bool = False, enforce_sorted: bool = True) -> Padded:
@@ -117,11 +160,12 @@ def run_for_export(packed, hx, weights: list, mode: str, has_biases: bool, num_l
     """:func:`qgraph.recurrent.run_packed` on a :class:`Padded` batch, as ``qgraph::packed_rnn``."""
     if not isinstance(packed, Padded):
         return run_packed(packed, hx, weights, mode, has_biases, num_layers, bidirectional, batch_first, hidden_size, proj_size)
-    if proj_size:
-        raise NotImplementedError(f"an LSTM with proj_size={proj_size} on packed sequences has no ONNX translation "
-                                  "(ONNX's LSTM has no projection)")
     lstm = mode == "LSTM"
     h0, c0 = (hx if lstm else (hx, None)) if hx is not None else (None, None)
+    if proj_size:
+        y, h, c = _projected_lstm(packed.padded, h0, c0, list(weights), has_biases, num_layers, bidirectional, packed.batch_first,
+                                  hidden_size, packed.lengths)
+        return Padded(y, packed.lengths, packed.batch_first), (h, c)
     y, h, c = packed_rnn(packed.padded, packed.lengths, h0, c0, list(weights), mode, has_biases, num_layers, bidirectional,
                          packed.batch_first, hidden_size)
     return Padded(y, packed.lengths, packed.batch_first), ((h, c) if lstm else h)

@@ -49,6 +49,19 @@ class _RNNPadded(nn.Module):
         return self.head(padded)
 
 
+class _Projected(nn.Module):
+    """A batch-first bidirectional LSTM with projections (ONNX's LSTM has none) and an initial state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm, self.head = nn.LSTM(5, 6, num_layers=2, bidirectional=True, batch_first=True, proj_size=3), nn.Linear(6, 2)
+
+    def forward(self, x, lengths, h0, c0):
+        out, (h, _) = self.lstm(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False), (h0, c0))
+        padded, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        return self.head(padded), h
+
+
 class _ReadsData(nn.Module):
     """Reads the packed output's own ``.data``, which a padded batch does not have."""
 
@@ -71,10 +84,18 @@ def _rnn_inputs(lengths, seed: int = 0):
     return torch.randn(len(lengths), 6, 4, generator=g), torch.tensor(lengths)
 
 
+def _proj_inputs(lengths, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    n = len(lengths)
+    return (torch.randn(n, 6, 5, generator=g), torch.tensor(lengths), torch.randn(4, n, 3, generator=g),
+            torch.randn(4, n, 6, generator=g))
+
+
 @pytest.mark.parametrize("build, inputs, example, other, ops", [
     (_Stacked, _stacked_inputs, [9, 4, 7, 2], [5, 1, 3], {"LSTM": 2, "GRU": 1}),
     (_RNNPadded, _rnn_inputs, [6, 5, 3, 3], [4, 4, 2, 1, 1], {"RNN": 1}),
-], ids=["stacked-lstm-gru-trimmed", "rnn-sorted-padding-value"])
+    (_Projected, _proj_inputs, [6, 2, 5, 6], [3, 6, 1], {"LSTM": 2}),
+], ids=["stacked-lstm-gru-trimmed", "rnn-sorted-padding-value", "lstm-projections-initial-state"])
 def test_packed_sequences_export_as_onnx_recurrent_ops(build, inputs, example, other, ops, tmp_path):
     torch.manual_seed(0)
     model = build().eval()
