@@ -89,7 +89,7 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
     if capture is not None and capture.static_batch:  # its graph may hold the example batch size as a constant
         dynamic_batch = False
     sequence = capture is None or not capture.static_sequence  # likewise the sequence length of token inputs
-    time = sequence and _has_recurrent_layers(gm, packed=False)  # and of float time series beside recurrent layers
+    time = sequence and _has_recurrent_layers(gm)  # and of float time series beside recurrent layers
     states = state_inputs(gm) if time else set()  # not of their [layers, N, H] states
     declared = capture.dynamic_dims if capture is not None else None
     if kwargs:

@@ -382,16 +382,19 @@ class QModel(nn.Module):
         """A file that claims a dynamic batch must run at another batch size than the example's too:
         an exporter can keep the batch symbolic yet write shapes that only hold for the example's size
         (torch 2.11 with a single-sample example, pytorch/pytorch#180202). Token inputs and time series
-        whose length the file leaves dynamic (``sequence``) are run one step shorter in the same call. ``axes``: the
+        whose length the file leaves dynamic (``sequence``) are run one step shorter in the same call (longer, padded
+        with zeros, for a graph that packs sequences). ``axes``: the
         batch dims where they are not dim 0 (:func:`qgraph.batch_dim.batch_axes_guesses`)."""
         from qgraph.backends import ort as ort_backend
         from qgraph.batch_dim import other_batch, shorter_sequences
+        from qgraph.packed_sequences import packing_note
 
         batch_only, (size, new_size) = other_batch(self._example_inputs, axes)
         seq_dims = [1 - (a or 0) for a in axes] if axes is not None else [1] * len(sess.get_inputs())
         claims = [len(i.shape) in (2, 3) and d in (0, 1) and isinstance(i.shape[d], str) and i.shape[d] in ("sequence", f"{i.name}_sequence")
                   for i, d in zip(sess.get_inputs(), seq_dims)]
-        other, shortened = shorter_sequences(batch_only, claims, axes)
+        longer = packing_note(self.qgraph) is not None  # a padded batch's rows may fill the example's length
+        other, shortened = shorter_sequences(batch_only, claims, axes, longer=longer)
         fix = f"; export with dynamic_batch=False for a file with fixed input shapes. The file is at {result.onnx_path}"
         try:
             expected = self._probe(other)
@@ -406,7 +409,7 @@ class QModel(nn.Module):
                 expected = self._probe(other)
             except Exception as e:  # noqa: BLE001 - nor another batch
                 raise _ModelRefusesOtherShapes(new_size, e) from e
-        at = f"a batch of {new_size}" + (" with sequence inputs one step shorter" if shortened else "")
+        at = f"a batch of {new_size}" + (f" with sequence inputs one step {'longer' if longer else 'shorter'}" if shortened else "")
         why = f"ONNX Runtime runs the file at the example's batch of {size} but not at {at}"
         try:
             got = ort_backend.run(sess, other)

@@ -74,20 +74,20 @@ class _ReadsData(nn.Module):
         return self.head(out.data).sum(0)
 
 
-def _stacked_inputs(lengths, seed: int = 0):
+def _stacked_inputs(lengths, seed: int = 0, steps: int = 9):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(9, len(lengths), 5, generator=g), torch.tensor(lengths)
+    return torch.randn(steps, len(lengths), 5, generator=g), torch.tensor(lengths)
 
 
-def _rnn_inputs(lengths, seed: int = 0):
+def _rnn_inputs(lengths, seed: int = 0, steps: int = 6):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(len(lengths), 6, 4, generator=g), torch.tensor(lengths)
+    return torch.randn(len(lengths), steps, 4, generator=g), torch.tensor(lengths)
 
 
-def _proj_inputs(lengths, seed: int = 0):
+def _proj_inputs(lengths, seed: int = 0, steps: int = 6):
     g = torch.Generator().manual_seed(seed)
     n = len(lengths)
-    return (torch.randn(n, 6, 5, generator=g), torch.tensor(lengths), torch.randn(4, n, 3, generator=g),
+    return (torch.randn(n, steps, 5, generator=g), torch.tensor(lengths), torch.randn(4, n, 3, generator=g),
             torch.randn(4, n, 6, generator=g))
 
 
@@ -109,9 +109,12 @@ def test_packed_sequences_export_as_onnx_recurrent_ops(build, inputs, example, o
     assert {t: k for t, k in found.items() if k} == ops
     int8 = {i.name for i in file.graph.initializer if i.data_type == onnx.TensorProto.INT8}
     assert len(int8) >= 2 * sum(ops.values()), int8  # the recurrent weight matrices stay int8 codes
+    # the padded length is dynamic: it was the example's (a batch padded to another length was refused)
+    assert "sequence" in [d.dim_param for d in file.graph.input[0].type.tensor_type.shape.dim]
     sess = ort_backend.session(res.onnx_path)
-    for lengths in (example, other):  # another batch size, and rows shorter than the padded input
-        x = inputs(lengths, seed=3)
+    # another batch size, rows shorter than the padded input, and a batch padded longer than the example
+    for lengths, steps in ((example, None), (other, None), ([11] + other, 12)):
+        x = inputs(lengths, seed=3, **({"steps": steps} if steps else {}))
         with torch.no_grad(), qm.frozen():
             want = qm(*x)
         want = want if isinstance(want, tuple) else (want,)
