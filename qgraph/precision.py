@@ -10,8 +10,6 @@ outputs are float32. Integer inputs (token ids) are left alone.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 from torch.utils import _pytree as pytree
@@ -36,8 +34,10 @@ def upcast(model: nn.Module, in_place: bool) -> tuple[nn.Module, str]:
     dtypes = upcast_dtypes(model)
     if not dtypes:
         return model, ""
-    if not in_place:
-        model = copy.deepcopy(model)
+    if not in_place:  # a pruned or hook-normed model refuses deepcopy: its copy gets the computed weights
+        from qgraph.weight_hooks import copy_with_plain_weights
+
+        model = copy_with_plain_weights(model)[0]
     model.float()
     return model, (f"the model's {'/'.join(dtypes)} parameters and buffers were cast to float32 on qgraph's copy: "
                    f"quantizers calibrate and exports run in float32; {'/'.join(dtypes)} inputs are cast to float32 "

@@ -142,3 +142,15 @@ def test_a_pruned_model_under_a_sparsity_recipe_keeps_both_masks():
     assert both.mask.view(4, -1, 4).sum(-1).max() <= 2  # and each group of 4 keeps at most 2
     (alone,) = [m for m in qm.qgraph.modules() if type(m).__name__ == "SparseMask" and m.where == "0"]
     assert torch.equal(alone.mask, model[0].weight_mask.bool())  # 27 weights per row: no N:M, the pruning mask
+
+
+def test_tracing_a_pruned_half_precision_model_leaves_it_as_it_was():
+    """``qgraph.trace`` captures a bfloat16 model as a float32 copy; a pruned one refused the copy
+    ("Only Tensors created explicitly by the user support the deepcopy protocol")."""
+    model = _pruned().to(torch.bfloat16)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.bfloat16)
+    graph = qgraph.trace(model, x)
+    assert graph.capture.upcast and model[0].weight_orig.dtype == torch.bfloat16
+    assert hasattr(model[0], "weight_mask")  # the user's model keeps its pruning
+    with torch.no_grad():
+        assert sqnr_db(model(x).float(), graph(x)) > 40
