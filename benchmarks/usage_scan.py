@@ -9,7 +9,10 @@ U-Nets, tied weights, functional layers, torch's Transformer modules, parametriz
 third's in ``usage_models_ops.py`` (grid_sample, unpooling, embedding bags, an edge list, STFT, ...) and
 ``usage_models_seq.py`` (WaveNet, einsum layers, FFT mixing, packed LSTMs, a hand-written MoE, ...), and
 the seventh's in ``usage_models_user.py`` (pruned and hook-normed weights, forward hooks, complex rotary
-embeddings, float64 and uint8 inputs, odd adaptive pooling, ...). Every case goes through the default path:
+embeddings, float64 and uint8 inputs, odd adaptive pooling, ...), and the eighth's in ``usage_models_research.py``
+(research-code idioms: capsule routing, RealNVP couplings, an RK4 neural ODE, MAE masking, DGCNN kNN
+features, ``torch.distributions`` heads, forces by ``autograd.grad``, a ``vmap`` ensemble, ...). Every case goes
+through the default path:
 ``quantize(model, example, "w8a8", calib)``, ``export`` with its default dynamic batch (ONNX Runtime
 verification included), then, where the batch stayed dynamic, the ONNX file is run at batch 3 (and,
 where the file's token inputs have a dynamic sequence length, 3 tokens shorter) and compared with the
@@ -42,6 +45,7 @@ from benchmarks.usage_models_apps import CASES as APP_CASES
 from benchmarks.usage_models_examples import CASES as EXAMPLE_CASES
 from benchmarks.usage_models_more import CASES as BLOCK_CASES
 from benchmarks.usage_models_ops import CASES as OPS_CASES
+from benchmarks.usage_models_research import CASES as RESEARCH_CASES
 from benchmarks.usage_models_seq import CASES as SEQ_CASES
 from benchmarks.usage_models_user import CASES as USER_CASES
 from qgraph.capture import batch_inputs
@@ -232,6 +236,7 @@ CASES.update(APP_CASES)  # the fourth: small applications (benchmarks/usage_mode
 CASES.update(EXAMPLE_CASES)  # the fifth: pytorch/examples and tutorials (benchmarks/usage_models_examples.py)
 CASES.update(BLOCK_CASES)  # the sixth: building blocks of recent papers (benchmarks/usage_models_more.py)
 CASES.update(USER_CASES)  # the seventh: pruned, hooked, complex-valued, ... (benchmarks/usage_models_user.py)
+CASES.update(RESEARCH_CASES)  # the eighth: research-code idioms (benchmarks/usage_models_research.py)
 SINGLE_SAMPLE = {"llama_bf16", "t5"}
 SKIP = {"torch_compile": ["fc"]}  # module paths as in the model itself, not behind the wrapper's _orig_mod.  # their example is one sample; calibration uses batches of 4
 
