@@ -27,6 +27,7 @@ from torch import nn
 
 from qgraph.batch_dim import declared_dynamic_dims
 from qgraph.capture_checks import drop_dead_code, failure_site, module_types, outputs_match
+from qgraph.distribution_checks import validation_note, validation_off
 from qgraph.errors import CaptureError, InputError
 from qgraph.export_route import export_route
 from qgraph.graph import CaptureInfo, QGraph, record_shapes
@@ -227,7 +228,10 @@ def trace(model: nn.Module, example_inputs, *, owns_model: bool = False) -> QGra
     if upcast_note:
         args = float32_inputs(args)
     declared = declared_dynamic_dims(model)
-    qg = _capture(model, args, keywords, declared)
+    with validation_off() as distributions:
+        qg = _capture(model, args, keywords, declared)
+    if distributions:
+        qg.capture.notes.append(validation_note(distributions))
     qg.capture.keywords = keywords
     qg.capture.dynamic_dims = declared
     if unwrapped:

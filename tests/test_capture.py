@@ -521,3 +521,30 @@ def test_a_codebook_read_by_cdist_is_named():
     qm = qgraph.quantize(_Codebook().eval(), torch.randn(5, 6), "w8a8")
     notes = [n for n in qm.qgraph.capture.notes if n.startswith("stayed float, no quantized form")]
     assert len(notes) == 1 and "codebook.weight (parameter read by" in notes[0] and "cdist" in notes[0], qm.qgraph.capture.notes
+
+
+class _PolicyHead(nn.Module):
+    """An actor-critic policy head: a Normal's log-probability of given actions and its entropy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mu, self.log_std = nn.Linear(6, 2), nn.Parameter(torch.zeros(2))
+
+    def forward(self, x, actions):
+        dist = torch.distributions.Normal(self.mu(x), self.log_std.exp())
+        return dist.log_prob(actions).sum(-1), dist.entropy().sum(-1)
+
+
+def test_distribution_argument_validation_does_not_block_capture(tmp_path):
+    """``torch.distributions`` validates arguments by default with a branch on tensor values, which no
+    capture route followed; capture turns validation off, says so, and restores the default."""
+    torch.manual_seed(0)
+    model = _PolicyHead().eval()
+    x, a = torch.randn(4, 6), torch.randn(4, 2)
+    qm = qgraph.quantize(model, (x, a), "w8a8", [(torch.randn(4, 6), torch.randn(4, 2)) for _ in range(3)])
+    assert any("torch.distributions argument validation (Normal) was off" in n for n in qm.qgraph.capture.notes)
+    assert torch.distributions.Distribution._validate_args  # the default is back on
+    with pytest.raises(ValueError):  # and the user's model still validates
+        model(x, torch.full((4, 2), float("nan")))
+    res = qm.export(str(tmp_path / "policy"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
