@@ -74,7 +74,13 @@ Then rewrites for ONNX Runtime's fusions (:func:`prepare_for_onnxruntime`):
     longer matched its zero point, and the file failed to load. Applied first of all; weights keep their
     signed grids (they are initializers, not a QuantizeLinear's computed input).
 
-Rules 5 to 12 depend on what ONNX Runtime does; the file stays valid ONNX that any runtime can run.
+13. A graph output that a ``Transpose`` also reads, on its way to a ``QuantizeLinear``, is computed under
+    another name and written to the output by an ``Identity``. ONNX Runtime's transpose optimizer
+    (1.32) moves the Q/DQ pair above the Transpose and then fed the graph output from the new
+    DequantizeLinear: the output came back rounded to the matmul input's 8-bit grid (a Sinkhorn
+    layer's transport plan, returned and multiplied transposed, 0.00067 off, half a step).
+
+Rules 5 to 13 depend on what ONNX Runtime does; the file stays valid ONNX that any runtime can run.
 """
 
 from __future__ import annotations
@@ -246,6 +252,7 @@ def prepare_for_onnxruntime(model: onnx.ModelProto, float_biases: bool = False) 
         "int2_as_int4": _int2_matmul_in_int4(model),
         "zero_point_dropped": _drop_zero_points_of_matmul_weights(model),
         "float_bias": _exact_float_bias(model, everywhere=float_biases),
+        "output_identity": _outputs_read_transposed(model),
     }
 
 
@@ -473,6 +480,25 @@ def _signed_activations_in_uint8(model: onnx.ModelProto) -> int:
             if a.name == "output_dtype" and a.i:
                 a.i = TensorProto.UINT8
         done += 1
+    return done
+
+
+def _outputs_read_transposed(model: onnx.ModelProto) -> int:
+    """Rule 13: a graph output that a Transpose on its way to a QuantizeLinear reads → ``Identity``."""
+    gr = _Graph(model.graph)
+    done = 0
+    for node in list(gr.g.node):
+        for k, out in enumerate(node.output):
+            if out not in gr.outputs or not any(
+                    t.op_type == "Transpose" and any(q.op_type == "QuantizeLinear" for q in gr.users.get(t.output[0], []))
+                    for t in gr.users.get(out, [])):
+                continue
+            inner = f"{out}_value"
+            node.output[k] = inner
+            for reader in gr.users.get(out, []):
+                reader.input[:] = [inner if x == out else x for x in reader.input]
+            gr.g.node.append(onnx.helper.make_node("Identity", [inner], [out], name=f"{out}_identity"))
+            done += 1
     return done
 
 
