@@ -34,6 +34,10 @@ Rules:
    :func:`qgraph.ops.is_grouped_mm`): weight-only, no integer kernel reads them; a per-channel spec
    becomes one scale per row of the last axis (per expert and output channel), a per-group spec
    keeps its groups along the last axis (the input dimension) where they divide it.
+10. Ops inside a ``torch.func.vmap`` (a ``torch.export`` graph between ``_vmap_increment_nesting`` and
+    ``_vmap_decrement_nesting``: a model ensemble run by ``vmap(functional_call)``) stay float
+    (recorded as ``kept float``): their values are batched tensors that exist only inside the vmap
+    level, and an observer storing their range let one escape it.
 
 The result is an :class:`Annotation` under ``node.meta["qgraph.annotation"]``; nothing else is
 changed, so the pass reports ``modified=False``.
@@ -76,12 +80,17 @@ class AnnotatePass(QPass):
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         self.seen = []
+        vmapped = _inside_vmap(gm)
         for node in gm.graph.nodes:
             node.meta.pop(ANNOTATION_KEY, None)
             info = classify(gm, node)
             if info is None:
                 continue
             self.seen.append((info.module_path, info.kind, owner_type(gm, info.module_path)))
+            if node in vmapped:
+                self.record("kept float", node, info.module_path, f"{info.kind}: inside torch.func.vmap (its values are batched "
+                                                                  "tensors of the vmap level; no observer can keep them)")
+                continue
             decision = self.recipe.decide(*self.seen[-1])
             if not decision.quantized:
                 continue
@@ -190,3 +199,17 @@ def _module(gm, node) -> nn.Module | None:
     if node.op != "call_module":
         return None
     return gm.get_submodule(node.target)
+
+
+def _inside_vmap(gm: fx.GraphModule) -> set[fx.Node]:
+    """The nodes between ``_vmap_increment_nesting`` and the matching ``_vmap_decrement_nesting``."""
+    depth, inside = 0, set()
+    for node in gm.graph.nodes:
+        name = str(getattr(node.target, "__name__", node.target)) if node.op == "call_function" else ""
+        if name.endswith("_vmap_increment_nesting"):
+            depth += 1
+        elif name.endswith("_vmap_decrement_nesting"):
+            depth = max(0, depth - 1)
+        elif depth:
+            inside.add(node)
+    return inside

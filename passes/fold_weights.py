@@ -44,6 +44,13 @@ def _is_random(node: fx.Node) -> bool:
     return name in _RANDOM or "dropout" in name
 
 
+def _inside_vmap(node: fx.Node) -> bool:
+    """A functorch batching op (``torch.func.vmap`` in a ``torch.export`` graph: ``_add_batch_dim`` of a
+    stacked parameter): its value only exists inside the vmap level, so it cannot be evaluated once."""
+    name = str(getattr(node.target, "__name__", node.target))
+    return "batch_dim" in name or "vmap" in name or "functorch" in str(getattr(node.target, "__module__", ""))
+
+
 def _parameter_subgraph(node: fx.Node) -> list[fx.Node] | None:
     """Every node that ``node`` is computed from, when they are ``get_attr`` leaves and pure
     function / method calls on them; else None."""
@@ -56,7 +63,7 @@ def _parameter_subgraph(node: fx.Node) -> list[fx.Node] | None:
         seen.add(n)
         if n.op == "get_attr":
             continue
-        if n.op not in ("call_function", "call_method") or _is_random(n):
+        if n.op not in ("call_function", "call_method") or _is_random(n) or _inside_vmap(n):
             return None
         stack.extend(n.all_input_nodes)
     return list(seen)

@@ -548,3 +548,35 @@ def test_distribution_argument_validation_does_not_block_capture(tmp_path):
         model(x, torch.full((4, 2), float("nan")))
     res = qm.export(str(tmp_path / "policy"), formats=("onnx",))
     assert res.max_abs_error <= res.tolerance
+
+
+class _VmapEnsemble(nn.Module):
+    """Three linear models run at once by ``torch.func.vmap(functional_call)``, averaged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        members = [nn.Linear(8, 4) for _ in range(3)]
+        params, _ = torch.func.stack_module_state(members)
+        self.params = nn.ParameterDict({k.replace(".", "_"): nn.Parameter(v) for k, v in params.items()})
+        self.base = [copy.deepcopy(members[0]).to("meta")]
+
+    def forward(self, x):
+        def one(w, b):
+            return torch.func.functional_call(self.base[0], {"weight": w, "bias": b}, (x,))
+        return torch.func.vmap(one)(self.params["weight"], self.params["bias"]).mean(0)
+
+
+def test_ops_inside_vmap_stay_float_and_say_why(tmp_path):
+    """Folding the stacked weights outside the vmap level (fold_weights) and observing batched tensors
+    inside it let a batched tensor escape ("Either your tensor may have escaped from inside a function
+    being vmapped"); the ops inside stay float, recorded, and the model exports."""
+    torch.manual_seed(0)
+    model = _VmapEnsemble().eval()
+    x = torch.randn(4, 8)
+    qm = qgraph.quantize(model, x, "w8a8", [torch.randn(4, 8) for _ in range(2)])
+    kept = [c for c in qm.changes if c.action == "kept float" and "inside torch.func.vmap" in c.detail]
+    assert kept and not qm.quantizers()
+    with torch.no_grad():
+        assert torch.allclose(qm(x), model(x), atol=1e-6)
+    res = qm.export(str(tmp_path / "ensemble"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
