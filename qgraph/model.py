@@ -258,6 +258,10 @@ class QModel(nn.Module):
         unknown = set(formats) - set(EXPORT_FORMATS)
         if unknown or not formats:
             raise ExportError(f"unknown export format(s) {sorted(unknown) or formats}; known: {', '.join(EXPORT_FORMATS)}")
+        bad = next((name for name, p in self.qgraph.named_parameters() if torch.isnan(p).any()), None)
+        if bad is not None:  # else the check compared NaN with NaN and reported "tolerance nan"
+            raise ExportError(f"parameter {bad} holds NaN values (did training diverge? a learning rate too "
+                              f"high, or a loss that overflows): there is nothing meaningful to export")
         base = path[:-5] if path.endswith(".onnx") else path[:-6] if path.endswith(".qpack") else path
         os.makedirs(os.path.dirname(os.path.abspath(base)), exist_ok=True)
         result = ExportResult(onnx_path=None, report_path=base + ".report.json", onnx_bytes=0, max_abs_error=float("nan"),

@@ -199,3 +199,16 @@ def test_quantize_export_and_load_inside_inference_mode(mlp, tmp_path):
     for m in (qm, loaded):  # and they train afterwards
         m.train()
         m(x).sum().backward()
+
+
+def test_exporting_a_model_whose_training_diverged_names_the_parameter(tmp_path):
+    """A QAT run that diverged left NaN weights; the export check compared NaN with NaN and reported
+    "max abs error 0 ... tolerance nan" instead of saying why."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    x = torch.randn(6, 4)
+    qm = qgraph.quantize(model, x, "w8a8", [x], qat=True)
+    with torch.no_grad():
+        qm.qgraph.get_parameter("2.weight").fill_(float("nan"))
+    with pytest.raises(qgraph.ExportError, match=r"parameter 2\.weight holds NaN values \(did training diverge"):
+        qm.export(str(tmp_path / "diverged"), formats=("onnx",))
