@@ -535,15 +535,18 @@ class _PolicyHead(nn.Module):
         return dist.log_prob(actions).sum(-1), dist.entropy().sum(-1)
 
 
-def test_distribution_argument_validation_does_not_block_capture(tmp_path):
+def test_distribution_argument_validation_does_not_block_capture(tmp_path, monkeypatch):
     """``torch.distributions`` validates arguments by default with a branch on tensor values, which no
     capture route followed; capture turns validation off, says so, and restores the default."""
     torch.manual_seed(0)
     model = _PolicyHead().eval()
     x, a = torch.randn(4, 6), torch.randn(4, 2)
+    # the default is on in a fresh process; torch's dynamo turns it off for good once it first runs (an
+    # earlier torch.export in this process), so set it as a fresh process has it
+    monkeypatch.setattr(torch.distributions.Distribution, "_validate_args", True)
     qm = qgraph.quantize(model, (x, a), "w8a8", [(torch.randn(4, 6), torch.randn(4, 2)) for _ in range(3)])
     assert any("torch.distributions argument validation (Normal) was off" in n for n in qm.qgraph.capture.notes)
-    assert torch.distributions.Distribution._validate_args  # the default is back on
+    assert torch.distributions.Distribution._validate_args  # the process-wide default is left as it was
     with pytest.raises(ValueError):  # and the user's model still validates
         model(x, torch.full((4, 2), float("nan")))
     res = qm.export(str(tmp_path / "policy"), formats=("onnx",))
