@@ -11,8 +11,10 @@ third's in ``usage_models_ops.py`` (grid_sample, unpooling, embedding bags, an e
 the seventh's in ``usage_models_user.py`` (pruned and hook-normed weights, forward hooks, complex rotary
 embeddings, float64 and uint8 inputs, odd adaptive pooling, ...), and the eighth's in ``usage_models_research.py``
 (research-code idioms: capsule routing, RealNVP couplings, an RK4 neural ODE, MAE masking, DGCNN kNN
-features, ``torch.distributions`` heads, forces by ``autograd.grad``, a ``vmap`` ensemble, ...). Every case goes
-through the default path:
+features, ``torch.distributions`` heads, forces by ``autograd.grad``, a ``vmap`` ensemble, ...), and the ninth's
+in ``usage_models_repos.py`` (layers from popular model repositories: ConvNeXt-V2's GRN, MobileViT, CBAM, Ghost and
+RepVGG blocks, HRNet fusion, YOLO's Focus/SPPF and FPN+PAN neck, PointNet++ sampling, Swin windows, a Switch MoE,
+FiLM, a TCN, DETR's head, ...). Every case goes through the default path:
 ``quantize(model, example, "w8a8", calib)``, ``export`` with its default dynamic batch (ONNX Runtime
 verification included), then, where the batch stayed dynamic, the ONNX file is run at batch 3 (and,
 where the file's token inputs have a dynamic sequence length, 3 tokens shorter) and compared with the
@@ -45,6 +47,7 @@ from benchmarks.usage_models_apps import CASES as APP_CASES
 from benchmarks.usage_models_examples import CASES as EXAMPLE_CASES
 from benchmarks.usage_models_more import CASES as BLOCK_CASES
 from benchmarks.usage_models_ops import CASES as OPS_CASES
+from benchmarks.usage_models_repos import CASES as REPO_CASES
 from benchmarks.usage_models_research import CASES as RESEARCH_CASES
 from benchmarks.usage_models_seq import CASES as SEQ_CASES
 from benchmarks.usage_models_user import CASES as USER_CASES
@@ -237,6 +240,7 @@ CASES.update(EXAMPLE_CASES)  # the fifth: pytorch/examples and tutorials (benchm
 CASES.update(BLOCK_CASES)  # the sixth: building blocks of recent papers (benchmarks/usage_models_more.py)
 CASES.update(USER_CASES)  # the seventh: pruned, hooked, complex-valued, ... (benchmarks/usage_models_user.py)
 CASES.update(RESEARCH_CASES)  # the eighth: research-code idioms (benchmarks/usage_models_research.py)
+CASES.update(REPO_CASES)  # the ninth: layers from popular model repositories (benchmarks/usage_models_repos.py)
 SINGLE_SAMPLE = {"llama_bf16", "t5"}
 SKIP = {"torch_compile": ["fc"]}  # module paths as in the model itself, not behind the wrapper's _orig_mod.  # their example is one sample; calibration uses batches of 4
 
