@@ -42,6 +42,7 @@ from qgraph.errors import (
     QGraphError,
     QPackError,
     RecipeError,
+    ShapeGuardError,
     UnsupportedOpError,
 )
 from qgraph.generation import OnnxLM, QuantizedLM, float_generate, quantize_for_generation
@@ -61,7 +62,7 @@ __all__ = [
     "quantize", "quantize_parts", "QuantizedParts", "prepare", "trace", "export_onnx", "load", "QGraph", "QModel", "ExportResult", "QSpec", "Recipe", "Override",
     "get_recipe", "list_recipes", "register_recipe", "SLLD", "ssim", "diff", "GraphDiff", "Report", "SparsitySpec",
     "PerTensor", "PerChannel", "PerGroup",
-    "QGraphError", "InputError", "CaptureError", "RecipeError", "UnsupportedOpError",
+    "QGraphError", "InputError", "ShapeGuardError", "CaptureError", "RecipeError", "UnsupportedOpError",
     "CalibrationError", "ExportError", "ExportMismatchError", "QPackError", "__version__",
     "BitSwitchRecipe", "quantize_for_generation", "QuantizedLM", "OnnxLM", "float_generate",
 ]

@@ -279,20 +279,22 @@ def other_batch(args: tuple, axes: list[int | None] | None = None) -> tuple[tupl
 
 
 def shorter_sequences(args: tuple, cut: list[bool], axes: list[int | None] | None = None,
-                      longer: bool = False) -> tuple[tuple, int]:
+                      longer: bool = False, half: bool = False) -> tuple[tuple, int]:
     """``args`` with the token inputs and time series flagged in ``cut`` (one flag per tensor leaf, in
     the order of ``pytree.tree_leaves``) one step shorter, where they have at least 3 steps: to check
     a file that claims a dynamic sequence length. Returns the inputs and how many were cut. ``axes``: the
     batch dims (a token input's sequence is its other dim). ``longer``: one step of zeros longer instead
-    (padded batches of packed sequences: their rows' lengths may reach the example's length)."""
+    (padded batches of packed sequences: their rows' lengths may reach the example's length). ``half``:
+    cut to half the length instead of one step (twice the length, padded with zeros, with ``longer``)."""
     flat, spec = pytree.tree_flatten(args)
     tensors = [i for i, t in enumerate(flat) if isinstance(t, torch.Tensor)]
     done = 0
     for k, (i, c) in enumerate(zip(tensors, cut)):
         seq = 1 - (axes[k] or 0) if axes is not None else 1
         if c and (is_token_sequence(flat[i]) or is_time_series(flat[i])) and flat[i].shape[seq] >= 3:
-            t = flat[i]
-            flat[i] = torch.cat([t, torch.zeros_like(t.narrow(seq, 0, 1))], seq) if longer else t.narrow(seq, 0, t.shape[seq] - 1)
+            t, n = flat[i], flat[i].shape[seq]
+            step = n // 2 if half else 1
+            flat[i] = torch.cat([t, torch.zeros_like(t.narrow(seq, 0, n if half else 1))], seq) if longer else t.narrow(seq, 0, n - step)
             done += 1
     return pytree.tree_unflatten(flat, spec), done
 

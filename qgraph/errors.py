@@ -11,6 +11,15 @@ class InputError(QGraphError):
     """The example inputs (or calibration batches) do not fit the model."""
 
 
+class ShapeGuardError(InputError):
+    """Inputs outside the shapes (or values) a ``torch.export`` capture was specialised to; ``guard``:
+    the condition that failed (e.g. ``math.trunc(1.5 * s / 4.0) == 4``)."""
+
+    def __init__(self, message: str, guard: str = "") -> None:
+        super().__init__(message)
+        self.guard = guard
+
+
 class CaptureError(QGraphError):
     """No capture route (symbolic trace, leaves, torch.export) could turn the model into a graph."""
 

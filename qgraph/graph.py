@@ -13,7 +13,7 @@ import torch.fx as fx
 from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
 from torch.nn.utils.rnn import PackedSequence
 
-from qgraph.errors import InputError
+from qgraph.errors import ShapeGuardError
 from qgraph.meta import CAPTURE_KEY, LAYOUT_KEY
 from qgraph.ops import module_path, tensor_meta
 
@@ -65,10 +65,11 @@ class QGraph(fx.GraphModule):
                 raise
             given = [*args, *kwargs.values()]
             shapes = ", ".join(str(tuple(a.shape)) for a in given if isinstance(a, torch.Tensor))
-            raise InputError(f"this model was captured with torch.export, which fixed its input shapes (or values): "
-                             f"{str(e).removeprefix('Guard failed: ')} does not hold for inputs of shape {shapes}. "
-                             f"Run it on inputs shaped like the example inputs, or capture again with example "
-                             f"inputs of the new shape") from e
+            guard = str(e).removeprefix("Guard failed: ")
+            raise ShapeGuardError(f"this model was captured with torch.export, which fixed its input shapes (or values): "
+                                  f"{guard} does not hold for inputs of shape {shapes}. "
+                                  f"Run it on inputs shaped like the example inputs, or capture again with example "
+                                  f"inputs of the new shape", guard=guard) from e
 
     @property
     def capture(self) -> CaptureInfo:

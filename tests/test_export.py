@@ -774,3 +774,36 @@ def test_an_output_read_transposed_by_a_quantized_matmul_stays_unrounded(tmp_pat
         want = qm(x)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w.numpy(), atol=1e-5, rtol=0)
+
+
+class _CapacityFromLength(nn.Module):
+    """A Switch-Transformer-style capacity computed from the sequence length: torch.export guards on
+    ``int(1.5 * s / 4)``, which holds for lengths 11 to 13 around the example's 12."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.lin = nn.Embedding(40, 8), nn.Linear(8, 8)
+
+    def forward(self, ids):
+        x = self.lin(self.emb(ids))
+        return x[:, :int(1.5 * ids.shape[1] / 4)].sum(1)
+
+
+def test_a_length_guard_over_a_range_does_not_leave_the_sequence_dynamic(tmp_path):
+    """The file declared ``[batch, sequence]`` with the example's capacity (4) baked in, and ONNX
+    Runtime ran it at 9 tokens with the wrong slice (1.39 off, outputs ~2); the one-step-shorter check
+    passed because the guard holds at 11. A probe at half the length meets the guard, an equality (a
+    value computed from the length), so the file gets the example's length."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    ids = lambda n, s=12: torch.randint(0, 40, (n, s), generator=g)  # noqa: E731
+    qm = qgraph.quantize(_CapacityFromLength().eval(), ids(4), "w8a8", [ids(4) for _ in range(3)])
+    assert qm.qgraph.capture.route == "torch.export"
+    res = qm.export(str(tmp_path / "capacity"), formats=("onnx",))
+    dims = [d.dim_param or d.dim_value for d in onnx.load(res.onnx_path).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 12] and res.dynamic_batch
+    with pytest.raises(qgraph.ShapeGuardError, match="fixed its input shapes"):
+        qm(ids(3, 9))
+    sess = ort_session(res.onnx_path)
+    with pytest.raises(Exception, match="invalid dimensions"):
+        sess.run(None, {sess.get_inputs()[0].name: ids(3, 9).numpy()})
