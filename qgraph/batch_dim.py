@@ -180,10 +180,7 @@ def states_beside_axes(args: tuple) -> list[int | None] | None:
     if found is None:
         return None
     tensors, axes = found
-    first = next(i for i, t in enumerate(tensors) if t.dim() >= 2)
-    if tensors[first].shape[0] != tensors[first].shape[axes[first]]:
-        return None
-    axes[first] = 0
+    axes[next(i for i, t in enumerate(tensors) if t.dim() >= 2)] = 0  # the input itself stays batch-first
     return axes if 1 in axes else None
 
 

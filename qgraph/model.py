@@ -398,7 +398,8 @@ class QModel(nn.Module):
         claims = [len(i.shape) in (2, 3) and d in (0, 1) and isinstance(i.shape[d], str) and i.shape[d] in ("sequence", f"{i.name}_sequence")
                   for i, d in zip(sess.get_inputs(), seq_dims)]
         longer = packing_note(self.qgraph) is not None  # a padded batch's rows may fill the example's length
-        if any(claims) and self._guards_sequence(shorter_sequences(batch_only, claims, axes, longer=longer, half=True)[0]):
+        if (any(claims) and self.qgraph.capture.route == "torch.export"  # the one route that leaves shape guards
+                and self._guards_sequence(shorter_sequences(batch_only, claims, axes, longer=longer, half=True)[0])):
             # torch.export took only a range of lengths around the example's (a Switch MoE's capacity
             # int(1.5 * s / 4)) and the file holds values derived from the example's: it must not claim others
             _fix_sequence_dims(result.onnx_path, claims, seq_dims, self._example_inputs)
