@@ -54,7 +54,16 @@ from torch.fx.passes.infra.pass_base import PassResult
 
 from qgraph.errors import UnsupportedOpError, node_context
 from qgraph.granularity import PerChannel, PerGroup, PerTensor
-from qgraph.ops import WEIGHT_ONLY_KINDS, classify, feeds_model_output, feeds_topk, owner_type, reaches_integer_op, tensor_meta
+from qgraph.ops import (
+    WEIGHT_ONLY_KINDS,
+    classify,
+    feeds_model_output,
+    feeds_topk,
+    inside_vmap,
+    owner_type,
+    reaches_integer_op,
+    tensor_meta,
+)
 from qgraph.qspec import QSpec
 from qgraph.recipes import Recipe
 
@@ -80,7 +89,7 @@ class AnnotatePass(QPass):
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         self.seen = []
-        vmapped = _inside_vmap(gm)
+        vmapped = inside_vmap(gm)
         for node in gm.graph.nodes:
             node.meta.pop(ANNOTATION_KEY, None)
             info = classify(gm, node)
@@ -200,16 +209,3 @@ def _module(gm, node) -> nn.Module | None:
         return None
     return gm.get_submodule(node.target)
 
-
-def _inside_vmap(gm: fx.GraphModule) -> set[fx.Node]:
-    """The nodes between ``_vmap_increment_nesting`` and the matching ``_vmap_decrement_nesting``."""
-    depth, inside = 0, set()
-    for node in gm.graph.nodes:
-        name = str(getattr(node.target, "__name__", node.target)) if node.op == "call_function" else ""
-        if name.endswith("_vmap_increment_nesting"):
-            depth += 1
-        elif name.endswith("_vmap_decrement_nesting"):
-            depth = max(0, depth - 1)
-        elif depth:
-            inside.add(node)
-    return inside

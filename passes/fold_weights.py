@@ -33,7 +33,7 @@ from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
 from torch.nn.utils import parametrize
 
-from qgraph.ops import classify, module_path
+from qgraph.ops import classify, inside_vmap, module_path
 
 _RANDOM = {"rand", "randn", "rand_like", "randn_like", "randint", "randint_like", "randperm", "bernoulli", "normal",
            "uniform", "multinomial", "poisson", "exponential", "geometric", "cauchy", "log_normal"}
@@ -42,13 +42,6 @@ _RANDOM = {"rand", "randn", "rand_like", "randn_like", "randint", "randint_like"
 def _is_random(node: fx.Node) -> bool:
     name = str(getattr(node.target, "__name__", node.target)).split(".")[0].rstrip("_").lower()  # aten "normal_.default"
     return name in _RANDOM or "dropout" in name
-
-
-def _inside_vmap(node: fx.Node) -> bool:
-    """A functorch batching op (``torch.func.vmap`` in a ``torch.export`` graph: ``_add_batch_dim`` of a
-    stacked parameter): its value only exists inside the vmap level, so it cannot be evaluated once."""
-    name = str(getattr(node.target, "__name__", node.target))
-    return "batch_dim" in name or "vmap" in name or "functorch" in str(getattr(node.target, "__module__", ""))
 
 
 def _parameter_subgraph(node: fx.Node) -> list[fx.Node] | None:
@@ -63,7 +56,7 @@ def _parameter_subgraph(node: fx.Node) -> list[fx.Node] | None:
         seen.add(n)
         if n.op == "get_attr":
             continue
-        if n.op not in ("call_function", "call_method") or _is_random(n) or _inside_vmap(n):
+        if n.op not in ("call_function", "call_method") or _is_random(n):
             return None
         stack.extend(n.all_input_nodes)
     return list(seen)
@@ -106,12 +99,13 @@ class FoldWeightsPass(QPass):
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         order = {n: i for i, n in enumerate(gm.graph.nodes)}
+        vmapped = inside_vmap(gm)  # a stacked weight's _add_batch_dim exists only inside the vmap level
         modified = False
         for node in list(gm.graph.nodes):
             if node.op != "call_function":
                 continue
             info = classify(gm, node)
-            if info is None or info.weight is None:
+            if info is None or info.weight is None or node in vmapped:
                 continue
             w = info.weight
             if w.op == "get_attr":

@@ -476,3 +476,19 @@ def _is_float_tensor(node: fx.Node) -> bool:
 def _same_shape(a: fx.Node, b: fx.Node) -> bool:
     ta, tb = tensor_meta(a), tensor_meta(b)
     return ta is None or tb is None or ta[0] == tb[0]
+
+
+def inside_vmap(gm: fx.GraphModule) -> set[fx.Node]:
+    """The nodes between ``_vmap_increment_nesting`` and the matching ``_vmap_decrement_nesting``
+    (``torch.func.vmap`` in a ``torch.export`` graph): their values are batched tensors that exist
+    only inside the vmap level."""
+    depth, inside = 0, set()
+    for node in gm.graph.nodes:
+        name = str(getattr(node.target, "__name__", node.target)) if node.op == "call_function" else ""
+        if name.endswith("_vmap_increment_nesting"):
+            depth += 1
+        elif name.endswith("_vmap_decrement_nesting"):
+            depth = max(0, depth - 1)
+        elif depth:
+            inside.add(node)
+    return inside
