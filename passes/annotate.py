@@ -33,11 +33,15 @@ Rules:
 9. Expert weights of mixture-of-experts layers (``[E, N, K]`` parameters read by a grouped matmul,
    :func:`qgraph.ops.is_grouped_mm`): weight-only, no integer kernel reads them; a per-channel spec
    becomes one scale per row of the last axis (per expert and output channel), a per-group spec
-   keeps its groups along the last axis (the input dimension) where they divide it.
+   keeps its groups along the last axis (the input dimension) where they divide it. The stacked
+   ``[members, out, in]`` weights of a ``vmap(functional_call)`` ensemble of linear layers are
+   quantized the same way, on their ``get_attr`` outside the vmap level (one scale per member and
+   output channel).
 10. Ops inside a ``torch.func.vmap`` (a ``torch.export`` graph between ``_vmap_increment_nesting`` and
     ``_vmap_decrement_nesting``: a model ensemble run by ``vmap(functional_call)``) stay float
     (recorded as ``kept float``): their values are batched tensors that exist only inside the vmap
-    level, and an observer storing their range let one escape it.
+    level, and an observer storing their range let one escape it. Their stacked weights are
+    quantized outside the level (rule 9).
 
 The result is an :class:`Annotation` under ``node.meta["qgraph.annotation"]``; nothing else is
 changed, so the pass reports ``modified=False``.

@@ -22,6 +22,10 @@ import torch.fx as fx
 _INPLACE_OPERATORS = {operator.iadd, operator.iand, operator.iconcat, operator.ifloordiv, operator.ilshift, operator.imatmul,
                       operator.imod, operator.imul, operator.ior, operator.ipow, operator.irshift, operator.isub,
                       operator.itruediv, operator.ixor, operator.setitem, operator.delitem}
+# calls that change functorch's state, kept though nothing reads their result: a ``torch.func.vmap``
+# in a ``torch.export`` graph opens and closes its level with them (dropping them leaves the batched
+# tensors of ``_add_batch_dim`` outside any level: "your tensor may have escaped")
+_STATEFUL_NAMES = {"_vmap_increment_nesting", "_vmap_decrement_nesting", "lazy_load_decompositions"}
 # functions from these packages are pure unless called in their in-place form (qgraph's own never write
 # to their arguments)
 _PURE_PACKAGES = {"torch", "_operator", "operator", "builtins", "math", "qgraph"}
@@ -47,6 +51,8 @@ def may_mutate(node: fx.Node) -> bool:
         if isinstance(t, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
             return False  # aten ops: torch's is_impure read their schema above
         if _inplace_name(getattr(t, "__name__", "")):  # torch.relu_, F.relu_
+            return True
+        if getattr(t, "__name__", "") in _STATEFUL_NAMES and (getattr(t, "__module__", None) or "").startswith("torch._functorch"):
             return True
         package = (getattr(t, "__module__", None) or "").split(".")[0]
         return package not in _PURE_PACKAGES  # e.g. a torch.fx.wrap'ed user function: unknown, kept

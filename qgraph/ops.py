@@ -296,7 +296,7 @@ def classify(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
             return _add_info(node)
         return None
     if node.op == "get_attr":
-        return _expert_weight_info(node) or _opaque_weight_info(gm, node)
+        return _expert_weight_info(node) or _ensemble_weight_info(gm, node) or _opaque_weight_info(gm, node)
     if node.op == "call_method":
         if node.target in MATMUL_METHODS and len(node.args) >= 2:
             return _matmul_info(gm, node)
@@ -379,6 +379,35 @@ def _expert_weight_info(node: fx.Node) -> OpInfo | None:
     if len(axes) != 1:
         return None
     return OpInfo("experts", str(node.target).rpartition(".")[0], node, None, [], axes.pop())
+
+
+def _ensemble_weight_info(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
+    """The stacked weights of a model ensemble run by ``torch.func.vmap(functional_call)``: a 3-D
+    parameter ``[members, out, in]`` (``torch.func.stack_module_state`` of linear layers) every reader
+    of which is ``_add_batch_dim`` over dim 0 feeding only linear layers as their weight. Kind
+    ``experts`` (one linear per slice, as in a mixture of experts), quantized weight-only on its
+    ``get_attr``, outside the vmap level, per (member, output channel)."""
+    if not _is_parameter(gm, node):
+        return None
+    tm = tensor_meta(node)
+    if tm is None or len(tm[0]) != 3 or not tm[1].is_floating_point or not node.users:
+        return None
+    for user in node.users:
+        name = str(getattr(user.target, "__name__", "")) if user.op == "call_function" else ""
+        if not (name.endswith("_add_batch_dim") and user.args[:2] == (node, 0) and user.users):
+            return None
+        if not all(r.op == "call_function" and r.target in LINEAR and len(r.args) > 1 and r.args[1] is user
+                   and r.args[0] is not user for r in user.users):
+            return None
+    return OpInfo("experts", str(node.target).rpartition(".")[0], node, None, [], 1)
+
+
+def _is_parameter(gm: fx.GraphModule, node: fx.Node) -> bool:
+    try:
+        gm.get_parameter(str(node.target))
+    except AttributeError:
+        return False
+    return True
 
 
 def _opaque_weight_info(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import onnx
 import pytest
 import torch
 from torch import nn
@@ -569,18 +570,26 @@ class _VmapEnsemble(nn.Module):
         return torch.func.vmap(one)(self.params["weight"], self.params["bias"]).mean(0)
 
 
-def test_ops_inside_vmap_stay_float_and_say_why(tmp_path):
-    """Folding the stacked weights outside the vmap level (fold_weights) and observing batched tensors
-    inside it let a batched tensor escape ("Either your tensor may have escaped from inside a function
-    being vmapped"); the ops inside stay float, recorded, and the model exports."""
+def test_vmap_ensemble_weights_quantized_outside_the_level_and_ops_inside_stay_float(tmp_path):
+    """The stacked weights of a ``vmap(functional_call)`` ensemble are quantized weight-only on their
+    ``get_attr``, outside the vmap level, one scale per (member, output channel). The ops inside the
+    level stay float, recorded: folding outside it and observing batched tensors inside it let a
+    batched tensor escape ("Either your tensor may have escaped from inside a function being
+    vmapped"), and so did dead-code elimination dropping the level's unread
+    ``_vmap_increment_nesting``. The file holds the weights as int8."""
     torch.manual_seed(0)
     model = _VmapEnsemble().eval()
     x = torch.randn(4, 8)
     qm = qgraph.quantize(model, x, "w8a8", [torch.randn(4, 8) for _ in range(2)])
     kept = [c for c in qm.changes if c.action == "kept float" and "inside torch.func.vmap" in c.detail]
-    assert kept and not qm.quantizers()
-    with torch.no_grad():
-        assert torch.allclose(qm(x), model(x), atol=1e-6)
+    assert kept
+    quantizers = qm.quantizers()
+    assert list(quantizers) == ["params.weight_quantizer"] and quantizers["params.weight_quantizer"].role == "weight"
+    scale = quantizers["params.weight_quantizer"].scale
+    assert scale.numel() == 3 * 4  # per member and output channel
+    with torch.no_grad(), qm.frozen():
+        got, want = qm(x), model(x)
+    assert 35 < sqnr_db(want, got) < 80  # rounded, and close
     try:
         res = qm.export(str(tmp_path / "ensemble"), formats=("onnx",))
     except qgraph.ExportError:  # torch 2.11's exporter cannot decompose vmap graphs ("prim.device != aten.mul")
@@ -588,3 +597,6 @@ def test_ops_inside_vmap_stay_float_and_say_why(tmp_path):
             qgraph.export_onnx(model, x, str(tmp_path / "float.onnx"))
         return
     assert res.max_abs_error <= res.tolerance
+    inits = {i.name: i for i in onnx.load(str(tmp_path / "ensemble.onnx")).graph.initializer}
+    assert [3, 4, 8] in [list(i.dims) for i in inits.values() if i.data_type == onnx.TensorProto.INT8]  # codes (and zero points)
+    assert not [i.name for i in inits.values() if list(i.dims) == [3, 4, 8] and i.data_type == onnx.TensorProto.FLOAT]
