@@ -25,13 +25,14 @@ Rules:
    e.g. torchvision's ``shifted_window_attention``) and ``nn.MultiheadAttention`` modules the
    canonicalize pass could not rewrite: the weight gets the recipe's weight spec, no activation is
    quantized.
-8. The router of a mixture-of-experts layer (a linear whose result reaches a ``topk`` within three
-   ops, and the graph computes with the top-k indices rather than only returning them) stays float,
+8. The router of a mixture-of-experts layer (a linear whose result reaches a ``topk`` or ``argmax``
+   within three ops, and the graph computes with the chosen indices rather than only returning them) stays float,
    weight included: its logits choose the experts, and rounding flips the choice
    between near-tied experts, a jump in the output no tolerance can bound (Mixtral w8a8: 7 of 128
    tokens differed by up to 0.047 between ONNX Runtime and PyTorch with a quantized router).
 9. Expert weights of mixture-of-experts layers (``[E, N, K]`` parameters read by a grouped matmul,
-   :func:`qgraph.ops.is_grouped_mm`): weight-only, no integer kernel reads them; a per-channel spec
+   :func:`qgraph.ops.is_grouped_mm`, or by an einsum as one matrix per expert, as the Switch
+   Transformer's ``einsum("becd,edh->bech", x, wi)``): weight-only, no integer kernel reads them; a per-channel spec
    becomes one scale per row of the last axis (per expert and output channel), a per-group spec
    keeps its groups along the last axis (the input dimension) where they divide it. The stacked
    ``[members, out, in]`` weights of a ``vmap(functional_call)`` ensemble of linear layers are
@@ -114,7 +115,7 @@ class AnnotatePass(QPass):
                 continue
             if info.kind == "linear" and feeds_topk(node):
                 self.record("kept float", node, info.module_path, "linear: a mixture-of-experts router (its result reaches a top-k "
-                                                                  "that picks the experts; rounding would flip near-tied choices)")
+                                                                  "or argmax that picks the experts; rounding would flip near-tied choices)")
                 continue
             if weight_only(gm, node, info):
                 if weight is None:

@@ -212,6 +212,7 @@ def reaches_integer_op(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 
 TOPK = {torch.topk} | _ops("topk.default")
+ARGMAX = {torch.argmax} | _ops("argmax.default")  # top-1 routing (Switch Transformer)
 # what routers put between their logits and the top-k: a probability map, a dtype cast, a reshape
 _ROUTER_STEPS = {torch.softmax, F.softmax, torch.sigmoid, F.sigmoid, torch.reshape} | _ops(
     "softmax.int", "_softmax.default", "sigmoid.default", "to.dtype", "_to_copy.default", "view.default", "reshape.default"
@@ -220,8 +221,10 @@ _ROUTER_STEP_METHODS = {"softmax", "sigmoid", "to", "float", "type_as", "view", 
 
 
 def _routes(topk: fx.Node) -> bool:
-    """Whether a ``topk``'s indices are computed with inside the graph (dispatch to experts), not only
-    returned (a classifier's top-5 predictions)."""
+    """Whether a ``topk``'s (or an ``argmax``'s) indices are computed with inside the graph (dispatch
+    to experts), not only returned (a classifier's top-5 predictions)."""
+    if topk.target in ARGMAX or topk.target == "argmax":
+        return any(v.op != "output" for v in topk.users)
     for u in topk.users:
         if u.op == "call_function" and u.target is operator.getitem and u.args[1:2] == (1,):
             if any(v.op != "output" for v in u.users):
@@ -230,13 +233,14 @@ def _routes(topk: fx.Node) -> bool:
 
 
 def feeds_topk(node: fx.Node, hops: int = 3) -> bool:
-    """Whether ``node``'s value reaches a ``topk`` directly or through at most ``hops - 1`` of the
-    steps a router takes (softmax or sigmoid, a dtype cast, a reshape), and the graph computes with
-    the chosen indices: the router of a mixture-of-experts layer, whose logits pick the experts."""
+    """Whether ``node``'s value reaches a ``topk`` or ``argmax`` directly or through at most ``hops - 1``
+    of the steps a router takes (softmax or sigmoid, a dtype cast, a reshape), and the graph computes
+    with the chosen indices: the router of a mixture-of-experts layer, whose logits pick the experts."""
     frontier = [node]
     for _ in range(hops):
         users = [u for n in frontier for u in n.users]
-        if any((u.target in TOPK or (u.op == "call_method" and u.target == "topk")) and _routes(u) for u in users):
+        if any((u.target in TOPK or u.target in ARGMAX or (u.op == "call_method" and u.target in ("topk", "argmax"))) and _routes(u)
+               for u in users):
             return True
         frontier = [u for u in users if (u.op == "call_function" and u.target in _ROUTER_STEPS)
                     or (u.op == "call_method" and u.target in _ROUTER_STEP_METHODS)]
@@ -358,7 +362,8 @@ def is_grouped_mm(node: fx.Node) -> bool:
 
 def _expert_weight_info(node: fx.Node) -> OpInfo | None:
     """A 3-D parameter every reader of which is a grouped matmul's weight ``[E, K, N]``, directly or
-    through a transpose (Hugging Face MoE layers store ``[E, N, K]``, the rows of ``nn.Linear``):
+    through a transpose (Hugging Face MoE layers store ``[E, N, K]``, the rows of ``nn.Linear``), or an
+    einsum that reads it as one matrix per expert (:func:`_einsum_expert_axis`):
     kind ``experts``, quantized on its ``get_attr`` (weight-only). ``weight_channel_axis``: the
     axis of the stored tensor that holds the output channels (N)."""
     tm = tensor_meta(node)
@@ -373,12 +378,41 @@ def _expert_weight_info(node: fx.Node) -> OpInfo | None:
             if dims != {1, 2} or len(user.users) != 1:
                 return None
             mm, out_axis = next(iter(user.users)), 1
-        if not (is_grouped_mm(mm) and len(mm.args) > 1 and mm.args[1] is (user if mm is not user else node)):
+        if mm is user and user.op == "call_function" and user.target in EINSUM:
+            out_axis = _einsum_expert_axis(user, node)
+            if out_axis is None:
+                return None
+        elif not (is_grouped_mm(mm) and len(mm.args) > 1 and mm.args[1] is (user if mm is not user else node)):
             return None
         axes.add(out_axis)
     if len(axes) != 1:
         return None
     return OpInfo("experts", str(node.target).rpartition(".")[0], node, None, [], axes.pop())
+
+
+def _einsum_expert_axis(einsum: fx.Node, weight: fx.Node) -> int | None:
+    """The output-channel axis of a 3-D expert weight read by a two-operand einsum as stacked
+    per-expert matrices (the Switch Transformer's ``einsum("becd,edh->bech", x, wi)``): the weight's
+    first index is a batch index (in the other operand and the output), one index is contracted
+    with the other operand and one goes to the output. None for any other einsum."""
+    eq, operands = einsum.args[0], einsum.args[1:]
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    if not isinstance(eq, str) or "->" not in eq or "." in eq or einsum.kwargs or len(operands) != 2:
+        return None
+    ins, out = eq.replace(" ", "").split("->")
+    subs = ins.split(",")
+    if len(subs) != 2 or operands[0] is operands[1] or weight not in operands:
+        return None
+    sw, sx = (subs[1], subs[0]) if operands[1] is weight else (subs[0], subs[1])
+    if len(sw) != 3 or len(set(sw)) != 3 or len(set(sx)) != len(sx) or len(set(out)) != len(out):
+        return None
+    e, rest = sw[0], sw[1:]
+    contracted = [c for c in rest if c in sx and c not in out]
+    produced = [c for c in rest if c in out and c not in sx]
+    if not (e in sx and e in out and len(contracted) == 1 and len(produced) == 1):
+        return None
+    return sw.index(produced[0])
 
 
 def _ensemble_weight_info(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:

@@ -4,6 +4,7 @@ matmul exported to ONNX (one MatMul per expert) and verified in ONNX Runtime, qp
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from helpers import ort_session
@@ -135,3 +136,52 @@ def test_a_classifier_returning_its_top_k_keeps_a_quantized_head():
     qm = qgraph.quantize(TopFive().eval(), (x,), "w8a8", [(torch.randn(4, 16),)])
     assert "head.weight_quantizer" in qm.quantizers()
     assert not any(c.action == "kept float" and "router" in c.detail for c in qm.changes)
+
+
+class SwitchMoE(nn.Module):
+    """A Switch-Transformer layer as mesh-tensorflow writes it: top-1 routing by ``argmax``, one-hot dispatch
+    and combine tensors, and ``einsum`` in and out of expert weights stored ``[E, in, out]``. The
+    capacity is a constant, or (``dynamic_capacity``) ``int`` of the length, which only ``torch.export``
+    captures."""
+
+    def __init__(self, d: int = 16, experts: int = 4, hidden: int = 32, dynamic_capacity: bool = False) -> None:
+        super().__init__()
+        self.e, self.dynamic = experts, dynamic_capacity
+        self.router = nn.Linear(d, experts, bias=False)
+        self.wi = nn.Parameter(torch.randn(experts, d, hidden) * d**-0.5)
+        self.wo = nn.Parameter(torch.randn(experts, hidden, d) * hidden**-0.5)
+        self.out = nn.Linear(d, 10)
+
+    def forward(self, x):
+        capacity = int(1.5 * x.shape[1] / self.e) if self.dynamic else 4
+        probs = torch.softmax(self.router(x), dim=-1)
+        mask = nn.functional.one_hot(probs.argmax(-1), self.e)
+        position = (torch.cumsum(mask, dim=1) - 1) * mask
+        mask = mask * (position < capacity)
+        dispatch = mask.unsqueeze(-1).float() * nn.functional.one_hot((position * mask).sum(-1), capacity).unsqueeze(2).float()
+        combine = dispatch * (probs * mask).sum(-1)[..., None, None]
+        h = torch.relu(torch.einsum("becd,edh->bech", torch.einsum("bsec,bsd->becd", dispatch, x), self.wi))
+        return self.out(x + torch.einsum("bsec,becd->bsd", combine, torch.einsum("bech,ehd->becd", h, self.wo)))
+
+
+@pytest.mark.parametrize("dynamic_capacity", [False, True], ids=["symbolic_trace", "torch.export"])
+def test_einsum_expert_weights_and_an_argmax_router(dynamic_capacity, tmp_path):
+    """Expert weights read by einsum are int8 weight-only, one scale per (expert, row); the router whose
+    argmax picks the expert stays float, like a top-k router."""
+    torch.manual_seed(0)
+    model = SwitchMoE(dynamic_capacity=dynamic_capacity).eval()
+    g = torch.Generator().manual_seed(1)
+    x, calib = torch.randn(2, 8, 16, generator=g), [(torch.randn(2, 8, 16, generator=g),) for _ in range(3)]
+    qm = qgraph.quantize(model, (x,), "w8a8", calib)
+    assert qm.qgraph.capture.route == ("torch.export" if dynamic_capacity else "symbolic_trace")
+    weights = {n: q for n, q in qm.quantizers().items() if q.role == "weight"}
+    assert set(weights) == {"wi_quantizer", "wo_quantizer", "out.weight_quantizer"}, sorted(weights)
+    assert tuple(weights["wi_quantizer"].scale.shape) == (4, 16, 1)  # [E, in, out]: one scale per row
+    assert any(c.action == "kept float" and c.module_path == "router" and "argmax" in c.detail for c in qm.changes)
+    with torch.no_grad():
+        err = (weights["wo_quantizer"](model.wo) - model.wo).abs()
+    assert 0 < err.max() <= weights["wo_quantizer"].scale.max() / 2 + 1e-7
+    res = qm.export(str(tmp_path / "switch"))  # raises if ONNX Runtime disagrees
+    assert res.max_abs_error <= res.tolerance
+    int8 = sorted(tuple(i.dims) for i in onnx.load(res.onnx_path).graph.initializer if i.data_type == onnx.TensorProto.INT8)
+    assert (4, 16, 32) in int8 and (4, 32, 16) in int8, int8
