@@ -174,7 +174,9 @@ class AnnotatePass(QPass):
         """Expert weights ``[E, ·, ·]`` (rule 9): per-channel becomes one scale per row of the last axis,
         one per (expert, output channel) when the rows are output channels; groups run along the last axis."""
         k = shape[-1]
-        layout = "[experts, out, in]" if info.weight_channel_axis == 1 else "[experts, in, out]: rows are inputs"
+        rows_out = info.weight_channel_axis == len(shape) - 2  # the last axis is the input: one scale per output channel
+        layout = (("[experts, out, in]" if rows_out else "[experts, in, out]: rows are inputs") if len(shape) == 3
+                  else "stacked matrices, rows are outputs" if rows_out else "stacked matrices, rows are inputs")
         if isinstance(spec.granularity, PerGroup) and k % spec.granularity.size == 0:
             return spec
         why = (f"last axis {k} is not a multiple of {spec.granularity.size}" if isinstance(spec.granularity, PerGroup)

@@ -300,7 +300,8 @@ def classify(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
             return _add_info(node)
         return None
     if node.op == "get_attr":
-        return _expert_weight_info(node) or _ensemble_weight_info(gm, node) or _opaque_weight_info(gm, node)
+        return (_expert_weight_info(node) or _ensemble_weight_info(gm, node) or _stacked_matrices_info(gm, node)
+                or _opaque_weight_info(gm, node))
     if node.op == "call_method":
         if node.target in MATMUL_METHODS and len(node.args) >= 2:
             return _matmul_info(gm, node)
@@ -334,7 +335,35 @@ def _matmul_info(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
         for w, x, axis in ((b, a, 1), (a, b, 0)):
             if is_matrix_parameter(gm, w) and x.op != "get_attr":
                 return OpInfo("linear", _weight_path(w) or module_path(node), w, None, [x], axis)
+    if _stacked_matrices_info(gm, a) or _stacked_matrices_info(gm, b):
+        return None  # the parameter is quantized weight-only on its get_attr; the product stays float
     return OpInfo("matmul", module_path(node), activations=[a, b])
+
+
+def _stacked_matrices_info(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
+    """A parameter of 3 or more dims every reader of which multiplies it by an activation in a
+    broadcast matmul (CapsNet's ``matmul(W [1, caps, classes, out, in], u [n, caps, 1, in, 1])``):
+    a stack of weight matrices, kind ``experts``, quantized weight-only on its ``get_attr`` with one
+    scale per matrix row. ``weight_channel_axis``: the output rows (dim -2) of ``W @ x``, the columns
+    (dim -1) of ``x @ W``."""
+    if node.op != "get_attr" or not node.users or not _is_parameter(gm, node):
+        return None
+    tm = tensor_meta(node)
+    if tm is None or len(tm[0]) < 3 or not tm[1].is_floating_point:
+        return None
+    axes = set()
+    for user in node.users:
+        is_mm = (user.op == "call_function" and user.target in MATMUL and user.target not in BATCHED_MATMUL
+                 or user.op == "call_method" and user.target == "matmul")
+        if not is_mm or user.kwargs or len(user.args) != 2 or user.args[0] is user.args[1]:
+            return None
+        other = user.args[1] if user.args[0] is node else user.args[0]
+        if not isinstance(other, fx.Node) or other.op == "get_attr" or not _is_float_tensor(other):
+            return None
+        axes.add(len(tm[0]) - 2 if user.args[0] is node else len(tm[0]) - 1)
+    if len(axes) != 1:
+        return None
+    return OpInfo("experts", str(node.target).rpartition(".")[0], node, None, [], axes.pop())
 
 
 def is_matrix_parameter(gm: fx.GraphModule, node: fx.Node) -> bool:

@@ -479,8 +479,8 @@ def test_a_model_no_route_captures_is_refused_naming_the_line_that_failed():
 
 
 class _OwnParameters(nn.Module):
-    """A contraction with a 3-D parameter (not a linear layer) and a root-level ``weight`` used
-    elementwise (FT-Transformer's feature tokens): neither has a quantized form."""
+    """A contraction with a 3-D parameter (one matrix per feature, FT-Transformer's feature tokens:
+    quantized like expert weights) and a root-level ``weight`` used elementwise (no quantized form)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -494,12 +494,14 @@ class _OwnParameters(nn.Module):
 
 
 def test_parameters_the_graph_reads_in_float_are_named_with_their_op():
-    """The einsum's parameter stayed float without a word (only ``weight*`` names were looked at), and a
-    root-level ``weight`` was listed as "`` (module)``", an empty name."""
+    """The einsum's parameter stayed float without a word (only ``weight*`` names were looked at; it is now
+    quantized per feature and output channel), and a root-level ``weight`` was listed as "`` (module)``",
+    an empty name."""
     qm = qgraph.quantize(_OwnParameters().eval(), torch.randn(2, 4, 5), "w8a8")
     notes = [n for n in qm.qgraph.capture.notes if n.startswith("stayed float, no quantized form")]
-    assert notes == ["stayed float, no quantized form in qgraph: core (parameter read by einsum), weight (parameter read by mul); "
+    assert notes == ["stayed float, no quantized form in qgraph: weight (parameter read by mul); "
                      "their weights stay float, in the exports too"], qm.qgraph.capture.notes
+    assert qm.quantizers()["core_quantizer"].role == "weight"
 
 
 class _Codebook(nn.Module):

@@ -141,3 +141,37 @@ def test_a_sparse_operand_gets_no_quantizer_and_the_export_names_it(tmp_path):
         assert torch.isfinite(qm(*args)).all()
     with pytest.raises(qgraph.ExportError, match="input 'adj' is a sparse tensor"):
         qm.export(str(tmp_path / "gcn"), formats=("onnx",))
+
+
+class StackedMatrices(nn.Module):
+    """CapsNet-style: every input capsule has its own matrix per class, ``W [1, caps, classes, out, in] @ u``
+    broadcast over the batch; then ``v @ V`` with a stacked ``V [classes, out, k]`` on the right."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(0.3 * torch.randn(1, 6, 3, 8, 4))
+        self.v = nn.Parameter(0.3 * torch.randn(3, 8, 5))
+
+    def forward(self, u):  # u [n, 6, 4]
+        u_hat = torch.matmul(self.w, u[:, :, None, :, None]).squeeze(-1)  # [n, 6, 3, 8]
+        return torch.relu(u_hat.sum(1)).unsqueeze(2) @ self.v  # [n, 3, 1, 5]
+
+
+def test_stacked_weight_matrices_are_weight_only_per_row(tmp_path):
+    """A parameter of 3+ dims multiplied by an activation is a stack of weight matrices: int8 weight-only,
+    one scale per matrix row (output channels for ``W @ x``), not a per-tensor activation quantizer."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    model, data = StackedMatrices().eval(), [(torch.randn(4, 6, 4, generator=g),) for _ in range(4)]
+    qm = qgraph.quantize(model, data[0], "w8a8", data[1:])
+    q = qm.quantizers()
+    assert set(q) == {"w_quantizer", "v_quantizer"} and all(x.role == "weight" for x in q.values()), q
+    assert tuple(q["w_quantizer"].scale.shape) == (1, 6, 3, 8, 1)  # per (capsule, class, output row)
+    assert tuple(q["v_quantizer"].scale.shape) == (3, 8, 1)  # x @ V: rows are inputs
+    with torch.no_grad(), qm.frozen():
+        want, got = model(*data[0]), qm(*data[0])
+    assert 35 < 10 * torch.log10(want.pow(2).mean() / (got - want).pow(2).mean()) < 80
+    res = qm.export(str(tmp_path / "stacked"))
+    assert res.max_abs_error <= res.tolerance
+    int8 = [tuple(i.dims) for i in onnx.load(res.onnx_path).graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert (1, 6, 3, 8, 4) in int8 and (3, 8, 5) in int8, int8
