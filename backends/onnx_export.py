@@ -14,8 +14,9 @@ import warnings
 
 import onnx
 import torch
-from qgraph.backends.onnx_fold import fold_constant_quantization, prepare_for_onnxruntime
+from qgraph.backends.onnx_fold import fold_constant_quantization
 from qgraph.backends.onnx_ops import INT2_OPSET, is_2bit, translation_table
+from qgraph.backends.onnx_runtime_rules import prepare_for_onnxruntime
 
 from qgraph.batch_dim import batch_dynamic_shapes, doubled, single_sample
 from qgraph.errors import ExportError

@@ -674,7 +674,7 @@ def test_a_layer_called_with_different_input_scales_keeps_an_exact_bias(tmp_path
     float bias onto that op's grid when it loads the file (the usage scan's ``ssm_scan``: one output
     code flipped, 0.0071 off against a tolerance of 1.1e-4). Such biases are now added after the op,
     so every bias an op still carries is on its own grid and the load rounds nothing."""
-    from qgraph.backends.onnx_fold import _dequantizer, _Graph, _off_grid
+    from qgraph.backends.onnx_runtime_rules import _dequantizer, _Graph, _off_grid
 
     from benchmarks.usage_models_more import StateSpaceScan
 

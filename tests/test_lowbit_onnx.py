@@ -191,7 +191,7 @@ def test_an_initializer_added_under_a_taken_name_with_another_value_gets_its_own
     axis; the second reshape came back under the first one's name, and a ConvTranspose (axis 1)
     and a Conv (axis 0) sharing all-128 zero points made a file ONNX Runtime refused ("Sub:
     Incompatible dimensions")."""
-    from qgraph.backends.onnx_fold import _Graph
+    from qgraph.backends.onnx_runtime_rules import _Graph
 
     g = onnx.helper.make_graph([], "g", [], [], initializer=[onnx.numpy_helper.from_array(np.zeros(3, np.float32), "z")])
     gr = _Graph(g)
