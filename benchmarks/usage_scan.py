@@ -14,7 +14,11 @@ embeddings, float64 and uint8 inputs, odd adaptive pooling, ...), and the eighth
 features, ``torch.distributions`` heads, forces by ``autograd.grad``, a ``vmap`` ensemble, ...), and the ninth's
 in ``usage_models_repos.py`` (layers from popular model repositories: ConvNeXt-V2's GRN, MobileViT, CBAM, Ghost and
 RepVGG blocks, HRNet fusion, YOLO's Focus/SPPF and FPN+PAN neck, PointNet++ sampling, Swin windows, a Switch MoE,
-FiLM, a TCN, DETR's head, ...). Every case goes through the default path:
+FiLM, a TCN, DETR's head, ...), and the tenth's in ``usage_models_deploy.py`` (layers of recent architectures: RWKV
+time mixing, PatchTST with RevIN, N-BEATS, DeepFM, ToMe token merging, CondConv, BiT's StdConv2d, ShuffleNetV2,
+DeepLabV3's ASPP, SAM's Fourier PE and two-way attention, DINO's interpolate_pos_encoding, an RNN-T joiner,
+AdaptiveLogSoftmaxWithLoss, BiFPN fusion, FNO spectral convs, Informer's ProbSparse attention, involution, ECA).
+Every case goes through the default path:
 ``quantize(model, example, "w8a8", calib)``, ``export`` with its default dynamic batch (ONNX Runtime
 verification included), then, where the batch stayed dynamic, the ONNX file is run at batch 3 (and,
 where the file's token inputs have a dynamic sequence length, 3 tokens shorter) and compared with the
@@ -44,6 +48,7 @@ from torch.utils import _pytree as pytree
 import qgraph
 from benchmarks.usage_models import CASES as MORE_CASES
 from benchmarks.usage_models_apps import CASES as APP_CASES
+from benchmarks.usage_models_deploy import CASES as DEPLOY_CASES
 from benchmarks.usage_models_examples import CASES as EXAMPLE_CASES
 from benchmarks.usage_models_more import CASES as BLOCK_CASES
 from benchmarks.usage_models_ops import CASES as OPS_CASES
@@ -241,6 +246,7 @@ CASES.update(BLOCK_CASES)  # the sixth: building blocks of recent papers (benchm
 CASES.update(USER_CASES)  # the seventh: pruned, hooked, complex-valued, ... (benchmarks/usage_models_user.py)
 CASES.update(RESEARCH_CASES)  # the eighth: research-code idioms (benchmarks/usage_models_research.py)
 CASES.update(REPO_CASES)  # the ninth: layers from popular model repositories (benchmarks/usage_models_repos.py)
+CASES.update(DEPLOY_CASES)  # the tenth: layers of recent architectures (benchmarks/usage_models_deploy.py)
 SINGLE_SAMPLE = {"llama_bf16", "t5"}
 SKIP = {"torch_compile": ["fc"]}  # module paths as in the model itself, not behind the wrapper's _orig_mod.  # their example is one sample; calibration uses batches of 4
 
