@@ -14,6 +14,9 @@
 * ``qgraph::rnn`` and ``qgraph::packed_rnn`` (recurrent layers on a batch, on packed sequences) → ONNX
   ``LSTM``/``GRU``/``RNN`` for any time length, on packed sequences with ``sequence_lens``
   (``backends/onnx_rnn.py``).
+* ``aten::scatter_reduce`` with ``reduce="mean"``, which torchlib translates as a plain scatter
+  (ONNX's ``ScatterElements`` has no mean) → sums and counts by two ``ScatterElements(add)``, divided
+  (:func:`scatter_reduce`); the other reductions go to torchlib as before.
 * mixture-of-experts grouped matmuls (``transformers::grouped_mm_fallback``, ``aten::_grouped_mm``
   with offsets, which torchlib does not translate) → one ``MatMul`` per expert (:func:`grouped_mm`).
 
@@ -147,6 +150,35 @@ def cdist(x1, x2, p: float = 2.0, compute_mode=None):
     return op.Pow(op.ReduceSum(op.Pow(a, op.CastLike(p, a)), axes, keepdims=0), op.CastLike(1.0 / p, a))
 
 
+_FLOATS = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE}
+
+
+def scatter_reduce(self, dim: int, index, src, reduce: str, include_self: bool = True):
+    """``aten::scatter_reduce``. torchlib (onnxscript) writes ``reduce="mean"`` as
+    ``ScatterElements(reduction="none")``, a plain scatter that keeps the last value written: a file
+    that ONNX Runtime runs and that is silently wrong (ToMe's token merging, 1.1 off). The mean is
+    the scattered sum over the count, each starting from ``self`` and 1 with ``include_self``;
+    without it, positions nothing is scattered to keep ``self``."""
+    from onnxscript.function_libs.torch_lib.ops.core import aten_scatter_reduce
+
+    if reduce != "mean":
+        return aten_scatter_reduce(self, dim, index, src, reduce, include_self=include_self)
+    dtype = src.dtype or self.dtype
+    if dtype not in _FLOATS:
+        raise NotImplementedError(f"scatter_reduce(reduce='mean') on {dtype} tensors: torch rounds the integer mean "
+                                  "down, which has no ONNX translation here; scatter in float, or use reduce='sum' and divide")
+    ones = op.Expand(op.CastLike(1.0, src), op.Shape(src))
+    zeros = op.Mul(self, op.CastLike(0.0, self))
+    if include_self:
+        sums = op.ScatterElements(self, index, src, axis=dim, reduction="add")
+        counts = op.ScatterElements(op.Add(zeros, op.CastLike(1.0, self)), index, ones, axis=dim, reduction="add")
+        return op.Div(sums, counts)
+    sums = op.ScatterElements(zeros, index, src, axis=dim, reduction="add")
+    counts = op.ScatterElements(zeros, index, ones, axis=dim, reduction="add")
+    reached = op.Greater(counts, op.CastLike(0.0, counts))
+    return op.Where(reached, op.Div(sums, op.Max(counts, op.CastLike(1.0, counts))), self)
+
+
 def _window(j: int, size: int, out: int) -> tuple[int, int]:
     """Adaptive pooling's window along one axis: ``[floor(j·size/out), ceil((j+1)·size/out))``."""
     return j * size // out, -(-(j + 1) * size // out)
@@ -269,6 +301,7 @@ def translation_table(opset: int = 21) -> dict:
         torch.ops.qgraph.dequantize.default: dequantize_int2 if opset >= INT2_OPSET else dequantize,
         torch.ops.aten.conv3d.default: conv3d,
         torch.ops.aten._cdist_forward.default: cdist,
+        torch.ops.aten.scatter_reduce.two: scatter_reduce,
         torch.ops.aten.adaptive_max_pool2d.default: adaptive_max_pool,
         torch.ops.aten.adaptive_max_pool3d.default: adaptive_max_pool,
         **dict.fromkeys(_grouped_mm_ops(), grouped_mm),

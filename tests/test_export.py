@@ -668,6 +668,37 @@ def test_cdist_exports_where_torchs_exporter_has_no_translation(p, tmp_path):
     assert res.max_abs_error <= res.tolerance
 
 
+@pytest.mark.parametrize("reduce,include_self", [("mean", True), ("mean", False), ("amax", False)])
+def test_scatter_reduce_mean_exports_what_torch_computes(reduce, include_self, tmp_path):
+    """ToMe's token merging averages merged tokens by ``scatter_reduce(reduce="mean")``. The exporter's
+    translation wrote a plain scatter (the last value written wins): ONNX Runtime ran the file and
+    returned wrong values, 1.1 off. Rows nothing is scattered to keep ``self``; other reductions are
+    unchanged."""
+
+    class Merge(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(3, 3)
+
+        def forward(self, dst, idx, src):
+            return self.proj(dst.scatter_reduce(-2, idx, self.proj(src), reduce=reduce, include_self=include_self))
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    model = Merge().eval()
+    idx = torch.tensor([0, 0, 2, 4, 0]).view(1, 5, 1).expand(2, 5, 3).contiguous()  # rows 1 and 3 get nothing
+    args = (torch.randn(2, 6, 3, generator=g), idx, torch.randn(2, 5, 3, generator=g))
+    path = str(tmp_path / "merge.onnx")
+    qgraph.export_onnx(model, args, path)
+    sess = ort_session(path)
+    got = sess.run(None, {i.name: a.numpy() for i, a in zip(sess.get_inputs(), args)})[0]
+    with torch.no_grad():
+        want = model(*args).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    res = qgraph.quantize(model, args, "w8a8").export(str(tmp_path / "q"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
+
+
 def test_a_layer_called_with_different_input_scales_keeps_an_exact_bias(tmp_path):
     """A state-space scan calls one ``B`` linear at every time step, each call with its own input scale,
     so its bias can lie on one call's int32 grid ``s_x · s_w`` at most. ONNX Runtime rounds a Gemm's
