@@ -62,6 +62,7 @@ from qgraph.granularity import PerChannel, PerGroup, PerTensor
 from qgraph.ops import (
     WEIGHT_ONLY_KINDS,
     classify,
+    computed_from_inputs,
     feeds_model_output,
     feeds_topk,
     inside_vmap,
@@ -139,6 +140,12 @@ class AnnotatePass(QPass):
             if isinstance(g, PerGroup):
                 self.record("fallback", node, info.module_path, f"per-group({g.size}) → per-channel: attention projections in a wrapped module")
                 return spec.with_(granularity=PerChannel(0))
+            return spec
+        if info.weight is not None and info.weight.op != "get_attr" and computed_from_inputs(info.weight):
+            if not isinstance(g, PerTensor):  # its channels are not the layer's: CondConv's [B*out, in, k, k] grows with the batch
+                self.record("fallback", node, info.module_path, f"{g} → per-tensor: the weight is computed from the model's inputs "
+                                                                "(per-sample kernels), so its channels need not be the layer's")
+                return spec.with_(granularity=PerTensor())
             return spec
         shape = self._weight_shape(gm, node, info)
         if shape is None:

@@ -288,8 +288,18 @@ class QModel(nn.Module):
         """Export, compare with ONNX Runtime on the example, and check a dynamic batch at another size.
         Where the model itself takes no other batch (its first dims are not batches: a graph's node
         features and edge list), or ONNX Runtime cannot run the file at one the model takes, the file
-        is exported again with the example's shapes, and ``result.fixed_shapes`` says why."""
-        agreement, sess = self._export_onnx(onnx_path, result, verify, tolerance, dynamic_batch)
+        is exported again with the example's shapes, and ``result.fixed_shapes`` says why; so is one
+        the ONNX exporter cannot write with a dynamic batch (CondConv's ``groups=B``, an attribute)."""
+        try:
+            agreement, sess = self._export_onnx(onnx_path, result, verify, tolerance, dynamic_batch)
+        except ExportError as e:
+            if not dynamic_batch or isinstance(e, ExportMismatchError) or self.qgraph.capture.static_batch:
+                raise
+            try:
+                agreement, sess = self._export_onnx(onnx_path, result, verify, tolerance, dynamic_batch=False)
+            except ExportError:
+                raise e from None  # the first failure is the one to explain
+            result.fixed_shapes = f"with a dynamic batch {e}"
         _check_agreement(agreement, result, min_top1)
         if agreement is None:
             return

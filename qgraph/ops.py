@@ -570,6 +570,21 @@ def _same_shape(a: fx.Node, b: fx.Node) -> bool:
     return ta is None or tb is None or ta[0] == tb[0]
 
 
+def computed_from_inputs(node: fx.Node) -> bool:
+    """Whether ``node``'s value depends on a graph input (a placeholder): a layer weight computed per
+    sample (CondConv's routed kernels, a hypernetwork's output) rather than from parameters."""
+    seen, stack = set(), [node]
+    while stack:
+        n = stack.pop()
+        if n.op == "placeholder":
+            return True
+        for i in n.all_input_nodes:
+            if i not in seen:
+                seen.add(i)
+                stack.append(i)
+    return False
+
+
 def inside_vmap(gm: fx.GraphModule) -> set[fx.Node]:
     """The nodes between ``_vmap_increment_nesting`` and the matching ``_vmap_decrement_nesting``
     (``torch.func.vmap`` in a ``torch.export`` graph): their values are batched tensors that exist

@@ -699,6 +699,45 @@ def test_scatter_reduce_mean_exports_what_torch_computes(reduce, include_self, t
     assert res.max_abs_error <= res.tolerance
 
 
+class _CondConv(nn.Module):
+    """timm's CondConv2d: per-sample kernels mixed from 3 experts by routing weights, the batch folded
+    into the channels and run as one conv with ``groups=B``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.route, self.experts = nn.Linear(4, 3), nn.Parameter(torch.randn(3, 6 * 4 * 3 * 3) / 6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        b = x.shape[0]
+        r = torch.sigmoid(self.route(x.mean((2, 3))))
+        w = torch.matmul(r, self.experts).view(b * 6, 4, 3, 3)
+        y = nn.functional.conv2d(x.reshape(1, b * 4, *x.shape[2:]), w, padding=1, groups=b)
+        return self.head(y.view(b, 6, *x.shape[2:]).mean((2, 3)))
+
+
+def test_per_sample_kernels_get_one_scale_and_a_file_with_the_examples_batch(tmp_path):
+    """A weight computed from the inputs has the batch in its channels ([B*out, in, k, k]): its per-channel
+    scales were tied to the calibration batch, and quantize crashed in torch (a size mismatch in bias
+    correction's joined batch). It is now quantized per tensor, and since the exporter cannot write
+    ``groups=B`` as a dynamic attribute, the file keeps the example's batch and says why."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    model = _CondConv().eval()
+    data = [(torch.randn(4, 4, 5, 5, generator=g),) for _ in range(4)]
+    qm = qgraph.quantize(model, data[0], "w8a8", data[1:])
+    conv = [c for c in qm.changes if c.action == "fallback" and "computed from the model's inputs" in c.detail]
+    assert len(conv) == 1, [c.detail for c in qm.changes]
+    x3 = torch.randn(3, 4, 5, 5, generator=g)
+    with torch.no_grad(), qm.frozen():
+        assert qm(x3).shape == (3, 2)  # another batch size runs
+        want, got = model(x3), qm(x3)
+    assert 25 < 10 * torch.log10(want.pow(2).mean() / (got - want).pow(2).mean()) < 80
+    res = qm.export(str(tmp_path / "condconv"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance and not res.dynamic_batch
+    assert res.fixed_shapes.startswith("with a dynamic batch the ONNX exporter failed on node %conv2d"), res.fixed_shapes
+
+
 def test_a_layer_called_with_different_input_scales_keeps_an_exact_bias(tmp_path):
     """A state-space scan calls one ``B`` linear at every time step, each call with its own input scale,
     so its bias can lie on one call's int32 grid ``s_x · s_w`` at most. ONNX Runtime rounds a Gemm's
