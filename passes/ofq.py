@@ -36,7 +36,7 @@ from torch.fx.passes.infra.pass_base import PassResult
 from qgraph.dead_code import eliminate_dead_code
 from qgraph.meta import MODULE_PATH_KEY
 from qgraph.ofq import QKRScores, StatsQuantize, TokenLSQuantize, matches_any
-from qgraph.ops import classify
+from qgraph.ops import classify, tensor_meta
 from qgraph.quantizer import FakeQuantize
 
 INDEX_METHODS = {"reshape", "view", "permute", "transpose", "contiguous", "unflatten", "unbind", "chunk", "split", "flatten"}
@@ -330,10 +330,10 @@ def _probe(gm: fx.GraphModule, linears: set) -> dict:
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     args = []
     for p in placeholders:
-        val = p.meta.get("val", p.meta.get("tensor_meta"))
-        if val is None:
+        meta = tensor_meta(p)  # the example's concrete shape (a torch.export capture's val has a symbolic batch)
+        if meta is None or not all(isinstance(d, int) for d in meta[0]):
             return {}
-        args.append(torch.zeros(tuple(val.shape), dtype=val.dtype))
+        args.append(torch.zeros(meta[0], dtype=meta[1]))
     modes = {m: m.mode for m in gm.modules() if isinstance(m, FakeQuantize)}
     for m in modes:
         m.mode = "off"

@@ -151,6 +151,31 @@ def test_qkr_and_v_split_are_exact_before_quantization():
         torch.testing.assert_close(qm(x), model(x), rtol=1e-4, atol=1e-5)
 
 
+class _SliceAssigned(nn.Module):
+    """The ViT behind SAM's idiom ``x = x.clone(); x[..., 0] = ...``, which only torch.export captures."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, img):
+        img = img.clone()
+        img[:, :, 0] = img[:, :, 0] * 2
+        return self.inner(img)
+
+
+def test_qkr_in_a_torch_export_capture():
+    """The probe that finds q and k in the fused qkv output built its zero inputs from the placeholders'
+    ``val``, whose batch is symbolic in a torch.export capture: OFQ crashed inside ATen ("SymIntArrayRef
+    expected to contain only concrete integers"). It takes the example's concrete shapes now."""
+    inner, x, calib = _setup()
+    model = _SliceAssigned(inner).eval()
+    qm = qgraph.quantize(model, x, "ofq(bits=2)", calib, qat=True)
+    assert qm.qgraph.capture.route == "torch.export"
+    assert any(c.action == "reparameterized" and c.module_path == "inner.attn" for c in qm.changes), \
+        [(c.action, c.module_path) for c in qm.changes if "param" in c.action]
+
+
 def test_unrecognised_attention_is_recorded_by_module_path():
     model, x, calib = _setup(attn=NormalizedAttention)
     qm = qgraph.quantize(model, x, "ofq(bits=2)", calib, qat=True)
