@@ -127,7 +127,7 @@ def prepare(
     if qg.capture.upcast:
         args = float32_inputs(args)
     passes = prepare_passes(r, set(qg.capture.leaves), fold_bn=fold_bn, prune_masks=prune_masks)
-    split = sum(p.float_rewrite for p in passes)  # canonicalize, fold_weights (+ fold_bn): the float reference graph
+    split = sum(p.float_rewrite for p in passes)  # canonicalize, sorted_topk, fold_weights (+ fold_bn): the float reference graph
     changes = run_float_rewrites(qg, passes[:split], args)
     float_graph = copy.deepcopy(qg)
     changes += run_passes(qg, passes[split:])
