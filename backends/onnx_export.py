@@ -56,10 +56,29 @@ def exporter_failure(e: BaseException, gm: torch.nn.Module) -> str:
         at = f", called in {', '.join(paths[:5])}{' and others' if len(paths) > 5 else ''}" if paths else ""
         where = f" on node %{node} (op {op}{at})"
     text = f"the ONNX exporter failed{where}: {cause}" + (f" [{type(e).__name__}: {step}]" if step else "")
+    complex_at = _complex_node(gm)
+    if complex_at:
+        text += (f" The graph computes with complex tensors ({complex_at}): ONNX has no complex type, and the exporter "
+                 "translates only some complex ops (FFTs, elementwise arithmetic), not a complex einsum, matmul or slice "
+                 "assignment. The usual way out is to compute such products on the real and imaginary parts as real tensors.")
     packing = packing_export_failure(gm) if isinstance(getattr(gm, "graph", None), torch.fx.Graph) else None
     if packing:  # the likely cause, in the user's terms, first
         return f"{packing}. The exporter's error: {text}"
     return text
+
+
+def _complex_node(gm: torch.nn.Module) -> str | None:
+    """The first graph node with a complex value or a complex parameter it reads, as "%node in path"."""
+    from qgraph.ops import tensor_meta
+
+    if not isinstance(getattr(gm, "graph", None), torch.fx.Graph):
+        return None
+    for n in gm.graph.nodes:
+        tm = tensor_meta(n)
+        if tm is not None and tm[1] is not None and tm[1].is_complex:
+            path = module_path(n)
+            return f"%{n.name}" + (f" in {path}" if path else "")
+    return None
 
 
 def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None = None, dynamic_batch: bool = True,

@@ -877,3 +877,32 @@ def test_a_length_guard_over_a_range_does_not_leave_the_sequence_dynamic(tmp_pat
     sess = ort_session(res.onnx_path)
     with pytest.raises(Exception, match="invalid dimensions"):
         sess.run(None, {sess.get_inputs()[0].name: ids(3, 9).numpy()})
+
+
+class _Spectral(nn.Module):
+    """An FNO spectral layer: ``rfft``, the low modes multiplied by complex weights in an einsum, ``irfft``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 4, 3, dtype=torch.cfloat) / 4)
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):  # [N, 4 channels, 16]
+        f = torch.fft.rfft(self.fc(x.transpose(1, 2)).transpose(1, 2))
+        low = torch.einsum("bix,iox->box", f[..., :3], self.w)
+        return torch.fft.irfft(torch.cat([low, torch.zeros_like(f[..., 3:])], -1), n=16)
+
+
+def test_an_export_failure_in_a_complex_graph_names_the_complex_part(tmp_path):
+    """The exporter's own error for a complex einsum reads "slice_scatter does not support automatic
+    differentiation for outputs with complex dtype", which says nothing of the cause: ONNX has no
+    complex type. The error now names the first complex value and its module."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 16)
+    qm = qgraph.quantize(_Spectral().eval(), x, "w8a8", [torch.randn(2, 4, 16)])
+    try:
+        res = qm.export(str(tmp_path / "fno"), formats=("onnx",))
+    except qgraph.ExportError as e:
+        assert "The graph computes with complex tensors (%" in str(e) and "real and imaginary parts" in str(e), str(e)
+        return
+    assert res.max_abs_error <= res.tolerance  # an exporter that translates complex einsums
