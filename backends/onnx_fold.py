@@ -103,10 +103,8 @@ def fold_constant_quantization(model: onnx.ModelProto) -> int:
             del g.node[:]
             g.node.extend(keep)
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-    for sub in g.node:  # names used inside subgraphs
-        for a in sub.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                used |= {i for n in a.g.node for i in n.input}
+    for sub in g.node:
+        used |= subgraph_reads(sub)
     del g.initializer[:]
     g.initializer.extend(t for name, t in inits.items() if name in used)
     return folded
@@ -154,3 +152,16 @@ def _widens_packed(src: int, to: int) -> bool:
     bits = {TensorProto.INT2: 2, TensorProto.UINT2: 2, TensorProto.INT4: 4, TensorProto.UINT4: 4,
             TensorProto.INT8: 8, TensorProto.UINT8: 8}
     return src in bits and bits[src] < bits.get(to, 32)
+
+
+def subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Every name the subgraphs of ``node`` (an ``If``'s branches, a ``Loop``'s or ``Scan``'s body, at any
+    depth) read: outer-scope values and initializers they use without listing them as node inputs."""
+    names: set[str] = set()
+    for a in node.attribute:
+        graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []
+        for sub in graphs:
+            for n in sub.node:
+                names.update(n.input)
+                names |= subgraph_reads(n)
+    return names

@@ -77,7 +77,7 @@ import ml_dtypes
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
-from qgraph.backends.onnx_fold import _RANGE, _attr, _to_numpy
+from qgraph.backends.onnx_fold import _RANGE, _attr, _to_numpy, subgraph_reads
 
 # packed weight type -> the 8-bit type ONNX Runtime's integer kernels take
 _WIDEN = {TensorProto.INT4: TensorProto.INT8, TensorProto.UINT4: TensorProto.UINT8,
@@ -118,6 +118,8 @@ class _Graph:
         self.users: dict[str, list[onnx.NodeProto]] = {}
         for n in g.node:
             for i in n.input:
+                self.users.setdefault(i, []).append(n)
+            for i in subgraph_reads(n):  # an If / Loop whose branches read the value counts as its reader
                 self.users.setdefault(i, []).append(n)
         self.outputs = {o.name for o in g.output}
 
@@ -173,7 +175,7 @@ class _Graph:
             nodes.extend((after or {}).get(i, []))
         del self.g.node[:]
         self.g.node.extend(nodes)
-        used = {i for n in self.g.node for i in n.input}
+        used = {i for n in self.g.node for i in (*n.input, *subgraph_reads(n))}
         keep = [t for t in self.g.initializer if t.name in used]
         del self.g.initializer[:]
         self.g.initializer.extend(keep)

@@ -906,3 +906,35 @@ def test_an_export_failure_in_a_complex_graph_names_the_complex_part(tmp_path):
         assert "The graph computes with complex tensors (%" in str(e) and "real and imaginary parts" in str(e), str(e)
         return
     assert res.max_abs_error <= res.tolerance  # an exporter that translates complex einsums
+
+
+class _Cond(nn.Module):
+    """``torch.cond`` choosing a head by the input's mean: an ONNX ``If`` whose branches read the heads'
+    weights from the outer graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Linear(12, 32)
+        self.pos = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+        self.neg = nn.Sequential(nn.Linear(32, 16), nn.Sigmoid(), nn.Linear(16, 4))
+
+    def forward(self, x):
+        h = torch.tanh(self.enc(x))
+        return torch.cond(x.mean() > 0, lambda h: self.pos(h), lambda h: self.neg(h) * 2.0, (h,))
+
+
+def test_weights_read_inside_an_if_branch_stay_in_the_file(tmp_path):
+    """The ONNX Runtime rewrites dropped every initializer no top-level node read (rule 9 at w4a16), so
+    the weights the ``If`` branches read were deleted and the file failed the ONNX checker."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(4, 12, generator=g) + s,) for s in (0.5, -0.5, 0.5)]  # both branches calibrate
+    qm = qgraph.quantize(_Cond().eval(), data[0], "w4a16", data[1:])
+    res = qm.export(str(tmp_path / "cond"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
+    sess = ort_session(res.onnx_path, exact_int4=True)
+    for shift in (1.0, -1.0):  # each branch of the file agrees with the quantized model
+        x = torch.randn(3, 12, generator=g) + shift
+        with torch.no_grad(), qm.frozen():
+            want = qm(x).numpy()
+        np.testing.assert_allclose(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0], want, rtol=0, atol=res.tolerance)
