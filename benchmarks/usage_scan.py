@@ -17,7 +17,13 @@ RepVGG blocks, HRNet fusion, YOLO's Focus/SPPF and FPN+PAN neck, PointNet++ samp
 FiLM, a TCN, DETR's head, ...), and the tenth's in ``usage_models_deploy.py`` (layers of recent architectures: RWKV
 time mixing, PatchTST with RevIN, N-BEATS, DeepFM, ToMe token merging, CondConv, BiT's StdConv2d, ShuffleNetV2,
 DeepLabV3's ASPP, SAM's Fourier PE and two-way attention, DINO's interpolate_pos_encoding, an RNN-T joiner,
-AdaptiveLogSoftmaxWithLoss, BiFPN fusion, FNO spectral convs, Informer's ProbSparse attention, involution, ECA).
+AdaptiveLogSoftmaxWithLoss, BiFPN fusion, FNO spectral convs, Informer's ProbSparse attention, involution, ECA), and the
+eleventh's in ``usage_models_framework.py`` (framework and training idioms left in ``forward``: activation checkpointing,
+an autocast island, ``torch.cond``, ModuleDict heads picked by a string, dataclass and dict-of-list outputs, in-place
+view updates, LLaVA's ``masked_scatter``, ``pad_sequence`` over ``*args``, GQA with a boolean mask,
+``F.multi_head_attention_forward``, Mamba2's chunked SSD, minGRU's log-space scan, timm's Block, ``ACT2FN``, uint8
+NHWC resizing, pre-hooks with kwargs, a Lightning-style top-k wrapper, flip/roll TTA, tracing guards, LoRA through
+``functional_call``).
 Every case goes through the default path:
 ``quantize(model, example, "w8a8", calib)``, ``export`` with its default dynamic batch (ONNX Runtime
 verification included), then, where the batch stayed dynamic, the ONNX file is run at batch 3 (and,
@@ -50,6 +56,7 @@ from benchmarks.usage_models import CASES as MORE_CASES
 from benchmarks.usage_models_apps import CASES as APP_CASES
 from benchmarks.usage_models_deploy import CASES as DEPLOY_CASES
 from benchmarks.usage_models_examples import CASES as EXAMPLE_CASES
+from benchmarks.usage_models_framework import CASES as FRAMEWORK_CASES
 from benchmarks.usage_models_more import CASES as BLOCK_CASES
 from benchmarks.usage_models_ops import CASES as OPS_CASES
 from benchmarks.usage_models_repos import CASES as REPO_CASES
@@ -247,6 +254,7 @@ CASES.update(USER_CASES)  # the seventh: pruned, hooked, complex-valued, ... (be
 CASES.update(RESEARCH_CASES)  # the eighth: research-code idioms (benchmarks/usage_models_research.py)
 CASES.update(REPO_CASES)  # the ninth: layers from popular model repositories (benchmarks/usage_models_repos.py)
 CASES.update(DEPLOY_CASES)  # the tenth: layers of recent architectures (benchmarks/usage_models_deploy.py)
+CASES.update(FRAMEWORK_CASES)  # the eleventh: framework and training idioms in forward (benchmarks/usage_models_framework.py)
 SINGLE_SAMPLE = {"llama_bf16", "t5"}
 SKIP = {"torch_compile": ["fc"]}  # module paths as in the model itself, not behind the wrapper's _orig_mod.  # their example is one sample; calibration uses batches of 4
 
