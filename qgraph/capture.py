@@ -26,7 +26,7 @@ import torch.fx as fx
 from torch import nn
 
 from qgraph.batch_dim import declared_dynamic_dims
-from qgraph.capture_checks import drop_dead_code, failure_site, module_types, outputs_match
+from qgraph.capture_checks import drop_dead_code, failure_site, module_types, outputs_match, register_output_dataclasses
 from qgraph.distribution_checks import validation_note, validation_off
 from qgraph.errors import CaptureError, InputError
 from qgraph.export_route import export_route
@@ -247,6 +247,16 @@ def _capture(model: nn.Module, args: tuple, keywords: tuple[str, ...] | None,
     """Capture with the routes in turn; ``keywords`` names ``args`` when the example inputs were given
     by name (the graph takes them positionally, in that order, under those names)."""
     expected = run_eager(model, args, keywords)
+    registered = register_output_dataclasses(expected)
+    qg = _capture_routes(model, args, keywords, declared, expected)
+    if registered:
+        qg.capture.notes.append(f"the model returns {', '.join(registered)}, a dataclass torch's pytree did not know: registered "
+                                "with torch.export.register_dataclass, so its tensor fields are the graph's outputs")
+    return qg
+
+
+def _capture_routes(model: nn.Module, args: tuple, keywords: tuple[str, ...] | None,
+                    declared: dict[str, dict[int, str]] | None, expected) -> QGraph:
     tried: list[str] = []
 
     gm, leaves, error = _symbolic(model, keywords)

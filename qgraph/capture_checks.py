@@ -4,6 +4,7 @@ and dead code is dropped only where the outputs stay the same."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import traceback
 
@@ -13,6 +14,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from qgraph.dead_code import eliminate_dead_code
+from qgraph.errors import CaptureError
 
 
 def outputs_match(expected, got) -> bool:
@@ -71,3 +73,25 @@ def failure_site(e: BaseException) -> str:
     f = frames[-1]
     code = f" `{f.line.strip()}`" if f.line else ""
     return f" at {os.path.basename(f.filename)}:{f.lineno} ({f.name}){code}"
+
+
+def register_output_dataclasses(output) -> list[str]:
+    """Register with ``torch.export.register_dataclass`` every dataclass type in a model's output that
+    torch's pytree does not know; returns their names. Unregistered, such an output is one opaque
+    leaf: no tensor in it could be compared, calibrated against or exported (torch.export refuses
+    it). Raises :class:`CaptureError` when a type cannot be registered."""
+    names: list[str] = []
+    for _ in range(8):  # dataclasses nested in dataclasses appear one level per round
+        new = {type(leaf) for leaf in pytree.tree_leaves(output)
+               if dataclasses.is_dataclass(leaf) and not isinstance(leaf, type) and type(leaf) not in pytree.SUPPORTED_NODES}
+        if not new:
+            break
+        for cls in sorted(new, key=lambda c: c.__qualname__):
+            try:
+                torch.export.register_dataclass(cls, serialized_type_name=f"{cls.__module__}.{cls.__qualname__}")
+            except Exception as e:  # noqa: BLE001 - say which type and why, in the user's terms
+                raise CaptureError(f"the model returns {cls.__qualname__}, a dataclass torch's pytree does not know, and "
+                                   f"registering it failed ({type(e).__name__}: {e}); register it yourself with "
+                                   "torch.utils._pytree.register_pytree_node before quantizing") from e
+            names.append(cls.__qualname__)
+    return names

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import onnx
 import pytest
@@ -602,3 +603,40 @@ def test_vmap_ensemble_weights_quantized_outside_the_level_and_ops_inside_stay_f
     inits = {i.name: i for i in onnx.load(str(tmp_path / "ensemble.onnx")).graph.initializer}
     assert [3, 4, 8] in [list(i.dims) for i in inits.values() if i.data_type == onnx.TensorProto.INT8]  # codes (and zero points)
     assert not [i.name for i in inits.values() if list(i.dims) == [3, 4, 8] and i.data_type == onnx.TensorProto.FLOAT]
+
+
+@dataclasses.dataclass
+class _DetectorOutput:
+    logits: torch.Tensor
+    boxes: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
+class _DataclassHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.cls, self.box = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        f = self.body(x)
+        return _DetectorOutput(logits=self.cls(f).flatten(2), boxes=self.box(f).sigmoid().flatten(2))
+
+
+def test_a_dataclass_output_is_registered_and_its_tensors_checked(tmp_path):
+    """An unregistered dataclass is one opaque pytree leaf: the capture check compared no tensor, and
+    bias correction crashed on an empty ``torch.cat``. Its type is now registered (and noted), so its
+    fields are outputs that are checked, calibrated against and exported."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    qm = qgraph.quantize(_DataclassHead().eval(), x, "w8a8", [torch.randn(2, 3, 8, 8) for _ in range(2)])
+    assert any("_DetectorOutput" in n and "register_dataclass" in n for n in qm.qgraph.capture.notes), qm.qgraph.capture.notes
+    with torch.no_grad(), qm.frozen():
+        out = qm(x)
+    assert isinstance(out, _DetectorOutput) and out.loss is None and out.logits.shape == (2, 4, 64)
+    res = qm.export(str(tmp_path / "det"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance and len(_onnx_outputs(res.onnx_path)) == 2
+
+
+def _onnx_outputs(path: str) -> list[str]:
+    return [o.name for o in onnx.load(path).graph.output]
