@@ -66,6 +66,12 @@ class QGraph(fx.GraphModule):
             given = [*args, *kwargs.values()]
             shapes = ", ".join(str(tuple(a.shape)) for a in given if isinstance(a, torch.Tensor))
             guard = str(e).removeprefix("Guard failed: ")
+            values = [a for a in given if isinstance(a, str) and repr(a) not in guard]
+            if values or "'" in guard:  # a string input (a task name) is a constant of the graph
+                raise ShapeGuardError(f"this model was captured with torch.export, which fixed the value of its non-tensor "
+                                      f"inputs: {guard} does not hold for {', '.join(map(repr, values)) or 'these inputs'}. "
+                                      f"Such an input is part of the graph: quantize once per value (e.g. per task)",
+                                      guard=guard) from e
             raise ShapeGuardError(f"this model was captured with torch.export, which fixed its input shapes (or values): "
                                   f"{guard} does not hold for inputs of shape {shapes}. "
                                   f"Run it on inputs shaped like the example inputs, or capture again with example "

@@ -160,8 +160,8 @@ def _input_spec(a, name: str | None = None, values: bool = False) -> dict:
 
 def _value_spec(a, values: bool = False) -> dict:
     """A tensor's shape and dtype (and, with ``values``, the values of an integer or boolean one);
-    lists and tuples of inputs nested (``forward(self, views: list)``); None and Python numbers as
-    they are (example inputs ``(x, None, 2.0)``)."""
+    lists and tuples of inputs nested (``forward(self, views: list)``); None, Python numbers and strings
+    as they are (example inputs ``(x, None, 2.0)``, ``{"x": images, "task": "seg"}``)."""
     if isinstance(a, torch.Tensor):
         spec = {"shape": list(a.shape), "dtype": str(a.dtype).replace("torch.", "")}
         if values and not a.is_floating_point() and not a.is_complex() and a.numel() <= _MAX_RECORDED_VALUES:
@@ -169,11 +169,11 @@ def _value_spec(a, values: bool = False) -> dict:
         return spec
     if a is None:
         return {"none": True}
-    if isinstance(a, (bool, int, float)):
+    if isinstance(a, (bool, int, float, str)):
         return {"value": a}
     if isinstance(a, (list, tuple)):
         return {"list" if isinstance(a, list) else "tuple": [_value_spec(x, values) for x in a]}
-    raise QGraphError(f"example inputs must be tensors, lists or tuples of them, None or Python numbers to be recorded "
+    raise QGraphError(f"example inputs must be tensors, lists or tuples of them, None, Python numbers or strings to be recorded "
                       f"in a qpack, got {type(a).__name__}")
 
 

@@ -328,3 +328,32 @@ def test_a_mask_of_ones_at_capture_still_masks_padding_later():
         moved = (f - model(**ones).logits[:, 4:]).abs().max()
     assert moved > 0.05  # the padding matters to this model
     assert sqnr_db(f, q) > 25  # and the quantized graph follows it
+
+
+class _TaskHeads(nn.Module):
+    """A multi-task model whose head is picked by a string argument (``model(x=..., task="seg")``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(8, 16)
+        self.heads = nn.ModuleDict({"cls": nn.Linear(16, 3), "seg": nn.Linear(16, 5)})
+
+    def forward(self, x, task: str = "cls"):
+        return self.heads[task](torch.relu(self.body(x)))
+
+
+def test_a_string_input_is_recorded_in_the_qpack_and_its_value_is_named(tmp_path):
+    """A string among the inputs by name could not be recorded in the qpack ("got str"); and calling the
+    model with another value spoke of input shapes. The value is recorded now, and the error says that
+    the string is part of the graph."""
+    torch.manual_seed(0)
+    model = _TaskHeads().eval()
+    g = torch.Generator().manual_seed(1)
+    batches = [{"x": torch.randn(4, 8, generator=g), "task": "seg"} for _ in range(3)]
+    qm = qgraph.quantize(model, batches[0], "w8a8", batches[1:])
+    res = qm.export(str(tmp_path / "tasks"))
+    back = qgraph.load(res.qpack_path, model)
+    with torch.no_grad(), qm.frozen(), back.frozen():
+        assert torch.equal(back(**batches[1]), qm(**batches[1])) and qm(**batches[1]).shape == (4, 5)
+        with pytest.raises(qgraph.ShapeGuardError, match="fixed the value of its non-tensor inputs: .*'cls'.*quantize once per value"):
+            qm(x=batches[1]["x"], task="cls")
