@@ -380,7 +380,7 @@ class QModel(nn.Module):
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ExportError(f"ONNX Runtime could not {step} the exported file on the example inputs: {first[:600]}. "
-                              f"The file is at {onnx_path}") from e
+                              f"{_low_precision_hint(model, first)}The file is at {onnx_path}") from e
         if tolerance is None:
             default = export_tolerance(self, args, expected)
             tolerance, result.drift = default.value, default.drift
@@ -609,3 +609,20 @@ def _rename_batch_dims(path: str, inputs: dict[str, str], outputs: dict[int, dic
             if d < len(shape) and shape[d].dim_param == "batch":
                 shape[d].dim_param = name
     onnx.save(model, path)
+
+
+def _low_precision_hint(model, error: str) -> str:
+    """Why ONNX Runtime may lack a kernel: the file computes in bfloat16 (a ``torch.autocast`` region in
+    ``forward``, kept by torch.export), which its CPU provider has no MatMul or Gemm kernel for."""
+    import onnx
+
+    if "NOT_IMPLEMENTED" not in error:
+        return ""
+    bf16 = onnx.TensorProto.BFLOAT16
+    typed = [*model.graph.value_info, *model.graph.input, *model.graph.output]
+    if not any(v.type.tensor_type.elem_type == bf16 for v in typed) and not any(
+            a.name == "to" and a.i == bf16 for n in model.graph.node if n.op_type == "Cast" for a in n.attribute):
+        return ""
+    return ("The file computes in bfloat16 (a torch.autocast region in forward, which torch.export keeps), and ONNX Runtime's "
+            "CPU provider has no bfloat16 kernel for that op. Export without the autocast region (it then runs in float32), "
+            "or run the file on a provider with bfloat16 kernels. ")

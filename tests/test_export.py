@@ -953,3 +953,28 @@ def test_tied_top_k_indices_may_come_in_either_order():
     assert ort_backend.compare((values, indices), ok).max_abs_error == 0
     wrong = [values.numpy(), np.array([[3, 2, 9], [4, 1, 7]])]  # untied indices swapped
     assert ort_backend.compare((values, indices), wrong).max_abs_error == 3
+
+
+class _AutocastIsland(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = self.b(torch.relu(self.a(x)))
+        return y.float()
+
+
+def test_a_bfloat16_autocast_region_that_onnx_runtime_cannot_run_is_explained(tmp_path):
+    """torch.export keeps an autocast region in bfloat16, and ONNX Runtime's CPU provider has no bfloat16
+    Gemm: its NOT_IMPLEMENTED error now comes with the cause and the way out."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 8)
+    qm = qgraph.quantize(_AutocastIsland().eval(), x, "w8a8", [torch.randn(4, 8)])
+    try:
+        res = qm.export(str(tmp_path / "island"), formats=("onnx",))
+    except qgraph.ExportError as e:
+        assert "NOT_IMPLEMENTED" in str(e) and "computes in bfloat16 (a torch.autocast region" in str(e), str(e)
+        return
+    assert res.max_abs_error <= res.tolerance  # an ONNX Runtime with bfloat16 CPU kernels
