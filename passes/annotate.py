@@ -43,6 +43,10 @@ Rules:
     (recorded as ``kept float``): their values are batched tensors that exist only inside the vmap
     level, and an observer storing their range let one escape it. Their stacked weights are
     quantized outside the level (rule 9).
+11. The ops inside a control-flow op's subgraphs (``torch.cond``'s branches, a ``while_loop``'s body:
+    graph submodules the call reads by ``get_attr``) stay float, recorded as ``kept float`` on the
+    call; the passes do not enter subgraphs. The conv / linear weights the branches read are lifted
+    to the outer graph, where they are quantized weight-only.
 
 The result is an :class:`Annotation` under ``node.meta["qgraph.annotation"]``; nothing else is
 changed, so the pass reports ``modified=False``.
@@ -66,6 +70,7 @@ from qgraph.ops import (
     feeds_model_output,
     feeds_topk,
     inside_vmap,
+    module_path,
     owner_type,
     reaches_integer_op,
     tensor_meta,
@@ -98,6 +103,11 @@ class AnnotatePass(QPass):
         vmapped = inside_vmap(gm)
         for node in gm.graph.nodes:
             node.meta.pop(ANNOTATION_KEY, None)
+            bodies = _subgraph_operands(gm, node)
+            if bodies:
+                self.record("kept float", node, module_path(node), f"the ops inside {_op_name(node)}'s subgraphs ({', '.join(bodies)}) "
+                                                                   "stay float: the passes do not enter them (the conv / linear "
+                                                                   "weights they read are quantized weight-only, outside)")
             info = classify(gm, node)
             if info is None:
                 continue
@@ -205,6 +215,26 @@ class AnnotatePass(QPass):
             return None
         mod = _module(gm, node)
         return tuple(mod.weight.shape) if mod is not None else None
+
+
+def _subgraph_operands(gm: fx.GraphModule, node: fx.Node) -> list[str]:
+    """The graph submodules a control-flow op runs (``torch.cond``'s branches, a ``while_loop``'s
+    body), by name."""
+    if node.op != "call_function":
+        return []
+    names = []
+    for a in node.args:
+        if isinstance(a, fx.Node) and a.op == "get_attr":
+            try:
+                if isinstance(gm.get_submodule(str(a.target)), fx.GraphModule):
+                    names.append(str(a.target))
+            except AttributeError:
+                continue
+    return names
+
+
+def _op_name(node: fx.Node) -> str:
+    return str(getattr(node.target, "__name__", node.target)).removesuffix(".default")
 
 
 def _rank(node: fx.Node) -> int | None:

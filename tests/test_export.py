@@ -930,6 +930,7 @@ def test_weights_read_inside_an_if_branch_stay_in_the_file(tmp_path):
     g = torch.Generator().manual_seed(1)
     data = [(torch.randn(4, 12, generator=g) + s,) for s in (0.5, -0.5, 0.5)]  # both branches calibrate
     qm = qgraph.quantize(_Cond().eval(), data[0], "w4a16", data[1:])
+    assert any(c.action == "kept float" and "cond's subgraphs (true_graph_0, false_graph_0)" in c.detail for c in qm.changes)
     res = qm.export(str(tmp_path / "cond"), formats=("onnx",))
     assert res.max_abs_error <= res.tolerance
     sess = ort_session(res.onnx_path, exact_int4=True)
