@@ -10,6 +10,7 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 from qgraph.passes.annotate import AnnotatePass
+from qgraph.passes.autocast_float32 import Float32AutocastPass
 from qgraph.passes.base import Change, QPass
 from qgraph.passes.bias_correction import BiasCorrectionPass, ZeroBiasPass
 from qgraph.passes.bitswitch import BitSwitchCalibratePass, BitSwitchPass
@@ -23,6 +24,7 @@ from qgraph.passes.sparsity import PruneMasksPass, SparsifyPass
 
 from qgraph.bitswitch import BitSwitchRecipe, is_bitswitch
 from qgraph.errors import CaptureError, QGraphError, RecipeError
+from qgraph.graph import record_shapes
 from qgraph.recipes import Recipe
 from qgraph.summary import sqnr_db
 
@@ -32,8 +34,8 @@ def prepare_passes(recipe: Recipe, leaves: set[str], fold_bn: bool = True,
     """``prune_masks``: ``{module path: weight mask}`` of a model pruned with ``torch.nn.utils.prune``
     (:func:`qgraph.weight_hooks.copy_with_plain_weights`), kept as masks on the quantized graph."""
     if isinstance(recipe, BitSwitchRecipe):  # BatchNorm stays unfolded: one per bit width
-        return [CanonicalizePass(leaves), SortedTopkPass(), FoldWeightsPass(), BitSwitchPass(recipe, leaves)]
-    passes: list[QPass] = [CanonicalizePass(leaves), SortedTopkPass(), FoldWeightsPass()]
+        return [Float32AutocastPass(), CanonicalizePass(leaves), SortedTopkPass(), FoldWeightsPass(), BitSwitchPass(recipe, leaves)]
+    passes: list[QPass] = [Float32AutocastPass(), CanonicalizePass(leaves), SortedTopkPass(), FoldWeightsPass()]
     if fold_bn:
         passes.append(FoldBatchNormPass())
     if recipe.sparsity is not None:
@@ -106,14 +108,15 @@ def run_float_rewrites(gm: fx.GraphModule, passes: list[QPass], args: tuple) -> 
     for p in passes:
         run_passes(gm, [p])
         if p.changes:
-            with torch.no_grad():
-                worst = output_sqnr_db(reference, gm(*args))
-            if worst < FLOAT_REWRITE_MIN_SQNR_DB and hasattr(p, "revert"):  # an optional rewrite: undone, recorded
+            with torch.no_grad():  # a pass that adds nodes (inlined autocast regions) records their shapes
+                worst = output_sqnr_db(reference, record_shapes(gm, args) if getattr(p, "adds_nodes", False) else gm(*args))
+            floor = getattr(p, "min_sqnr_db", FLOAT_REWRITE_MIN_SQNR_DB)  # autocast_float32 allows bfloat16 rounding
+            if worst < floor and hasattr(p, "revert"):  # an optional rewrite: undone, recorded
                 p.revert(gm, f"the model's output depends on the order it returns (output SQNR {worst:.1f} dB sorted)")
-            elif worst < FLOAT_REWRITE_MIN_SQNR_DB:
+            elif worst < floor:
                 after = f" (after {', '.join(done)})" if done else ""
                 raise CaptureError(f"pass {p.name}{after} changed what the float model computes on the example inputs: "
-                                   f"output SQNR {worst:.1f} dB where float rounding stays above {FLOAT_REWRITE_MIN_SQNR_DB:.0f} dB. "
+                                   f"output SQNR {worst:.1f} dB where float rounding stays above {floor:.0f} dB. "
                                    f"This is a qgraph bug; please report it with the model"
                                    + (" (quantize with fold_bn=False avoids this pass)" if p.name == "fold_bn" else ""))
         done.append(p.name)

@@ -612,8 +612,9 @@ def _rename_batch_dims(path: str, inputs: dict[str, str], outputs: dict[int, dic
 
 
 def _low_precision_hint(model, error: str) -> str:
-    """Why ONNX Runtime may lack a kernel: the file computes in bfloat16 (a ``torch.autocast`` region in
-    ``forward``, kept by torch.export), which its CPU provider has no MatMul or Gemm kernel for."""
+    """Why ONNX Runtime may lack a kernel: the file computes in bfloat16 (a cast in ``forward``; autocast
+    regions are computed in float32 already, ``passes/autocast_float32.py``), which its CPU provider has
+    no MatMul or Gemm kernel for."""
     import onnx
 
     if "NOT_IMPLEMENTED" not in error:
@@ -623,6 +624,6 @@ def _low_precision_hint(model, error: str) -> str:
     if not any(v.type.tensor_type.elem_type == bf16 for v in typed) and not any(
             a.name == "to" and a.i == bf16 for n in model.graph.node if n.op_type == "Cast" for a in n.attribute):
         return ""
-    return ("The file computes in bfloat16 (a torch.autocast region in forward, which torch.export keeps), and ONNX Runtime's "
-            "CPU provider has no bfloat16 kernel for that op. Export without the autocast region (it then runs in float32), "
-            "or run the file on a provider with bfloat16 kernels. ")
+    return ("The file computes in bfloat16 (the model casts to it in forward), and ONNX Runtime's CPU provider has no "
+            "bfloat16 kernel for that op. Compute that part in float32 for export, or run the file on a provider with "
+            "bfloat16 kernels. ")
