@@ -1,0 +1,144 @@
+"""Parameters that are stacks of weight matrices, read per slice rather than by a conv or linear call:
+quantized weight-only on their ``get_attr`` as kind ``experts`` (annotate rule 9), one scale per
+matrix row.
+
+* mixture-of-experts weights ``[E, K, N]`` read by a grouped matmul, or by an einsum as one matrix
+  per expert (:func:`expert_weight_info`);
+* the stacked ``[members, out, in]`` weights of a ``vmap(functional_call)`` ensemble
+  (:func:`ensemble_weight_info`);
+* a parameter of 3+ dims in a broadcast matmul with an activation (:func:`stacked_matrices_info`).
+
+:func:`qgraph.ops.classify` asks :func:`stacked_weight_info` about every ``get_attr``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from qgraph.ops import (
+    BATCHED_MATMUL,
+    EINSUM,
+    LINEAR,
+    MATMUL,
+    OpInfo,
+    _is_float_tensor,
+    _ops,
+    is_grouped_mm,
+    tensor_meta,
+)
+
+
+def stacked_weight_info(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
+    """Kind ``experts`` for a ``get_attr`` of a stacked weight (any of the three forms above), else None."""
+    return expert_weight_info(node) or ensemble_weight_info(gm, node) or stacked_matrices_info(gm, node)
+
+
+def expert_weight_info(node: fx.Node) -> OpInfo | None:
+    """A 3-D parameter every reader of which is a grouped matmul's weight ``[E, K, N]``, directly or
+    through a transpose (Hugging Face MoE layers store ``[E, N, K]``, the rows of ``nn.Linear``), or an
+    einsum that reads it as one matrix per expert (:func:`einsum_expert_axis`):
+    kind ``experts``, quantized on its ``get_attr`` (weight-only). ``weight_channel_axis``: the
+    axis of the stored tensor that holds the output channels (N)."""
+    tm = tensor_meta(node)
+    if tm is None or len(tm[0]) != 3 or not tm[1].is_floating_point or not node.users:
+        return None
+    axes = set()
+    for user in node.users:
+        mm, out_axis = user, 2
+        if (user.op == "call_function" and user.target in (torch.transpose, *_ops("transpose.int"))
+                or user.op == "call_method" and user.target == "transpose"):
+            dims = {d % 3 for d in user.args[1:3]}
+            if dims != {1, 2} or len(user.users) != 1:
+                return None
+            mm, out_axis = next(iter(user.users)), 1
+        if mm is user and user.op == "call_function" and user.target in EINSUM:
+            out_axis = einsum_expert_axis(user, node)
+            if out_axis is None:
+                return None
+        elif not (is_grouped_mm(mm) and len(mm.args) > 1 and mm.args[1] is (user if mm is not user else node)):
+            return None
+        axes.add(out_axis)
+    if len(axes) != 1:
+        return None
+    return OpInfo("experts", str(node.target).rpartition(".")[0], node, None, [], axes.pop())
+
+
+def einsum_expert_axis(einsum: fx.Node, weight: fx.Node) -> int | None:
+    """The output-channel axis of a 3-D expert weight read by a two-operand einsum as stacked
+    per-expert matrices (the Switch Transformer's ``einsum("becd,edh->bech", x, wi)``): the weight's
+    first index is a batch index (in the other operand and the output), one index is contracted
+    with the other operand and one goes to the output. None for any other einsum."""
+    eq, operands = einsum.args[0], einsum.args[1:]
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    if not isinstance(eq, str) or "->" not in eq or "." in eq or einsum.kwargs or len(operands) != 2:
+        return None
+    ins, out = eq.replace(" ", "").split("->")
+    subs = ins.split(",")
+    if len(subs) != 2 or operands[0] is operands[1] or weight not in operands:
+        return None
+    sw, sx = (subs[1], subs[0]) if operands[1] is weight else (subs[0], subs[1])
+    if len(sw) != 3 or len(set(sw)) != 3 or len(set(sx)) != len(sx) or len(set(out)) != len(out):
+        return None
+    e, rest = sw[0], sw[1:]
+    contracted = [c for c in rest if c in sx and c not in out]
+    produced = [c for c in rest if c in out and c not in sx]
+    if not (e in sx and e in out and len(contracted) == 1 and len(produced) == 1):
+        return None
+    return sw.index(produced[0])
+
+
+def ensemble_weight_info(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
+    """The stacked weights of a model ensemble run by ``torch.func.vmap(functional_call)``: a 3-D
+    parameter ``[members, out, in]`` (``torch.func.stack_module_state`` of linear layers) every reader
+    of which is ``_add_batch_dim`` over dim 0 feeding only linear layers as their weight. Kind
+    ``experts`` (one linear per slice, as in a mixture of experts), quantized weight-only on its
+    ``get_attr``, outside the vmap level, per (member, output channel)."""
+    if not is_parameter(gm, node):
+        return None
+    tm = tensor_meta(node)
+    if tm is None or len(tm[0]) != 3 or not tm[1].is_floating_point or not node.users:
+        return None
+    for user in node.users:
+        name = str(getattr(user.target, "__name__", "")) if user.op == "call_function" else ""
+        if not (name.endswith("_add_batch_dim") and user.args[:2] == (node, 0) and user.users):
+            return None
+        if not all(r.op == "call_function" and r.target in LINEAR and len(r.args) > 1 and r.args[1] is user
+                   and r.args[0] is not user for r in user.users):
+            return None
+    return OpInfo("experts", str(node.target).rpartition(".")[0], node, None, [], 1)
+
+
+def stacked_matrices_info(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
+    """A parameter of 3 or more dims every reader of which multiplies it by an activation in a
+    broadcast matmul (CapsNet's ``matmul(W [1, caps, classes, out, in], u [n, caps, 1, in, 1])``):
+    a stack of weight matrices, kind ``experts``, quantized weight-only on its ``get_attr`` with one
+    scale per matrix row. ``weight_channel_axis``: the output rows (dim -2) of ``W @ x``, the columns
+    (dim -1) of ``x @ W``."""
+    if node.op != "get_attr" or not node.users or not is_parameter(gm, node):
+        return None
+    tm = tensor_meta(node)
+    if tm is None or len(tm[0]) < 3 or not tm[1].is_floating_point:
+        return None
+    axes = set()
+    for user in node.users:
+        is_mm = (user.op == "call_function" and user.target in MATMUL and user.target not in BATCHED_MATMUL
+                 or user.op == "call_method" and user.target == "matmul")
+        if not is_mm or user.kwargs or len(user.args) != 2 or user.args[0] is user.args[1]:
+            return None
+        other = user.args[1] if user.args[0] is node else user.args[0]
+        if not isinstance(other, fx.Node) or other.op == "get_attr" or not _is_float_tensor(other):
+            return None
+        axes.add(len(tm[0]) - 2 if user.args[0] is node else len(tm[0]) - 1)
+    if len(axes) != 1:
+        return None
+    return OpInfo("experts", str(node.target).rpartition(".")[0], node, None, [], axes.pop())
+
+
+def is_parameter(gm: fx.GraphModule, node: fx.Node) -> bool:
+    try:
+        gm.get_parameter(str(node.target))
+    except AttributeError:
+        return False
+    return True
