@@ -176,6 +176,9 @@ def test_ddp_ranks_calibrate_together_and_export_the_same_qpack(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            os.path.join(ROOT, "examples", "ddp_qat.py"), "--cpu", "--check", "--epochs", "1", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    if proc.returncode != 0 and "terminate called without an active exception" in proc.stderr and "CHECK FAILED" not in proc.stderr:
+        # gloo aborting at teardown after the run finished (about one in 40 on loaded cores): run once more
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "every rank exported the same qpack" in proc.stdout
     assert (tmp_path / "rank0.qpack").read_bytes() == (tmp_path / "rank1.qpack").read_bytes()
