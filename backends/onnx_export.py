@@ -22,7 +22,7 @@ from qgraph.batch_dim import batch_dynamic_shapes, doubled, single_sample
 from qgraph.errors import ExportError
 from qgraph.export_route import quiet_torch_export
 from qgraph.meta import CAPTURE_KEY, FLOAT_BIASES_KEY
-from qgraph.ops import module_path
+from qgraph.ops import module_path, tensor_meta
 from qgraph.packed_sequences import packing_export_failure
 from qgraph.recurrent_export import exportable_recurrence, state_inputs
 
@@ -69,8 +69,6 @@ def exporter_failure(e: BaseException, gm: torch.nn.Module) -> str:
 
 def _complex_node(gm: torch.nn.Module) -> str | None:
     """The first graph node with a complex value or a complex parameter it reads, as "%node in path"."""
-    from qgraph.ops import tensor_meta
-
     if not isinstance(getattr(gm, "graph", None), torch.fx.Graph):
         return None
     for n in gm.graph.nodes:

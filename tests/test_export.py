@@ -640,6 +640,16 @@ def test_inputs_whose_first_dims_are_not_a_batch_export_with_the_examples_shapes
     assert json.load(open(res.report_path))["export"]["fixed_shapes"] == res.fixed_shapes
 
 
+def _assert_float_file_agrees(model: nn.Module, args: tuple, path: str, atol: float) -> None:
+    """``qgraph.export_onnx`` of the float model, run in ONNX Runtime, gives the model's first output."""
+    qgraph.export_onnx(model, args, path)
+    sess = ort_session(path)
+    got = sess.run(None, {i.name: a.numpy() for i, a in zip(sess.get_inputs(), args)})[0]
+    with torch.no_grad():
+        want = model(*args).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=atol)
+
+
 @pytest.mark.parametrize("p", [0.0, 1.0, 2.0, 3.0, float("inf")])
 def test_cdist_exports_where_torchs_exporter_has_no_translation(p, tmp_path):
     """``torch.cdist`` (metric learning, prototypes, Siamese nets) failed every export:
@@ -656,13 +666,7 @@ def test_cdist_exports_where_torchs_exporter_has_no_translation(p, tmp_path):
 
     torch.manual_seed(0)
     model, args = Distances().eval(), (torch.randn(2, 5, 4), torch.randn(2, 6, 4))
-    path = str(tmp_path / "cdist.onnx")
-    qgraph.export_onnx(model, args, path)
-    sess = ort_session(path)
-    got = sess.run(None, {i.name: a.numpy() for i, a in zip(sess.get_inputs(), args)})[0]
-    with torch.no_grad():
-        want = model(*args).numpy()
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    _assert_float_file_agrees(model, args, str(tmp_path / "cdist.onnx"), atol=1e-5)
     qm = qgraph.quantize(model, args, "w8a8")
     res = qm.export(str(tmp_path / "q"), formats=("onnx",))
     assert res.max_abs_error <= res.tolerance
@@ -688,13 +692,7 @@ def test_scatter_reduce_mean_exports_what_torch_computes(reduce, include_self, t
     model = Merge().eval()
     idx = torch.tensor([0, 0, 2, 4, 0]).view(1, 5, 1).expand(2, 5, 3).contiguous()  # rows 1 and 3 get nothing
     args = (torch.randn(2, 6, 3, generator=g), idx, torch.randn(2, 5, 3, generator=g))
-    path = str(tmp_path / "merge.onnx")
-    qgraph.export_onnx(model, args, path)
-    sess = ort_session(path)
-    got = sess.run(None, {i.name: a.numpy() for i, a in zip(sess.get_inputs(), args)})[0]
-    with torch.no_grad():
-        want = model(*args).numpy()
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    _assert_float_file_agrees(model, args, str(tmp_path / "merge.onnx"), atol=1e-6)
     res = qgraph.quantize(model, args, "w8a8").export(str(tmp_path / "q"), formats=("onnx",))
     assert res.max_abs_error <= res.tolerance
 
