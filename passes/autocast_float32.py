@@ -34,7 +34,7 @@ class Float32AutocastPass(QPass):
     float_rewrite = True
     # bfloat16 keeps 8 significant bits: one rounding is about -48 dB, a few layers of them 35-45 dB
     min_sqnr_db = 25.0
-    adds_nodes = True  # the inlined nodes get their example shapes from the check's run (tensor_meta)
+    refresh_meta = True  # the inlined nodes get their example shapes from the check's run (tensor_meta)
 
     def call(self, gm: fx.GraphModule) -> PassResult:
         modified = False

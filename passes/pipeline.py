@@ -16,6 +16,7 @@ from qgraph.passes.bias_correction import BiasCorrectionPass, ZeroBiasPass
 from qgraph.passes.bitswitch import BitSwitchCalibratePass, BitSwitchPass
 from qgraph.passes.calibrate import CalibratePass
 from qgraph.passes.canonicalize import CanonicalizePass
+from qgraph.passes.float32_casts import Float32CastsPass
 from qgraph.passes.fold_bn import FoldBatchNormPass
 from qgraph.passes.fold_weights import FoldWeightsPass
 from qgraph.passes.insert_quantizers import InsertQuantizersPass
@@ -34,8 +35,8 @@ def prepare_passes(recipe: Recipe, leaves: set[str], fold_bn: bool = True,
     """``prune_masks``: ``{module path: weight mask}`` of a model pruned with ``torch.nn.utils.prune``
     (:func:`qgraph.weight_hooks.copy_with_plain_weights`), kept as masks on the quantized graph."""
     if isinstance(recipe, BitSwitchRecipe):  # BatchNorm stays unfolded: one per bit width
-        return [Float32AutocastPass(), CanonicalizePass(leaves), SortedTopkPass(), FoldWeightsPass(), BitSwitchPass(recipe, leaves)]
-    passes: list[QPass] = [Float32AutocastPass(), CanonicalizePass(leaves), SortedTopkPass(), FoldWeightsPass()]
+        return [Float32AutocastPass(), Float32CastsPass(), CanonicalizePass(leaves), SortedTopkPass(), FoldWeightsPass(), BitSwitchPass(recipe, leaves)]
+    passes: list[QPass] = [Float32AutocastPass(), Float32CastsPass(), CanonicalizePass(leaves), SortedTopkPass(), FoldWeightsPass()]
     if fold_bn:
         passes.append(FoldBatchNormPass())
     if recipe.sparsity is not None:
@@ -108,8 +109,8 @@ def run_float_rewrites(gm: fx.GraphModule, passes: list[QPass], args: tuple) -> 
     for p in passes:
         run_passes(gm, [p])
         if p.changes:
-            with torch.no_grad():  # a pass that adds nodes (inlined autocast regions) records their shapes
-                worst = output_sqnr_db(reference, record_shapes(gm, args) if getattr(p, "adds_nodes", False) else gm(*args))
+            with torch.no_grad():  # a pass that adds nodes or changes dtypes records their tensor_meta again
+                worst = output_sqnr_db(reference, record_shapes(gm, args) if getattr(p, "refresh_meta", False) else gm(*args))
             floor = getattr(p, "min_sqnr_db", FLOAT_REWRITE_MIN_SQNR_DB)  # autocast_float32 allows bfloat16 rounding
             if worst < floor and hasattr(p, "revert"):  # an optional rewrite: undone, recorded
                 p.revert(gm, f"the model's output depends on the order it returns (output SQNR {worst:.1f} dB sorted)")

@@ -21,6 +21,8 @@ Every route is checked: the graph must reproduce the model's eager outputs on th
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.fx as fx
 from torch import nn
@@ -43,7 +45,7 @@ from qgraph.meta import CAPTURE_KEY
 from qgraph.model_wrappers import unwrap
 from qgraph.ops import MODULE_TYPES_KEY
 from qgraph.packed_sequences import opaque_packing, packing_note
-from qgraph.precision import float32_inputs, upcast
+from qgraph.precision import Float32Casts, float32_casts, float32_inputs, upcast
 from qgraph.trace_patches import traceable_calls
 
 _MAX_LEAF_ROUNDS = 64
@@ -228,8 +230,12 @@ def trace(model: nn.Module, example_inputs, *, owns_model: bool = False) -> QGra
     if upcast_note:
         args = float32_inputs(args)
     declared = declared_dynamic_dims(model)
-    with validation_off() as distributions:
+    casts = Float32Casts() if upcast_note else contextlib.nullcontext()
+    with validation_off() as distributions, casts:
         qg = _capture(model, args, keywords, declared)
+    if upcast_note and (float32_casts(qg) or casts.seen):  # symbolic_trace's graph still held them: no mode needed now
+        qg.recompile()
+        upcast_note += f"; the model's own casts to that precision compute in float32 ({', '.join(sorted(casts.seen))})"
     if distributions:
         qg.capture.notes.append(validation_note(distributions))
     qg.capture.keywords = keywords

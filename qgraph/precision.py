@@ -42,3 +42,77 @@ def upcast(model: nn.Module, in_place: bool) -> tuple[nn.Module, str]:
     return model, (f"the model's {'/'.join(dtypes)} parameters and buffers were cast to float32 on qgraph's copy: "
                    f"quantizers calibrate and exports run in float32; {'/'.join(dtypes)} inputs are cast to float32 "
                    f"and the outputs are float32")
+
+
+# --- casts to float16/bfloat16 inside forward ------------------------------------------------------------------
+LOW = (torch.float16, torch.bfloat16)  # the dtypes a model's own casts are taken out of: computed in float32
+_LOW_METHODS = {"half", "bfloat16"}
+
+
+def _float32_dtypes(value):
+    """``value`` (an argument structure) with every float16/bfloat16 dtype constant made float32."""
+    return pytree.tree_map(lambda a: torch.float32 if isinstance(a, torch.dtype) and a in LOW else a, value)
+
+
+def float32_casts(gm: torch.fx.GraphModule) -> list[tuple[torch.fx.Node, str]]:
+    """Rewrite, in place, the graph's casts to float16/bfloat16 into float32 ones: ``x.half()`` and
+    ``x.bfloat16()`` become ``x.float()``, and a float16/bfloat16 dtype argument (``x.to(torch.bfloat16)``,
+    ``torch.zeros(..., dtype=torch.float16)``, torch.export's ``_to_copy`` and its dtype assertions)
+    becomes ``torch.float32``. Returns ``(node, what it was)`` per node changed; the caller recompiles."""
+    changed = []
+    for node in gm.graph.nodes:
+        if node.op not in ("call_method", "call_function"):
+            continue
+        if node.op == "call_method" and node.target in _LOW_METHODS:
+            changed.append((node, f".{node.target}()"))
+            node.target = "float"
+        else:
+            args, kwargs = _float32_dtypes(node.args), _float32_dtypes(dict(node.kwargs))
+            if args == node.args and kwargs == dict(node.kwargs):
+                continue
+            name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+            changed.append((node, _cast_name(name, (node.args, dict(node.kwargs)))))
+            node.args, node.kwargs = args, kwargs
+        if _is_float32_noop(node):  # a weight read through ``.bfloat16()`` is a parameter matmul's operand again
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+    return changed
+
+
+def _is_float32_noop(node: torch.fx.Node) -> bool:
+    """Whether ``node`` is now a cast to float32 of a value that is float32 already (its tensor_meta)."""
+    src = node.args[0] if node.args else None
+    meta = (src.meta.get("tensor_meta") or src.meta.get("val")) if isinstance(src, torch.fx.Node) else None  # capture's or torch.export's
+    if getattr(meta, "dtype", None) != torch.float32:
+        return False
+    if node.op == "call_method":
+        return (node.target == "float" and len(node.args) == 1 and not node.kwargs
+                or node.target == "to" and node.args[1:] == (torch.float32,) and not node.kwargs)
+    return node.target is torch.ops.aten.to.dtype and node.args[1:] == (torch.float32,) and not node.kwargs
+
+
+def _cast_name(name: str, arguments) -> str:
+    """``to(..., bfloat16)``: a call and the first half-precision dtype among its arguments."""
+    low = next(a for a in pytree.tree_leaves(arguments) if isinstance(a, torch.dtype) and a in LOW)
+    return f"{name}(..., {str(low).removeprefix('torch.')})"
+
+
+class Float32Casts(torch.overrides.TorchFunctionMode):
+    """Runs a model's casts to float16/bfloat16 as float32 ones, the way :func:`float32_casts` rewrites
+    its graph: a model qgraph cast to float32 (:func:`upcast`) whose ``forward`` casts to its old dtype
+    itself (``x.half()`` before a float16 layer) would otherwise feed float16 values to float32 weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()  # the casts it changed, as ``float32_casts`` names them
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", str(func))
+        if name in _LOW_METHODS and args and isinstance(args[0], torch.Tensor):
+            self.seen.add(f".{name}()")
+            return args[0].float()
+        new_args, new_kwargs = _float32_dtypes(tuple(args)), _float32_dtypes(kwargs)
+        if new_args != tuple(args) or new_kwargs != kwargs:
+            self.seen.add(_cast_name(name, (args, kwargs)))
+        return func(*new_args, **new_kwargs)

@@ -299,6 +299,39 @@ def test_a_half_precision_model_is_quantized_and_exported_in_float32(dtype, tmp_
     assert result.max_abs_error <= result.tolerance
 
 
+class _CastsItself(nn.Module):
+    """An old-style float16 model: ``forward`` casts its input and a buffer of zeros to float16 itself."""
+
+    def __init__(self, branch: bool) -> None:
+        super().__init__()
+        self.conv, self.fc, self.branch = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 4), branch
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x.half()))
+        if self.branch and h.shape[0] > 1:  # symbolic_trace refuses this, torch.export takes it
+            h = h * 2
+        return self.fc(h.mean((2, 3))) + torch.zeros(h.shape[0], 4, dtype=torch.float16)
+
+
+@pytest.mark.parametrize("route", ["symbolic_trace", "torch.export"])
+def test_a_half_model_that_casts_to_half_itself_computes_in_float32(route, tmp_path):
+    """qgraph's float32 copy of a float16 model met the model's own ``x.half()``: float16 inputs to
+    float32 weights, reported as "the model fails on the example inputs" though the model runs. Its
+    casts to float16 compute in float32 on either capture route, and the note names them."""
+    torch.manual_seed(0)
+    model = _CastsItself(branch=route == "torch.export").half().eval()
+    x = torch.randn(2, 3, 8, 8)
+    qm = qgraph.quantize(model, x, "w8a8", [x, *torch.randn(3, 2, 3, 8, 8)])
+    cap = qm.qgraph.capture
+    assert cap.route == route and cap.upcast
+    assert any(".half(), zeros(..., float16)" in n for n in cap.notes), cap.notes
+    with torch.no_grad(), qm.frozen():
+        out, ref = qm(x), model(x).float()  # the float16 model itself
+    assert out.dtype == torch.float32 and sqnr_db(ref, out) > 25
+    result = qm.export(str(tmp_path / "casts"), formats=("onnx",))
+    assert result.max_abs_error <= result.tolerance
+
+
 def test_tracing_a_half_precision_model_leaves_it_half():
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU()).to(torch.bfloat16)
     qg = qgraph.trace(model, torch.randn(2, 8, dtype=torch.bfloat16))
