@@ -1,10 +1,16 @@
 """Attention calls as graph ops, for ``CanonicalizePass`` (rule 4).
 
-An ``nn.MultiheadAttention`` module call (:func:`module_attention_call`,
-:func:`rewrite_module_attention`): in-projection → split heads → ``F.scaled_dot_product_attention``
-→ merge heads → out-projection, with the module's masks combined as it combines them. The
-projections become ordinary ``F.linear`` calls on the weights, which are quantized per channel and
-fused by ONNX Runtime.
+* An ``nn.MultiheadAttention`` module call (:func:`module_attention_call`,
+  :func:`rewrite_module_attention`): in-projection → split heads → ``F.scaled_dot_product_attention``
+  → merge heads → out-projection, with the module's masks combined as it combines them.
+* ``F.multi_head_attention_forward`` called directly with a layer's weights (OpenAI CLIP's attention
+  pooling, hand-written encoders; :func:`functional_attention_call`,
+  :func:`rewrite_functional_attention`): the same ops. Self-attention on a packed ``in_proj_weight``,
+  or separate ``q/k/v_proj_weight`` (``use_separate_proj_weight=True``) with any query, key and
+  value. torch.fx kept the call as one opaque node, so its projections stayed float.
+
+Either way the projections become ordinary ``F.linear`` calls on the weights, which are quantized per
+channel and fused by ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qgraph.meta import MODULE_PATH_KEY
-from qgraph.ops import tensor_meta
+from qgraph.ops import module_path, tensor_meta
 
 
 def rewrite_module_attention(gm: fx.GraphModule, node: fx.Node, mod: nn.MultiheadAttention, call: dict) -> tuple[fx.Node, str]:
@@ -204,3 +210,94 @@ def _replace_outputs(g: fx.Graph, node: fx.Node, out: fx.Node) -> None:
         g.erase_node(u)
     g.erase_node(node)
 
+
+# F.multi_head_attention_forward's parameters, in order, and the defaults of those after the required ones
+_MHA_ARGS = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias", "bias_k", "bias_v",
+             "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias", "training", "key_padding_mask", "need_weights",
+             "attn_mask", "use_separate_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight", "static_k", "static_v",
+             "average_attn_weights", "is_causal")
+_MHA_DEFAULTS = {"training": True, "key_padding_mask": None, "need_weights": True, "attn_mask": None,
+                 "use_separate_proj_weight": False, "q_proj_weight": None, "k_proj_weight": None, "v_proj_weight": None,
+                 "static_k": None, "static_v": None, "average_attn_weights": True, "is_causal": False}
+
+
+def functional_attention_call(node: fx.Node) -> dict | None:
+    """The arguments of an ``F.multi_head_attention_forward`` call by name, or None when the rewrite
+    does not apply: 2-D (unbatched) inputs, ``bias_k``/``bias_v``, ``add_zero_attn``, ``static_k/v``,
+    active dropout, the attention weights read, or a packed projection with a query that is not also
+    key and value (its row blocks are no parameters of their own)."""
+    if node.op != "call_function" or node.target is not F.multi_head_attention_forward:
+        return None
+    call = dict(_MHA_DEFAULTS)
+    call.update(zip(_MHA_ARGS, node.args))
+    call.update(node.kwargs)
+    if set(call) != set(_MHA_ARGS):
+        return None
+    x = call["query"]
+    if _same_value(call["key"], x):
+        call["key"] = x
+    if _same_value(call["value"], call["key"]):
+        call["value"] = call["key"]
+    heads, separate = call["num_heads"], call["use_separate_proj_weight"]
+    weights = ("q_proj_weight", "k_proj_weight", "v_proj_weight") if separate is True else ("in_proj_weight",)
+    meta = tensor_meta(x) if isinstance(x, fx.Node) else None
+    dim = meta[0][-1] if meta is not None and meta[0] else None  # embed_dim_to_check is often x.shape[-1], a graph value
+    call["embed_dim_to_check"] = dim
+    simple = (
+        isinstance(dim, int) and isinstance(heads, int) and heads > 0 and dim % heads == 0 and separate in (True, False)
+        and all(isinstance(call[t], fx.Node) and _rank(call[t]) == 3 for t in ("query", "key", "value"))
+        and all(isinstance(call[w], fx.Node) for w in (*weights, "out_proj_weight"))
+        and (separate or x is call["key"] is call["value"])
+        and call["bias_k"] is None and call["bias_v"] is None and call["add_zero_attn"] is False
+        and call["static_k"] is None and call["static_v"] is None
+        and (call["dropout_p"] == 0 or call["training"] is False)
+        and all(call[m] is None or _float_or_bool(call[m]) for m in ("key_padding_mask", "attn_mask"))
+        and isinstance(call["is_causal"], bool) and not (call["is_causal"] and call["attn_mask"] is None)
+        and isinstance(call["need_weights"], bool) and _weights_unused(node)
+    )
+    return call if simple else None
+
+
+def rewrite_functional_attention(gm: fx.GraphModule, node: fx.Node, call: dict) -> tuple[fx.Node, str]:
+    """``F.multi_head_attention_forward`` (sequence first, ``call``: :func:`functional_attention_call`)
+    as graph ops; returns the output node and what replaced the call. Each linear takes the module path
+    of its weight where a ``get_attr`` reads it (``attn.out_proj``)."""
+    g, heads, dim = gm.graph, call["num_heads"], call["embed_dim_to_check"]
+    x, key, value, bias = call["query"], call["key"], call["value"], call["in_proj_bias"]
+    path, before = module_path(node), node.prev
+    with g.inserting_before(node):
+        def batch_first(t: fx.Node) -> fx.Node:
+            return g.call_method("transpose", (t, 0, 1))
+
+        def heads_first(t: fx.Node, n: int) -> list[fx.Node]:
+            return _heads_first(g, t, n, heads, dim // heads)
+
+        if call["use_separate_proj_weight"]:
+            def rows(i: int):
+                return None if bias is None else g.call_function(operator.getitem, (bias, slice(i * dim, (i + 1) * dim)))
+
+            xq = batch_first(x)
+            xk = xq if key is x else batch_first(key)
+            xv = xk if value is key else batch_first(value)
+            (q,) = heads_first(g.call_function(F.linear, (xq, call["q_proj_weight"], rows(0))), 1)
+            (k,) = heads_first(g.call_function(F.linear, (xk, call["k_proj_weight"], rows(1))), 1)
+            (v,) = heads_first(g.call_function(F.linear, (xv, call["v_proj_weight"], rows(2))), 1)
+            projections = "q, k and v projections"
+        else:
+            q, k, v = heads_first(g.call_function(F.linear, (batch_first(x), call["in_proj_weight"], bias)), 3)
+            projections = "in-projection"
+        o = g.call_function(F.scaled_dot_product_attention, (q, k, v), _sdpa_masking(g, call, heads))
+        o = g.call_method("flatten", (g.call_method("transpose", (o, 1, 2)), 2))  # [N, L, dim]
+        out = batch_first(g.call_function(F.linear, (o, call["out_proj_weight"], call["out_proj_bias"])))
+    n = before.next
+    while n is not node:  # the nodes this rewrite inserted, in order
+        w = n.args[1] if n.target is F.linear else None
+        owner = str(w.target).rpartition(".")[0] if isinstance(w, fx.Node) and w.op == "get_attr" else ""
+        n.meta[MODULE_PATH_KEY] = owner or path
+        n = n.next
+    _replace_outputs(g, node, out)
+    masks = [m for m in ("attn_mask", "key_padding_mask") if call[m] is not None] + (["is_causal"] if call["is_causal"] else [])
+    note = f", masked by {' and '.join(masks)}" if masks else ""
+    kind = "self-attention" if x is key is value else "cross-attention" if key is value else "separate key and value"
+    return out, (f"F.multi_head_attention_forward ({kind}, {heads} heads) by {projections}, scaled_dot_product_attention, "
+                 f"out-projection{note}")

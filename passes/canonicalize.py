@@ -28,7 +28,10 @@ Rewrite rules:
    Runtime) and its attention an ordinary op. Attention dropout is not part of the rewritten graph
    (recorded). A module is rewritten at all its calls or none: where one call does not fit (its
    attention weights used), every call stays a module and the insert pass wraps it
-   (:class:`qgraph.wrappers.QuantizedMultiheadAttention`, weight-only).
+   (:class:`qgraph.wrappers.QuantizedMultiheadAttention`, weight-only). ``F.multi_head_attention_forward``
+   called directly with a layer's weights becomes the same ops (self-attention on a packed
+   ``in_proj_weight``, or separate ``q/k/v_proj_weight``: OpenAI CLIP's attention pooling);
+   ``passes/attention_rewrite.py`` has both.
 5. ``aten.view`` (torch.export graphs) → ``aten.reshape``, ``aten.contiguous`` → ``aten.clone``
    (contiguous format): the same values, but re-exporting the captured graph to ONNX otherwise drops
    the ``contiguous`` and fails on the ``view`` of a transposed tensor after it (Hugging Face T5:
@@ -80,7 +83,13 @@ import warnings
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
-from qgraph.passes.attention_rewrite import drop_packed_projections, module_attention_call, rewrite_module_attention
+from qgraph.passes.attention_rewrite import (
+    drop_packed_projections,
+    functional_attention_call,
+    module_attention_call,
+    rewrite_functional_attention,
+    rewrite_module_attention,
+)
 from qgraph.passes.base import QPass
 from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
@@ -118,6 +127,11 @@ class CanonicalizePass(QPass):
                         c = gm.graph.call_function(torch.ops.aten.clone.default, (node,), {"memory_format": torch.contiguous_format})
                 c.meta = {k: v for k, v in node.meta.items() if k != "val"}
                 node.replace_all_uses_with(c, delete_user_cb=lambda u, c=c: u is not c)
+                modified = True
+                continue
+            if (call := functional_attention_call(node)) is not None:  # rule 4, F.multi_head_attention_forward
+                out, what = rewrite_functional_attention(gm, node, call)
+                self.record("replaced", out, module_path(out), what)
                 modified = True
                 continue
             if self._linear_of_transposed(gm, node) or self._einsum_linear(gm, node):

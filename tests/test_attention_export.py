@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import qgraph
+from qgraph.granularity import PerChannel
 
 
 class RelPosAttention(nn.Module):
@@ -126,4 +127,75 @@ def test_einsum_of_two_activations_is_quantized_like_a_matmul(tmp_path):
         want, got = model(x), qm(x)
     assert 10 * torch.log10(want.pow(2).mean() / (got - want).pow(2).mean()) > 25
     res = qm.export(str(tmp_path / "einsum"), formats=("onnx",))  # raises if ONNX Runtime disagrees
+    assert res.max_abs_error <= res.tolerance
+
+
+class ClipAttentionPool(nn.Module):
+    """OpenAI CLIP's ``AttentionPool2d``: the mean token (plus positions) attends over the feature map, by
+    ``F.multi_head_attention_forward`` with separate q/k/v projection weights and a concatenated bias."""
+
+    def __init__(self, side: int = 4, dim: int = 32, heads: int = 4, out: int = 8) -> None:
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(side * side + 1, dim) / dim ** 0.5)
+        self.k_proj, self.q_proj, self.v_proj = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.c_proj, self.heads = nn.Linear(dim, out), heads
+
+    def forward(self, x):  # [N, C, H, W]
+        x = x.flatten(2).permute(2, 0, 1)  # [HW, N, C]
+        x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0) + self.pos[:, None, :]
+        o, _ = F.multi_head_attention_forward(
+            query=x[:1], key=x, value=x, embed_dim_to_check=x.shape[-1], num_heads=self.heads,
+            q_proj_weight=self.q_proj.weight, k_proj_weight=self.k_proj.weight, v_proj_weight=self.v_proj.weight,
+            in_proj_weight=None, in_proj_bias=torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]),
+            bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0, out_proj_weight=self.c_proj.weight,
+            out_proj_bias=self.c_proj.bias, use_separate_proj_weight=True, training=self.training, need_weights=False)
+        return o.squeeze(0)
+
+
+class FunctionalSelfAttention(nn.Module):
+    """A hand-written encoder layer calling ``F.multi_head_attention_forward`` with an ``nn.MultiheadAttention``'s
+    packed weights (sequence first), a key padding mask and the attention weights asked for but unused."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.attn, self.heads, self.head = nn.MultiheadAttention(dim, heads), heads, nn.Linear(dim, 3)
+
+    def forward(self, x, pad):  # x: [N, L, C], pad: [N, L] bool (True = padding)
+        s = x.transpose(0, 1)
+        o, _ = F.multi_head_attention_forward(
+            s, s, s, s.shape[-1], self.heads, self.attn.in_proj_weight, self.attn.in_proj_bias, None, None, False, 0.1,
+            self.attn.out_proj.weight, self.attn.out_proj.bias, training=self.training, key_padding_mask=pad)
+        return self.head(o.transpose(0, 1) + x)
+
+
+@pytest.mark.parametrize("case", ["clip_pool", "self_attention"])
+def test_functional_multi_head_attention_becomes_linears_and_sdpa(case, tmp_path):
+    """``F.multi_head_attention_forward`` called directly stayed one opaque node: its q/k/v and output
+    projections stayed float. It is rewritten like an ``nn.MultiheadAttention`` call (canonicalize
+    rule 4), exactly, and its projection weights are quantized per channel."""
+    torch.manual_seed(0)
+    if case == "clip_pool":
+        model, args = ClipAttentionPool().eval(), (torch.randn(4, 32, 4, 4),)
+        calib = [(torch.randn(4, 32, 4, 4),) for _ in range(3)]
+        projections = {"q_proj", "k_proj", "v_proj", "c_proj"}
+    else:
+        pad = torch.zeros(4, 6, dtype=torch.bool)
+        pad[1, 4:] = True
+        model, args = FunctionalSelfAttention().eval(), (torch.randn(4, 6, 32), pad)
+        calib = [(torch.randn(4, 6, 32), pad) for _ in range(3)]
+        projections = {"attn.in_proj", "attn.out_proj"}
+    qm = qgraph.quantize(model, args, "w8a8", calib)
+    assert not any(n.target is F.multi_head_attention_forward for n in qm._float_graph.graph.nodes)
+    assert any("F.multi_head_attention_forward" in c.detail for c in qm.changes if c.pass_name == "canonicalize")
+    weights = {n.removesuffix("_weight_quantizer").removesuffix(".weight_quantizer") for n, q in qm.quantizers().items()
+               if q.role == "weight"}
+    assert projections <= weights, weights
+    assert all(q.spec.granularity == PerChannel(0) and q.scale.numel() > 1 for q in qm.quantizers().values() if q.role == "weight")
+    with torch.no_grad():
+        want = model(*args)
+        torch.testing.assert_close(qm._float_graph(*args), want, rtol=1e-5, atol=1e-5)  # the rewrite itself is exact
+        with qm.frozen():
+            got = qm(*args)
+    assert 10 * torch.log10(want.pow(2).mean() / (got - want).pow(2).mean()) > 25
+    res = qm.export(str(tmp_path / case), formats=("onnx",))
     assert res.max_abs_error <= res.tolerance
