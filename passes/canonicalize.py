@@ -68,6 +68,11 @@ Rewrite rules:
 10. ``call_module Bilinear`` → ``F.bilinear(x1, x2, weight, bias)``: its ``[out, in1, in2]`` weight
     is quantized weight-only where it is read, per output feature (``qgraph.ops``).
 
+11. An in-place activation (``nn.LeakyReLU(inplace=True)``, ``F.silu(x, inplace=True)``, ``x.sigmoid_()``,
+    torch.export's ``aten.leaky_relu_``) whose input is a conv / linear / matmul result read by nothing
+    else → its out-of-place form: the same values, and the result is quantized before the activation
+    (ONNX Runtime's integer conv then its own activation kernel) instead of after it.
+
 After this, weights are graph values that quantizers can be attached to in both dialects
 (``torch.export`` graphs already have this form). The module stays in the hierarchy and owns its
 parameters, so ``state_dict`` keys do not change, except for cross-attention's split projections
@@ -133,6 +138,11 @@ class CanonicalizePass(QPass):
                 out, what = rewrite_functional_attention(gm, node, call)
                 self.record("replaced", out, module_path(out), what)
                 modified = True
+                continue
+            if _out_of_place(gm, node):
+                self.record("replaced", node, module_path(node), "in-place activation on a conv/linear result made out-of-place, "
+                                                                  "so the result is quantized before it, as without inplace=True")
+                modified = True  # rule 11
                 continue
             if self._linear_of_transposed(gm, node) or self._einsum_linear(gm, node):
                 modified = True  # rule 8
@@ -456,3 +466,37 @@ def _made_contiguous(node: fx.Node) -> bool:
         and users[0].kwargs.get("memory_format") == torch.contiguous_format
 
 
+# rule 11: in-place activations, and the results they may be made out-of-place on
+_INPLACE_ACTIVATIONS = {"relu_", "relu6_", "leaky_relu_", "silu_", "elu_", "celu_", "selu_", "gelu_", "mish_", "hardswish_",
+                        "hardsigmoid_", "hardtanh_", "sigmoid_", "tanh_", "clamp_", "clamp_min_", "clamp_max_", "threshold_"}
+_INPLACE_KWARG = {F.relu, F.relu6, F.leaky_relu, F.silu, F.elu, F.celu, F.selu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh,
+                  F.threshold}
+_WEIGHTED_RESULTS = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, F.linear,
+                     torch.matmul, operator.matmul} | {
+    getattr(torch.ops.aten, name).default for name in ("conv1d", "conv2d", "conv3d", "linear", "matmul", "mm", "addmm")
+} | {torch.ops.aten.convolution.default, torch.ops.aten.conv_transpose2d.input, torch.ops.aten.conv_transpose1d.default,
+     torch.ops.aten.conv_transpose3d.input}
+
+
+def _out_of_place(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Rule 11: ``node`` made out-of-place where it is an in-place activation on a weighted op's
+    result that nothing else reads; False where it is not."""
+    x = node.args[0] if node.args else None
+    if not (isinstance(x, fx.Node) and len(x.users) == 1 and (
+            x.op == "call_function" and x.target in _WEIGHTED_RESULTS
+            or x.op == "call_module" and isinstance(gm.get_submodule(x.target), (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)))):
+        return False
+    if node.op == "call_method" and node.target in _INPLACE_ACTIVATIONS:
+        node.target = node.target[:-1]
+        return True
+    if node.op == "call_function" and node.target in _INPLACE_KWARG and node.kwargs.get("inplace") is True:
+        node.kwargs = {**node.kwargs, "inplace": False}
+        return True
+    if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload) and node.target._schema.name.startswith("aten::"):
+        name = node.target._schema.name.removeprefix("aten::")
+        packet = getattr(torch.ops.aten, name[:-1], None) if name in _INPLACE_ACTIVATIONS else None
+        functional = getattr(packet, node.target._overloadname, None) if packet is not None else None
+        if functional is not None and [a.name for a in functional._schema.arguments] == [a.name for a in node.target._schema.arguments]:
+            node.target = functional
+            return True
+    return False

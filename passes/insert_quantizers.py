@@ -32,7 +32,7 @@ from qgraph.passes.base import ANNOTATION_KEY, QPass, unique_submodule_name
 from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
 
-from qgraph.aliasing import settled
+from qgraph.aliasing import returns_itself, settled
 from qgraph.granularity import PerChannel, PerGroup, PerTensor
 from qgraph.meta import MODULE_PATH_KEY
 from qgraph.ops import classify, is_fusable_activation, is_passthrough, module_path
@@ -163,9 +163,12 @@ class InsertQuantizersPass(QPass):
 
     def _rewire(self, value: fx.Node, q: fx.Node) -> None:
         """Every reader of ``value`` reads the quantizer ``q`` instead (not ``q`` itself, nor the
-        in-place writes before it)."""
+        in-place writes before it). So does every reader of what those writes return where that is
+        ``value`` itself (``h = h.sigmoid_()``, torch.export's ``aten.leaky_relu_``): before, those
+        readers kept the unquantized value and ``q``, read by nobody, was dropped."""
         skip = self._filling.get(q, set())
-        value.replace_all_uses_with(q, delete_user_cb=lambda u: u is not q and u not in skip)
+        for alias in [value, *returns_itself(value, skip)]:
+            alias.replace_all_uses_with(q, delete_user_cb=lambda u: u is not q and u not in skip)
 
     def _is_quantized(self, gm, value: fx.Node) -> bool:
         seen = value

@@ -71,3 +71,29 @@ def settled(value: fx.Node) -> fx.Node:
                 break  # the first reader
         node = node.next
     return last
+
+
+def returns_itself(value: fx.Node, nodes) -> list[fx.Node]:
+    """The in-place writes among ``nodes`` (in graph order) whose result is ``value`` itself: a write
+    into ``value`` (or into such a result) that returns its first argument (``x.mul_(2)``,
+    ``aten.leaky_relu_``), as opposed to a write into a view of it (``k[..., :n].copy_(a)``)."""
+    same, found = {value}, []
+    for node in sorted(nodes, key=_order(value.graph)):
+        first = node.args[0] if node.args else None
+        if first in same and writes_to(node, {first}) and _returns_first(node):
+            same.add(node)
+            found.append(node)
+    return found
+
+
+def _order(graph: fx.Graph):
+    index = {n: i for i, n in enumerate(graph.nodes)}
+    return index.__getitem__
+
+
+def _returns_first(node: fx.Node) -> bool:
+    schema = _schema(node)
+    if schema is not None:
+        first, out = schema.arguments[0].alias_info if schema.arguments else None, schema.returns[0].alias_info if schema.returns else None
+        return first is not None and out is not None and first.before_set == out.before_set
+    return node.op == "call_method"  # Tensor's in-place methods return self; setitem returns None

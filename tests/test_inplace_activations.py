@@ -1,0 +1,62 @@
+"""In-place activations after a conv (Real-ESRGAN's and YOLO's ``LeakyReLU``/``SiLU(inplace=True)``).
+
+On the torch.export route they stay ``aten.leaky_relu_`` / ``aten.silu_``, and in symbolically traced
+code ``h = h.sigmoid_()`` is a method call. The conv's output quantizer was placed after the write, but
+the readers of what the write returns kept the unquantized value: the quantizer, read by nobody, was
+dropped, and calibration failed with "saw no data". Canonicalize (rule 11) now makes such an
+activation out-of-place, and where it cannot (the conv result is read again after the write), the
+insert pass rewires the readers of the write's result too.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import qgraph
+
+
+class ConvInplaceAct(nn.Module):
+    def __init__(self, kind: str, route: str) -> None:
+        super().__init__()
+        self.c1, self.c2, self.kind, self.route = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 3, 3, padding=1), kind, route
+        self.act = nn.LeakyReLU(0.2, inplace=True)
+
+    def forward(self, x):
+        if self.route == "torch.export":
+            assert x.shape[2] % 2 == 0  # basicsr's pixel_unshuffle: symbolic tracing refuses it, torch.export takes it
+        h = self.c1(x)
+        if self.kind == "module":
+            return self.c2(self.act(h))
+        if self.kind == "functional":
+            return self.c2(F.silu(h, inplace=True))
+        if self.kind == "method":
+            return self.c2(h.sigmoid_())
+        g = h.sigmoid_()  # "read again": the conv result is read after the write too, so it stays in place
+        return self.c2(g) + h.mean()
+
+
+def _sqnr_db(want, got) -> float:
+    return float(10 * torch.log10(want.pow(2).mean() / (got - want).pow(2).mean()))
+
+
+@pytest.mark.parametrize("route", ["symbolic_trace", "torch.export"])
+@pytest.mark.parametrize("kind", ["module", "functional", "method", "read again"])
+def test_an_inplace_activation_after_a_conv_is_quantized_and_exported(route, kind, tmp_path):
+    torch.manual_seed(0)
+    model, x = ConvInplaceAct(kind, route).eval(), torch.randn(4, 3, 8, 8)
+    qm = qgraph.quantize(model, x, "w8a8", [x, *torch.randn(3, 4, 3, 8, 8)])
+    assert qm.qgraph.capture.route == route
+    called = {n.target for n in qm.qgraph.graph.nodes if n.op == "call_module"}
+    assert {"c1.output_quantizer", "c1.weight_quantizer", "c2.weight_quantizer"} <= called, sorted(called)
+    if kind != "read again" or route == "torch.export":  # quantized before the activation, on both routes alike
+        assert len(qm.quantizers()) == 6, sorted(qm.quantizers())  # (torch.export's graph reads the write's result twice)
+    else:  # the write stays in place: its result, which c2 reads, is the conv's quantized output
+        assert "c2.input_quantizer" not in qm.quantizers(), sorted(qm.quantizers())
+    with torch.no_grad(), qm.frozen():
+        want, got = model(x.clone()), qm(x.clone())
+    assert _sqnr_db(want, got) > 30
+    res = qm.export(str(tmp_path / "m"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
