@@ -179,6 +179,48 @@ def scatter_reduce(self, dim: int, index, src, reduce: str, include_self: bool =
     return op.Where(reached, op.Div(sums, op.Max(counts, op.CastLike(1.0, counts))), self)
 
 
+def log_sigmoid(self):
+    """``aten::log_sigmoid`` as ``-softplus(-x)``. torchlib writes ``Log(Sigmoid(x))``: ONNX Runtime's
+    Sigmoid loses its relative accuracy in the negative tail (0.024 off at x = -13, SigLIP's pairwise
+    loss) and underflows to 0 below about -88, where the Log gives -inf. ONNX Runtime's Softplus
+    is computed stably (within 5e-7 over [-30, 30])."""
+    return op.Neg(op.Softplus(op.Neg(self)))
+
+
+def median_dim(self, dim: int, keepdim: bool = False):
+    """``aten::median.dim``, which torchlib lacks: the lower median (the ``(n - 1) // 2``-th smallest
+    along ``dim``) and its index, as the last of ``TopK(k = (n - 1) // 2 + 1, largest=0)``."""
+    n = op.Gather(op.Shape(self), op.Constant(value_ints=[dim]))
+    k = op.Add(op.Div(op.Sub(n, op.Constant(value_ints=[1])), op.Constant(value_ints=[2])), op.Constant(value_ints=[1]))
+    values, indices = op.TopK(self, k, axis=dim, largest=0, sorted=1)
+    last = op.Sub(k, op.Constant(value_ints=[1]))
+    values, indices = op.Gather(values, last, axis=dim), op.Gather(indices, last, axis=dim)
+    if not keepdim:
+        axes = op.Constant(value_ints=[dim])
+        values, indices = op.Squeeze(values, axes), op.Squeeze(indices, axes)
+    return values, indices
+
+
+def median(self):
+    """``aten::median``: the lower median of all elements (:func:`median_dim` on the flattened tensor)."""
+    values, _ = median_dim(op.Reshape(self, op.Constant(value_ints=[-1])), 0)
+    return values
+
+
+def searchsorted(sorted_sequence, self, out_int32: bool = False, right: bool = False, side: str | None = None, sorter=None):
+    """``aten::searchsorted.Tensor``, which torchlib lacks: per value, how many entries of its sorted row
+    lie below it (``right``/``side="right"``: at or below), by comparing every value with every
+    entry. ``sorted_sequence`` 1-D (one row for all values) or with the values' leading dims."""
+    if sorter is not None:
+        raise NotImplementedError("searchsorted with a sorter: sort the sequence before the call")
+    last = op.Constant(value_ints=[-1])
+    seq = sorted_sequence if len(sorted_sequence.shape or ()) == 1 else op.Unsqueeze(sorted_sequence, op.Constant(value_ints=[-2]))
+    values = op.Unsqueeze(self, last)
+    below = op.LessOrEqual(seq, values) if right or side == "right" else op.Less(seq, values)
+    counts = op.ReduceSum(op.Cast(below, to=ir.DataType.INT64), last, keepdims=0)
+    return op.Cast(counts, to=ir.DataType.INT32) if out_int32 else counts
+
+
 def _window(j: int, size: int, out: int) -> tuple[int, int]:
     """Adaptive pooling's window along one axis: ``[floor(j·size/out), ceil((j+1)·size/out))``."""
     return j * size // out, -(-(j + 1) * size // out)
@@ -302,6 +344,10 @@ def translation_table(opset: int = 21) -> dict:
         torch.ops.aten.conv3d.default: conv3d,
         torch.ops.aten._cdist_forward.default: cdist,
         torch.ops.aten.scatter_reduce.two: scatter_reduce,
+        torch.ops.aten.log_sigmoid.default: log_sigmoid,
+        torch.ops.aten.median.dim: median_dim,
+        torch.ops.aten.median.default: median,
+        torch.ops.aten.searchsorted.Tensor: searchsorted,
         torch.ops.aten.adaptive_max_pool2d.default: adaptive_max_pool,
         torch.ops.aten.adaptive_max_pool3d.default: adaptive_max_pool,
         **dict.fromkeys(_grouped_mm_ops(), grouped_mm),

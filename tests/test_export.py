@@ -697,6 +697,63 @@ def test_scatter_reduce_mean_exports_what_torch_computes(reduce, include_self, t
     assert res.max_abs_error <= res.tolerance
 
 
+def test_logsigmoid_exports_stably(tmp_path):
+    """SigLIP's pairwise loss ``-logsigmoid(z * logits)``: the exporter's ``Log(Sigmoid(x))`` was 0.024
+    off at x = -13 in ONNX Runtime and -inf below about -88. It is written as ``-softplus(-x)``."""
+
+    class SigmoidLoss(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return torch.nn.functional.logsigmoid(self.proj(x) * 30.0)
+
+    torch.manual_seed(0)
+    model, x = SigmoidLoss().eval(), torch.randn(8, 4) * 3
+    with torch.no_grad():
+        assert float(model(x).min()) < -100  # far into the tail
+    _assert_float_file_agrees(model, (x,), str(tmp_path / "logsigmoid.onnx"), atol=1e-4)
+    res = qgraph.quantize(model, x, "w8a8").export(str(tmp_path / "q"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
+
+
+class _RobustStats(nn.Module):
+    """Median pooling and bucketized features: ``median(dim)`` (values and indices), ``median()``, and
+    ``searchsorted`` into 1-D edges (left and right) and into per-row sorted sequences."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(6, 6)
+        self.register_buffer("edges", torch.linspace(-2, 2, 7))
+        self.register_buffer("rows", torch.sort(torch.randn(4, 5, generator=torch.Generator().manual_seed(1)), -1).values)
+
+    def forward(self, x):
+        h = self.proj(x)
+        values, indices = h.median(dim=1)
+        return (values, indices, h.median(), torch.searchsorted(self.edges, h), torch.searchsorted(self.edges, h, right=True),
+                torch.searchsorted(self.rows, h[:, :3].contiguous(), out_int32=True))
+
+
+def test_median_and_searchsorted_export(tmp_path):
+    """torchlib has no translation for ``median`` or ``searchsorted``: the export failed naming the op. They
+    are written as ``TopK`` and as comparison counts: torch's indices and counts exactly (the linear before
+    them differs by float rounding)."""
+    torch.manual_seed(0)
+    model, x = _RobustStats().eval(), torch.randn(4, 6)
+    path = str(tmp_path / "stats.onnx")
+    qgraph.export_onnx(model, (x,), path, dynamic_batch=False)
+    sess = ort_session(path)
+    for xs in (x, 3 * torch.randn(4, 6)):
+        with torch.no_grad():
+            want = model(xs)
+        for got, w in zip(sess.run(None, {"x": xs.numpy()}), want):
+            assert got.dtype == w.numpy().dtype
+            np.testing.assert_allclose(got, w.numpy(), rtol=0, atol=1e-6 if w.is_floating_point() else 0)
+    res = qgraph.quantize(model, x, "w8a8").export(str(tmp_path / "q"), formats=("onnx",), dynamic_batch=False)
+    assert res.max_abs_error <= res.tolerance
+
+
 class _CondConv(nn.Module):
     """timm's CondConv2d: per-sample kernels mixed from 3 experts by routing weights, the batch folded
     into the channels and run as one conv with ``groups=B``."""
