@@ -18,7 +18,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from qgraph.errors import QGraphError
+from qgraph.errors import InputError, QGraphError
 from qgraph.granularity import granularity_to_json
 from qgraph.primitives import dequantize_affine, quantize_affine
 from qgraph.quantizer import FakeQuantize
@@ -254,7 +254,15 @@ def load(path: str, model: nn.Module | Callable, example_inputs=None, bits=None,
     except (KeyError, QGraphError) as e:
         raise QPackError(f"{path}: the file does not record a recipe and example inputs ({e})") from e
     args = example_inputs if example_inputs is not None else _synth_inputs(specs)  # prepare checks them
-    qm = prepare(model, args, recipe=recipe, fold_bn=meta.get("fold_bn", True))
+    try:
+        qm = prepare(model, args, recipe=recipe, fold_bn=meta.get("fold_bn", True))
+    except InputError as e:
+        if example_inputs is not None:
+            raise
+        # the rebuilt inputs have the recorded shapes but random values, which a model may refuse (values
+        # in [0, 1) that index a table): the user's own inputs capture it
+        raise InputError(f"{e}. These example inputs were rebuilt from {path}'s record of their shapes and dtypes, with "
+                         f"random values; pass the model's own with qgraph.load(path, model, example_inputs=...)") from e
     gm = qm.qgraph
     wq = weight_quantizers(gm)
     masks = weight_masks(gm)

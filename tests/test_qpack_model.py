@@ -197,3 +197,29 @@ def test_a_masked_encoder_loads_from_the_recorded_input_shapes(tmp_path):
     back = qgraph.load(res.qpack_path, model)
     with torch.no_grad(), qm.frozen(), back.frozen():
         assert torch.equal(back(*data[0]), qm(*data[0]))
+
+
+class _Binned(nn.Module):
+    """A piecewise-linear flow's bins: inputs in [0, 1) index a table by ``floor(x * bins)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj, self.table = nn.Linear(8, 8), nn.Parameter(torch.randn(10))
+
+    def forward(self, u):
+        return self.proj(u) + self.table[(u * 10).floor().long().clamp(max=9)]
+
+
+def test_a_model_that_refuses_the_rebuilt_inputs_is_told_to_pass_its_own(tmp_path):
+    """load() rebuilds example inputs from the file's record of their shapes, with random normal values,
+    which this model cannot index with (-4): the error now says the inputs were rebuilt and how to pass
+    the model's own, and with them the model loads."""
+    torch.manual_seed(0)
+    model, u = _Binned().eval(), torch.rand(4, 8)
+    qm = qgraph.quantize(model, u, "w8a8", [torch.rand(4, 8) for _ in range(3)])
+    res = qm.export(str(tmp_path / "binned"), formats=("qpack",))
+    with pytest.raises(qgraph.InputError, match=r"rebuilt from .*binned\.qpack's record .* example_inputs="):
+        qgraph.load(res.qpack_path, model)
+    back = qgraph.load(res.qpack_path, model, example_inputs=u)
+    with torch.no_grad(), qm.frozen(), back.frozen():
+        assert torch.equal(back(u), qm(u))
