@@ -23,7 +23,11 @@ an autocast island, ``torch.cond``, ModuleDict heads picked by a string, datacla
 view updates, LLaVA's ``masked_scatter``, ``pad_sequence`` over ``*args``, GQA with a boolean mask,
 ``F.multi_head_attention_forward``, Mamba2's chunked SSD, minGRU's log-space scan, timm's Block, ``ACT2FN``, uint8
 NHWC resizing, pre-hooks with kwargs, a Lightning-style top-k wrapper, flip/roll TTA, tracing guards, LoRA through
-``functional_call``).
+``functional_call``), and the twelfth's in ``usage_models_generative.py`` (generative models and numerics-heavy forwards:
+DiT's adaLN-Zero, classifier-free guidance, EDM preconditioning, latent-diffusion attention and uint8 decoding, StyleGAN2's
+demodulated ``groups=batch`` convs, Real-ESRGAN, Glow's LU 1x1 conv, PixelCNN masks, VQ-GAN perplexity, RoBERTa positions,
+top-p filtering, quantile/bucketize features, SigLIP logits, LLM.int8-style outliers, training-guarded sampling, mu-law
+companding, flow-matching and DDIM steps, an MDN, a piecewise-linear flow).
 Every case goes through the default path:
 ``quantize(model, example, "w8a8", calib)``, ``export`` with its default dynamic batch (ONNX Runtime
 verification included), then, where the batch stayed dynamic, the ONNX file is run at batch 3 (and,
@@ -57,6 +61,7 @@ from benchmarks.usage_models_apps import CASES as APP_CASES
 from benchmarks.usage_models_deploy import CASES as DEPLOY_CASES
 from benchmarks.usage_models_examples import CASES as EXAMPLE_CASES
 from benchmarks.usage_models_framework import CASES as FRAMEWORK_CASES
+from benchmarks.usage_models_generative import CASES as GENERATIVE_CASES
 from benchmarks.usage_models_more import CASES as BLOCK_CASES
 from benchmarks.usage_models_ops import CASES as OPS_CASES
 from benchmarks.usage_models_repos import CASES as REPO_CASES
@@ -255,6 +260,7 @@ CASES.update(RESEARCH_CASES)  # the eighth: research-code idioms (benchmarks/usa
 CASES.update(REPO_CASES)  # the ninth: layers from popular model repositories (benchmarks/usage_models_repos.py)
 CASES.update(DEPLOY_CASES)  # the tenth: layers of recent architectures (benchmarks/usage_models_deploy.py)
 CASES.update(FRAMEWORK_CASES)  # the eleventh: framework and training idioms in forward (benchmarks/usage_models_framework.py)
+CASES.update(GENERATIVE_CASES)  # the twelfth: generative models and numerics-heavy forwards (benchmarks/usage_models_generative.py)
 SINGLE_SAMPLE = {"llama_bf16", "t5"}
 SKIP = {"torch_compile": ["fc"]}  # module paths as in the model itself, not behind the wrapper's _orig_mod.  # their example is one sample; calibration uses batches of 4
 
