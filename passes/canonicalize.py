@@ -54,7 +54,8 @@ Rewrite rules:
    linear, its ``[in, out]`` copy is not folded into a second parameter, and a weight tied to an
    embedding stays one tensor. ``x @ W`` and ``W @ x`` need no rewrite (``ops.classify``). A layer
    written as an einsum with its 2-D weight, ``einsum("...k,kn->...n", x, W)`` (or ``nk``),
-   contracting x's last dim and keeping the others in order, becomes ``x @ W`` (or ``linear(x, W)``).
+   contracting x's last dim and keeping the others in order, becomes ``x @ W`` (or ``linear(x, W)``);
+   with explicit indices, another contracted dim or output order gets permutes around it.
 7. ``scaled_dot_product_attention`` on q / k / v of rank 5 or more (window attention in timm's NesT
    and Hiera: ``[batch, heads, windows, tokens, dim]``), without a mask: the ONNX exporter translates
    only 4-D attention, so the leading dims but the last are merged before it and restored after it.
@@ -252,7 +253,10 @@ class CanonicalizePass(QPass):
     def _einsum_linear(self, gm: fx.GraphModule, node: fx.Node) -> bool:
         """Rule 8: ``einsum("...k,kn->...n", x, W)`` → ``linear(x, W.T)`` as ``x @ W``, and
         ``einsum("...k,nk->...n", x, W)`` → ``linear(x, W)``: a layer written as an einsum with its
-        2-D weight (code ported from JAX) contracts x's last dim, keeping the others in order."""
+        2-D weight (code ported from JAX) contracts x's last dim, keeping the others in order. With
+        explicit indices the contracted one may be anywhere and the output in any order
+        (``einsum("bchw,oc->bohw", x, W)``, a 1x1 convolution; a one-hot code times a codebook): x
+        is permuted to put it last, and the product permuted to the output's order."""
         if node.op != "call_function" or node.target not in EINSUM or node.kwargs or not node.args:
             return False
         eq, operands = node.args[0], node.args[1:]
@@ -266,23 +270,40 @@ class CanonicalizePass(QPass):
             return False
         if len(sw) != 2 or not sx or len(set(sx.replace("...", ""))) != len(sx.replace("...", "")) or sw[0] == sw[1]:
             return False
-        k = sx[-1]
-        if k not in sw or k in out:
+        k = next((c for c in sw if c in sx), None)  # the contracted index (the other one is the output's)
+        if k is None or k in out or sum(c in sx for c in sw) != 1:
             return False
         n = sw[1] if sw[0] == k else sw[0]
-        if n in sx or out != sx[:-1] + n:
+        kept = sx.replace(k, "")
+        if "..." in sx:  # a batch of any rank: x's last dim only, the others in order
+            if sx[-1] != k or out != kept + n:
+                return False
+        elif sorted(out) != sorted(kept + n):
             return False
         aten = isinstance(node.target, torch._ops.OpOverload)
-        with gm.graph.inserting_before(node):
+        g = gm.graph
+        permute = torch.ops.aten.permute.default if aten else torch.permute
+        permuted = sx[-1] != k or out != kept + n
+        meta = {key: v for key, v in node.meta.items() if not permuted or key not in ("val", "tensor_meta")}
+        with g.inserting_before(node):
+            if sx[-1] != k:  # e.g. a 1x1 convolution as einsum("bchw,oc->bohw"): the contracted dim goes last
+                x = g.call_function(permute, (x, [sx.index(c) for c in kept + k]))
+                x.meta = dict(meta)
             if sw[0] == k:  # W is [k, n]: x @ W (a linear whose weight is [in, out], ops.classify)
-                new = gm.graph.call_function(torch.ops.aten.matmul.default if aten else torch.matmul, (x, w))
+                new = g.call_function(torch.ops.aten.matmul.default if aten else torch.matmul, (x, w))
             else:
-                new = gm.graph.call_function(torch.ops.aten.linear.default if aten else F.linear, (x, w))
-        new.meta = dict(node.meta)
+                new = g.call_function(torch.ops.aten.linear.default if aten else F.linear, (x, w))
+            new.meta = dict(meta)
+            if out != kept + n:
+                new = g.call_function(permute, (new, [(kept + n).index(c) for c in out]))
+                new.meta = dict(node.meta)
+        if permuted:
+            self.refresh_meta = True  # the permuted values' shapes come from the float-rewrite check's run
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
         self.record("replaced", new, str(w.target).rpartition(".")[0],
-                    f"einsum('{eq}') with the weight {w.target} by {'x @ W' if sw[0] == k else 'linear(x, W)'}")
+                    f"einsum('{eq}') with the weight {w.target} by {'x @ W' if sw[0] == k else 'linear(x, W)'}"
+                    + (" between permutes" if permuted else ""))
         return True
 
     def _attention_4d(self, gm: fx.GraphModule, node: fx.Node) -> bool:

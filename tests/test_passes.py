@@ -315,10 +315,13 @@ def test_a_scaled_root_level_weight_computed_in_forward_folds_and_quantizes(tmp_
 
 
 @pytest.mark.parametrize("eq, shape, rewritten", [("btd,de->bte", (8, 6), True), ("btd,ed->bte", (6, 8), True),
-                                                  ("...d,de->...e", (8, 6), True), ("btd,de->bet", (8, 6), False)])
+                                                  ("...d,de->...e", (8, 6), True), ("btd,de->bet", (8, 6), True),
+                                                  ("btd,et->bde", (6, 5), True), ("...d,de->e...", (8, 6), False)])
 def test_a_layer_written_as_einsum_with_its_weight_is_a_quantized_linear(eq, shape, rewritten, tmp_path):
     """``torch.einsum("btd,de->bte", x, self.w)`` (code ported from JAX) left its weight float and the
-    model unquantized, with no note: an einsum with a parameter operand was not an op qgraph knew."""
+    model unquantized, with no note: an einsum with a parameter operand was not an op qgraph knew. With
+    explicit indices the contracted dim may be any of x's and the output in any order (a 1x1
+    convolution as ``einsum("bchw,oc->bohw")``): permutes around the linear. ``...`` keeps the order."""
 
     class M(nn.Module):
         def __init__(self) -> None:
