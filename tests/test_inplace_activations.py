@@ -60,3 +60,30 @@ def test_an_inplace_activation_after_a_conv_is_quantized_and_exported(route, kin
     assert _sqnr_db(want, got) > 30
     res = qm.export(str(tmp_path / "m"), formats=("onnx",))
     assert res.max_abs_error <= res.tolerance
+
+
+class InplaceResidual(nn.Module):
+    """torchvision's BasicBlock tail, ``out += identity`` then ``ReLU(inplace=True)``, captured by torch.export
+    (``aten.add_``): the conv's output quantizer was dropped the same way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.relu = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        assert x.shape[2] % 2 == 0
+        out = self.bn(self.conv(x))
+        out += x
+        return self.relu(out)
+
+
+def test_an_inplace_residual_add_after_a_conv_keeps_its_quantizer(tmp_path):
+    torch.manual_seed(0)
+    model, x = InplaceResidual().eval(), torch.randn(4, 8, 8, 8)
+    qm = qgraph.quantize(model, x, "w8a8", [x, *torch.randn(3, 4, 8, 8, 8)])
+    assert qm.qgraph.capture.route == "torch.export"
+    assert "conv.output_quantizer" in {n.target for n in qm.qgraph.graph.nodes if n.op == "call_module"}
+    with torch.no_grad(), qm.frozen():
+        assert _sqnr_db(model(x.clone()), qm(x.clone())) > 30
+    res = qm.export(str(tmp_path / "res"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
