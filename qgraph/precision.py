@@ -112,7 +112,7 @@ class Float32Casts(torch.overrides.TorchFunctionMode):
         if name in _LOW_METHODS and args and isinstance(args[0], torch.Tensor):
             self.seen.add(f".{name}()")
             return args[0].float()
-        new_args, new_kwargs = _float32_dtypes(tuple(args)), _float32_dtypes(kwargs)
-        if new_args != tuple(args) or new_kwargs != kwargs:
-            self.seen.add(_cast_name(name, (args, kwargs)))
-        return func(*new_args, **new_kwargs)
+        if not any(isinstance(a, torch.dtype) and a in LOW for a in pytree.tree_leaves((args, kwargs))):
+            return func(*args, **kwargs)  # the call as made: nothing to change
+        self.seen.add(_cast_name(name, (args, kwargs)))
+        return func(*_float32_dtypes(tuple(args)), **_float32_dtypes(kwargs))
