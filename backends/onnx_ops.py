@@ -77,11 +77,24 @@ def _scale_rank(scale) -> int:
     return len(shape) if shape is not None else 0
 
 
+def _one_step(scale, zero_point, group_size: int) -> tuple:
+    """A ``[1]`` scale (one step along an axis of size 1: OFQ's per-token steps on a pooled conv map) and
+    its zero point as scalars. ONNX Runtime takes a one-element scale as per-tensor when it fuses
+    ``DequantizeLinear → AveragePool → QuantizeLinear`` into ``QLinearAveragePool``, and then refuses
+    the file ("Scale and Zero-point must be a scalar"). The same numbers either way."""
+    shape = getattr(scale, "shape", None)
+    if group_size > 0 or shape is None or len(shape) != 1 or shape[0] != 1:
+        return scale, zero_point
+    scalar = op.Constant(value=ir.tensor(np.array([], dtype=np.int64)))
+    return op.Reshape(scale, scalar), op.Reshape(zero_point, scalar)
+
+
 def fake_quantize(x, scale, zero_point, qmin: int, qmax: int, axis: int, group_size: int, grad_factor: float):
     # activations always travel in 8-bit containers: ONNX Runtime's QDQ fusion picks up uint4
     # activations for QLinearConv and then rejects the graph (ORT 1.32); signed ones move to uint8
     # after export (backends.onnx_fold rule 12)
     dtype = container(qmin, qmax, allow_4bit=False)
+    scale, zero_point = _one_step(scale, zero_point, group_size)
     zp = op.Cast(zero_point, to=dtype)
     attrs = _qdq_attrs(axis, group_size, _scale_rank(scale))
     q = op.QuantizeLinear(x, scale, zp, **attrs)
@@ -177,6 +190,40 @@ def scatter_reduce(self, dim: int, index, src, reduce: str, include_self: bool =
     counts = op.ScatterElements(zeros, index, ones, axis=dim, reduction="add")
     reached = op.Greater(counts, op.CastLike(0.0, counts))
     return op.Where(reached, op.Div(sums, op.Max(counts, op.CastLike(1.0, counts))), self)
+
+
+def ps_roi_align(input, rois, spatial_scale: float, pooled_height: int, pooled_width: int, sampling_ratio: int):
+    """``torchvision::ps_roi_align`` (R-FCN's position-sensitive pooling), which neither ONNX nor torchlib
+    has: bin ``(i, j)`` of output channel ``c`` is bin ``(i, j)`` of ``RoiAlign`` (half-pixel, as
+    torchvision's ``aligned=True``) on input channel ``c·ph·pw + i·pw + j``. Computed as ``RoiAlign``
+    on every channel, then the diagonal of its ``[ph·pw, ph·pw]`` channel-by-bin blocks, by a mask and a
+    sum (exact: the other terms are zeros). Also returns torchvision's channel mapping."""
+    from onnxscript.function_libs.torch_lib.ops.vision import torchvision_roi_align
+
+    bins = pooled_height * pooled_width
+    channels = input.shape[1] if input.shape is not None else None
+    if not isinstance(channels, int):
+        raise NotImplementedError("ps_roi_align with a channel count the exporter does not know")
+    out_channels = channels // bins
+    pooled = torchvision_roi_align(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned=True)
+    blocks = op.Reshape(pooled, op.Constant(value_ints=[0, out_channels, bins, bins]))  # [K, C, channel bin, spatial bin]
+    eye = op.CastLike(op.Constant(value=ir.tensor(np.eye(bins, dtype=np.float32))), pooled)
+    picked = op.ReduceSum(op.Mul(blocks, eye), op.Constant(value_ints=[2]), keepdims=0)  # [K, C, bins]
+    out = op.Reshape(picked, op.Constant(value_ints=[0, out_channels, pooled_height, pooled_width]))
+    mapping = np.arange(channels, dtype=np.int64).reshape(1, out_channels, pooled_height, pooled_width)
+    channel_mapping = op.Expand(op.Constant(value=ir.tensor(mapping)), op.Shape(out))
+    return out, channel_mapping
+
+
+def rsub_scalar(self, other, alpha=1):
+    """``aten::rsub.Scalar``, ``other - alpha * self`` (``1.0 - mask`` on an integer mask, older
+    repositories' attention masks). torch 2.13+'s exporter decomposes it into ``aten.sub.Tensor`` on a
+    Python float and fails ("Cannot find a compatible OpOverload for aten.sub", pytorch/pytorch#194381),
+    float files included. A float scalar on an integer tensor computes in float32, as torch promotes."""
+    if self.dtype is not None and self.dtype not in _FLOATS and (isinstance(other, float) or isinstance(alpha, float)):
+        self = op.Cast(self, to=ir.DataType.FLOAT)
+    scaled = self if alpha == 1 else op.Mul(self, op.CastLike(alpha, self))
+    return op.Sub(op.CastLike(other, self), scaled)
 
 
 def log_sigmoid(self):
@@ -345,6 +392,8 @@ def translation_table(opset: int = 21) -> dict:
         torch.ops.aten._cdist_forward.default: cdist,
         torch.ops.aten.scatter_reduce.two: scatter_reduce,
         torch.ops.aten.log_sigmoid.default: log_sigmoid,
+        torch.ops.aten.rsub.Scalar: rsub_scalar,
+        **({torch.ops.torchvision.ps_roi_align.default: ps_roi_align} if _has_torchvision_ops() else {}),
         torch.ops.aten.median.dim: median_dim,
         torch.ops.aten.median.default: median,
         torch.ops.aten.searchsorted.Tensor: searchsorted,
@@ -352,3 +401,11 @@ def translation_table(opset: int = 21) -> dict:
         torch.ops.aten.adaptive_max_pool3d.default: adaptive_max_pool,
         **dict.fromkeys(_grouped_mm_ops(), grouped_mm),
     }
+
+
+def _has_torchvision_ops() -> bool:
+    """torchvision's ops are registered (``torch.ops.torchvision``): a model that calls them has imported
+    torchvision, and exporting one that does not need not import it."""
+    import sys
+
+    return "torchvision" in sys.modules and hasattr(torch.ops.torchvision, "ps_roi_align")

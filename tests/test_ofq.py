@@ -297,3 +297,31 @@ def test_per_token_steps_are_not_taken_for_an_integer_kernels_bias_grid(tmp_path
     """A conv after an OFQ activation quantizer with one step per row: the export's int32 bias check
     read that quantizer's scale as one number and failed (shape '[]' is invalid for input of size 16)."""
     _ofq_onnx("int_output", tmp_path)  # convs with biases on 16x16 images; raises if the export fails
+
+
+class _PooledHead3d(nn.Module):
+    """X3D's head: Conv3d + BN + ReLU, AvgPool3d to 1x1x1, Conv3d + Hardswish, a linear on channels-last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head_conv = nn.Sequential(nn.Conv3d(3, 8, 1, bias=False), nn.BatchNorm3d(8), nn.ReLU())
+        self.pool = nn.AvgPool3d((4, 4, 4), stride=1)
+        self.pre_logits = nn.Sequential(nn.Conv3d(8, 16, 1, bias=False), nn.Hardswish())
+        self.proj = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.pre_logits(self.pool(self.head_conv(x)))
+        return self.proj(x.permute((0, 2, 3, 4, 1))).mean([1, 2, 3])
+
+
+def test_a_one_step_token_scale_after_pooling_exports_as_a_scalar(tmp_path):
+    """OFQ's per-token steps on a pooled conv map have one step (an axis of size 1): exported as a [1]
+    scale with an axis, ONNX Runtime fused DequantizeLinear → AveragePool → QuantizeLinear into
+    QLinearAveragePool and refused the file ("Scale and Zero-point must be a scalar")."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, 4, 4, 4, generator=g)
+    qm = qgraph.quantize(_PooledHead3d().eval(), x, "ofq", [torch.randn(4, 3, 4, 4, 4, generator=g) for _ in range(2)])
+    assert any(q.role == "activation" and tuple(q.scale.shape) == (1,) for q in qm.quantizers().values())
+    res = qm.export(str(tmp_path / "head"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
