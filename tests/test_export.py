@@ -754,6 +754,56 @@ def test_median_and_searchsorted_export(tmp_path):
     assert res.max_abs_error <= res.tolerance
 
 
+class _IntMaskPool(nn.Module):
+    """A frame transformer's masked mean with an integer mask: ``(1.0 - mask) * -1e4`` added to scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.score = nn.Linear(8, 1)
+
+    def forward(self, x, mask):  # x [N, T, 8], mask [N, T] int64
+        w = torch.softmax(self.score(x).squeeze(-1) + (1.0 - mask) * -10000.0, dim=1)
+        return (w.unsqueeze(-1) * x).sum(1), 2 - mask
+
+
+def test_a_float_minus_an_integer_mask_exports(tmp_path):
+    """``1.0 - mask`` on an int64 mask is ``aten.rsub.Scalar``, which torch 2.13+'s exporter decomposes into
+    an ``aten.sub`` it cannot dispatch (pytorch/pytorch#194381): the float file failed too. It is
+    translated directly, promoting as torch does (float32 here, int64 for ``2 - mask``)."""
+    torch.manual_seed(0)
+    mask = torch.ones(3, 5, dtype=torch.long)
+    mask[1, 3:] = 0
+    model, args = _IntMaskPool().eval(), (torch.randn(3, 5, 8), mask)
+    path = str(tmp_path / "mask.onnx")
+    qgraph.export_onnx(model, args, path)
+    sess = ort_session(path)
+    got = sess.run(None, {i.name: a.numpy() for i, a in zip(sess.get_inputs(), args)})
+    with torch.no_grad():
+        want = model(*args)
+    np.testing.assert_allclose(got[0], want[0].numpy(), rtol=1e-5, atol=1e-6)
+    assert got[1].dtype == np.int64 and np.array_equal(got[1], want[1].numpy())
+    res = qgraph.quantize(model, args, "w8a8").export(str(tmp_path / "q"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
+
+
+def test_position_sensitive_roi_align_exports(tmp_path):
+    """R-FCN's ``torchvision.ops.ps_roi_align`` had no ONNX translation (nor an ONNX op). It is ``RoiAlign``
+    on every channel, then each bin's own channel; ONNX Runtime gives torchvision's values."""
+    from torchvision import ops
+
+    class PSHead(nn.Module):
+        def forward(self, x, rois):
+            return ops.ps_roi_align(x, rois, 3, spatial_scale=0.5, sampling_ratio=2)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4 * 9, 16, 16, generator=g)
+    rois = torch.tensor([[0, 1.3, 2.2, 9.7, 12.1], [1, 0.0, 0.5, 3.0, 4.0], [1, 5.0, 5.0, 5.4, 5.2]])
+    path = str(tmp_path / "ps.onnx")
+    qgraph.export_onnx(PSHead(), (x, rois), path, dynamic_batch=False)
+    got = ort_session(path).run(None, {"x": x.numpy(), "rois": rois.numpy()})[0]
+    np.testing.assert_allclose(got, PSHead()(x, rois).numpy(), rtol=1e-5, atol=1e-6)
+
+
 class _CondConv(nn.Module):
     """timm's CondConv2d: per-sample kernels mixed from 3 experts by routing weights, the batch folded
     into the channels and run as one conv with ``groups=B``."""
