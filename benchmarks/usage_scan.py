@@ -27,7 +27,11 @@ NHWC resizing, pre-hooks with kwargs, a Lightning-style top-k wrapper, flip/roll
 DiT's adaLN-Zero, classifier-free guidance, EDM preconditioning, latent-diffusion attention and uint8 decoding, StyleGAN2's
 demodulated ``groups=batch`` convs, Real-ESRGAN, Glow's LU 1x1 conv, PixelCNN masks, VQ-GAN perplexity, RoBERTa positions,
 top-p filtering, quantile/bucketize features, SigLIP logits, LLM.int8-style outliers, training-guarded sampling, mu-law
-companding, flow-matching and DDIM steps, an MDN, a piecewise-linear flow).
+companding, flow-matching and DDIM steps, an MDN, a piecewise-linear flow), and the thirteenth's in ``usage_models_video.py``
+(video models and torchvision.ops building blocks: TSM's slice-assigned temporal shift, R(2+1)D, X3D, SlowFast laterals,
+Conv3dNormActivation / SqueezeExcitation / FrozenBatchNorm2d / StochasticDepth, FPN with MultiScaleRoIAlign, roi_align,
+PSRoIAlign, DETR box costs, batched_nms post-processing, MViT pooling attention, Video Swin 3-D shifted windows,
+TimeSformer divided attention, CLIP4Clip masked mean pooling).
 Every case goes through the default path:
 ``quantize(model, example, "w8a8", calib)``, ``export`` with its default dynamic batch (ONNX Runtime
 verification included), then, where the batch stayed dynamic, the ONNX file is run at batch 3 (and,
@@ -68,6 +72,7 @@ from benchmarks.usage_models_repos import CASES as REPO_CASES
 from benchmarks.usage_models_research import CASES as RESEARCH_CASES
 from benchmarks.usage_models_seq import CASES as SEQ_CASES
 from benchmarks.usage_models_user import CASES as USER_CASES
+from benchmarks.usage_models_video import CASES as VIDEO_CASES
 from qgraph.capture import batch_inputs
 from qgraph.export_tolerance import export_tolerance
 from qgraph.packed_sequences import packing_note
@@ -261,6 +266,7 @@ CASES.update(REPO_CASES)  # the ninth: layers from popular model repositories (b
 CASES.update(DEPLOY_CASES)  # the tenth: layers of recent architectures (benchmarks/usage_models_deploy.py)
 CASES.update(FRAMEWORK_CASES)  # the eleventh: framework and training idioms in forward (benchmarks/usage_models_framework.py)
 CASES.update(GENERATIVE_CASES)  # the twelfth: generative models and numerics-heavy forwards (benchmarks/usage_models_generative.py)
+CASES.update(VIDEO_CASES)  # the thirteenth: video models and torchvision.ops blocks (benchmarks/usage_models_video.py)
 SINGLE_SAMPLE = {"llama_bf16", "t5"}
 SKIP = {"torch_compile": ["fc"]}  # module paths as in the model itself, not behind the wrapper's _orig_mod.  # their example is one sample; calibration uses batches of 4
 
