@@ -77,8 +77,12 @@ def export_route(model: nn.Module, args: tuple, expected, keywords: tuple[str, .
     elif lengths:
         notes.append(f"torch.export fixed the token inputs' sequence length ({', '.join(map(str, lengths))}): batches must "
                      "have the example's length (a tokenizer's padding='max_length')")
-    qg.meta[CAPTURE_KEY] = CaptureInfo("torch.export", {}, notes, static_batch=_static_batch(ep),
-                                       static_sequence=bool(lengths))
+    static = _static_batch(ep)
+    if static and (sizes := sorted({int(v.shape[0]) for v in _user_input_values(ep) if isinstance(v, torch.Tensor) and v.dim()})):
+        notes.append(f"torch.export fixed the batch size at the example's ({', '.join(map(str, sizes))}): code in forward needs "
+                     "that size (a Python loop or list over the batch, a shape read as a number); calibration batches must "
+                     "have it, and the ONNX file keeps it")
+    qg.meta[CAPTURE_KEY] = CaptureInfo("torch.export", {}, notes, static_batch=static, static_sequence=bool(lengths))
     qg.meta[MODULE_TYPES_KEY] = module_types(model)
     return qg, ""
 

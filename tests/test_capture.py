@@ -411,6 +411,8 @@ def test_a_capture_with_a_fixed_batch_exports_a_fixed_batch(tmp_path):
     x = torch.randn(4, 6, 8, generator=g)
     qm = qgraph.quantize(_BakedBatch().eval(), x, "w8a8", [torch.randn(4, 6, 8, generator=g)])
     assert qm.qgraph.capture.route == "torch.export" and qm.qgraph.capture.static_batch
+    # the notes say so: before, only ExportResult.dynamic_batch told, without why
+    assert any("fixed the batch size at the example's (4)" in n for n in qm.qgraph.capture.notes), qm.qgraph.capture.notes
     result = qm.export(str(tmp_path / "baked"), formats=("onnx",))
     assert result.dynamic_batch is False and result.max_abs_error <= result.tolerance
 
