@@ -36,7 +36,7 @@ from torch.fx.passes.infra.pass_base import PassResult
 from qgraph.dead_code import eliminate_dead_code
 from qgraph.meta import MODULE_PATH_KEY
 from qgraph.ofq import QKRScores, StatsQuantize, TokenLSQuantize, matches_any
-from qgraph.ops import classify, tensor_meta
+from qgraph.ops import CONV_MODULES, CONV_TRANSPOSE_MODULES, LINEAR_MODULES, classify, tensor_meta
 from qgraph.quantizer import FakeQuantize
 
 INDEX_METHODS = {"reshape", "view", "permute", "transpose", "contiguous", "unflatten", "unbind", "chunk", "split", "flatten"}
@@ -63,6 +63,36 @@ def _is_softmax(gm: fx.GraphModule, node: fx.Node) -> bool:
         return node.target in SOFTMAX
     if node.op == "call_module":
         return isinstance(gm.get_submodule(node.target), nn.Softmax)
+    return False
+
+
+def _channel_first(gm: fx.GraphModule, node: fx.Node, hops: int = 8) -> bool:
+    """Whether the activation quantizer ``node`` sees a convolution's channel-first map: it feeds a
+    conv's input, or its value comes from a conv (or conv transpose) through ops that keep the shape
+    (activations, BatchNorm, residual adds). Anything else is token-major ``[..., N, C]``."""
+    def kind(n: fx.Node) -> str | None:
+        if n.op == "call_module":  # a layer kept whole by a wrapper (a conv with padding_mode="replicate")
+            inner = getattr(gm.get_submodule(str(n.target)), "module", None)
+            if isinstance(inner, CONV_MODULES + CONV_TRANSPOSE_MODULES + LINEAR_MODULES):
+                return "linear" if isinstance(inner, LINEAR_MODULES) else "conv"
+        info = classify(gm, n) if n.op != "get_attr" else None
+        return None if info is None else "conv" if info.kind == "conv_transpose" else info.kind
+
+    if any(kind(user) == "conv" and user.args and user.args[0] is node for user in node.users):
+        return True
+    src = node.args[0] if node.args else None
+    meta = tensor_meta(src) if isinstance(src, fx.Node) else None
+    if meta is None or len(meta[0]) < 3:
+        return False
+    while isinstance(src, fx.Node) and hops > 0:
+        k = kind(src)
+        if k is not None and k != "add":
+            return k == "conv"
+        here = tensor_meta(src)
+        if here is None or here[0] != meta[0]:
+            return False
+        src = next((a for a in src.args if isinstance(a, fx.Node)), None)
+        hops -= 1
     return False
 
 
@@ -98,18 +128,47 @@ class OFQPass(QPass):
             src = node.args[0]
             after_softmax = isinstance(src, fx.Node) and _is_softmax(gm, src)
             spec = q.spec.with_(signed=False) if after_softmax else q.spec
-            self._set(gm, str(node.target), TokenLSQuantize(spec, q.where, self.per_token, biases=not after_softmax))
-            kind = "per-token" if self.per_token else "per-tensor"
+            channel_first = _channel_first(gm, node)
+            self._set(gm, str(node.target), TokenLSQuantize(spec, q.where, self.per_token, biases=not after_softmax,
+                                                            channel_axis=1 if channel_first else -1))
+            kind = ("per-tensor (a conv's channel-first map, β per channel on axis 1)" if channel_first
+                    else "per-token" if self.per_token else "per-tensor")
             grid = f"{'int' if spec.signed else 'uint'}{spec.bits}"
             self.record("replaced", node, q.where, f"activation quantizer → {kind} LSQ {grid}"
                         + (" (softmax output)" if after_softmax else " with learnable biases β1, β2"))
             modified = True
+        modified |= self._wrapped_activations(gm)
         if modified:
             eliminate_dead_code(gm.graph)
             gm.delete_all_unused_submodules()
             gm.graph.lint()
             gm.recompile()
         return PassResult(gm, modified)
+
+    def _wrapped_activations(self, gm: fx.GraphModule) -> bool:
+        """Rule 3 for the activation quantizers of layers kept whole as modules (:class:`QuantizedModule`:
+        inside auto-leaves, or a conv with ``padding_mode="replicate"``): they are not graph nodes."""
+        from qgraph.wrappers import QuantizedModule
+
+        modified = False
+        for path, mod in list(gm.named_modules()):
+            if not isinstance(mod, QuantizedModule):
+                continue
+            conv = not isinstance(mod.module, LINEAR_MODULES)
+            for attr in ("input_quantizer", "output_quantizer"):
+                q = getattr(mod, attr)
+                if (not isinstance(q, FakeQuantize) or isinstance(q, TokenLSQuantize) or q.role != "activation"
+                        or matches_any(q.where, self.keep)):
+                    continue
+                self._set(gm, f"{path}.{attr}", TokenLSQuantize(q.spec, q.where, self.per_token, biases=True,
+                                                                 channel_axis=1 if conv else -1))
+                kind = "per-tensor (a conv's channel-first map, β per channel on axis 1)" if conv else (
+                    "per-token" if self.per_token else "per-tensor")
+                self.record("replaced", f"{path}.{attr}", q.where,
+                            f"activation quantizer of a wrapped layer → {kind} LSQ "
+                            f"{'int' if q.spec.signed else 'uint'}{q.spec.bits} with learnable biases β1, β2")
+                modified = True
+        return modified
 
     @staticmethod
     def _set(gm: fx.GraphModule, name: str, new: nn.Module) -> None:

@@ -13,7 +13,9 @@ a :class:`qgraph.QModel` to train, export (ONNX, verified in ONNX Runtime) and p
   half-step zero point cannot be written: ONNX and qpack zero points are integers).
 * :class:`TokenLSQuantize`: LSQ activations with learnable biases, ``LSQ(x + β1) + β2`` (β per
   channel, last axis), one learnable step **per token** (axis -2 of a ``[..., N, C]`` input; per tensor
-  for 2-D inputs), initialised at calibration to ``2·mean|x| / sqrt(Qp)`` over batch and channels;
+  for 2-D inputs, and for the channel-first maps of convolutions, ``[B, C, *spatial]``, whose β is on
+  axis 1: a conv map has no token axis, and a step per image row would tie the model to one image
+  height), initialised at calibration to ``2·mean|x| / sqrt(Qp)`` over batch and channels;
   LSQ gradient scale ``1/sqrt(Qp·n_s)`` (n_s elements per step, batch included). Unsigned and without
   biases after a softmax.
 * :class:`QKRScores`: query–key reparameterization, the leaf that replaces ``q @ kᵀ``: per head
@@ -154,13 +156,19 @@ class StatsQuantize(FakeQuantize):
 class TokenLSQuantize(FakeQuantize):
     """OFQ activation quantizer: ``LSQ(x + β1) + β2``, one step per token (axis -2), β per channel.
 
-    ``per_token=False`` or 2-D inputs: one step per tensor. ``biases``: β1, β2 (learnable, zero at
-    calibration; only with learnable specs). Calibration sets ``s = 2·mean|x| / sqrt(Qp)`` per token."""
+    ``per_token=False`` or 2-D inputs: one step per tensor. ``channel_axis``: -1 for token-major
+    ``[..., N, C]`` inputs; 1 for the channel-first maps of convolutions (one step per tensor, β on
+    axis 1). ``biases``: β1, β2 (learnable, zero at calibration; only with learnable specs).
+    Calibration sets ``s = 2·mean|x| / sqrt(Qp)`` per token."""
 
-    def __init__(self, spec: QSpec, where: str = "", per_token: bool = True, biases: bool = True) -> None:
+    def __init__(self, spec: QSpec, where: str = "", per_token: bool = True, biases: bool = True,
+                 channel_axis: int = -1) -> None:
         super().__init__(spec, "activation", where)
+        if channel_axis not in (-1, 1):
+            raise ValueError(f"channel_axis must be -1 (tokens, channels last) or 1 (channel-first maps), got {channel_axis}")
         self.observer = None
         self.per_token, self.biases = bool(per_token), bool(biases) and spec.learnable
+        self.channel_axis = channel_axis
         self.beta1 = nn.Parameter(torch.zeros(0)) if self.biases else None
         self.beta2 = nn.Parameter(torch.zeros(0)) if self.biases else None
         self._sum: torch.Tensor | None = None
@@ -174,7 +182,11 @@ class TokenLSQuantize(FakeQuantize):
             self._sum, self._count = None, 0
 
     def _token_axis(self, x: torch.Tensor) -> bool:
-        return self.per_token and x.dim() >= 3
+        return self.per_token and self.channel_axis == -1 and x.dim() >= 3
+
+    def _beta(self, beta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """β shaped to broadcast over ``x`` along its channel axis."""
+        return beta.reshape(-1, *[1] * (x.dim() - 2)) if self.channel_axis == 1 and x.dim() > 2 else beta
 
     @torch.no_grad()
     def _observe(self, x: torch.Tensor) -> None:
@@ -188,7 +200,7 @@ class TokenLSQuantize(FakeQuantize):
             s = a.sum().reshape(())
         self._sum = s if self._sum is None else self._sum + s
         self._count += x.numel() // max(1, s.numel())
-        self._channels = x.shape[-1]
+        self._channels = x.shape[self.channel_axis if x.dim() > 1 else -1]
 
     @torch.no_grad()
     def finish_calibration(self) -> None:
@@ -217,16 +229,17 @@ class TokenLSQuantize(FakeQuantize):
             raise InputError(f"per-token activation quantizer at {self.where or '?'} has {self.scale.numel()} token steps, "
                              f"got input of shape {tuple(x.shape)}")
         if self.beta1 is not None and self.beta1.numel():
-            x = x + self.beta1
+            x = x + self._beta(self.beta1, x)
         learnable = self.spec.learnable and scale_gradients_flow()
         factor = 1.0 / math.sqrt(max(1, self.spec.qmax) * max(1, x.numel() // self.scale.numel())) if learnable else 1.0
         g = PerChannel(-2) if per_token else PerTensor()
         out = fake_quantize_affine(x, self.effective_scale(), self.zero_point, self.spec.qmin, self.spec.qmax, g, factor)
-        return out + self.beta2 if self.beta2 is not None and self.beta2.numel() else out
+        return out + self._beta(self.beta2, x) if self.beta2 is not None and self.beta2.numel() else out
 
     def extra_repr(self) -> str:
         steps = f"{self.scale.numel()} token steps" if self.scale.dim() == 1 else "one step"
-        return f"LSQ {self.spec.describe()}, {steps}, biases={self.biases}, mode={self.mode}"
+        layout = ", channel-first map" if self.channel_axis == 1 else ""
+        return f"LSQ {self.spec.describe()}, {steps}{layout}, biases={self.biases}, mode={self.mode}"
 
 
 class QKRScores(nn.Module):

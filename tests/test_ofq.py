@@ -251,14 +251,29 @@ def test_recipe_options_are_checked():
         qgraph.get_recipe("ofq(bits=9)")
 
 
+class _TokenMLP(nn.Module):
+    """Token-major ``[B, N, C]`` features through a LeakyReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc2(F.leaky_relu(self.fc1(x), 0.1))
+
+
 def _ofq_onnx(case: str, tmp_path):
-    """A usage-scan case quantized with OFQ and exported (checked in ONNX Runtime): the ONNX model
-    and its initializers by name."""
+    """A usage-scan case (or ``token_mlp``) quantized with OFQ and exported (checked in ONNX Runtime):
+    the ONNX model and its initializers by name."""
     import onnx
 
     from benchmarks.usage_scan import build_case
 
-    _, model, _, _, example, calib, _ = build_case(case)
+    if case == "token_mlp":
+        g = torch.Generator().manual_seed(0)
+        model, example, calib = _TokenMLP().eval(), torch.randn(2, 6, 8, generator=g), [torch.randn(2, 6, 8, generator=g)]
+    else:
+        _, model, _, _, example, calib, _ = build_case(case)
     qm = qgraph.quantize(model, example, "ofq", calib)
     res = qm.export(str(tmp_path / case), formats=("onnx",))
     assert res.max_abs_error <= res.tolerance
@@ -266,14 +281,16 @@ def _ofq_onnx(case: str, tmp_path):
     return m, {t.name: t for t in m.graph.initializer}
 
 
-@pytest.mark.parametrize("case", ["masked_fill", "superres"])
+@pytest.mark.parametrize("case", ["masked_fill", "token_mlp"])
 def test_per_token_activations_export_past_onnx_runtimes_fusions(case, tmp_path):
     """OFQ's per-token activation steps reach ONNX Runtime's extended fusions as per-axis
     DequantizeLinear: attention·V became MatMulIntegerToFloat, which refused the per-axis zero point
-    at run time, and DQ → LeakyRelu → Q became QLinearLeakyRelu, whose lookup table failed to build.
-    The export writes such dequantizations as float ops (onnx_fold rule 11)."""
+    at run time, and DQ → LeakyRelu → Q became QLinearLeakyRelu, whose lookup table failed to build
+    (SuperRes, before conv maps got one step). The export writes such dequantizations as float ops
+    (onnx_fold rule 11)."""
     m, inits = _ofq_onnx(case, tmp_path)
-    per_axis = [n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in inits
+    weights = set(inits) | {n.output[0] for n in m.graph.node if n.op_type == "Cast" and n.input[0] in inits}  # int4 codes widened
+    per_axis = [n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in weights
                 and int(np.prod(inits[n.input[1]].dims)) > 1]
     assert not per_axis, [n.name for n in per_axis]  # every per-token step is dequantized by Mul
     assert any(n.op_type == "Mul" and n.output[0].startswith("fake_quantize") for n in m.graph.node)
@@ -325,3 +342,53 @@ def test_a_one_step_token_scale_after_pooling_exports_as_a_scalar(tmp_path):
     assert any(q.role == "activation" and tuple(q.scale.shape) == (1,) for q in qm.quantizers().values())
     res = qm.export(str(tmp_path / "head"), formats=("onnx",))
     assert res.max_abs_error <= res.tolerance
+
+
+class _ConvNet(nn.Module):
+    """A small conv net with a residual block and a linear head (the OFQ recipe on a conv backbone);
+    ``edge`` pads by replication, so it stays a module (a :class:`qgraph.wrappers.QuantizedModule`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.conv = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.edge = nn.Conv2d(8, 8, 3, padding=1, padding_mode="replicate")
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        h = h + torch.relu(self.conv(h))
+        return self.head(self.edge(h).mean((2, 3)))
+
+
+def test_conv_maps_get_one_step_and_per_channel_biases(tmp_path):
+    """OFQ's per-token steps are for ``[B, N, C]`` tokens. On a conv's ``[B, C, H, W]`` map, axis -2 is
+    the image height: each image row got its own step, β was per image column, and the model refused
+    any other image height. Conv maps now get one step and β per channel (axis 1); the model runs at
+    another size, trains, exports and round-trips through its qpack. The input quantizer of a layer
+    kept whole as a module used to stay the recipe's plain quantizer."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, 6, 10, generator=g)
+    model = _ConvNet().eval()
+    qm = qgraph.quantize(model, x, "ofq(bits=4)", [torch.randn(4, 3, 6, 10, generator=g) for _ in range(2)], qat=True)
+    acts = {n: q for n, q in qm.qgraph.named_modules() if isinstance(q, TokenLSQuantize)}
+    conv_maps = {n: q for n, q in acts.items() if q.channel_axis == 1}
+    assert set(conv_maps) == {"stem.input_quantizer", "stem.output_quantizer", "conv.output_quantizer",
+                              "edge.input_quantizer", "edge_output_quantizer"}, sorted(acts)  # edge.*: inside its wrapper
+    assert all(q.channel_axis == -1 for n, q in acts.items() if n not in conv_maps)
+    for name, q in conv_maps.items():
+        assert q.scale.dim() == 0 and q.beta1.shape == ((3,) if name == "stem.input_quantizer" else (8,))
+    opt = torch.optim.SGD(qm.parameters(), lr=0.05)
+    for _ in range(3):
+        opt.zero_grad()
+        qm(x).pow(2).mean().backward()
+        opt.step()
+    assert any(q.beta1.abs().sum() > 0 for q in conv_maps.values())  # β trained, broadcast over H and W
+    qm.eval()
+    with torch.no_grad():
+        assert qm(torch.randn(2, 3, 9, 7, generator=g)).shape == (2, 4)  # another image size
+    res = qm.export(str(tmp_path / "cnn"), formats=("onnx", "qpack"))
+    assert res.max_abs_error <= res.tolerance
+    loaded = qgraph.load(str(tmp_path / "cnn.qpack"), model)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), qm(x))
