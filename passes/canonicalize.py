@@ -74,6 +74,11 @@ Rewrite rules:
     else → its out-of-place form: the same values, and the result is quantized before the activation
     (ONNX Runtime's integer conv then its own activation kernel) instead of after it.
 
+12. ``x.data`` (symbolic tracing's ``getattr(x, "data")``) → ``x.detach()``: the same storage, no
+    autograd. The ONNX exporter's ``torch.export`` lifts ``.data`` as a constant and refuses the graph
+    when it is written in place (Tacotron 2's ``alignment.data.masked_fill_(mask, -inf)``: "Constant
+    lifted_tensor_0 is mutated in the forward method").
+
 After this, weights are graph values that quantizers can be attached to in both dialects
 (``torch.export`` graphs already have this form). The module stays in the hierarchy and owns its
 parameters, so ``state_dict`` keys do not change, except for cross-attention's split projections
@@ -139,6 +144,16 @@ class CanonicalizePass(QPass):
                 out, what = rewrite_functional_attention(gm, node, call)
                 self.record("replaced", out, module_path(out), what)
                 modified = True
+                continue
+            if node.op == "call_function" and node.target is getattr and node.args[1:] == ("data",) and isinstance(node.args[0], fx.Node):
+                with gm.graph.inserting_after(node):
+                    detached = gm.graph.call_method("detach", (node.args[0],))
+                detached.meta = dict(node.meta)
+                node.replace_all_uses_with(detached)
+                gm.graph.erase_node(node)
+                self.record("replaced", detached, module_path(detached), "x.data → x.detach() (the same storage; the ONNX "
+                                                                         "exporter refuses in-place writes to .data)")
+                modified = True  # rule 12
                 continue
             if _out_of_place(gm, node):
                 self.record("replaced", node, module_path(node), "in-place activation on a conv/linear result made out-of-place, "

@@ -87,3 +87,35 @@ def test_an_inplace_residual_add_after_a_conv_keeps_its_quantizer(tmp_path):
         assert _sqnr_db(model(x.clone()), qm(x.clone())) > 30
     res = qm.export(str(tmp_path / "res"), formats=("onnx",))
     assert res.max_abs_error <= res.tolerance
+
+
+class LocationAttention(nn.Module):
+    """Tacotron 2's attention step: the energies' padded positions are written through ``.data``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.v = nn.Linear(8, 8), nn.Linear(8, 1)
+
+    def forward(self, memory, mask):
+        alignment = self.v(torch.tanh(self.q(memory))).squeeze(-1)
+        alignment.data.masked_fill_(mask, -float("inf"))
+        w = F.softmax(alignment, dim=1)
+        return torch.bmm(w.unsqueeze(1), memory).squeeze(1)
+
+
+def test_an_inplace_write_through_data_exports(tmp_path):
+    """``alignment.data.masked_fill_(...)``: the ONNX exporter's torch.export lifted ``.data`` as a
+    constant and refused the graph ("Constant lifted_tensor_0 is mutated in the forward method").
+    Canonicalize (rule 12) reads it as ``.detach()``: the same storage, so the write still lands."""
+    g = torch.Generator().manual_seed(0)
+    mem = torch.randn(4, 6, 8, generator=g)
+    mask = torch.arange(6)[None] >= torch.tensor([[6], [3], [5], [2]])
+    model = LocationAttention().eval()
+    qm = qgraph.quantize(model, (mem, mask), "w8a8", [(torch.randn(4, 6, 8, generator=g), mask)])
+    assert not any(n.op == "call_function" and n.target is getattr for n in qm.qgraph.graph.nodes)
+    with torch.no_grad(), qm.frozen():
+        got = qm(mem, mask)
+        ref = model(mem, mask)
+    assert qgraph.summary.sqnr_db(ref, got) > 25  # the masked positions get no attention, as in the float model
+    res = qm.export(str(tmp_path / "attn"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
