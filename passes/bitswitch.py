@@ -77,7 +77,7 @@ class BitSwitchPass(QPass):
                 self.record("kept float", node, info.module_path, f"{which} layer (keep_first_last)")
             candidates = candidates[1:-1]
         modified = False
-        self._weight_q: dict[fx.Node, fx.Node] = {}  # weight get_attr -> its quantizer node (one per weight)
+        self._weight_q: dict[str, tuple[fx.Node, fx.Node]] = {}  # weight target -> (its get_attr, its quantizer node)
         for node, info in candidates:
             path = info.module_path
             if any(o.skip and o.matches(path, info.kind, owner_type(gm, path)) for o in self.recipe.overrides):
@@ -85,7 +85,7 @@ class BitSwitchPass(QPass):
                 continue
             self._rewrite(gm, node, info)
             modified = True
-        for w, q in self._weight_q.items():  # a float end layer sharing a switched layer's weight reads it switched
+        for w, q in self._weight_q.values():  # a float end layer sharing a switched layer's weight reads it switched
             read_quantized_everywhere(self, w, q)
         modified |= functional
         if not any(c.action == "bit-switched" for c in self.changes):  # a bit-switch model that switches nothing: say why now, not at export
@@ -118,13 +118,18 @@ class BitSwitchPass(QPass):
         bits, path = self.recipe.bits, info.module_path
         layer = path or str(info.weight.target)  # a functional call on a root parameter: named after the parameter
         stem = path or str(info.weight.target).replace(".", "_")
-        wnode = self._weight_q.get(info.weight)
-        if wnode is None:  # a weight read by two switched ops (a layer called twice) gets one quantizer
+        # a weight read by two switched ops gets one quantizer: a layer called twice (rule 0 gives each
+        # call of a transposed conv its own get_attr: DCCRN's complex conv runs one on both parts)
+        _, wnode = self._weight_q.get(str(info.weight.target), (None, None))
+        if wnode is None:
             weight = _attr(gm, str(info.weight.target))
             wq = DoubleRoundWeightQuantizer(weight, bits, layer, axis=info.weight_channel_axis, rounding=self.recipe.rounding)
             target = unique_submodule_name(gm, f"{stem}.weight_quantizer" if path else f"{stem}_weight_quantizer")
-            wnode = self._weight_q[info.weight] = self._insert_after(gm, info.weight, target, wq)
+            wnode = self._insert_after(gm, info.weight, target, wq)
+            self._weight_q[str(info.weight.target)] = (info.weight, wnode)
         node.replace_input_with(info.weight, wnode)
+        if info.weight is not wnode.args[0] and not info.weight.users:
+            gm.graph.erase_node(info.weight)
         x = info.activations[0]
         target = unique_submodule_name(gm, f"{stem}.input_quantizer" if path else f"{stem}_input_quantizer")
         xnode = self._insert_after(gm, x, target, BitSwitchActQuantizer(bits, layer), before=node)

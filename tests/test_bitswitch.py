@@ -357,6 +357,32 @@ def test_transposed_convs_switch_bits_and_export(bits, tmp_path):
         assert torch.equal(back(x), qm(x))
 
 
+class _ComplexUp(nn.Module):
+    """DCCRN's complex transposed conv: one ConvTranspose1d run on the real and the imaginary part."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose1d(4, 4, 4, 2, padding=1)
+
+    def forward(self, real, imag):
+        return self.up(real) - self.up(imag)
+
+
+def test_a_transposed_conv_called_twice_gets_one_weight_quantizer(tmp_path):
+    """Rule 0 gives each call of a transposed conv its own ``get_attr`` of the weight: the weight got two
+    quantizers, and the export failed (KeyError: 'up.weight_quantizer')."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 4, 8, generator=g), torch.randn(2, 4, 8, generator=g))
+    qm = qgraph.quantize(_ComplexUp().eval(), x, "bitswitch(keep_first_last=False)", calib_data=[x])
+    assert [n for n, m in qm.qgraph.named_modules() if isinstance(m, DoubleRoundWeightQuantizer)] == ["up.weight_quantizer"]
+    qm.set_bits(4)
+    res = qm.export(str(tmp_path / "up"))
+    assert res.max_abs_error <= res.tolerance
+    back = qgraph.load(res.qpack_path, _ComplexUp().eval(), x, bits=4)
+    with torch.no_grad(), qm.frozen(), back.frozen():
+        assert torch.equal(back(*x), qm(*x))
+
+
 def test_a_float_bias_after_a_2d_matmul_stays_exact_in_onnx_runtime(tmp_path):
     """A bit-switch VAE at 4 bits failed the export check (1.1e-4 against 4.9e-5): ONNX Runtime fused
     its 2-D ``mu`` linear (MatMul + Add in the file) into a Gemm and rounded the float bias to int32.
