@@ -170,7 +170,7 @@ def graph_json(before: fx.GraphModule | None, after: fx.GraphModule, changes) ->
         tm = tensor_meta(n)
         return {
             "id": n.name, "op": n.op, "target": _target(n), "module": module_path(n),
-            "shape": list(tm[0]) if tm else None, "status": status.get(n.name, "same"),
+            "shape": [d if isinstance(d, int) else str(d) for d in tm[0]] if tm else None, "status": status.get(n.name, "same"),
             "passes": by_node.get(n.name, []),
             "quantizer": str(n.target) if where == "after" and is_quantizer(after, n) else None,
             "layer": layer_of.get(n.name), "order": order,

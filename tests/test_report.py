@@ -207,3 +207,34 @@ def test_report_of_a_half_precision_model_casts_its_data_as_the_model_does():
     qm = qgraph.quantize(model, data[0], "w8a8", data[1:])
     rep = qm.report(data[:1])  # bfloat16 batches: the float32 graph used to raise a dtype mismatch in conv1
     assert len(rep.layers) == len(qm.summary_rows()) and rep.data["model"]["output"]["sqnr_db"] > 15
+
+
+class _Bags(torch.nn.Module):
+    """An embedding bag with offsets, captured by torch.export (symbolic tracing refuses the check)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bag, self.fc = torch.nn.EmbeddingBag(20, 8, mode="sum"), torch.nn.Linear(8, 3)
+
+    def forward(self, ids, offsets):
+        if ids.shape[0] % 2:
+            raise ValueError("ids come in pairs")
+        return self.fc(self.bag(ids, offsets))
+
+
+def test_report_json_of_a_torch_export_graph_with_symbolic_shapes():
+    """Nodes that canonicalize adds to a torch.export graph (the bag's lookup) carry only the exporter's
+    ``val``, whose first dim is symbolic: ``to_json`` failed ("Object of type SymInt is not JSON
+    serializable", DLRM). Symbolic dims are written as their names."""
+    import json
+
+    g = torch.Generator().manual_seed(0)
+
+    def make():
+        return torch.randint(0, 20, (12,), generator=g), torch.tensor([0, 3, 7, 9])
+
+    qm = qgraph.quantize(_Bags().eval(), make(), "w8a8", [make() for _ in range(2)])
+    assert qm.qgraph.capture.route == "torch.export"
+    data = json.loads(qm.report([make()]).to_json())
+    shapes = [n["shape"] for n in data["graph"]["nodes"] if n["shape"]]
+    assert ["s" in str(d) for s in shapes for d in s if isinstance(d, str)] == [True]  # the lookup's symbolic dim, by name
