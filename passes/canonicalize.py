@@ -79,6 +79,11 @@ Rewrite rules:
     when it is written in place (Tacotron 2's ``alignment.data.masked_fill_(mask, -inf)``: "Constant
     lifted_tensor_0 is mutated in the forward method").
 
+13. ``clamp`` / ``clip`` of a float tensor with an int bound beside a float one (SincNet's
+    ``torch.clamp(f, 50, sample_rate / 2)``) → both bounds floats: the same values. The ONNX exporter's
+    type promotion made the int bound a tensor and then found no ``aten.clamp`` overload for a tensor
+    beside a number, float files included.
+
 After this, weights are graph values that quantizers can be attached to in both dialects
 (``torch.export`` graphs already have this form). The module stays in the hierarchy and owns its
 parameters, so ``state_dict`` keys do not change, except for cross-attention's split projections
@@ -154,6 +159,9 @@ class CanonicalizePass(QPass):
                 self.record("replaced", detached, module_path(detached), "x.data → x.detach() (the same storage; the ONNX "
                                                                          "exporter refuses in-place writes to .data)")
                 modified = True  # rule 12
+                continue
+            if _float_clamp_bounds(node):
+                modified = True  # rule 13
                 continue
             if _out_of_place(gm, node):
                 self.record("replaced", node, module_path(node), "in-place activation on a conv/linear result made out-of-place, "
@@ -536,3 +544,28 @@ def _out_of_place(gm: fx.GraphModule, node: fx.Node) -> bool:
             node.target = functional
             return True
     return False
+
+
+_CLAMPS = {torch.clamp, torch.clip, torch.ops.aten.clamp.default}
+
+
+def _float_clamp_bounds(node: fx.Node) -> bool:
+    """Rule 13: an int bound beside a float one, on a float tensor, becomes a float."""
+    if not ((node.op == "call_function" and node.target in _CLAMPS) or (node.op == "call_method" and node.target in ("clamp", "clip"))):
+        return False
+    meta = tensor_meta(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
+    if meta is None or not meta[1].is_floating_point:
+        return False
+    names = ("min", "max")
+    bounds = {name: node.args[1 + i] if len(node.args) > 1 + i else node.kwargs.get(name) for i, name in enumerate(names)}
+    numbers = [v for v in bounds.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not any(isinstance(v, float) for v in numbers) or all(isinstance(v, float) for v in numbers):
+        return False
+    args, kwargs = list(node.args), dict(node.kwargs)
+    for i, name in enumerate(names):
+        if len(args) > 1 + i and type(args[1 + i]) is int:
+            args[1 + i] = float(args[1 + i])
+        elif type(kwargs.get(name)) is int:
+            kwargs[name] = float(kwargs[name])
+    node.args, node.kwargs = tuple(args), kwargs
+    return True

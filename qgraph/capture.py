@@ -46,9 +46,10 @@ from qgraph.model_wrappers import unwrap
 from qgraph.ops import MODULE_TYPES_KEY
 from qgraph.packed_sequences import opaque_packing, packing_note
 from qgraph.precision import Float32Casts, float32_casts, float32_inputs, upcast
-from qgraph.trace_patches import traceable_calls
+from qgraph.trace_patches import attributes_restored, traceable_calls
 
 _MAX_LEAF_ROUNDS = 64
+ASSIGNED_KEY = "qgraph.assigned_attributes"  # symbolic_trace → its route: module attributes forward assigned
 
 
 def as_input_tuple(example_inputs, keywords: tuple[str, ...] | None = None) -> tuple:
@@ -177,7 +178,7 @@ def _symbolic(model: nn.Module, keywords: tuple[str, ...] | None = None) -> tupl
     for _ in range(_MAX_LEAF_ROUNDS):
         tracer = _AutoLeafTracer(set(leaves))
         try:
-            with opaque_packing(model), traceable_calls(model):
+            with opaque_packing(model), traceable_calls(model), attributes_restored(model) as assigned:
                 graph = tracer.trace(model, concrete_args=concrete)
             if keywords:
                 keep_only_inputs(graph, keywords)
@@ -189,7 +190,10 @@ def _symbolic(model: nn.Module, keywords: tuple[str, ...] | None = None) -> tupl
                 return None, leaves, last_error
             leaves[where] = last_error
             continue
-        return QGraph(tracer.root, graph, model.__class__.__name__), leaves, ""
+        qg = QGraph(tracer.root, graph, model.__class__.__name__)
+        if assigned:
+            qg.meta[ASSIGNED_KEY] = assigned
+        return qg, leaves, ""
     return None, leaves, f"gave up after {_MAX_LEAF_ROUNDS} leaf rounds"
 
 
@@ -277,6 +281,9 @@ def _capture_routes(model: nn.Module, args: tuple, keywords: tuple[str, ...] | N
             gm.meta[CAPTURE_KEY] = CaptureInfo("symbolic_trace", leaves)
             if (note := packing_note(gm)) is not None:
                 gm.capture.notes.append(note)
+            if assigned := gm.meta.pop(ASSIGNED_KEY, None):
+                gm.capture.notes.append(f"forward assigns {', '.join(sorted(set(assigned)))} a value computed while it runs: "
+                                        "the graph computes the value where forward reads it but does not store it on the module")
             gm.meta[MODULE_TYPES_KEY] = module_types(model)
             if not leaves:
                 return gm

@@ -17,6 +17,11 @@
   raises "slice indices must be integers"; while qgraph traces, such an index records a ``getitem``
   of the tensor (fx reads a buffer of the model as ``get_attr``).
 
+* ``self.window_ = self.window_.to(x.device)``: a ``forward`` that assigns a plain attribute stores
+  the traced value on the module (SincNet). The GraphModule then copied the fx Proxy, the graph check
+  failed, and ``torch.export``, run next on the same module, found Proxies in it. Every module's plain
+  attributes and buffers are put back when a trace ends (:func:`attributes_restored`).
+
 Before this, each sent a model to the ``torch.export`` fallback, made a module a float leaf, or left no
 route at all. The patches are process-wide while one trace runs (as torch.fx's own autowrapping of
 ``math`` functions is), fall through to the original wherever no traced value is involved, and are
@@ -122,3 +127,32 @@ def _hashable(value) -> bool:
     except TypeError:
         return False
     return True
+
+
+_MODULE_DICTS = ("_parameters", "_buffers", "_modules")
+
+
+@contextlib.contextmanager
+def attributes_restored(model: nn.Module):
+    """Every module's plain attributes and buffers as they were before the block: a trace may assign
+    traced values to them. New attributes stay (fx keeps the constants a graph reads as
+    ``_tensor_constant<i>`` on the root) unless they hold traced values. Yields a list that names,
+    after the block, each attribute that was assigned a traced value (``path.name``)."""
+    saved = [(path, m, {k: v for k, v in vars(m).items() if k not in _MODULE_DICTS}, dict(m._buffers))
+             for path, m in model.named_modules() if not isinstance(m, torch.jit.ScriptModule)]  # fx does not trace into those
+    assigned: list[str] = []
+    try:
+        yield assigned
+    finally:
+        for path, m, _, _ in saved:
+            assigned += [f"{path}.{k}" if path else k for k, v in vars(m).items()
+                         if k not in _MODULE_DICTS and isinstance(v, fx.Proxy)]
+        for _, m, attrs, buffers in saved:
+            for k in [k for k, v in vars(m).items() if k not in attrs and k not in _MODULE_DICTS and isinstance(v, fx.Proxy)]:
+                delattr(m, k)
+            for k, v in attrs.items():
+                if vars(m).get(k) is not v:
+                    object.__setattr__(m, k, v)
+            if len(m._buffers) != len(buffers) or any(m._buffers.get(k) is not v for k, v in buffers.items()):
+                m._buffers.clear()
+                m._buffers.update(buffers)

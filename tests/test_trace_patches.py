@@ -82,3 +82,39 @@ def test_a_factory_sized_by_a_traced_value_traces():
 
 def test_len_of_plain_values_is_the_builtin():
     assert trace_patches._len([1, 2, 3]) == 3 and trace_patches._len(torch.zeros(4, 2)) == 4
+
+
+class _SincConv(nn.Module):
+    """SincNet's ``SincConv_fast``: a plain tensor attribute moved to the input's device in ``forward``
+    (and the computed filters kept on the module), band edges clamped by an int and a float bound."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.low_hz_ = nn.Parameter(torch.tensor([[30.0], [200.0], [900.0], [2500.0]]))
+        self.window_ = torch.hann_window(9)[None]
+        self.n_ = torch.arange(-4, 5).float()[None] / 16000
+
+    def forward(self, x):
+        self.window_ = self.window_.to(x.device)
+        self.n_ = self.n_.to(x.device)
+        low = torch.clamp(self.low_hz_.abs(), 50, 16000 / 2)
+        self.filters = (torch.sin(2 * math.pi * low * self.n_) * self.window_).view(4, 1, 9)
+        return torch.conv1d(x, self.filters, padding=4).relu().mean(-1)
+
+
+def test_attributes_assigned_in_forward_are_restored_after_tracing(tmp_path):
+    """A ``forward`` that assigns plain attributes stored fx Proxies on qgraph's copy: the graph check
+    failed and torch.export, run next on the same copy, found Proxies ("no capture route"). They are
+    put back after the trace, the note names them, and the mixed int/float clamp bounds (canonicalize
+    rule 13) let the file export."""
+    g = torch.Generator().manual_seed(0)
+    model = _SincConv().eval()
+    x = torch.randn(2, 1, 64, generator=g)
+    qm = qgraph.quantize(model, x, "w8a8", [torch.randn(2, 1, 64, generator=g)])
+    assert qm.qgraph.capture.route == "symbolic_trace"
+    assert any("forward assigns filters, n_, window_" in n for n in qm.qgraph.capture.notes), qm.qgraph.capture.notes
+    assert type(model.window_) is torch.Tensor and not hasattr(model, "filters")  # the user's model untouched
+    with torch.no_grad(), qm.frozen():
+        assert qgraph.summary.sqnr_db(model(x), qm(x)) > 15
+    res = qm.export(str(tmp_path / "sinc"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
