@@ -24,6 +24,7 @@ quantizer is its sibling ``<path>_output_quantizer``), so ``state_dict`` keys re
 
 from __future__ import annotations
 
+import copy
 import weakref
 
 import torch
@@ -192,8 +193,9 @@ class InsertQuantizersPass(QPass):
         oq = FakeQuantize(aspec, "activation", where=path) if aspec and node is None else None
         parent_path, _, child = path.rpartition(".")
         parent = gm.get_submodule(parent_path) if parent_path else gm
+        mod, folded = _plain(mod)
         setattr(parent, child, QuantizedModule(mod, wq, iq, oq))
-        self.record("swapped", node.name if node is not None else path, path, f"{type(mod).__name__} → QuantizedModule")
+        self.record("swapped", node.name if node is not None else path, path, f"{type(mod).__name__} → QuantizedModule" + folded)
         if node is not None and aspec is not None and node.users:
             q = self._insert_after(gm, node, aspec, "activation", f"{path}_output_quantizer", path)
             self._rewire(node, q)
@@ -345,6 +347,29 @@ def module_weight_spec(mod: nn.Module, spec: QSpec) -> QSpec:
 
 
 __all__ = ["ActivationQuantizer", "InsertQuantizersPass", "is_quantizer_node", "module_weight_spec", "read_quantized_everywhere"]
+
+
+def _plain(mod: nn.Module) -> tuple[nn.Module, str]:
+    """A parametrized layer (``parametrizations.weight_norm`` on HiFi-GAN's transposed convs) as a plain
+    copy holding its computed tensors as parameters, and a note saying so. Its ``weight`` is not in the
+    ``state_dict`` (``parametrizations.weight.original0/1`` are), so a qpack could not store it; as
+    ``fold_weights`` does for functional layers, QAT then trains the folded weight."""
+    from torch.nn.utils import parametrize
+
+    if not parametrize.is_parametrized(mod):
+        return mod, ""
+    made = sorted({type(p).__name__ for ps in mod.parametrizations.values() for p in ps})
+    names = list(mod.parametrizations.keys())
+    with torch.no_grad():
+        values = {name: getattr(mod, name).detach().clone() for name in names}
+    # not remove_parametrizations on a deep copy: the copy shares the parametrized class, and removing
+    # the property from it removes it from the original too
+    plain = copy.deepcopy(mod)
+    plain.__class__ = parametrize.type_before_parametrizations(mod)
+    del plain._modules["parametrizations"]
+    for name, value in values.items():
+        plain.register_parameter(name, nn.Parameter(value))
+    return plain, f"; its parametrized {', '.join(names)} ({', '.join(made)}) folded into plain parameters"
 
 
 def read_quantized_everywhere(p: QPass, w: fx.Node, q: fx.Node, skip=()) -> None:

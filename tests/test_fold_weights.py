@@ -83,3 +83,33 @@ def test_qat_trains_the_folded_weight():
     assert any(p is w for p in qm.parameters())
     qm(_data(2)).square().mean().backward()
     assert w.grad is not None and w.grad.abs().sum() > 0
+
+
+class _Upsampler(nn.Module):
+    """HiFi-GAN's upsampling layer: a weight-normed ConvTranspose1d (kept as a module and swapped for a
+    QuantizedModule, not made functional), then a LeakyReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = weight_norm(nn.ConvTranspose1d(8, 4, 4, 2, padding=1))
+
+    def forward(self, x):
+        return F.leaky_relu(self.up(x), 0.1)
+
+
+def test_a_weight_normed_transposed_conv_packs_and_loads(tmp_path):
+    """The wrapper kept the parametrized module, and the packer recorded ``up.module.weight``, which is
+    not in the state_dict: any qpack export failed ("`weight` is not a buffer"). The swap now folds the
+    parametrization into a plain copy; the user's model keeps its weight norm."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 10)
+    model = _Upsampler().eval()
+    qm = qgraph.quantize(model, x, "w4a16", [x])
+    assert any("folded into plain parameters" in c.detail for c in qm.changes if c.module_path == "up")
+    assert hasattr(model.up, "parametrizations") and model.up.weight.shape == (8, 4, 4)  # the original still computes it
+    res = qm.export(str(tmp_path / "up"))
+    assert res.max_abs_error <= res.tolerance
+    back = qgraph.load(res.qpack_path, _Upsampler().eval(), x)
+    with torch.no_grad(), qm.frozen(), back.frozen():
+        assert torch.equal(back(x), qm(x))
+        assert sqnr_db(model(x), qm(x)) > 15
