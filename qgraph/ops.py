@@ -336,9 +336,9 @@ def _matmul_info(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
         for w, x, axis in ((b, a, 1), (a, b, 0)):
             if is_matrix_parameter(gm, w) and x.op != "get_attr":
                 return OpInfo("linear", _weight_path(w) or module_path(node), w, None, [x], axis)
-    from qgraph.stacked_weights import stacked_matrices_info
+    from qgraph.stacked_weights import matrix_slice_of, stacked_matrices_info
 
-    if stacked_matrices_info(gm, a) or stacked_matrices_info(gm, b):
+    if any(stacked_matrices_info(gm, v) for v in (a, b, matrix_slice_of(a), matrix_slice_of(b)) if v is not None):
         return None  # the parameter is quantized weight-only on its get_attr; the product stays float
     return OpInfo("matmul", module_path(node), activations=[a, b])
 

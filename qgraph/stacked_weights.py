@@ -6,12 +6,15 @@ matrix row.
   per expert (:func:`expert_weight_info`);
 * the stacked ``[members, out, in]`` weights of a ``vmap(functional_call)`` ensemble
   (:func:`ensemble_weight_info`);
-* a parameter of 3+ dims in a broadcast matmul with an activation (:func:`stacked_matrices_info`).
+* a parameter of 3+ dims in a broadcast matmul with an activation (:func:`stacked_matrices_info`),
+  or read one matrix at a time by an integer index (DCN-v2's ``matmul(self.kernels[i], x)``).
 
 :func:`qgraph.ops.classify` asks :func:`stacked_weight_info` about every ``get_attr``.
 """
 
 from __future__ import annotations
+
+import operator
 
 import torch
 import torch.fx as fx
@@ -122,18 +125,40 @@ def stacked_matrices_info(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
     if tm is None or len(tm[0]) < 3 or not tm[1].is_floating_point:
         return None
     axes = set()
-    for user in node.users:
-        is_mm = (user.op == "call_function" and user.target in MATMUL and user.target not in BATCHED_MATMUL
-                 or user.op == "call_method" and user.target == "matmul")
-        if not is_mm or user.kwargs or len(user.args) != 2 or user.args[0] is user.args[1]:
-            return None
-        other = user.args[1] if user.args[0] is node else user.args[0]
-        if not isinstance(other, fx.Node) or other.op == "get_attr" or not _is_float_tensor(other):
-            return None
-        axes.add(len(tm[0]) - 2 if user.args[0] is node else len(tm[0]) - 1)
+    for reader in node.users:
+        # a slice by an integer index on the first dim is one of the stacked matrices; the axes below
+        # count from the end, so they name the same dims of the stack
+        products = list(reader.users) if matrix_slice_of(reader) is node else [reader]
+        for user in products:
+            value = reader if user is not reader else node
+            is_mm = (user.op == "call_function" and user.target in MATMUL and user.target not in BATCHED_MATMUL
+                     or user.op == "call_method" and user.target == "matmul")
+            if not is_mm or user.kwargs or len(user.args) != 2 or user.args[0] is user.args[1]:
+                return None
+            other = user.args[1] if user.args[0] is value else user.args[0]
+            if not isinstance(other, fx.Node) or other.op == "get_attr" or not _is_float_tensor(other):
+                return None
+            axes.add(len(tm[0]) - 2 if user.args[0] is value else len(tm[0]) - 1)
     if len(axes) != 1:
         return None
     return OpInfo("experts", str(node.target).rpartition(".")[0], node, None, [], axes.pop())
+
+
+_SELECT = _ops("select.int")
+
+
+def matrix_slice_of(node: fx.Node) -> fx.Node | None:
+    """The ``get_attr`` that ``node`` slices by one integer index on its first dim (``w[i]``;
+    ``aten.select(w, 0, i)``), or None."""
+    if node.op != "call_function" or not node.users:
+        return None
+    if node.target is operator.getitem and len(node.args) == 2 and type(node.args[1]) is int:
+        src = node.args[0]
+    elif node.target in _SELECT and len(node.args) == 3 and node.args[1] == 0 and type(node.args[2]) is int:
+        src = node.args[0]
+    else:
+        return None
+    return src if isinstance(src, fx.Node) and src.op == "get_attr" else None
 
 
 def is_parameter(gm: fx.GraphModule, node: fx.Node) -> bool:

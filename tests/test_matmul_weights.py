@@ -175,3 +175,42 @@ def test_stacked_weight_matrices_are_weight_only_per_row(tmp_path):
     assert res.max_abs_error <= res.tolerance
     int8 = [tuple(i.dims) for i in onnx.load(res.onnx_path).graph.initializer if i.data_type == onnx.TensorProto.INT8]
     assert (1, 6, 3, 8, 4) in int8 and (3, 8, 5) in int8, int8
+
+
+class CrossNet(nn.Module):
+    """DCN-v2's cross network (DeepCTR-Torch, torchrec): stacked ``[layers, d, d]`` kernels read one per
+    layer as ``matmul(self.kernels[i], x_l)``."""
+
+    def __init__(self, d: int = 8, layers: int = 2) -> None:
+        super().__init__()
+        self.kernels = nn.Parameter(torch.randn(layers, d, d) * d ** -0.5)
+        self.bias = nn.Parameter(torch.zeros(layers, d, 1))
+        self.out = nn.Linear(d, 1)
+        self.layers = layers
+
+    def forward(self, x):
+        x_0 = x.unsqueeze(2)
+        x_l = x_0
+        for i in range(self.layers):
+            x_l = x_0 * (torch.matmul(self.kernels[i], x_l) + self.bias[i]) + x_l
+        return self.out(x_l.squeeze(2))
+
+
+def test_stacked_matrices_read_one_per_layer_are_weights(tmp_path):
+    """``self.kernels[i]`` in a matmul: the slices went behind activation quantizers (per-tensor, from
+    an observer) and the kernels were neither counted nor stored as weights. The stack is now a
+    weight, int8 per (layer, output row), as when the matmul reads it whole."""
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model, data = CrossNet().eval(), [(torch.randn(4, 8, generator=g),) for _ in range(4)]
+    qm = qgraph.quantize(model, data[0], "w8a8", data[1:])
+    q = qm.quantizers()
+    assert q["kernels_quantizer"].role == "weight" and tuple(q["kernels_quantizer"].scale.shape) == (2, 8, 1)
+    assert not any(name.startswith("matmul") for name in q), sorted(q)  # no activation quantizer on a slice
+    res = qm.export(str(tmp_path / "cross"))
+    assert res.max_abs_error <= res.tolerance
+    int8 = [tuple(i.dims) for i in onnx.load(res.onnx_path).graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert (2, 8, 8) in int8, int8
+    back = qgraph.load(res.qpack_path, CrossNet().eval(), data[0])
+    with torch.no_grad(), qm.frozen(), back.frozen():
+        assert torch.equal(back(*data[0]), qm(*data[0]))
