@@ -150,7 +150,8 @@ class CanonicalizePass(QPass):
                 self.record("replaced", out, module_path(out), what)
                 modified = True
                 continue
-            if node.op == "call_function" and node.target is getattr and node.args[1:] == ("data",) and isinstance(node.args[0], fx.Node):
+            if (node.op == "call_function" and node.target is getattr and node.args[1:] == ("data",)
+                    and isinstance(node.args[0], fx.Node) and tensor_meta(node.args[0]) is not None):  # not a PackedSequence's .data
                 with gm.graph.inserting_after(node):
                     detached = gm.graph.call_method("detach", (node.args[0],))
                 detached.meta = dict(node.meta)
