@@ -259,20 +259,20 @@ def _map_batched(args: tuple, axes: list[int | None], fn) -> tuple:
     return pytree.tree_unflatten(flat, spec)
 
 
-def other_batch(args: tuple, axes: list[int | None] | None = None) -> tuple[tuple, tuple[int, int]]:
+def other_batch(args: tuple, axes: list[int | None] | None = None, first: int = 1) -> tuple[tuple, tuple[int, int]]:
     """The example at another batch size, to check a dynamic batch: two copies of a single sample,
-    else the first sample alone. Returns ``(inputs, (old size, new size))``. ``axes``: the batch
-    dims, where not dim 0 (:func:`sequence_first_axes`)."""
+    else its ``first`` samples (the first alone by default). Returns ``(inputs, (old size, new size))``.
+    ``axes``: the batch dims, where not dim 0 (:func:`sequence_first_axes`)."""
     if axes is None:
         size = next(t.shape[0] for t in pytree.tree_leaves(args) if _batched(t))
         if single_sample(args):
             return doubled(args), (1, 2)
-        return tuple(pytree.tree_map(lambda t: t[:1] if _batched(t) else t, a) for a in args), (size, 1)
+        return tuple(pytree.tree_map(lambda t: t[:first] if _batched(t) else t, a) for a in args), (size, first)
     tensors = [t for t in pytree.tree_leaves(args) if isinstance(t, torch.Tensor)]
     size = next(t.shape[b] for t, b in zip(tensors, axes) if b is not None)
     if size == 1:
         return _map_batched(args, axes, lambda t, b: torch.cat([t, t], b)), (1, 2)
-    return _map_batched(args, axes, lambda t, b: t.narrow(b, 0, 1)), (size, 1)
+    return _map_batched(args, axes, lambda t, b: t.narrow(b, 0, first)), (size, first)
 
 
 def shorter_sequences(args: tuple, cut: list[bool], axes: list[int | None] | None = None,

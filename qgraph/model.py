@@ -392,18 +392,19 @@ class QModel(nn.Module):
         result.max_abs_error, result.top1_agreement = agreement.max_abs_error, agreement.top1_agreement
         return agreement, sess  # the session, for the other-batch check
 
-    def _check_other_batch(self, sess, result, axes: list[int | None] | None = None) -> None:
+    def _check_other_batch(self, sess, result, axes: list[int | None] | None = None, first: int = 1) -> None:
         """A file that claims a dynamic batch must run at another batch size than the example's too:
         an exporter can keep the batch symbolic yet write shapes that only hold for the example's size
         (torch 2.11 with a single-sample example, pytorch/pytorch#180202). Token inputs and time series
         whose length the file leaves dynamic (``sequence``) are run one step shorter in the same call (longer, padded
         with zeros, for a graph that packs sequences). ``axes``: the
-        batch dims where they are not dim 0 (:func:`qgraph.batch_dim.batch_axes_guesses`)."""
+        batch dims where they are not dim 0 (:func:`qgraph.batch_dim.batch_axes_guesses`). ``first``: the
+        other batch's size (1; where the model refuses a batch of one, one less than the example's)."""
         from qgraph.backends import ort as ort_backend
         from qgraph.batch_dim import other_batch, shorter_sequences
         from qgraph.packed_sequences import packing_note
 
-        batch_only, (size, new_size) = other_batch(self._example_inputs, axes)
+        batch_only, (size, new_size) = other_batch(self._example_inputs, axes, first)
         seq_dims = [1 - (a or 0) for a in axes] if axes is not None else [1] * len(sess.get_inputs())
         claims = [len(i.shape) in (2, 3) and d in (0, 1) and isinstance(i.shape[d], str) and i.shape[d] in ("sequence", f"{i.name}_sequence")
                   for i, d in zip(sess.get_inputs(), seq_dims)]
@@ -419,6 +420,15 @@ class QModel(nn.Module):
         try:
             expected = self._probe(other)
         except Exception as e:  # noqa: BLE001 - the model itself refuses the shapes the file claims to take
+            if first == 1 and size > 2 and self._refuses_single_samples(other, batch_only):
+                # a batch of one is special to many models (x.squeeze() drops it, DeepCTR's cross network):
+                # the file's batch is dynamic if it runs one sample less than the example
+                try:
+                    return self._check_other_batch(sess, result, axes, first=size - 1)
+                except _ModelRefusesOtherShapes as again:
+                    if type(again) is not _ModelRefusesOtherShapes:
+                        raise  # the model runs there and the file does not
+                    raise _ModelRefusesOtherShapes(new_size, e) from e  # the batch of one's failure explains it
             if not shortened:
                 raise _ModelRefusesOtherShapes(new_size, e) from e
             # the model takes only the example's length (one input's length fixed, the others tied to
@@ -442,6 +452,16 @@ class QModel(nn.Module):
             raise ExportMismatchError(f"{why}: {_first_line(e)}{fix}") from e
         if agreement.max_abs_error > result.tolerance:
             raise ExportMismatchError(f"{why}: {agreement}; tolerance {result.tolerance:.3g}{fix}")
+
+    def _refuses_single_samples(self, other: tuple, batch_only: tuple) -> bool:
+        """Whether the model fails at a batch of one (``other``: also with shorter sequences)."""
+        if other is not batch_only:
+            try:
+                self._probe(batch_only)
+            except Exception:  # noqa: BLE001 - the batch of one alone fails too
+                return True
+            return False
+        return True
 
     def _guards_sequence(self, args: tuple) -> bool:
         """Whether an equality among the capture's shape guards refuses ``args`` (sequences at half or

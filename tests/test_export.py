@@ -1132,3 +1132,36 @@ def test_a_bfloat16_op_that_onnx_runtime_cannot_run_is_explained(tmp_path):
         assert "computes in bfloat16 (the model casts to it in forward)" in _low_precision_hint(onnx.load(path), str(e))
         return
     # an ONNX Runtime with a bfloat16 MatMul on CPU: nothing to explain
+
+
+class _SqueezedCross(nn.Module):
+    """DeepCTR's cross network ends in ``x_l.squeeze()``: at a batch of one it drops the batch dim too,
+    and the ``cat`` with the deep tower's ``[1, d]`` fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cross, self.deep, self.head = nn.Linear(6, 6), nn.Linear(6, 4), nn.Linear(10, 1)
+
+    def forward(self, x):
+        x_l = (x * self.cross(x) + x).unsqueeze(2).squeeze()
+        return self.head(torch.cat([x_l, torch.relu(self.deep(x))], dim=-1))
+
+
+def test_a_model_that_refuses_a_batch_of_one_keeps_a_dynamic_batch(tmp_path):
+    """The dynamic-batch check ran the example's first sample alone; a model that fails at a batch of one
+    got a file with the example's batch fixed. It now checks one sample less than the example."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 6, generator=g)
+    model = _SqueezedCross().eval()
+    with pytest.raises(RuntimeError):
+        model(x[:1])
+    qm = qgraph.quantize(model, x, "w8a8", [torch.randn(4, 6, generator=g)])
+    res = qm.export(str(tmp_path / "cross"), formats=("onnx",))
+    assert res.dynamic_batch is True and not res.fixed_shapes, res.fixed_shapes
+    from qgraph.backends import ort as ort_backend
+
+    sess = ort_backend.session(res.onnx_path)
+    x5 = torch.randn(5, 6, generator=g)
+    with torch.no_grad(), qm.frozen():
+        want = qm(x5)
+    assert ort_backend.compare(want, ort_backend.run(sess, (x5,))).max_abs_error <= res.tolerance
