@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from qgraph.capture import as_input_tuple, trace
+from qgraph.capture_checks import training_branches
 from qgraph.errors import InputError, RecipeError
 from qgraph.keyword_inputs import is_keyword_inputs, ordered_keywords
 from qgraph.model import QModel
@@ -123,6 +124,10 @@ def prepare(
     model, plain, prune_masks = copy_with_plain_weights(model)  # a deep copy; pruned or weight-normed weights as parameters
     qg = trace(model.eval(), example_inputs, owns_model=True)
     qg.capture.notes[:0] = [n for n in (unwrapped, *plain) if n]
+    if qat and (branches := training_branches(model)):
+        qg.capture.notes.append(f"QAT trains the graph captured in eval mode: forward of {', '.join(branches)} reads "
+                                "self.training, and code that runs only in training mode there (data augmentation, "
+                                "F.dropout(..., training=self.training)) is not in the graph; nn.Dropout modules still run")
     args = as_input_tuple(example_inputs, qg.capture.keywords)  # a dict: bound by name, in the graph's order
     if qg.capture.upcast:
         args = float32_inputs(args)

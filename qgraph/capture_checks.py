@@ -95,3 +95,16 @@ def register_output_dataclasses(output) -> list[str]:
                                    "torch.utils._pytree.register_pytree_node before quantizing") from e
             names.append(cls.__qualname__)
     return names
+
+
+def training_branches(model: nn.Module) -> list[str]:
+    """The modules, defined outside torch, whose ``forward`` reads ``self.training``: the graph holds the
+    branch taken in eval mode, where capture runs the model, so code that runs only in training mode
+    (SpecAugment, ``F.dropout(x, training=self.training)``) is not in it."""
+    found = []
+    for path, m in model.named_modules():
+        cls = type(m)
+        code = getattr(getattr(cls, "forward", None), "__code__", None)
+        if code is not None and not cls.__module__.startswith("torch.") and "training" in code.co_names:
+            found.append(f"{path} ({cls.__name__})" if path else cls.__name__)
+    return found

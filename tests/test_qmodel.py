@@ -212,3 +212,32 @@ def test_exporting_a_model_whose_training_diverged_names_the_parameter(tmp_path)
         qm.qgraph.get_parameter("2.weight").fill_(float("nan"))
     with pytest.raises(qgraph.ExportError, match=r"parameter 2\.weight holds NaN values \(did training diverge"):
         qm.export(str(tmp_path / "diverged"), formats=("onnx",))
+
+
+class _SpecAugment(nn.Module):
+    def forward(self, x):
+        if self.training:  # time masking, as SpecAugment runs it in training only
+            t = torch.arange(x.shape[-1])
+            x = x.masked_fill((t >= 2) & (t < 5), 0.0)
+        return x
+
+
+class _Augmented(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.aug, self.drop, self.fc = _SpecAugment(), nn.Dropout(0.5), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(self.drop(self.aug(x)))
+
+
+def test_qat_notes_the_training_only_code_the_graph_lacks():
+    """The graph is captured in eval mode: a ``forward`` that branches on ``self.training`` lost its
+    training branch silently under QAT. The capture notes now name it; ``nn.Dropout`` still runs."""
+    x = torch.randn(4, 16)
+    qm = qgraph.quantize(_Augmented(), x, "w8a8", [x], qat=True)
+    assert any("forward of aug (_SpecAugment) reads self.training" in n for n in qm.qgraph.capture.notes), qm.qgraph.capture.notes
+    qm.train()
+    assert not torch.equal(qm(x), qm(x))  # dropout is a graph node
+    ptq = qgraph.quantize(_Augmented(), x, "w8a8", [x])
+    assert not any("self.training" in n for n in ptq.qgraph.capture.notes)  # post-training: eval mode is the point
