@@ -22,6 +22,7 @@ Every route is checked: the graph must reproduce the model's eager outputs on th
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import torch
 import torch.fx as fx
@@ -163,12 +164,26 @@ class _AutoLeafTracer(fx.Tracer):
         qualname = self.path_of_module(m)
         if type(m) in _TRACE_INTO and qualname not in self.leaves:
             forward = _TRACE_INTO[type(m)](m)
+        if self.is_leaf_module(m, qualname):
+            _bind(m, args, kwargs)  # a leaf's forward does not run here: refuse the arguments as the call would
         try:
             return super().call_module(m, forward, args, kwargs)
         except Exception as e:
             if not hasattr(e, "_qgraph_failed_in"):
                 e._qgraph_failed_in = qualname  # innermost module being traced
             raise
+
+
+def _bind(m: nn.Module, args: tuple, kwargs: dict) -> None:
+    """``TypeError`` where ``m``'s ``forward`` does not take these arguments, as calling it would raise:
+    speechbrain's ``try: layer(x, lengths=lengths) except TypeError: layer(x)`` then takes the same
+    branch under tracing as when it runs (a leaf's call is recorded, not run, and the graph kept a
+    call the leaf refuses)."""
+    try:
+        signature = inspect.signature(m.forward)
+    except (TypeError, ValueError):  # a builtin or scripted forward: nothing to check against
+        return
+    signature.bind(*args, **kwargs)
 
 
 def _symbolic(model: nn.Module, keywords: tuple[str, ...] | None = None) -> tuple[fx.GraphModule | None, dict[str, str], str]:

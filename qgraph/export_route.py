@@ -163,11 +163,11 @@ def _export_batch_dynamic(model: nn.Module, args: tuple, keywords: tuple[str, ..
     length dynamic too, so batches padded to other lengths calibrate and run; where that fails, the
     batch alone; plain static export when that fails too. ``declared``: dims the model declares
     dynamic as well (:func:`qgraph.batch_dim.declared_dynamic_dims`)."""
-    def export(example, shapes=None):
+    def export(example, shapes=None, strict=False):
         with quiet_torch_export():
             if keywords:  # by name, as the model is called
-                return torch.export.export(model, (), dict(zip(keywords, example)), dynamic_shapes=shapes, strict=False)
-            return torch.export.export(model, example, dynamic_shapes=shapes, strict=False)
+                return torch.export.export(model, (), dict(zip(keywords, example)), dynamic_shapes=shapes, strict=strict)
+            return torch.export.export(model, example, dynamic_shapes=shapes, strict=strict)
 
     attempts = [True, False] if has_token_sequences(args) else [False]
     failure: Exception | None = None
@@ -187,7 +187,19 @@ def _export_batch_dynamic(model: nn.Module, args: tuple, keywords: tuple[str, ..
                 continue
     if declared:  # a static graph would refuse the very shapes the model asked for
         raise RuntimeError(f"the dims declared dynamic ({declared}) could not stay dynamic: {failure}") from failure
-    return export(args)
+    try:
+        return export(args)
+    except Exception as e:
+        # the non-strict tracer has its own failures (speechbrain's ``try: layer(x, lengths=lengths)
+        # except TypeError: layer(x)``: "Unexpected key _export_root.blocks.0"), which strict mode's
+        # bytecode capture does not: the batch dynamic, then static
+        first = batch_dynamic_shapes(args, model.forward, keywords, sequence=False, declared=declared)
+        for shapes in ([first] if first is not None else []) + [None]:
+            try:
+                return export(args, shapes, strict=True)
+            except Exception:  # noqa: BLE001 - the non-strict failure is the one to report
+                continue
+        raise e
 
 
 def _is_plain_leaf(v) -> bool:

@@ -675,3 +675,55 @@ def test_a_dataclass_output_is_registered_and_its_tensors_checked(tmp_path):
 
 def _onnx_outputs(path: str) -> list[str]:
     return [o.name for o in onnx.load(path).graph.output]
+
+
+class _Res2NetTDNN(nn.Module):
+    """A Res2Net-style block: fx cannot iterate ``torch.chunk`` of a traced value, so it is a leaf."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = [c if i == 0 else torch.relu(c) for i, c in enumerate(torch.chunk(x, 2, dim=1))]
+        return torch.relu(self.conv(torch.cat(y, 1)))
+
+
+class _SpeechbrainBlocks(nn.Module):
+    """speechbrain's ECAPA-TDNN: each block called with ``lengths=`` where it takes them, else without."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([_Res2NetTDNN(), _Res2NetTDNN()])
+
+    def forward(self, x, lengths=None):
+        for layer in self.blocks:
+            try:
+                x = layer(x, lengths=lengths)
+            except TypeError:
+                x = layer(x)
+        return x
+
+
+def test_a_leaf_refuses_arguments_its_forward_does_not_take_while_tracing():
+    """A leaf's call is recorded, not run: ``layer(x, lengths=lengths)`` raised no TypeError while
+    tracing, and the graph kept a call the leaf refuses (the model was refused). The tracer now binds
+    the arguments to the leaf's signature, so the ``except TypeError`` branch is traced, as it runs."""
+    from qgraph.capture import _AutoLeafTracer
+
+    model = _SpeechbrainBlocks().eval()
+    graph = _AutoLeafTracer({"blocks.0", "blocks.1"}).trace(model)
+    calls = [n for n in graph.nodes if n.op == "call_module"]
+    assert [str(n.target) for n in calls] == ["blocks.0", "blocks.1"] and all(not n.kwargs for n in calls)
+
+
+def test_torch_export_falls_back_to_strict_mode(tmp_path):
+    """torch.export's non-strict tracer failed on the same model ("Unexpected key
+    _export_root.blocks.0"), so the blocks stayed opaque leaves; its strict mode captures them whole."""
+    g = torch.Generator().manual_seed(0)
+    x, lengths = torch.randn(4, 4, 8, generator=g), torch.ones(4)
+    model = _SpeechbrainBlocks().eval()
+    qm = qgraph.quantize(model, (x, lengths), "w8a8", [(torch.randn(4, 4, 8, generator=g), lengths)])
+    assert qm.qgraph.capture.route == "torch.export" and not qm.qgraph.capture.leaves
+    res = qm.export(str(tmp_path / "ecapa"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance and res.dynamic_batch
