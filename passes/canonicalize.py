@@ -55,7 +55,9 @@ Rewrite rules:
    embedding stays one tensor. ``x @ W`` and ``W @ x`` need no rewrite (``ops.classify``). A layer
    written as an einsum with its 2-D weight, ``einsum("...k,kn->...n", x, W)`` (or ``nk``),
    contracting x's last dim and keeping the others in order, becomes ``x @ W`` (or ``linear(x, W)``);
-   with explicit indices, another contracted dim or output order gets permutes around it.
+   with explicit indices, another contracted dim or output order gets permutes around it. A weight of
+   3+ dims that contracts one index with x and gives all its others to the output (MMoE's
+   ``einsum("ab,bcd->acd", x, W)``) is one linear layer over those indices flattened, reshaped after.
 7. ``scaled_dot_product_attention`` on q / k / v of rank 5 or more (window attention in timm's NesT
    and Hiera: ``[batch, heads, windows, tokens, dim]``), without a mask: the ONNX exporter translates
    only 4-D attention, so the leading dims but the last are merged before it and restored after it.
@@ -169,7 +171,7 @@ class CanonicalizePass(QPass):
                                                                   "so the result is quantized before it, as without inplace=True")
                 modified = True  # rule 11
                 continue
-            if self._linear_of_transposed(gm, node) or self._einsum_linear(gm, node):
+            if self._linear_of_transposed(gm, node) or self._einsum_linear(gm, node) or self._einsum_stacked_outputs(gm, node):
                 modified = True  # rule 8
                 continue
             if node.op == "call_function" and node.target is _ATEN_VIEW:
@@ -329,6 +331,71 @@ class CanonicalizePass(QPass):
                     f"einsum('{eq}') with the weight {w.target} by {'x @ W' if sw[0] == k else 'linear(x, W)'}"
                     + (" between permutes" if permuted else ""))
         return True
+
+    def _einsum_stacked_outputs(self, gm: fx.GraphModule, node: fx.Node) -> bool:
+        """Rule 8 for a weight of 3+ dims that contracts one index with x and gives all its others to the
+        output (MMoE's expert kernels ``einsum("ab,bcd->acd", x, W[in, units, experts])``, code ported
+        from Keras): one linear layer whose outputs are those indices flattened,
+        ``linear(x, W.permute(k first).reshape(k, -1).T)`` (fold_weights makes that weight one
+        parameter), reshaped and permuted to the output's order."""
+        if node.op != "call_function" or node.target not in EINSUM or node.kwargs or not node.args:
+            return False
+        eq, operands = node.args[0], node.args[1:]
+        if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+            operands = tuple(operands[0])
+        if not isinstance(eq, str) or len(operands) != 2 or "->" not in eq or "." in eq:
+            return False
+        (sx, sw), out = eq.replace(" ", "").split("->")[0].split(","), eq.replace(" ", "").split("->")[1]
+        x, w = operands
+        if not (isinstance(x, fx.Node) and x.op != "get_attr" and isinstance(w, fx.Node) and w.op == "get_attr"):
+            return False
+        try:
+            weight = gm.get_parameter(str(w.target))
+        except AttributeError:
+            return False
+        if weight.dim() < 3 or len(sw) != weight.dim() or not weight.is_floating_point():
+            return False
+        if len(set(sw)) != len(sw) or len(set(sx)) != len(sx) or len(set(out)) != len(out):
+            return False
+        contracted = [c for c in sw if c in sx]
+        produced = [c for c in sw if c not in sx]
+        if len(contracted) != 1 or contracted[0] in out or not all(c in out for c in produced):
+            return False
+        k, kept = contracted[0], sx.replace(contracted[0], "")
+        if sorted(out) != sorted(kept + "".join(produced)):
+            return False
+        aten = isinstance(node.target, torch._ops.OpOverload)
+        permute = torch.ops.aten.permute.default if aten else torch.permute
+        reshape = torch.ops.aten.reshape.default if aten else torch.reshape
+        sizes = [weight.shape[sw.index(c)] for c in produced]
+        g = gm.graph
+        with g.inserting_before(node):
+            if sx[-1] != k:
+                x = g.call_function(permute, (x, [sx.index(c) for c in kept + k]))
+            wk = g.call_function(permute, (w, [sw.index(c) for c in produced] + [sw.index(k)]))  # [*produced, k]
+            wk = g.call_function(reshape, (wk, [math.prod(sizes), weight.shape[sw.index(k)]]))
+            y = g.call_function(torch.ops.aten.linear.default if aten else F.linear, (x, wk))
+            y = g.call_function(reshape, (y, [*([-1] if not kept else []), *self._kept_sizes(node, sx, kept), *sizes]))
+            order = kept + "".join(produced)
+            new = g.call_function(permute, (y, [order.index(c) for c in out])) if out != order else y
+        new.meta = dict(node.meta)
+        self.refresh_meta = True  # the new values' shapes come from the float-rewrite check's run
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        self.record("replaced", new, str(w.target).rpartition(".")[0],
+                    f"einsum('{eq}') with the weight {w.target} by one linear layer of {math.prod(sizes)} outputs "
+                    f"({' x '.join(map(str, sizes))}), reshaped")
+        return True
+
+    @staticmethod
+    def _kept_sizes(node: fx.Node, sx: str, kept: str) -> list:
+        """The sizes of x's kept dims, read from x at run time (``x.size(i)``), so any batch works."""
+        x = node.args[1] if not isinstance(node.args[1], (list, tuple)) else node.args[1][0]
+        g = node.graph
+        aten = isinstance(node.target, torch._ops.OpOverload)
+        with g.inserting_before(node):
+            return [g.call_function(torch.ops.aten.sym_size.int, (x, sx.index(c))) if aten else g.call_method("size", (x, sx.index(c)))
+                    for c in kept]
 
     def _attention_4d(self, gm: fx.GraphModule, node: fx.Node) -> bool:
         """Rule 7: attention on q / k / v of rank 5 or more (no mask, the same leading dims) runs on

@@ -343,6 +343,37 @@ def test_a_layer_written_as_einsum_with_its_weight_is_a_quantized_linear(eq, sha
         assert res.max_abs_error <= res.tolerance
 
 
+@pytest.mark.parametrize("eq, shape", [("btd,dce->btce", (8, 3, 4)), ("btd,cde->bect", (3, 8, 4))])
+def test_an_einsum_weight_with_several_output_dims_is_one_linear_layer(eq, shape, tmp_path):
+    """MMoE's expert kernels ``einsum("ab,bcd->acd", x, W[in, units, experts])`` (Keras ports): the
+    weight contracts one index with x and gives its others to the output. It stayed float; it is now
+    one linear layer over the flattened output indices (its weight folded into one parameter),
+    reshaped and permuted, and the qpack loads back to the same model."""
+
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(*shape) * 0.3)
+
+        def forward(self, x):
+            return torch.einsum(eq, torch.relu(x), self.w)
+
+    torch.manual_seed(0)
+    model, x = M().eval(), torch.randn(4, 5, 8)
+    qm = qgraph.quantize(model, x, "w8a8", calib_data=[(torch.randn(4, 5, 8),) for _ in range(2)])
+    with torch.no_grad():
+        torch.testing.assert_close(qm._float_graph(x), model(x), rtol=1e-5, atol=1e-5)
+    q = qm.quantizers()
+    assert q["folded_weight_quantizer"].role == "weight" and q["folded_weight_quantizer"].scale.numel() == 12
+    with torch.no_grad(), qm.frozen():
+        assert qgraph.summary.sqnr_db(model(x), qm(x)) > 30
+    res = qm.export(str(tmp_path / "e"))
+    assert res.max_abs_error <= res.tolerance and res.dynamic_batch
+    back = qgraph.load(res.qpack_path, M().eval(), x)
+    with torch.no_grad(), qm.frozen(), back.frozen():
+        assert torch.equal(back(x), qm(x))
+
+
 def test_a_qpack_of_a_model_that_refuses_made_up_integers_loads_without_example_inputs(tmp_path):
     """``qgraph.load(path, model)`` makes integer inputs of ones, which are not valid bag offsets
     (``offsets[0]`` must be 0): loading the text-classification tutorial's model failed. Where the
