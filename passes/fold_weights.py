@@ -12,7 +12,8 @@ a new parameter ``<layer path>.folded_weight`` holding the result (the path of t
 the parameters it is computed from, when one module owns them all), when
 
 1. it is not a ``get_attr`` but depends on ``get_attr`` nodes alone (no graph input, no module call,
-   no random op): the parameters it was computed from drop out of the graph;
+   no random op; an input's ``.device`` or ``.dtype`` may be read, as in ``self.n_.to(x.device)``):
+   the parameters it was computed from drop out of the graph;
 2. it is a ``get_attr`` of a parametrized tensor (``torch.nn.utils.parametrize``, e.g.
    ``parametrizations.weight_norm``): reading it runs the parametrization, and the name is not in
    the ``state_dict`` (its parameters are ``parametrizations.weight.original0/1``), so a qpack could
@@ -33,7 +34,7 @@ from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
 from torch.nn.utils import parametrize
 
-from qgraph.ops import classify, inside_vmap, module_path
+from qgraph.ops import classify, inside_vmap, module_path, tensor_meta
 
 _RANDOM = {"rand", "randn", "rand_like", "randn_like", "randint", "randint_like", "randperm", "bernoulli", "normal",
            "uniform", "multinomial", "poisson", "exponential", "geometric", "cauchy", "log_normal"}
@@ -54,7 +55,7 @@ def _parameter_subgraph(node: fx.Node) -> list[fx.Node] | None:
         if n in seen:
             continue
         seen.add(n)
-        if n.op == "get_attr":
+        if n.op == "get_attr" or _metadata_read(n):
             continue
         if n.op not in ("call_function", "call_method") or _is_random(n):
             return None
@@ -62,10 +63,20 @@ def _parameter_subgraph(node: fx.Node) -> list[fx.Node] | None:
     return list(seen)
 
 
+def _metadata_read(n: fx.Node) -> bool:
+    """``x.device`` / ``x.dtype``: what a tensor is, not its values (SincNet's ``self.n_.to(x.device)``)."""
+    return n.op == "call_function" and n.target is getattr and len(n.args) == 2 and n.args[1] in ("device", "dtype")
+
+
 def _evaluate(gm: fx.GraphModule, nodes: list[fx.Node], order: dict[fx.Node, int], out: fx.Node) -> torch.Tensor:
     env: dict[fx.Node, object] = {}
     with torch.no_grad():
         for n in sorted(nodes, key=order.__getitem__):
+            if _metadata_read(n):  # the weight is computed where the model's parameters are, for inputs of the recorded dtype
+                meta = tensor_meta(n.args[0])
+                device = next(iter(gm.parameters()), torch.empty(0)).device
+                env[n] = device if n.args[1] == "device" else meta[1] if meta else torch.get_default_dtype()
+                continue
             args = fx.node.map_arg(n.args, env.__getitem__)
             kwargs = fx.node.map_arg(n.kwargs, env.__getitem__)
             if n.op == "get_attr":

@@ -106,15 +106,17 @@ def test_attributes_assigned_in_forward_are_restored_after_tracing(tmp_path):
     """A ``forward`` that assigns plain attributes stored fx Proxies on qgraph's copy: the graph check
     failed and torch.export, run next on the same copy, found Proxies ("no capture route"). They are
     put back after the trace, the note names them, and the mixed int/float clamp bounds (canonicalize
-    rule 13) let the file export."""
+    rule 13) let the file export. The filters, computed from parameters and buffers moved to the
+    input's device, fold into one weight (fold_weights), quantized per filter."""
     g = torch.Generator().manual_seed(0)
     model = _SincConv().eval()
     x = torch.randn(2, 1, 64, generator=g)
-    qm = qgraph.quantize(model, x, "w8a8", [torch.randn(2, 1, 64, generator=g)])
+    qm = qgraph.quantize(model, x, "w8a8", [torch.randn(8, 1, 64, generator=g) for _ in range(4)])
     assert qm.qgraph.capture.route == "symbolic_trace"
     assert any("forward assigns filters, n_, window_" in n for n in qm.qgraph.capture.notes), qm.qgraph.capture.notes
     assert type(model.window_) is torch.Tensor and not hasattr(model, "filters")  # the user's model untouched
+    assert qm.quantizers()["folded_weight_quantizer"].scale.numel() == 4  # per filter: .to(x.device) reads no values
     with torch.no_grad(), qm.frozen():
-        assert qgraph.summary.sqnr_db(model(x), qm(x)) > 15
+        assert qgraph.summary.sqnr_db(model(x), qm(x)) > 25
     res = qm.export(str(tmp_path / "sinc"), formats=("onnx",))
     assert res.max_abs_error <= res.tolerance
