@@ -76,7 +76,8 @@ def export_route(model: nn.Module, args: tuple, expected, keywords: tuple[str, .
         notes.append("torch.export fixed the token inputs' sequence length (1): one token per row")
     elif lengths:
         notes.append(f"torch.export fixed the token inputs' sequence length ({', '.join(map(str, lengths))}): batches must "
-                     "have the example's length (a tokenizer's padding='max_length')")
+                     "have the example's length (token ids padded with a tokenizer's padding='max_length'; "
+                     "an edge list with as many edges)")
     static = _static_batch(ep)
     if static and (sizes := sorted({int(v.shape[0]) for v in _user_input_values(ep) if isinstance(v, torch.Tensor) and v.dim()})):
         notes.append(f"torch.export fixed the batch size at the example's ({', '.join(map(str, sizes))}): code in forward needs "
