@@ -719,11 +719,15 @@ def test_a_leaf_refuses_arguments_its_forward_does_not_take_while_tracing():
 
 def test_torch_export_falls_back_to_strict_mode(tmp_path):
     """torch.export's non-strict tracer failed on the same model ("Unexpected key
-    _export_root.blocks.0"), so the blocks stayed opaque leaves; its strict mode captures them whole."""
+    _export_root.blocks.0"), so the blocks stayed opaque leaves; its strict mode captures them whole
+    (torch 2.14; torch 2.11's strict mode fails to inline the ``try``, and the leaves stay)."""
     g = torch.Generator().manual_seed(0)
     x, lengths = torch.randn(4, 4, 8, generator=g), torch.ones(4)
     model = _SpeechbrainBlocks().eval()
     qm = qgraph.quantize(model, (x, lengths), "w8a8", [(torch.randn(4, 4, 8, generator=g), lengths)])
-    assert qm.qgraph.capture.route == "torch.export" and not qm.qgraph.capture.leaves
+    if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 14):
+        assert qm.qgraph.capture.route == "torch.export" and not qm.qgraph.capture.leaves
+    else:
+        assert set(qm.qgraph.capture.leaves) == {"blocks.0", "blocks.1"}
     res = qm.export(str(tmp_path / "ecapa"), formats=("onnx",))
     assert res.max_abs_error <= res.tolerance and res.dynamic_batch
