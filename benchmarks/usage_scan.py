@@ -31,7 +31,12 @@ companding, flow-matching and DDIM steps, an MDN, a piecewise-linear flow), and 
 (video models and torchvision.ops building blocks: TSM's slice-assigned temporal shift, R(2+1)D, X3D, SlowFast laterals,
 Conv3dNormActivation / SqueezeExcitation / FrozenBatchNorm2d / StochasticDepth, FPN with MultiScaleRoIAlign, roi_align,
 PSRoIAlign, DETR box costs, batched_nms post-processing, MViT pooling attention, Video Swin 3-D shifted windows,
-TimeSformer divided attention, CLIP4Clip masked mean pooling).
+TimeSformer divided attention, CLIP4Clip masked mean pooling), and the fourteenth's in ``usage_models_audio.py`` (speech and
+audio code: HiFi-GAN, EnCodec's residual VQ, a log-mel front end, a Whisper KV-cache step, Conv-TasNet, Demucs, ECAPA-TDNN,
+Tacotron 2 attention, streaming state, SpecAugment, CTC greedy decoding, SincNet, a length regulator, QuartzNet, CREPE,
+DCCRN), and the fifteenth's in ``usage_models_science.py`` (scientific ML and recommenders: SchNet, EGNN, MeshGraphNets, spherical harmonics, periodic
+minimum images, a nonzero radius graph, DimeNet's Bessel basis, a circular 1-D U-Net, a PINN, Uni-Mol, DCN-v2, DIN, SASRec,
+two towers, hashed bags with offsets, DLRM's mixed-dimension and QR embeddings, MMoE, wide & deep, xDeepFM's CIN).
 Every case goes through the default path:
 ``quantize(model, example, "w8a8", calib)``, ``export`` with its default dynamic batch (ONNX Runtime
 verification included), then, where the batch stayed dynamic, the ONNX file is run at batch 3 (and,
@@ -62,6 +67,7 @@ from torch.utils import _pytree as pytree
 import qgraph
 from benchmarks.usage_models import CASES as MORE_CASES
 from benchmarks.usage_models_apps import CASES as APP_CASES
+from benchmarks.usage_models_audio import CASES as AUDIO_CASES
 from benchmarks.usage_models_deploy import CASES as DEPLOY_CASES
 from benchmarks.usage_models_examples import CASES as EXAMPLE_CASES
 from benchmarks.usage_models_framework import CASES as FRAMEWORK_CASES
@@ -70,6 +76,7 @@ from benchmarks.usage_models_more import CASES as BLOCK_CASES
 from benchmarks.usage_models_ops import CASES as OPS_CASES
 from benchmarks.usage_models_repos import CASES as REPO_CASES
 from benchmarks.usage_models_research import CASES as RESEARCH_CASES
+from benchmarks.usage_models_science import CASES as SCIENCE_CASES
 from benchmarks.usage_models_seq import CASES as SEQ_CASES
 from benchmarks.usage_models_user import CASES as USER_CASES
 from benchmarks.usage_models_video import CASES as VIDEO_CASES
@@ -267,6 +274,8 @@ CASES.update(DEPLOY_CASES)  # the tenth: layers of recent architectures (benchma
 CASES.update(FRAMEWORK_CASES)  # the eleventh: framework and training idioms in forward (benchmarks/usage_models_framework.py)
 CASES.update(GENERATIVE_CASES)  # the twelfth: generative models and numerics-heavy forwards (benchmarks/usage_models_generative.py)
 CASES.update(VIDEO_CASES)  # the thirteenth: video models and torchvision.ops blocks (benchmarks/usage_models_video.py)
+CASES.update(AUDIO_CASES)  # the fourteenth: speech and audio models (benchmarks/usage_models_audio.py)
+CASES.update(SCIENCE_CASES)  # the fifteenth: scientific ML and recommenders (benchmarks/usage_models_science.py)
 SINGLE_SAMPLE = {"llama_bf16", "t5"}
 SKIP = {"torch_compile": ["fc"]}  # module paths as in the model itself, not behind the wrapper's _orig_mod.  # their example is one sample; calibration uses batches of 4
 
