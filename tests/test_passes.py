@@ -314,6 +314,27 @@ def test_a_scaled_root_level_weight_computed_in_forward_folds_and_quantizes(tmp_
     assert res.max_abs_error <= res.tolerance
 
 
+class _EinsumLayer(nn.Module):
+    """A layer written as ``torch.einsum(eq, relu(x), self.w)``."""
+
+    def __init__(self, eq: str, shape: tuple) -> None:
+        super().__init__()
+        self.eq, self.w = eq, nn.Parameter(torch.randn(*shape) * 0.3)
+
+    def forward(self, x):
+        return torch.einsum(self.eq, torch.relu(x), self.w)
+
+
+def _quantized_einsum_layer(eq: str, shape: tuple):
+    """The layer, an example, and its w8a8 model, whose float rewrites must keep the layer's values."""
+    torch.manual_seed(0)
+    model, x = _EinsumLayer(eq, shape).eval(), torch.randn(4, 5, 8)
+    qm = qgraph.quantize(model, x, "w8a8", calib_data=[(torch.randn(4, 5, 8),) for _ in range(2)])
+    with torch.no_grad():
+        torch.testing.assert_close(qm._float_graph(x), model(x), rtol=1e-5, atol=1e-5)
+    return model, x, qm
+
+
 @pytest.mark.parametrize("eq, shape, rewritten", [("btd,de->bte", (8, 6), True), ("btd,ed->bte", (6, 8), True),
                                                   ("...d,de->...e", (8, 6), True), ("btd,de->bet", (8, 6), True),
                                                   ("btd,et->bde", (6, 5), True), ("...d,de->e...", (8, 6), False)])
@@ -322,20 +343,7 @@ def test_a_layer_written_as_einsum_with_its_weight_is_a_quantized_linear(eq, sha
     model unquantized, with no note: an einsum with a parameter operand was not an op qgraph knew. With
     explicit indices the contracted dim may be any of x's and the output in any order (a 1x1
     convolution as ``einsum("bchw,oc->bohw")``): permutes around the linear. ``...`` keeps the order."""
-
-    class M(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.w = nn.Parameter(torch.randn(*shape) * 0.3)
-
-        def forward(self, x):
-            return torch.einsum(eq, torch.relu(x), self.w)
-
-    torch.manual_seed(0)
-    model, x = M().eval(), torch.randn(4, 5, 8)
-    qm = qgraph.quantize(model, x, "w8a8", calib_data=[(torch.randn(4, 5, 8),) for _ in range(2)])
-    with torch.no_grad():
-        torch.testing.assert_close(qm._float_graph(x), model(x), rtol=1e-5, atol=1e-5)
+    model, x, qm = _quantized_einsum_layer(eq, shape)
     assert ("w_quantizer" in qm.quantizers()) == rewritten
     if rewritten:
         assert any(c.action == "replaced" and c.detail.startswith(f"einsum('{eq}')") for c in qm.changes)
@@ -349,27 +357,14 @@ def test_an_einsum_weight_with_several_output_dims_is_one_linear_layer(eq, shape
     weight contracts one index with x and gives its others to the output. It stayed float; it is now
     one linear layer over the flattened output indices (its weight folded into one parameter),
     reshaped and permuted, and the qpack loads back to the same model."""
-
-    class M(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.w = nn.Parameter(torch.randn(*shape) * 0.3)
-
-        def forward(self, x):
-            return torch.einsum(eq, torch.relu(x), self.w)
-
-    torch.manual_seed(0)
-    model, x = M().eval(), torch.randn(4, 5, 8)
-    qm = qgraph.quantize(model, x, "w8a8", calib_data=[(torch.randn(4, 5, 8),) for _ in range(2)])
-    with torch.no_grad():
-        torch.testing.assert_close(qm._float_graph(x), model(x), rtol=1e-5, atol=1e-5)
+    model, x, qm = _quantized_einsum_layer(eq, shape)
     q = qm.quantizers()
     assert q["folded_weight_quantizer"].role == "weight" and q["folded_weight_quantizer"].scale.numel() == 12
     with torch.no_grad(), qm.frozen():
         assert qgraph.summary.sqnr_db(model(x), qm(x)) > 30
     res = qm.export(str(tmp_path / "e"))
     assert res.max_abs_error <= res.tolerance and res.dynamic_batch
-    back = qgraph.load(res.qpack_path, M().eval(), x)
+    back = qgraph.load(res.qpack_path, _EinsumLayer(eq, shape).eval(), x)
     with torch.no_grad(), qm.frozen(), back.frozen():
         assert torch.equal(back(x), qm(x))
 
