@@ -222,7 +222,7 @@ class _Probe(nn.Module):
 
     def _sums(self, y: torch.Tensor) -> torch.Tensor:
         dims = [d for d in range(y.dim()) if d != self.axis % y.dim()]
-        total = y.detach().float().sum(dim=dims)
+        total = y.detach().float().sum(dim=dims) if dims else y.detach().float()  # sum(dim=[]) would sum everything
         return torch.cat([total, total.new_full((1,), y.numel() / total.numel())])
 
     def _accumulate(self, y: torch.Tensor) -> None:

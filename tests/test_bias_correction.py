@@ -198,3 +198,28 @@ def test_corrections_that_raise_the_output_error_are_reverted():
     with torch.no_grad():
         assert torch.equal(qm(x), off(x))
         assert torch.equal(qm(x[::2]), torch.zeros(x[::2].shape[0], 8))  # zero rows stay exactly zero
+
+
+class _OneVector(nn.Module):
+    """A linear layer on one 1-D vector (the first row's features, a pooled summary)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(x[0])) + x[:, :3].sum(0)
+
+
+def test_a_linear_on_a_1d_vector_is_corrected(tmp_path):
+    """Its output has only the channel dim: the per-channel sum over no other dims was ``sum(dim=[])``,
+    which sums everything, and quantize crashed inside torch ("zero-dimensional tensor cannot be
+    concatenated")."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 8, generator=g)
+    model = _OneVector().eval()
+    qm = qgraph.quantize(model, x, "w4a16", [torch.randn(4, 8, generator=g) for _ in range(4)])
+    assert any(c.pass_name == "bias_correction" and c.module_path == "fc" and c.action in ("corrected", "reverted")
+               for c in qm.changes), [c for c in qm.changes if c.pass_name == "bias_correction"]
+    res = qm.export(str(tmp_path / "vec"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
