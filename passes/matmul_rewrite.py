@@ -145,7 +145,7 @@ def einsum_stacked_outputs(p: QPass, gm: fx.GraphModule, node: fx.Node) -> bool:
         wk = g.call_function(permute, (w, [sw.index(c) for c in produced] + [sw.index(k)]))  # [*produced, k]
         wk = g.call_function(reshape, (wk, [math.prod(sizes), weight.shape[sw.index(k)]]))
         y = g.call_function(torch.ops.aten.linear.default if aten else F.linear, (x, wk))
-        y = g.call_function(reshape, (y, [*([-1] if not kept else []), *_kept_sizes(node, sx, kept), *sizes]))
+        y = g.call_function(reshape, (y, [*_kept_sizes(node, sx, kept), *sizes]))
         order = kept + "".join(produced)
         new = g.call_function(permute, (y, [order.index(c) for c in out])) if out != order else y
     new.meta = dict(node.meta)
