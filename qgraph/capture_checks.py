@@ -101,10 +101,11 @@ def training_branches(model: nn.Module) -> list[str]:
     """The modules, defined outside torch, whose ``forward`` reads ``self.training``: the graph holds the
     branch taken in eval mode, where capture runs the model, so code that runs only in training mode
     (SpecAugment, ``F.dropout(x, training=self.training)``) is not in it."""
-    found = []
+    found: dict[str, list[str]] = {}  # class name -> module paths, one entry per class (24 layers are one)
     for path, m in model.named_modules():
         cls = type(m)
         code = getattr(getattr(cls, "forward", None), "__code__", None)
         if code is not None and not cls.__module__.startswith("torch.") and "training" in code.co_names:
-            found.append(f"{path} ({cls.__name__})" if path else cls.__name__)
-    return found
+            found.setdefault(cls.__name__, []).append(path)
+    return [f"{paths[0]} ({name})" if len(paths) == 1 and paths[0] else name if len(paths) == 1
+            else f"{paths[0]} and {len(paths) - 1} more ({name})" for name, paths in found.items()]

@@ -241,3 +241,12 @@ def test_qat_notes_the_training_only_code_the_graph_lacks():
     assert not torch.equal(qm(x), qm(x))  # dropout is a graph node
     ptq = qgraph.quantize(_Augmented(), x, "w8a8", [x])
     assert not any("self.training" in n for n in ptq.qgraph.capture.notes)  # post-training: eval mode is the point
+
+
+def test_training_branches_name_each_class_once():
+    """A note per module would list every layer of a transformer whose attention reads
+    ``self.training`` for its dropout: one entry per class, with how many more modules it has."""
+    from qgraph.capture_checks import training_branches
+
+    model = nn.Sequential(_SpecAugment(), nn.Dropout(0.1), _SpecAugment(), _Augmented())
+    assert training_branches(model) == ["0 and 2 more (_SpecAugment)"]
