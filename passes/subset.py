@@ -14,8 +14,11 @@ quantizers and, with this recipe, no activation quantizers). Rules, over the con
    quantizer.
 3. ``post_relu`` is True when the producer of that input is a ReLU (``relu``/``relu_`` call,
    ``F.relu`` or an ``nn.ReLU`` module): its values are non-negative, so the mean is not subtracted.
-4. Convs that stayed modules (inside auto-leaves) or whose weight is not quantized are left alone
-   (recorded).
+4. Convs whose weight is not quantized are left alone (recorded).
+5. A conv kept whole as a module (:class:`qgraph.wrappers.QuantizedModule`: ``padding_mode="replicate"``)
+   takes part like the others, its ``SubsetQuantize`` as the wrapper's ``input_quantizer``. Those inside
+   auto-leaves are not graph nodes: they keep the recipe's weight quantizer and no activation
+   quantizer (recorded).
 """
 
 from __future__ import annotations
@@ -60,14 +63,26 @@ class SubsetPass(QPass):
         self.words = words
 
     def call(self, gm: fx.GraphModule) -> PassResult:
+        from qgraph.wrappers import QuantizedModule
+
         convs = []
         for n in gm.graph.nodes:
             info = classify(gm, n) if n.op == "call_function" else None
-            if info is not None and info.kind == "conv":
+            wrapped = n.op == "call_module" and isinstance(m := gm.get_submodule(str(n.target)), QuantizedModule) \
+                and isinstance(m.module, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+            if info is not None and info.kind == "conv" or wrapped:
                 convs.append((n, info))
         ends = {convs[0][0], convs[-1][0]} if self.keep_first_last and convs else set()
         modified, done = False, {}
+        in_graph = {str(n.target) for n, info in convs if info is None}
+        for path, m in gm.named_modules():
+            if isinstance(m, QuantizedModule) and isinstance(m.module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and path not in in_graph:
+                self.record("kept float", path, path, "a conv inside an auto-leaf: its recipe weight quantizer stays, "
+                                                      "with no subset activation quantizer (not a graph node)")
         for node, info in convs:
+            if info is None:  # rule 5
+                modified |= self._wrapped(gm, node, node in ends)
+                continue
             wq = info.weight
             quantized = wq is not None and is_quantizer_node(gm, wq)
             if node in ends:  # rule 1
@@ -111,6 +126,23 @@ class SubsetPass(QPass):
                                            f"post_relu={post_relu}")
             modified = True
         return self.finish(gm, modified)
+
+    def _wrapped(self, gm: fx.GraphModule, node: fx.Node, end: bool) -> bool:
+        """Rule 5: a conv kept whole as a module, called at ``node``."""
+        path = str(node.target)
+        mod = gm.get_submodule(path)
+        if end:
+            mod.weight_quantizer = None
+            self.record("kept float", node, path, "first/last conv stays float (keep_first_last)")
+            return True
+        if mod.weight_quantizer is None:
+            self.record("kept float", node, path, "weight not quantized by the recipe")
+            return False
+        post_relu = isinstance(node.args[0], fx.Node) and is_relu(gm, node.args[0])
+        mod.input_quantizer = SubsetQuantize(self.bits, post_relu, where=path, words=self.words)
+        self.record("subset", node, path, f"{self.bits}-bit per-channel codebooks from the universal set, post_relu={post_relu} "
+                                          "(the input quantizer of the module kept whole)")
+        return True
 
 
 __all__ = ["SubsetPass", "is_relu"]

@@ -194,3 +194,34 @@ def test_keep_first_last_with_convs_that_share_weights(reuse_first, tmp_path):
     back = qgraph.load(res.qpack_path, model)
     with torch.no_grad(), qm.frozen(), back.frozen():
         assert torch.equal(back(x), qm(x))
+
+
+class _ReplicatePadded(nn.Module):
+    """An SR-style stack whose middle conv pads by replication, so it stays a module (a QuantizedModule)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head, self.tail = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 3, 3, padding=1)
+        self.edge = nn.Conv2d(8, 8, 3, padding=1, padding_mode="replicate")
+        self.body = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.tail(torch.relu(self.body(torch.relu(self.edge(torch.relu(self.head(x)))))))
+
+
+def test_a_conv_kept_as_a_module_gets_its_subset_quantizer(tmp_path):
+    """The pass looked at functional convs only: a replicate-padded conv kept int4 weights but no subset
+    activation quantizer, and nothing said so. It now gets a SubsetQuantize as its wrapper's input
+    quantizer, exports, and loads back to the same model."""
+    from qgraph.subset import SubsetQuantize
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 8, 8)
+    qm = qgraph.quantize(_ReplicatePadded().eval(), x, "subset", [torch.rand(2, 3, 8, 8) for _ in range(2)])
+    assert isinstance(qm.qgraph.get_submodule("edge").input_quantizer, SubsetQuantize)
+    assert any(c.pass_name == "subset" and c.action == "subset" and c.module_path == "edge" for c in qm.changes)
+    res = qm.export(str(tmp_path / "rep"))
+    assert res.max_abs_error <= res.tolerance
+    back = qgraph.load(res.qpack_path, _ReplicatePadded().eval(), x)
+    with torch.no_grad(), qm.frozen(), back.frozen():
+        assert torch.equal(back(x), qm(x))
