@@ -277,3 +277,22 @@ def test_unipts_beats_magnitude_pruning_at_90_percent(trained_cnn, digits):
     qm = qgraph.quantize(result.model, x_te[:32], recipe=[result.recipe(), "w8a8"], calib_data=[calib])
     masked = [m for m in qm.qgraph.modules() if isinstance(m, SparseMask)]
     assert len(masked) == 6 and accuracy(qm, x_te, y_te) > acc - 0.02
+
+
+def test_a_conv_kept_as_a_module_is_recorded_dense_with_its_reason():
+    """A replicate-padded conv stays a module call: its weight is no graph value, so no mask. The
+    record said "sparsity masks cover conv and linear weights", which such a conv is."""
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1 = torch.nn.Conv2d(8, 8, 3, padding=1)
+            self.c2 = torch.nn.Conv2d(8, 8, 3, padding=1, padding_mode="replicate")
+
+        def forward(self, x):
+            return self.c2(torch.relu(self.c1(x)))
+
+    x = torch.randn(2, 8, 8, 8)
+    qm = qgraph.quantize(Net().eval(), x, "nm(2,4)+w8a8", [x])
+    kept = [c for c in qm.changes if c.action == "kept dense" and c.module_path == "c2"]
+    assert kept and "kept whole as a module call" in kept[0].detail
+    assert any(c.action == "masked" and c.module_path == "c1" for c in qm.changes)
