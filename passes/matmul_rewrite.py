@@ -46,6 +46,7 @@ def linear_of_transposed(p: QPass, gm: fx.GraphModule, node: fx.Node) -> bool:
     p.record("replaced", new, path, f"x @ {w.target}.T by linear(x, {w.target})")
     return True
 
+
 def einsum_linear(p: QPass, gm: fx.GraphModule, node: fx.Node) -> bool:
     """Rule 8: ``einsum("...k,kn->...n", x, W)`` → ``linear(x, W.T)`` as ``x @ W``, and
     ``einsum("...k,nk->...n", x, W)`` → ``linear(x, W)``: a layer written as an einsum with its
@@ -98,9 +99,10 @@ def einsum_linear(p: QPass, gm: fx.GraphModule, node: fx.Node) -> bool:
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)
     p.record("replaced", new, str(w.target).rpartition(".")[0],
-                f"einsum('{eq}') with the weight {w.target} by {'x @ W' if sw[0] == k else 'linear(x, W)'}"
-                + (" between permutes" if permuted else ""))
+             f"einsum('{eq}') with the weight {w.target} by {'x @ W' if sw[0] == k else 'linear(x, W)'}"
+             + (" between permutes" if permuted else ""))
     return True
+
 
 def einsum_stacked_outputs(p: QPass, gm: fx.GraphModule, node: fx.Node) -> bool:
     """Rule 8 for a weight of 3+ dims that contracts one index with x and gives all its others to the
@@ -153,9 +155,10 @@ def einsum_stacked_outputs(p: QPass, gm: fx.GraphModule, node: fx.Node) -> bool:
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)
     p.record("replaced", new, str(w.target).rpartition(".")[0],
-                f"einsum('{eq}') with the weight {w.target} by one linear layer of {math.prod(sizes)} outputs "
-                f"({' x '.join(map(str, sizes))}), reshaped")
+             f"einsum('{eq}') with the weight {w.target} by one linear layer of {math.prod(sizes)} outputs "
+             f"({' x '.join(map(str, sizes))}), reshaped")
     return True
+
 
 def _kept_sizes(node: fx.Node, sx: str, kept: str) -> list:
     """The sizes of x's kept dims, read from x at run time (``x.size(i)``), so any batch works."""
