@@ -2,10 +2,13 @@
 
 Rewrite rules:
 
-1. ``call_module Conv{1,2,3}d`` (zero padding mode; also a parametrized one, e.g. weight-normed) →
-   ``get_attr weight`` (+ ``get_attr bias``) → ``call_function F.conv{n}d(x, weight, bias, stride,
-   padding, dilation, groups)``.
-2. ``call_module Linear`` → ``F.linear(x, weight, bias)``.
+1. ``call_module Conv{1,2,3}d`` (also a parametrized one, e.g. weight-normed) → ``get_attr weight``
+   (+ ``get_attr bias``) → ``call_function F.conv{n}d(x, weight, bias, stride, padding, dilation, groups)``. A ``padding_mode`` other than
+   ``"zeros"`` (``reflect``, ``replicate``, ``circular``) becomes what ``nn.Conv`` itself runs:
+   ``F.pad(x, pads, mode)`` and the conv with no padding, so every pass sees the conv as it sees
+   any other (before, such a conv stayed a module call, quantized by swapping it for a wrapper).
+2. ``call_module Linear`` → ``F.linear(x, weight, bias)``. Rules 1 and 2 also take the input
+   by keyword (``conv(input=x)``).
 3. ``call_module Embedding`` → ``F.embedding(ids, weight, padding_idx)``;
    ``call_module EmbeddingBag`` → ``F.embedding(ids, weight)`` then a reduction
    over each bag: ``sum``/``mean``/``amax`` on ``[N, bag]`` ids alone, else
@@ -215,14 +218,18 @@ class CanonicalizePass(QPass):
                 modified |= self._replace(gm, node, F.bilinear, (*node.args, f"{node.target}.weight",
                                                                   f"{node.target}.bias" if mod.bias is not None else None), "Bilinear")
                 continue
-            if kind in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and mod.padding_mode == "zeros" and len(node.args) == 1:
+            x = _only_input(node)
+            pads = None
+            if kind in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and x is not None:
                 fn = _CONV_FN[len(mod.kernel_size)]
-                extra = (mod.stride, mod.padding, mod.dilation, mod.groups)
-            elif kind is nn.Linear and len(node.args) == 1:
+                if mod.padding_mode == "zeros":
+                    extra = (mod.stride, mod.padding, mod.dilation, mod.groups)
+                else:  # what nn.Conv._conv_forward runs for the other padding modes
+                    extra = (mod.stride, 0, mod.dilation, mod.groups)
+                    pads = list(mod._reversed_padding_repeated_twice)
+            elif kind is nn.Linear and x is not None:
                 fn, extra = F.linear, ()
             else:
-                continue
-            if node.kwargs:
                 continue
             path = str(node.target)
             with gm.graph.inserting_before(node), warnings.catch_warnings():
@@ -230,12 +237,17 @@ class CanonicalizePass(QPass):
                 warnings.filterwarnings("ignore", "Attempted to insert a get_attr Node with no underlying reference")
                 w = gm.graph.get_attr(f"{path}.weight")
                 b = gm.graph.get_attr(f"{path}.bias") if mod.bias is not None else None
-                new = gm.graph.call_function(fn, (node.args[0], w, b, *extra))
+                if pads is not None:
+                    x = gm.graph.call_function(F.pad, (x, pads), {"mode": mod.padding_mode})
+                    x.meta = {MODULE_PATH_KEY: path}
+                    self.refresh_meta = True  # the padded input's shape comes from the float-rewrite check's run
+                new = gm.graph.call_function(fn, (x, w, b, *extra))
             new.meta = dict(node.meta)
             new.meta[MODULE_PATH_KEY] = path
             node.replace_all_uses_with(new)
             gm.graph.erase_node(node)
-            self.record("replaced", new, path, f"{kind.__name__} module call by {fn.__name__}")
+            padded = f" after F.pad(mode={mod.padding_mode!r})" if pads is not None else ""
+            self.record("replaced", new, path, f"{kind.__name__} module call by {fn.__name__}{padded}")
             modified = True
         for path, ok in attention.items():
             if ok:
@@ -393,6 +405,15 @@ class CanonicalizePass(QPass):
         self.record("replaced", new, path, f"{what} module call by {fn.__name__}")
         return True
 
+
+
+def _only_input(node: fx.Node):
+    """The one input of a layer's call, ``layer(x)`` or ``layer(input=x)``; None for any other call."""
+    if len(node.args) == 1 and not node.kwargs:
+        return node.args[0]
+    if not node.args and set(node.kwargs) == {"input"}:
+        return node.kwargs["input"]
+    return None
 
 
 def replace_module_call(gm: fx.GraphModule, node: fx.Node, fn, args: tuple) -> fx.Node:

@@ -71,7 +71,7 @@ def _channel_first(gm: fx.GraphModule, node: fx.Node, hops: int = 8) -> bool:
     conv's input, or its value comes from a conv (or conv transpose) through ops that keep the shape
     (activations, BatchNorm, residual adds). Anything else is token-major ``[..., N, C]``."""
     def kind(n: fx.Node) -> str | None:
-        if n.op == "call_module":  # a layer kept whole by a wrapper (a conv with padding_mode="replicate")
+        if n.op == "call_module":  # a layer kept whole by a wrapper (a transposed conv)
             inner = getattr(gm.get_submodule(str(n.target)), "module", None)
             if isinstance(inner, CONV_MODULES + CONV_TRANSPOSE_MODULES + LINEAR_MODULES):
                 return "linear" if isinstance(inner, LINEAR_MODULES) else "conv"
@@ -147,7 +147,7 @@ class OFQPass(QPass):
 
     def _wrapped_activations(self, gm: fx.GraphModule) -> bool:
         """Rule 3 for the activation quantizers of layers kept whole as modules (:class:`QuantizedModule`:
-        inside auto-leaves, or a conv with ``padding_mode="replicate"``): they are not graph nodes."""
+        inside auto-leaves, transposed convs): they are not graph nodes."""
         from qgraph.wrappers import QuantizedModule
 
         modified = False

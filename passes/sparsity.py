@@ -59,10 +59,6 @@ class SparsifyPass(QPass):
             if info is None or info.kind not in SPARSE_KINDS and info.kind not in ("conv_transpose", "embedding"):
                 continue
             path = info.module_path
-            if info.kind in SPARSE_KINDS and info.weight is None:  # a padding_mode="replicate" conv stays a module call
-                self.record("kept dense", node, path, f"{info.kind} kept whole as a module call (e.g. padding_mode other than "
-                                                      "'zeros'): its weight is not a graph value a mask can be put on")
-                continue
             if info.kind not in SPARSE_KINDS or info.weight is None or info.weight.op != "get_attr" or info.weight_channel_axis != 0:
                 self.record("kept dense", node, path, f"{info.kind}: sparsity masks cover conv and linear weights read as [out, ...]")
                 continue

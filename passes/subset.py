@@ -13,12 +13,13 @@ quantizers and, with this recipe, no activation quantizers). Rules, over the con
    activation input: ``x → <path>.input_quantizer → conv``. A value read by several convs gets one
    quantizer.
 3. ``post_relu`` is True when the producer of that input is a ReLU (``relu``/``relu_`` call,
-   ``F.relu`` or an ``nn.ReLU`` module): its values are non-negative, so the mean is not subtracted.
+   ``F.relu`` or an ``nn.ReLU`` module), also behind a pad that keeps values non-negative (a
+   reflect-padded conv's ``F.pad``): its values are non-negative, so the mean is not subtracted.
 4. Convs whose weight is not quantized are left alone (recorded).
-5. A conv kept whole as a module (:class:`qgraph.wrappers.QuantizedModule`: ``padding_mode="replicate"``)
-   takes part like the others, its ``SubsetQuantize`` as the wrapper's ``input_quantizer``. Those inside
-   auto-leaves are not graph nodes: they keep the recipe's weight quantizer and no activation
-   quantizer (recorded).
+5. Convs inside auto-leaves (swapped for :class:`qgraph.wrappers.QuantizedModule`) are not graph
+   nodes: they keep the recipe's weight quantizer and no activation quantizer (recorded). A conv
+   with a ``padding_mode`` other than zeros is a graph node like any other (canonicalize makes it
+   ``F.pad`` and a functional conv).
 """
 
 from __future__ import annotations
@@ -40,7 +41,25 @@ from qgraph.subset import SubsetQuantize
 RELU_TARGETS = {torch.relu, torch.relu_, F.relu, torch.ops.aten.relu.default, torch.ops.aten.relu_.default, "relu", "relu_"}
 
 
+_PADS = {F.pad, torch.ops.aten.pad.default, torch.ops.aten.constant_pad_nd.default, torch.ops.aten.reflection_pad1d.default,
+         torch.ops.aten.reflection_pad2d.default, torch.ops.aten.reflection_pad3d.default,
+         torch.ops.aten.replication_pad1d.default, torch.ops.aten.replication_pad2d.default,
+         torch.ops.aten.replication_pad3d.default}
+
+
+def _pad_value(node: fx.Node) -> float:
+    """The value a pad node writes at the border (0 for the modes that copy border values); -1 where
+    it is not a number known here."""
+    i = 2 if node.target is torch.ops.aten.constant_pad_nd.default else 3
+    value = node.args[i] if len(node.args) > i else node.kwargs.get("value")
+    return 0.0 if value is None else float(value) if isinstance(value, (int, float)) else -1.0
+
+
 def is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node`` is a ReLU's output, also behind a pad (a reflect/replicate/circular conv's
+    ``F.pad``, or a constant pad with a non-negative value), which keeps the values non-negative."""
+    while node.op == "call_function" and node.target in _PADS and isinstance(node.args[0], fx.Node) and _pad_value(node) >= 0:
+        node = node.args[0]
     if node.op == "call_function" and node.target in RELU_TARGETS:
         return True
     if node.op == "call_method" and node.target in ("relu", "relu_"):
@@ -68,21 +87,15 @@ class SubsetPass(QPass):
         convs = []
         for n in gm.graph.nodes:
             info = classify(gm, n) if n.op == "call_function" else None
-            wrapped = n.op == "call_module" and isinstance(m := gm.get_submodule(str(n.target)), QuantizedModule) \
-                and isinstance(m.module, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
-            if info is not None and info.kind == "conv" or wrapped:
+            if info is not None and info.kind == "conv":
                 convs.append((n, info))
         ends = {convs[0][0], convs[-1][0]} if self.keep_first_last and convs else set()
         modified, done = False, {}
-        in_graph = {str(n.target) for n, info in convs if info is None}
-        for path, m in gm.named_modules():
-            if isinstance(m, QuantizedModule) and isinstance(m.module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and path not in in_graph:
+        for path, m in gm.named_modules():  # rule 5
+            if isinstance(m, QuantizedModule) and isinstance(m.module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
                 self.record("kept float", path, path, "a conv inside an auto-leaf: its recipe weight quantizer stays, "
                                                       "with no subset activation quantizer (not a graph node)")
         for node, info in convs:
-            if info is None:  # rule 5
-                modified |= self._wrapped(gm, node, node in ends)
-                continue
             wq = info.weight
             quantized = wq is not None and is_quantizer_node(gm, wq)
             if node in ends:  # rule 1
@@ -126,23 +139,6 @@ class SubsetPass(QPass):
                                            f"post_relu={post_relu}")
             modified = True
         return self.finish(gm, modified)
-
-    def _wrapped(self, gm: fx.GraphModule, node: fx.Node, end: bool) -> bool:
-        """Rule 5: a conv kept whole as a module, called at ``node``."""
-        path = str(node.target)
-        mod = gm.get_submodule(path)
-        if end:
-            mod.weight_quantizer = None
-            self.record("kept float", node, path, "first/last conv stays float (keep_first_last)")
-            return True
-        if mod.weight_quantizer is None:
-            self.record("kept float", node, path, "weight not quantized by the recipe")
-            return False
-        post_relu = isinstance(node.args[0], fx.Node) and is_relu(gm, node.args[0])
-        mod.input_quantizer = SubsetQuantize(self.bits, post_relu, where=path, words=self.words)
-        self.record("subset", node, path, f"{self.bits}-bit per-channel codebooks from the universal set, post_relu={post_relu} "
-                                          "(the input quantizer of the module kept whole)")
-        return True
 
 
 __all__ = ["SubsetPass", "is_relu"]

@@ -197,37 +197,71 @@ def test_w2a16_exports_int2_at_opset_25(tiny, tmp_path):
 
 
 class ModuleLayers(nn.Module):
-    """Layers that canonicalization leaves as modules (quantized by swapping in QuantizedModule)."""
+    """A layer that canonicalization leaves as a module (quantized by swapping in QuantizedModule)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        if kind == "conv_transpose":
-            self.layer = nn.ConvTranspose2d(3, 4, 2, stride=2)
-        else:
-            self.layer = nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")
-        self.head = nn.Linear(4 * 8 * 8 if kind == "conv_transpose" else 4 * 4 * 4, 5)
+        self.layer = nn.ConvTranspose2d(3, 4, 2, stride=2)
+        self.head = nn.Linear(4 * 8 * 8, 5)
 
     def forward(self, x):
         return self.head(torch.flatten(torch.relu(self.layer(x)), 1))
 
 
 @pytest.mark.parametrize("recipe", ["w8a16", "w8a8"])
-@pytest.mark.parametrize("kind", ["conv_transpose", "reflect_padding"])
-def test_layers_that_stay_modules_quantize_and_export(kind, recipe, tmp_path):
+def test_layers_that_stay_modules_quantize_and_export(recipe, tmp_path):
     torch.manual_seed(0)
-    model = ModuleLayers(kind).eval()
+    model = ModuleLayers().eval()
     x = torch.randn(2, 3, 4, 4)
     qm = qgraph.quantize(model, x, recipe)
     assert any(c.action == "swapped" and c.module_path == "layer" for c in qm.changes)
-    assert "layer.weight_quantizer" in qm.quantizers()
-    if kind == "conv_transpose":  # output channels are on axis 1 of a transposed conv's weight
-        assert qm.quantizers()["layer.weight_quantizer"].spec.granularity == qgraph.PerChannel(1)
+    # output channels are on axis 1 of a transposed conv's weight
+    assert qm.quantizers()["layer.weight_quantizer"].spec.granularity == qgraph.PerChannel(1)
     activation_q = [n for n, q in qm.quantizers().items() if q.where == "layer" and q.role == "activation"]
     if recipe == "w8a8":  # the swapped layer's input and output are quantized
         assert any("input" in n for n in activation_q) and any("output" in n for n in activation_q), activation_q
     else:
         assert activation_q == []
-    result = qm.export(str(tmp_path / f"{kind}_{recipe}"))
+    result = qm.export(str(tmp_path / f"conv_transpose_{recipe}"))
+    assert result.max_abs_error <= result.tolerance
+
+
+class PaddedConvs(nn.Module):
+    """Convs in the three padding modes other than zeros, one called with ``input=``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect")
+        self.b = nn.Conv1d(8, 8, 3, padding=2, dilation=2, padding_mode="circular")
+        self.c = nn.Conv2d(8, 4, 3, padding=(1, 2), stride=(1, 2), padding_mode="replicate")
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        n, c, height, width = h.shape
+        h = torch.relu(self.b(h.flatten(2))).view(n, c, height, width)
+        return self.c(input=h)
+
+
+@pytest.mark.parametrize("recipe", ["w8a16", "w8a8"])
+def test_convs_with_other_padding_modes_become_pad_and_a_functional_conv(recipe, tmp_path):
+    """A conv with ``padding_mode`` other than zeros stayed a module call, quantized by module swap,
+    which the sparsity, DFSQ and OFQ passes each had to special-case (N:M never masked it). It is now
+    ``F.pad`` and a functional conv with no padding, as ``nn.Conv`` runs it: exact in float, quantized
+    per channel like any conv, and the ONNX file matches. So is a conv called with ``input=``."""
+    torch.manual_seed(0)
+    model = PaddedConvs().eval()
+    x = torch.randn(2, 3, 8, 8)
+    qm = qgraph.quantize(model, x, recipe, [torch.randn(2, 3, 8, 8) for _ in range(2)])
+    replaced = {c.module_path: c.detail for c in qm.changes if c.pass_name == "canonicalize" and c.action == "replaced"}
+    assert replaced == {"a": "Conv2d module call by conv2d after F.pad(mode='reflect')",
+                        "b": "Conv1d module call by conv1d after F.pad(mode='circular')",
+                        "c": "Conv2d module call by conv2d after F.pad(mode='replicate')"}
+    assert not any(c.action == "swapped" for c in qm.changes)
+    assert all(qm.quantizers()[f"{p}.weight_quantizer"].spec.granularity == qgraph.PerChannel(0) for p in "abc")
+    with torch.no_grad():
+        ref, err = model(x), qm(x) - model(x)
+    assert 10 * torch.log10(ref.pow(2).sum() / err.pow(2).sum()) > 30  # 8-bit weights (and activations) on the same convs
+    result = qm.export(str(tmp_path / f"padded_{recipe}"))
     assert result.max_abs_error <= result.tolerance
 
 
@@ -1165,3 +1199,4 @@ def test_a_model_that_refuses_a_batch_of_one_keeps_a_dynamic_batch(tmp_path):
     with torch.no_grad(), qm.frozen():
         want = qm(x5)
     assert ort_backend.compare(want, ort_backend.run(sess, (x5,))).max_abs_error <= res.tolerance
+

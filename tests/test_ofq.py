@@ -346,7 +346,7 @@ def test_a_one_step_token_scale_after_pooling_exports_as_a_scalar(tmp_path):
 
 class _ConvNet(nn.Module):
     """A small conv net with a residual block and a linear head (the OFQ recipe on a conv backbone);
-    ``edge`` pads by replication, so it stays a module (a :class:`qgraph.wrappers.QuantizedModule`)."""
+    ``edge`` pads by replication (canonicalized to ``F.pad`` and a functional conv)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -364,8 +364,7 @@ def test_conv_maps_get_one_step_and_per_channel_biases(tmp_path):
     """OFQ's per-token steps are for ``[B, N, C]`` tokens. On a conv's ``[B, C, H, W]`` map, axis -2 is
     the image height: each image row got its own step, β was per image column, and the model refused
     any other image height. Conv maps now get one step and β per channel (axis 1); the model runs at
-    another size, trains, exports and round-trips through its qpack. The input quantizer of a layer
-    kept whole as a module used to stay the recipe's plain quantizer."""
+    another size, trains, exports and round-trips through its qpack."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(4, 3, 6, 10, generator=g)
@@ -374,7 +373,7 @@ def test_conv_maps_get_one_step_and_per_channel_biases(tmp_path):
     acts = {n: q for n, q in qm.qgraph.named_modules() if isinstance(q, TokenLSQuantize)}
     conv_maps = {n: q for n, q in acts.items() if q.channel_axis == 1}
     assert set(conv_maps) == {"stem.input_quantizer", "stem.output_quantizer", "conv.output_quantizer",
-                              "edge.input_quantizer", "edge_output_quantizer"}, sorted(acts)  # edge.*: inside its wrapper
+                              "edge.input_quantizer", "edge.output_quantizer"}, sorted(acts)
     assert all(q.channel_axis == -1 for n, q in acts.items() if n not in conv_maps)
     for name, q in conv_maps.items():
         assert q.scale.dim() == 0 and q.beta1.shape == ((3,) if name == "stem.input_quantizer" else (8,))
@@ -392,3 +391,37 @@ def test_conv_maps_get_one_step_and_per_channel_biases(tmp_path):
     loaded = qgraph.load(str(tmp_path / "cnn.qpack"), model)
     with torch.no_grad():
         assert torch.equal(loaded(x), qm(x))
+
+
+class _GatedEdge(nn.Module):
+    """A block with data-dependent control flow: an auto-leaf, its conv quantized by module swap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y if y.sum() > 0 else -y
+
+
+def test_the_activation_quantizers_of_a_layer_inside_an_auto_leaf_become_ofq_quantizers():
+    """A conv inside an auto-leaf is swapped for a :class:`qgraph.wrappers.QuantizedModule`, whose
+    quantizers are no graph nodes: they kept the recipe's plain quantizers. They now get OFQ's
+    learnable-bias quantizers too, on the channel axis of the conv's map, and train."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    model = _ConvNet().eval()
+    model.edge = _GatedEdge()
+    x = torch.randn(4, 3, 6, 10, generator=g)
+    qm = qgraph.quantize(model, x, "ofq(bits=4)", [torch.randn(4, 3, 6, 10, generator=g) for _ in range(2)], qat=True)
+    assert list(qm.qgraph.capture.leaves) == ["edge"]
+    acts = {n: q for n, q in qm.quantizers().items() if n.startswith("edge.") and q.role == "activation"}
+    assert set(acts) == {"edge.conv.input_quantizer", "edge.conv.output_quantizer"}, sorted(acts)
+    assert all(isinstance(q, TokenLSQuantize) and q.channel_axis == 1 and q.beta1.shape == (8,) for q in acts.values())
+    opt = torch.optim.SGD(qm.parameters(), lr=0.05)
+    for _ in range(3):
+        opt.zero_grad()
+        qm(x).pow(2).mean().backward()
+        opt.step()
+    assert any(q.beta1.abs().sum() > 0 for q in acts.values())

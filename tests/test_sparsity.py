@@ -279,9 +279,10 @@ def test_unipts_beats_magnitude_pruning_at_90_percent(trained_cnn, digits):
     assert len(masked) == 6 and accuracy(qm, x_te, y_te) > acc - 0.02
 
 
-def test_a_conv_kept_as_a_module_is_recorded_dense_with_its_reason():
-    """A replicate-padded conv stays a module call: its weight is no graph value, so no mask. The
-    record said "sparsity masks cover conv and linear weights", which such a conv is."""
+def test_a_replicate_padded_conv_gets_its_mask(tmp_path):
+    """A conv with ``padding_mode="replicate"`` stayed a module call: its weight was no graph value, so
+    it kept all its weights (recorded dense). Canonicalize now makes it ``F.pad`` and a functional
+    conv, so it is masked like any conv, and the file still matches."""
     class Net(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -293,6 +294,9 @@ def test_a_conv_kept_as_a_module_is_recorded_dense_with_its_reason():
 
     x = torch.randn(2, 8, 8, 8)
     qm = qgraph.quantize(Net().eval(), x, "nm(2,4)+w8a8", [x])
-    kept = [c for c in qm.changes if c.action == "kept dense" and c.module_path == "c2"]
-    assert kept and "kept whole as a module call" in kept[0].detail
-    assert any(c.action == "masked" and c.module_path == "c1" for c in qm.changes)
+    assert {c.module_path for c in qm.changes if c.action == "masked"} == {"c1", "c2"}
+    assert not [c for c in qm.changes if c.action == "kept dense"]
+    w = qm.qgraph.get_submodule("c2.weight_mask")(qm.qgraph.get_parameter("c2.weight"))
+    assert ((w.reshape(8, -1, 4) != 0).sum(-1) <= 2).all()  # 2 of every 4 along the input
+    res = qm.export(str(tmp_path / "rep"))
+    assert res.max_abs_error <= res.tolerance

@@ -197,7 +197,7 @@ def test_keep_first_last_with_convs_that_share_weights(reuse_first, tmp_path):
 
 
 class _ReplicatePadded(nn.Module):
-    """An SR-style stack whose middle conv pads by replication, so it stays a module (a QuantizedModule)."""
+    """An SR-style stack whose middle conv pads by replication."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -209,16 +209,17 @@ class _ReplicatePadded(nn.Module):
         return self.tail(torch.relu(self.body(torch.relu(self.edge(torch.relu(self.head(x)))))))
 
 
-def test_a_conv_kept_as_a_module_gets_its_subset_quantizer(tmp_path):
-    """The pass looked at functional convs only: a replicate-padded conv kept int4 weights but no subset
-    activation quantizer, and nothing said so. It now gets a SubsetQuantize as its wrapper's input
-    quantizer, exports, and loads back to the same model."""
+def test_a_replicate_padded_conv_gets_its_subset_quantizer(tmp_path):
+    """A replicate-padded conv is ``F.pad`` and a functional conv after canonicalize, so it gets its
+    SubsetQuantize like any conv; the pad between it and the ReLU before it keeps ``post_relu`` (the
+    values are still non-negative). It exports and loads back to the same model."""
     from qgraph.subset import SubsetQuantize
 
     torch.manual_seed(0)
     x = torch.rand(2, 3, 8, 8)
     qm = qgraph.quantize(_ReplicatePadded().eval(), x, "subset", [torch.rand(2, 3, 8, 8) for _ in range(2)])
-    assert isinstance(qm.qgraph.get_submodule("edge").input_quantizer, SubsetQuantize)
+    q = qm.qgraph.get_submodule("edge.input_quantizer")
+    assert isinstance(q, SubsetQuantize) and q.post_relu
     assert any(c.pass_name == "subset" and c.action == "subset" and c.module_path == "edge" for c in qm.changes)
     res = qm.export(str(tmp_path / "rep"))
     assert res.max_abs_error <= res.tolerance
