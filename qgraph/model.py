@@ -79,7 +79,14 @@ class QModel(nn.Module):
         self.fold_bn = fold_bn
         # kept out of the module tree: the float reference is not trained or saved with the model
         object.__setattr__(self, "_float_graph", float_graph)
-        object.__setattr__(self, "_example_inputs", example_inputs)
+        object.__setattr__(self, "_example", example_inputs)
+
+    @property
+    def _example_inputs(self) -> tuple:
+        """The example inputs, a fresh copy at each read: the checks and reports run the model on them
+        several times, and a model that writes into an input (a static KV cache's ``index_copy_``) and
+        returns it would change the inputs of the next run and the outputs already computed."""
+        return _copies(self._example)
 
     def forward(self, *args, **kwargs):
         return self.qgraph(*args, **kwargs)  # a fixed-shape capture called with other shapes: InputError
@@ -389,9 +396,9 @@ class QModel(nn.Module):
         from qgraph.backends.onnx_export import batch_is_dynamic, export_onnx
 
         args = self._example_inputs
-        with torch.no_grad():
-            expected = self(*args)
-        model = export_onnx(self.lowered(), args, onnx_path, dynamic_batch=dynamic_batch, batch_axes=batch_axes)
+        with torch.no_grad():  # on copies: a model that writes into its inputs (a static KV cache's index_copy_)
+            expected = self(*_copies(args))  # returns them, and the later runs would overwrite what is compared
+        model = export_onnx(self.lowered(), _copies(args), onnx_path, dynamic_batch=dynamic_batch, batch_axes=batch_axes)
         result.onnx_path, result.onnx_bytes, result.dynamic_batch = onnx_path, os.path.getsize(onnx_path), batch_is_dynamic(model)
         if not verify:
             return None, None
@@ -405,7 +412,7 @@ class QModel(nn.Module):
             raise ExportError(f"ONNX Runtime could not {step} the exported file on the example inputs: {first[:600]}. "
                               f"{_low_precision_hint(model, first)}The file is at {onnx_path}") from e
         if tolerance is None:
-            default = export_tolerance(self, args, expected)
+            default = export_tolerance(self, _copies(args), expected)
             tolerance, result.drift = default.value, default.drift
         result.tolerance = tolerance
         try:
@@ -483,9 +490,10 @@ class QModel(nn.Module):
     def _probe(self, args: tuple):
         """The outputs on inputs of sizes the model may refuse. torch.fx prints the generated code of a
         failing graph line to stderr before the exception reaches the caller; a probe's failure is an
-        answer, not an error, so that print is swallowed."""
+        answer, not an error, so that print is swallowed. It runs on copies of ``args`` (which may be
+        views of the example inputs), which a model may write into."""
         with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-            return self(*args)
+            return self(*_copies(args))
 
     def _separate_batches(self, sess, result) -> None:
         """An input whose first dim does not have to match the other inputs' (CLIP's images against its
@@ -587,6 +595,13 @@ class _FileRefusesOtherShapes(_ModelRefusesOtherShapes):
 
     def __init__(self, why: str) -> None:
         Exception.__init__(self, why)
+
+
+def _copies(args):
+    """``args`` with every tensor cloned (``QModel._example_inputs``)."""
+    from torch.utils import _pytree as pytree
+
+    return pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, args)
 
 
 def _first_line(e: BaseException) -> str:
