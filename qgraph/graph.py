@@ -162,6 +162,8 @@ class _ShapeProp(ShapeProp):
         meta = fx.node.map_aggregate(_without_packed(result), extract)
         if found:
             n.meta["tensor_meta"] = meta
+        elif isinstance(result, (int, float, bool)):  # a size or a Python number: as torch.export records it
+            n.meta.setdefault("val", result)
         if isinstance(result, torch.Tensor) and result.layout != torch.strided:
             n.meta[LAYOUT_KEY] = result.layout  # a sparse tensor: ShapeProp's metadata has no layout
         n.meta["type"] = type(result)

@@ -454,6 +454,8 @@ def is_sparse(node: fx.Node) -> bool:
 
 
 def _is_float_tensor(node: fx.Node) -> bool:
+    if isinstance(node.meta.get("val"), (int, float, bool, torch.SymInt, torch.SymFloat, torch.SymBool)):
+        return False  # a size (``a.size(1) + b.size(1)``) or a Python number
     tm = tensor_meta(node)
     return (tm is None or tm[1].is_floating_point) and not is_sparse(node)
 

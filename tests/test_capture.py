@@ -731,3 +731,36 @@ def test_torch_export_falls_back_to_strict_mode(tmp_path):
         assert set(qm.qgraph.capture.leaves) == {"blocks.0", "blocks.1"}
     res = qm.export(str(tmp_path / "ecapa"), formats=("onnx",))
     assert res.max_abs_error <= res.tolerance and res.dynamic_batch
+
+
+class _SummedLengths(nn.Module):
+    """Two token inputs and the sum of their lengths: ``a.shape[1] + b.shape[1]`` is an add of two sizes.
+    With ``masked``, a causal mask from ``torch.finfo(x.dtype)``, which symbolic tracing cannot follow."""
+
+    def __init__(self, masked: bool) -> None:
+        super().__init__()
+        self.emb, self.pos, self.lin, self.masked = nn.Embedding(32, 8), nn.Linear(1, 8), nn.Linear(8, 8), masked
+
+    def forward(self, a, b):
+        t = a.shape[1] + b.shape[1]
+        x = self.emb(torch.cat([a, b], 1))
+        p = torch.arange(t, dtype=torch.float32)[None, :, None]
+        h = (x + self.pos(p)).reshape(x.shape[0], t, -1)
+        scores = h @ h.transpose(1, 2)
+        if self.masked:
+            scores = scores + torch.triu(torch.full((t, t), torch.finfo(x.dtype).min), 1)
+        return self.lin(torch.softmax(scores, -1) @ h)
+
+
+@pytest.mark.parametrize("route", ["symbolic_trace", "torch.export"])
+def test_an_add_of_two_sizes_is_no_tensor_add(route, tmp_path):
+    """A sum of two sizes had no tensor metadata, which the op classifier read as "a float tensor of
+    unknown shape": it was an add to quantize, and calibration handed its observer a Python int
+    ("'int' object has no attribute 'detach'"). Sizes are recorded as numbers, on both routes."""
+    torch.manual_seed(0)
+    ex = (torch.randint(0, 32, (4, 6)), torch.randint(0, 32, (4, 4)))
+    qm = qgraph.quantize(_SummedLengths(masked=route == "torch.export").eval(), ex, "w8a8")
+    assert qm.qgraph.capture.route == route
+    assert not [n for n in qm.quantizers() if n.startswith("add")]
+    result = qm.export(str(tmp_path / "lengths"), formats=("onnx",))
+    assert result.max_abs_error <= result.tolerance
