@@ -34,8 +34,11 @@ class QuantizedModule(nn.Module):
         self.input_quantizer = input_quantizer
         self.output_quantizer = output_quantizer
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        """``output_size``: a transposed conv's (U-Nets match the skip's size with ``up(x, output_size=skip.shape)``)."""
         m = self.module
+        if output_size is not None and not isinstance(m, _CONV_T):
+            raise TypeError(f"{type(m).__name__}.forward() takes no output_size")
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
         w = self.weight_quantizer(m.weight) if self.weight_quantizer is not None else m.weight
@@ -44,8 +47,10 @@ class QuantizedModule(nn.Module):
         elif isinstance(m, _CONV):
             y = m._conv_forward(x, w, m.bias)
         else:
-            fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[len(m.kernel_size)]
-            y = fn(x, w, m.bias, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
+            nd = len(m.kernel_size)
+            fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[nd]
+            pad = m._output_padding(x, output_size, m.stride, m.padding, m.kernel_size, nd, m.dilation)
+            y = fn(x, w, m.bias, m.stride, m.padding, pad, m.groups, m.dilation)
         if self.output_quantizer is not None:
             y = self.output_quantizer(y)
         return y

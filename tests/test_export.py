@@ -226,6 +226,30 @@ def test_layers_that_stay_modules_quantize_and_export(recipe, tmp_path):
     assert result.max_abs_error <= result.tolerance
 
 
+class UpToSkip(nn.Module):
+    """A U-Net decoder step: the transposed conv matches the skip's size with ``output_size=``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down, self.up = nn.Conv3d(2, 4, 3, stride=2, padding=1), nn.ConvTranspose3d(4, 2, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return torch.cat([self.up(torch.relu(self.down(x)), output_size=x.shape), x], 1)
+
+
+def test_a_transposed_conv_called_with_output_size_quantizes_and_exports(tmp_path):
+    """The wrapper a transposed conv is swapped for took one argument: a call with ``output_size=``
+    (an odd-sized skip, whose size the stride alone does not give back) failed at calibration with
+    "got an unexpected keyword argument 'output_size'"."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 2, 5, 7, 5)
+    qm = qgraph.quantize(UpToSkip().eval(), x, "w8a8", [torch.randn(2, 2, 5, 7, 5) for _ in range(2)])
+    assert any(c.action == "swapped" and c.module_path == "up" for c in qm.changes)
+    assert qm(x).shape == (2, 4, 5, 7, 5)
+    result = qm.export(str(tmp_path / "up"))
+    assert result.max_abs_error <= result.tolerance
+
+
 class PaddedConvs(nn.Module):
     """Convs in the three padding modes other than zeros, one called with ``input=``."""
 
