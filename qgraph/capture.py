@@ -155,6 +155,14 @@ class _AutoLeafTracer(fx.Tracer):
         super().__init__()
         self.leaves = leaves
 
+    def create_arg(self, a):
+        """A NumPy scalar (``x / np.sqrt(2)``, NeuS's skip connections) becomes the Python number of the
+        same value: fx refuses ``np.float32`` and writes ``np.float64`` into the generated code, whose
+        namespace has no ``np`` (plain ``torch.fx.symbolic_trace`` fails either way)."""
+        import numpy as np
+
+        return super().create_arg(a.item() if isinstance(a, np.generic) else a)
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if qualname in self.leaves:
             return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -764,3 +765,29 @@ def test_an_add_of_two_sizes_is_no_tensor_add(route, tmp_path):
     assert not [n for n in qm.quantizers() if n.startswith("add")]
     result = qm.export(str(tmp_path / "lengths"), formats=("onnx",))
     assert result.max_abs_error <= result.tolerance
+
+
+class _NumpyScale(nn.Module):
+    """NeuS's skip connection: ``torch.cat([h, x], 1) / np.sqrt(2)``, a NumPy scalar in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 8), nn.Linear(11, 4)
+
+    def forward(self, x):
+        return self.b(torch.cat([torch.relu(self.a(x)), x], 1) / np.sqrt(2) * np.float32(0.5))
+
+
+def test_numpy_scalars_in_forward_become_python_numbers():
+    """fx wrote a NumPy float64 into the generated code as ``np.float64(1.414...)``, which its namespace
+    does not define: the graph passed capture's checks (run node by node) and ``quantize`` failed with
+    "NameError: name 'np' is not defined"; it refused a float32 outright (capture fell back to
+    torch.export). The tracer makes them Python numbers of the same value."""
+    torch.manual_seed(0)
+    model, x = _NumpyScale().eval(), torch.randn(4, 3)
+    qg = qgraph.trace(model, x)
+    assert qg.capture.route == "symbolic_trace"
+    assert "np." not in qg.code
+    torch.testing.assert_close(qg(x), model(x), rtol=0, atol=0)
+    qm = qgraph.quantize(model, x, "w8a8", [torch.randn(4, 3)])
+    assert "b.input_quantizer" in qm.quantizers()
