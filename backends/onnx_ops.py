@@ -268,6 +268,28 @@ def searchsorted(sorted_sequence, self, out_int32: bool = False, right: bool = F
     return op.Cast(counts, to=ir.DataType.INT32) if out_int32 else counts
 
 
+def cumprod(self, dim: int, dtype: int | None = None):
+    """``aten::cumprod``, which neither ONNX nor torchlib has (NeRF's transmittance, ``(1 - alpha).cumprod``;
+    a run of matched draft tokens, ``eq.cumprod(-1)``): in float64, the magnitude as ``exp(cumsum(log|x|))``,
+    the sign from the count of negative factors so far, and 0 from the first zero on. Integer and bool
+    inputs give int64, as torch does (exact below 2**53)."""
+    floating = self.dtype in _FLOATS
+    x = op.Cast(self, to=ir.DataType.DOUBLE)
+    axis = op.Constant(value_int=dim)
+    zero, one = op.Constant(value_float=0.0), op.Constant(value_float=1.0)
+    zero, one = op.CastLike(zero, x), op.CastLike(one, x)
+    is_zero = op.Equal(x, zero)
+    magnitude = op.Exp(op.CumSum(op.Log(op.Where(is_zero, one, op.Abs(x))), axis))
+    negatives = op.CumSum(op.Cast(op.Less(x, zero), to=ir.DataType.INT64), axis)
+    odd = op.Equal(op.Mod(negatives, op.Constant(value_int=2)), op.Constant(value_int=1))
+    signed = op.Where(odd, op.Neg(magnitude), magnitude)
+    zeros_so_far = op.CumSum(op.Cast(is_zero, to=ir.DataType.INT64), axis)
+    out = op.Where(op.Greater(zeros_so_far, op.Constant(value_int=0)), zero, signed)
+    if dtype is not None and dtype != -1:
+        return op.Cast(out, to=dtype)
+    return op.CastLike(out, self) if floating else op.Cast(op.Round(out), to=ir.DataType.INT64)
+
+
 def _window(j: int, size: int, out: int) -> tuple[int, int]:
     """Adaptive pooling's window along one axis: ``[floor(j·size/out), ceil((j+1)·size/out))``."""
     return j * size // out, -(-(j + 1) * size // out)
@@ -397,6 +419,7 @@ def translation_table(opset: int = 21) -> dict:
         torch.ops.aten.median.dim: median_dim,
         torch.ops.aten.median.default: median,
         torch.ops.aten.searchsorted.Tensor: searchsorted,
+        torch.ops.aten.cumprod.default: cumprod,
         torch.ops.aten.adaptive_max_pool2d.default: adaptive_max_pool,
         torch.ops.aten.adaptive_max_pool3d.default: adaptive_max_pool,
         **dict.fromkeys(_grouped_mm_ops(), grouped_mm),

@@ -812,6 +812,47 @@ def test_median_and_searchsorted_export(tmp_path):
     assert res.max_abs_error <= res.tolerance
 
 
+class _VolumeRender(nn.Module):
+    """NeRF's raw2outputs: transmittance as an exclusive ``cumprod`` of ``1 - alpha``; and a run of matched
+    draft tokens, ``(draft == target).cumprod(-1)`` on booleans, and a signed integer ``cumprod``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sigma, self.rgb = nn.Linear(4, 1), nn.Linear(4, 3)
+
+    def forward(self, feats, deltas, draft, target):  # feats [rays, samples, 4], deltas [rays, samples]
+        alpha = 1 - torch.exp(-torch.relu(self.sigma(feats)[..., 0]) * deltas)
+        trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha + 1e-10], -1), -1)[:, :-1]
+        rgb = ((alpha * trans)[..., None] * torch.sigmoid(self.rgb(feats))).sum(1)
+        return rgb, (draft == target).cumprod(-1).sum(-1), (draft - 2).cumprod(-1)
+
+
+def test_cumprod_exports(tmp_path):
+    """Neither ONNX nor torchlib has ``cumprod``: NeRF's volume rendering failed the export ("No ONNX
+    function found" for ``prims.prod``). It is written in float64 logs with the sign and zeros counted
+    apart: float results within float32 rounding, integer ones exact and int64 as torch gives them."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+
+    def inputs(n):
+        draft = torch.randint(0, 4, (n, 5), generator=g)
+        return torch.randn(n, 16, 4, generator=g), torch.rand(n, 16, generator=g), draft, torch.where(
+            torch.rand(n, 5, generator=g) < 0.7, draft, torch.randint(0, 4, (n, 5), generator=g))
+
+    model, x = _VolumeRender().eval(), inputs(6)
+    path = str(tmp_path / "render.onnx")
+    qgraph.export_onnx(model, x, path)
+    sess = ort_session(path)
+    for xs in (x, inputs(3)):
+        with torch.no_grad():
+            want = model(*xs)
+        for got, w in zip(sess.run(None, {i.name: t.numpy() for i, t in zip(sess.get_inputs(), xs)}), want):
+            assert got.dtype == w.numpy().dtype
+            np.testing.assert_allclose(got, w.numpy(), rtol=1e-6 if w.is_floating_point() else 0, atol=1e-7 if w.is_floating_point() else 0)
+    res = qgraph.quantize(model, x, "w8a8", [inputs(6)]).export(str(tmp_path / "q"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
+
+
 class _IntMaskPool(nn.Module):
     """A frame transformer's masked mean with an integer mask: ``(1.0 - mask) * -1e4`` added to scores."""
 
