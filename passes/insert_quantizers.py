@@ -125,13 +125,19 @@ class InsertQuantizersPass(QPass):
             if info is None or info.bias is None or info.bias.op != "get_attr" or not info.activations:
                 continue
             w = info.weight.args[0] if is_quantizer_node(gm, info.weight) else info.weight
+            transforms = []  # an N:M mask between the parameter and its quantizer: the floor reads the masked weight
+            while w.op == "call_module" and getattr(gm.get_submodule(w.target), "is_weight_transform", False) \
+                    and w.args and isinstance(w.args[0], fx.Node):
+                transforms.insert(0, str(w.target))
+                w = w.args[0]
             src = info.activations[0]
             while not is_quantizer_node(gm, src) and is_passthrough(gm, src) and src.args and isinstance(src.args[0], fx.Node):
                 src = src.args[0]
             if w.op == "get_attr" and is_quantizer_node(gm, src):
                 q = gm.get_submodule(src.target)
                 if isinstance(q, ActivationQuantizer):
-                    q.limit_for_bias(gm, str(w.target), str(info.bias.target), info.weight_channel_axis, ann.weight.qmax)
+                    q.limit_for_bias(gm, str(w.target), str(info.bias.target), info.weight_channel_axis, ann.weight.qmax,
+                                     tuple(transforms))
 
     # ----------------------------------------------------------------- helpers
     def _name(self, path: str, node: fx.Node, role: str) -> str:
@@ -289,21 +295,24 @@ class ActivationQuantizer(FakeQuantize):
 
     def __init__(self, spec: QSpec, where: str = "") -> None:
         super().__init__(spec, "activation", where=where)
-        self._bias_limits: list[tuple] = []  # (weakref to the graph module, weight, bias, channel axis, weight qmax)
+        # (weakref to the graph module, weight, bias, channel axis, weight qmax, weight transforms applied in order)
+        self._bias_limits: list[tuple] = []
         self.raised_from: float | None = None  # the calibrated scale, when the bias floor raised it
 
-    def limit_for_bias(self, gm, weight: str, bias: str, axis: int, weight_qmax: int) -> None:
-        self._bias_limits.append((weakref.ref(gm), weight, bias, axis, weight_qmax))
+    def limit_for_bias(self, gm, weight: str, bias: str, axis: int, weight_qmax: int, transforms: tuple[str, ...] = ()) -> None:
+        self._bias_limits.append((weakref.ref(gm), weight, bias, axis, weight_qmax, transforms))
 
     def _floor(self) -> float:
         floor = 0.0
-        for ref, weight, bias, axis, qmax in self._bias_limits:
+        for ref, weight, bias, axis, qmax, transforms in self._bias_limits:
             gm = ref()
             if gm is None:
                 continue
             w, b = _attr(gm, weight), _attr(gm, bias)
             if w is None or b is None or w.dim() < 2:
                 continue
+            for t in transforms:
+                w = gm.get_submodule(t)(w)
             w = w.detach().float().transpose(0, axis).flatten(1).abs().amax(1)
             s_w = (w / qmax).clamp_min(1e-30)
             if s_w.numel() != b.numel():

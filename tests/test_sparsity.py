@@ -300,3 +300,28 @@ def test_a_replicate_padded_conv_gets_its_mask(tmp_path):
     assert ((w.reshape(8, -1, 4) != 0).sum(-1) <= 2).all()  # 2 of every 4 along the input
     res = qm.export(str(tmp_path / "rep"))
     assert res.max_abs_error <= res.tolerance
+
+
+def test_a_zero_weight_layer_under_a_mask_keeps_its_bias_in_int32(tmp_path):
+    """A spatial transformer's head starts with zero weights and the identity as its bias. Its weight
+    scale is then ~1e-30, and ONNX Runtime's int32 bias ``b / (s_x · s_w)`` overflowed unless the input
+    scale was raised to fit (the bias floor). The floor was set only where the weight quantizer reads
+    the parameter directly: under an N:M mask it was skipped, and the file's theta was garbage."""
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head, self.side = torch.nn.Linear(8, 16), torch.nn.Linear(16, 6), torch.nn.Linear(16, 6)
+            with torch.no_grad():
+                self.head.weight.zero_()
+                self.head.bias.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0]))
+
+        def forward(self, x):
+            h = torch.relu(self.body(x))
+            return self.head(h) * self.side(h)
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 8)
+    qm = qgraph.quantize(Net().eval(), x, "nm(2,4)+w8a8", [torch.randn(4, 8) for _ in range(2)])
+    assert any(c.action == "masked" and c.module_path == "head" for c in qm.changes)
+    res = qm.export(str(tmp_path / "stn"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
