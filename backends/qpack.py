@@ -43,6 +43,9 @@ ROLES = ("codes", "scale", "zero_point", "codebook", "nm_indices")
 DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
           "I16": "int16", "I8": "int8", "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool"}
 CODES = {v: k for k, v in DTYPES.items()}
+# complex plain tensors (a RoPE table's freqs_cis), which safetensors cannot hold: stored as their real view
+# (a trailing dim of 2: real, imaginary) of this real dtype, and listed under their own dtype and shape
+COMPLEX = {"complex64": "float32", "complex128": "float64"}
 SCALE_DTYPES = ("float32", "float16")
 _DOC_KEYS = {"format", "format_version", "qgraph_version", "manifest", "floats", "meta", "checksum"}
 _ENTRY_KEYS = {"bits", "qmin", "qmax", "signed", "shape", "granularity", "scale_dtype", "packing", "tensors", "encoding"}
@@ -174,7 +177,8 @@ def _check_doc(doc, specs: Mapping[str, tuple[str, tuple[int, ...]]], label: str
     for name, fe in floats.items():
         if name in doc["manifest"] or name in owner or name == "__metadata__":
             raise QPackError(f"{label}: tensor {name!r}: plain tensor name collides with a packed tensor or its parts")
-        if not isinstance(fe, dict) or set(fe) != {"dtype", "shape"} or not isinstance(fe["dtype"], str) or fe["dtype"] not in CODES:
+        if not isinstance(fe, dict) or set(fe) != {"dtype", "shape"} or not isinstance(fe["dtype"], str) \
+                or fe["dtype"] not in CODES and fe["dtype"] not in COMPLEX:
             raise QPackError(f"{label}: tensor {name!r}: bad floats entry {fe!r}")
         try:
             _shape(fe["shape"], "shape")
@@ -182,7 +186,7 @@ def _check_doc(doc, specs: Mapping[str, tuple[str, tuple[int, ...]]], label: str
             raise QPackError(f"{label}: tensor {name!r}: bad floats entry: {err}") from err
         owner[name] = name
     expect = {f"{en.name}.{role}": (en.name, want) for en in entries for role, want in en.expect.items()}
-    expect.update({name: (name, (CODES[fe["dtype"]], tuple(fe["shape"]))) for name, fe in floats.items()})
+    expect.update({name: (name, _stored(fe["dtype"], fe["shape"])) for name, fe in floats.items()})
     for key in sorted(expect):
         if key not in specs:
             raise QPackError(f"{label}: tensor {expect[key][0]!r}: missing tensor {key!r} (listed in the manifest)")
@@ -349,9 +353,11 @@ def write_qpack(path: str, packed: Iterable[PackedTensor], floats: Mapping[str, 
     for name, a in floats.items():
         if not isinstance(name, str) or not name or name in manifest:
             raise QPackError(f"{label}: plain tensor name {name!r} is empty, not a string or also a packed tensor")
-        a = _le(a, f"{label}: tensor {name!r}")
+        dtype, shape = np.asarray(a).dtype.name, list(np.shape(a))
+        real = np.ascontiguousarray(np.asarray(a, dtype=dtype)).view(COMPLEX[dtype]).reshape(*shape, 2) if dtype in COMPLEX else a
+        a = _le(real, f"{label}: tensor {name!r}")
         add(name, a, f"plain tensor {name!r}")
-        float_manifest[name] = {"dtype": a.dtype.name, "shape": list(a.shape)}
+        float_manifest[name] = {"dtype": dtype, "shape": shape}
     try:
         meta = json.loads(json.dumps(meta, allow_nan=False))
     except (TypeError, ValueError) as e:
@@ -447,7 +453,22 @@ def _read(label: str) -> QPack:
     if _checksum(arrays) != doc["checksum"]:
         raise QPackError(f"{label}: checksum mismatch: the tensors are not what was written (file damaged or tampered with)")
     packed = _decode(entries, arrays, label)
-    return QPack(packed, {name: arrays[name] for name in sorted(floats)}, doc["meta"], doc["qgraph_version"])
+    plain = {name: _complex(arrays[name], floats[name]["dtype"]) for name in sorted(floats)}
+    return QPack(packed, plain, doc["meta"], doc["qgraph_version"])
+
+
+def _stored(dtype: str, shape: list[int]) -> tuple[str, tuple[int, ...]]:
+    """The (safetensors code, shape) a plain tensor of ``dtype`` and ``shape`` is stored as."""
+    if dtype in COMPLEX:
+        return CODES[COMPLEX[dtype]], (*shape, 2)
+    return CODES[dtype], tuple(shape)
+
+
+def _complex(a: np.ndarray, dtype: str) -> np.ndarray:
+    """A stored plain tensor as it was written: complex ones from their real view."""
+    if dtype not in COMPLEX:
+        return a
+    return np.ascontiguousarray(a).view(dtype).reshape(a.shape[:-1])
 
 
 def read_qpack(path: str) -> QPack:

@@ -196,6 +196,22 @@ def test_big_endian_and_strided_inputs(tmp_path):
     assert np.array_equal(qp.packed["w"].codes, p.codes)
 
 
+def test_complex_plain_tensors_round_trip(tmp_path):
+    """safetensors holds no complex dtype, so a model with a complex buffer (Meta's Llama code keeps its
+    RoPE table ``freqs_cis`` as complex64) could not be written. Complex tensors are stored as their
+    real view (a trailing dim of 2) and come back with their dtype, shape and bits; big-endian too."""
+    rng = np.random.default_rng(0)
+    floats = {"freqs_cis": np.exp(1j * rng.standard_normal((5, 4))).astype(np.complex64),
+              "z": np.array(1.5 - 2j, dtype=np.complex128), "be": np.arange(6).astype(">c8").reshape(2, 3) * 1j,
+              "w": np.ones((2, 2), np.float32)}
+    write_qpack(str(tmp_path / "c.qpack"), [], floats, {})
+    qp = read_qpack(str(tmp_path / "c.qpack"))
+    for k, v in floats.items():
+        assert qp.floats[k].dtype == v.dtype.newbyteorder("=") and qp.floats[k].shape == v.shape and np.array_equal(qp.floats[k], v)
+    with safe_open(str(tmp_path / "c.qpack"), framework="numpy") as f:
+        assert f.get_tensor("freqs_cis").dtype == np.float32 and f.get_tensor("freqs_cis").shape == (5, 4, 2)
+
+
 def test_reserved_codebook_round_trip(tmp_path):
     p = _packed("w", (2, 8), 4, False, {"kind": "per_channel", "axis": 0})
     p.codebook = np.linspace(-1, 1, 16, dtype=np.float32)

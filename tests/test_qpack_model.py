@@ -223,3 +223,31 @@ def test_a_model_that_refuses_the_rebuilt_inputs_is_told_to_pass_its_own(tmp_pat
     back = qgraph.load(res.qpack_path, model, example_inputs=u)
     with torch.no_grad(), qm.frozen(), back.frozen():
         assert torch.equal(back(u), qm(u))
+
+
+class _ComplexRope(nn.Module):
+    """Meta's Llama reference code: the RoPE table is a complex64 buffer, applied by ``view_as_complex``."""
+
+    def __init__(self, dim: int = 8, length: int = 6) -> None:
+        super().__init__()
+        self.q = nn.Linear(dim, dim)
+        freqs = 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
+        self.register_buffer("freqs_cis", torch.polar(torch.ones(length, dim // 2), torch.outer(torch.arange(length).float(), freqs)))
+
+    def forward(self, x):  # [B, T, dim]
+        q = torch.view_as_complex(self.q(x).reshape(*x.shape[:-1], -1, 2))
+        return torch.view_as_real(q * self.freqs_cis[: x.shape[1]]).flatten(2)
+
+
+def test_a_complex_buffer_goes_through_the_qpack(tmp_path):
+    """The qpack refused the model ("tensor 'freqs_cis' has dtype complex64, which a qpack cannot store"):
+    the complex table is stored as its real view and the loaded model gives the same outputs."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, 8)
+    qm = qgraph.quantize(_ComplexRope().eval(), x, "w4a16")
+    res = qm.export(str(tmp_path / "rope"), formats=("qpack",))
+    fresh = _ComplexRope()
+    fresh.freqs_cis.zero_()  # the table too must come from the file
+    loaded = qgraph.load(res.qpack_path, fresh)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), qm(x))
