@@ -61,10 +61,24 @@ def exporter_failure(e: BaseException, gm: torch.nn.Module) -> str:
         text += (f" The graph computes with complex tensors ({complex_at}): ONNX has no complex type, and the exporter "
                  "translates only some complex ops (FFTs, elementwise arithmetic), not a complex einsum, matmul or slice "
                  "assignment. The usual way out is to compute such products on the real and imaginary parts as real tensors.")
+    text += _leaves_hint(gm, text)
     packing = packing_export_failure(gm) if isinstance(getattr(gm, "graph", None), torch.fx.Graph) else None
     if packing:  # the likely cause, in the user's terms, first
         return f"{packing}. The exporter's error: {text}"
     return text
+
+
+def _leaves_hint(gm: torch.nn.Module, error: str) -> str:
+    """Where the exporter failed on data-dependent code and the graph calls leaves: those leaves, with why
+    symbolic tracing could not follow them (the file and line). The exporter traces into a leaf with
+    torch.export, which cannot follow a branch on tensor values either."""
+    capture = getattr(gm, "meta", {}).get(CAPTURE_KEY)
+    if capture is None or not capture.leaves or "data-dependent" not in error.lower():
+        return ""
+    listed = "; ".join(f"{leaf}: {why}" for leaf, why in capture.leaves.items())
+    return (f" The graph calls code kept opaque at capture ({listed}); the exporter traces into it and fails where it "
+            "branches on tensor values. An ONNX file needs that branch as torch.cond or torch.where, or out of forward; "
+            "the quantized model itself runs in PyTorch.")
 
 
 def _complex_node(gm: torch.nn.Module) -> str | None:

@@ -791,3 +791,15 @@ def test_numpy_scalars_in_forward_become_python_numbers():
     torch.testing.assert_close(qg(x), model(x), rtol=0, atol=0)
     qm = qgraph.quantize(model, x, "w8a8", [torch.randn(4, 3)])
     assert "b.input_quantizer" in qm.quantizers()
+
+
+def test_an_export_failing_inside_a_leaf_names_the_leaf_and_its_line(gated, tmp_path):
+    """A leaf that branches on tensor values quantizes and runs in PyTorch, but the ONNX exporter traces
+    into it and fails. The error was torch's alone ("Could not guard on data-dependent expression"),
+    naming neither the leaf nor the line; it now names both, as capture recorded them."""
+    model, x = gated
+    qm = qgraph.quantize(model, x, "w8a8", [x])
+    with pytest.raises(qgraph.ExportError) as info:
+        qm.export(str(tmp_path / "gated"), formats=("onnx",))
+    msg = str(info.value)
+    assert "data-dependent" in msg and "gate: " in msg and "test_capture.py:" in msg and "torch.cond" in msg
