@@ -47,6 +47,11 @@ Rules:
     graph submodules the call reads by ``get_attr``) stay float, recorded as ``kept float`` on the
     call; the passes do not enter subgraphs. The conv / linear weights the branches read are lifted
     to the outer graph, where they are quantized weight-only.
+12. A matmul of two activations whose outputs each sum 4 products or fewer (``K @ (R @ X + t)``:
+    camera intrinsics, poses, rotations, homogeneous coordinates) stays float (recorded): no integer
+    kernel gains at that size, and a per-tensor 8-bit grid over a small matrix of wide-ranging
+    entries (focal lengths beside rotation terms) loses most of its signal (monodepth2's warp:
+    7.6 dB with them quantized).
 
 The result is an :class:`Annotation` under ``node.meta["qgraph.annotation"]``; nothing else is
 changed, so the pass reports ``modified=False``.
@@ -67,6 +72,7 @@ from qgraph.ops import (
     WEIGHT_ONLY_KINDS,
     classify,
     computed_from_inputs,
+    contraction_size,
     feeds_model_output,
     feeds_topk,
     inside_vmap,
@@ -79,6 +85,7 @@ from qgraph.qspec import QSpec
 from qgraph.recipes import Recipe
 
 FLOAT_OUTPUT_KINDS = ("linear", "matmul")  # integer kernels that may return float (rule 6)
+SMALL_CONTRACTION = 4  # a matmul of two activations summing this many products or fewer stays float (rule 12)
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,11 @@ class AnnotatePass(QPass):
             if info.kind == "linear" and feeds_topk(node):
                 self.record("kept float", node, info.module_path, "linear: a mixture-of-experts router (its result reaches a top-k "
                                                                   "or argmax that picks the experts; rounding would flip near-tied choices)")
+                continue
+            if info.kind == "matmul" and (k := contraction_size(node)) is not None and k <= SMALL_CONTRACTION:
+                self.record("kept float", node, info.module_path, f"matmul: each output sums {k} products (a 3-D transform, "
+                                                                  "camera intrinsics, a pose): no integer kernel gains there, and "
+                                                                  "per-tensor 8-bit grids on such small matrices lose most of them")
                 continue
             if weight_only(gm, node, info):
                 if weight is None:

@@ -343,6 +343,16 @@ def _matmul_info(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
     return OpInfo("matmul", module_path(node), activations=[a, b])
 
 
+def contraction_size(node: fx.Node) -> int | None:
+    """How many products each output of a ``matmul``/``mm``/``bmm``/``@`` node sums (the first operand's
+    last dim), or None where that is unknown or the node is another op."""
+    if not (node.op == "call_function" and node.target in MATMUL or node.op == "call_method" and node.target in MATMUL_METHODS):
+        return None
+    a = node.args[0] if node.args else None
+    tm = tensor_meta(a) if isinstance(a, fx.Node) else None
+    return tm[0][-1] if tm is not None and tm[0] and isinstance(tm[0][-1], int) else None
+
+
 def is_matrix_parameter(gm: fx.GraphModule, node: fx.Node) -> bool:
     """``node`` reads a 2-D floating-point ``nn.Parameter`` (not a buffer: fixed tables and
     transforms are not layer weights)."""
