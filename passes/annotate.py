@@ -37,7 +37,8 @@ Rules:
    keeps its groups along the last axis (the input dimension) where they divide it. The stacked
    ``[members, out, in]`` weights of a ``vmap(functional_call)`` ensemble of linear layers are
    quantized the same way, on their ``get_attr`` outside the vmap level (one scale per member and
-   output channel).
+   output channel), and so are expert matrices gathered by index before an einsum (gpt-fast's
+   ``self.w1[expert_indices]``).
 10. Ops inside a ``torch.func.vmap`` (a ``torch.export`` graph between ``_vmap_increment_nesting`` and
     ``_vmap_decrement_nesting``: a model ensemble run by ``vmap(functional_call)``) stay float
     (recorded as ``kept float``): their values are batched tensors that exist only inside the vmap

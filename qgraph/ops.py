@@ -422,6 +422,10 @@ def _einsum_info(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
         return None
     if not all(isinstance(a, fx.Node) and a.op != "get_attr" and _is_float_tensor(a) for a in operands):
         return None
+    from qgraph.stacked_weights import gathered_expert_info, gathered_from
+
+    if any((w := gathered_from(a)) is not None and gathered_expert_info(gm, w) for a in operands):
+        return None  # expert matrices gathered by index: quantized weight-only on the parameter; the product stays float
     return OpInfo("matmul", module_path(node), activations=list(dict.fromkeys(operands)))
 
 

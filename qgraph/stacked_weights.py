@@ -7,7 +7,10 @@ matrix row.
 * the stacked ``[members, out, in]`` weights of a ``vmap(functional_call)`` ensemble
   (:func:`ensemble_weight_info`);
 * a parameter of 3+ dims in a broadcast matmul with an activation (:func:`stacked_matrices_info`),
-  or read one matrix at a time by an integer index (DCN-v2's ``matmul(self.kernels[i], x)``).
+  or read one matrix at a time by an integer index (DCN-v2's ``matmul(self.kernels[i], x)``);
+* mixture-of-experts weights ``[E, ·, ·]`` gathered by a tensor of expert indices and read by einsums
+  as one matrix per gathered expert (gpt-fast's ``einsum("ti,taoi->tao", x, self.w1[expert_indices])``,
+  :func:`gathered_expert_info`).
 
 :func:`qgraph.ops.classify` asks :func:`stacked_weight_info` about every ``get_attr``.
 """
@@ -34,7 +37,8 @@ from qgraph.ops import (
 
 def stacked_weight_info(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
     """Kind ``experts`` for a ``get_attr`` of a stacked weight (any of the three forms above), else None."""
-    return expert_weight_info(node) or ensemble_weight_info(gm, node) or stacked_matrices_info(gm, node)
+    return (expert_weight_info(node) or ensemble_weight_info(gm, node) or stacked_matrices_info(gm, node)
+            or gathered_expert_info(gm, node))
 
 
 def expert_weight_info(node: fx.Node) -> OpInfo | None:
@@ -159,6 +163,72 @@ def matrix_slice_of(node: fx.Node) -> fx.Node | None:
     else:
         return None
     return src if isinstance(src, fx.Node) and src.op == "get_attr" else None
+
+
+_INDEX = _ops("index.Tensor")
+
+
+def gathered_from(node: fx.Node) -> fx.Node | None:
+    """The ``get_attr`` whose first dim ``node`` gathers by a tensor of integer indices (``w[idx]``;
+    ``aten.index.Tensor(w, [idx])``), or None."""
+    if node.op != "call_function" or len(node.args) != 2:
+        return None
+    src, idx = node.args
+    if node.target in _INDEX and isinstance(idx, (list, tuple)) and len(idx) == 1:
+        idx = idx[0]
+    elif node.target is not operator.getitem:
+        return None
+    tm = tensor_meta(idx) if isinstance(idx, fx.Node) else None
+    if tm is None or tm[1].is_floating_point or tm[1] is torch.bool:
+        return None
+    return src if isinstance(src, fx.Node) and src.op == "get_attr" else None
+
+
+def gathered_expert_info(gm: fx.GraphModule, node: fx.Node) -> OpInfo | None:
+    """A 3-D parameter ``[E, ·, ·]`` every reader of which gathers expert matrices by a tensor of indices
+    and feeds only two-operand einsums that read the gathered ``[..., ·, ·]`` as one matrix per index
+    (the gathered dims go to the output, one matrix dim is contracted with the other operand and one
+    goes to the output): kind ``experts``, quantized on its ``get_attr`` (weight-only) before the
+    gather. ``weight_channel_axis``: the stored axis that goes to the output."""
+    if node.op != "get_attr" or not node.users or not is_parameter(gm, node):
+        return None
+    tm = tensor_meta(node)
+    if tm is None or len(tm[0]) != 3 or not tm[1].is_floating_point:
+        return None
+    axes = set()
+    for gather in node.users:
+        if gathered_from(gather) is not node or not gather.users:
+            return None
+        for user in gather.users:
+            axis = _gathered_einsum_axis(user, gather) if user.op == "call_function" and user.target in EINSUM else None
+            if axis is None:
+                return None
+            axes.add(axis)
+    if len(axes) != 1:
+        return None
+    return OpInfo("experts", str(node.target).rpartition(".")[0], node, None, [], axes.pop())
+
+
+def _gathered_einsum_axis(einsum: fx.Node, gathered: fx.Node) -> int | None:
+    """The stored axis (1 or 2 of ``[E, ·, ·]``) that an einsum sends to its output from a gathered stack
+    of matrices; None where it does not read them as one matrix per gathered index."""
+    eq, operands = einsum.args[0], einsum.args[1:]
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    if not isinstance(eq, str) or "->" not in eq or "." in eq or einsum.kwargs or len(operands) != 2 or operands[0] is operands[1]:
+        return None
+    ins, out = eq.replace(" ", "").split("->")
+    subs = ins.split(",")
+    if len(subs) != 2 or gathered not in operands:
+        return None
+    sw, sx = (subs[1], subs[0]) if operands[1] is gathered else (subs[0], subs[1])
+    if len(sw) < 3 or len(set(sw)) != len(sw) or any(c not in out for c in sw[:-2]):
+        return None
+    a, b = sw[-2:]
+    for produced, contracted, axis in ((a, b, 1), (b, a, 2)):
+        if produced in out and produced not in sx and contracted in sx and contracted not in out:
+            return axis
+    return None
 
 
 def is_parameter(gm: fx.GraphModule, node: fx.Node) -> bool:

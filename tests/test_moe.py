@@ -12,6 +12,7 @@ from qgraph.backends import ort as ort_backend
 from torch import nn
 
 import qgraph
+from qgraph.stacked_weights import gathered_from
 
 # Hugging Face's grouped matmul: what its MoE layers run under torch.export (torch._grouped_mm's
 # export kernel takes bfloat16 only)
@@ -185,3 +186,48 @@ def test_einsum_expert_weights_and_an_argmax_router(dynamic_capacity, tmp_path):
     assert res.max_abs_error <= res.tolerance
     int8 = sorted(tuple(i.dims) for i in onnx.load(res.onnx_path).graph.initializer if i.data_type == onnx.TensorProto.INT8)
     assert (4, 16, 32) in int8 and (4, 32, 16) in int8, int8
+
+
+class GatheredExperts(nn.Module):
+    """gpt-fast's MOEFeedForward: the expert matrices of each token's chosen experts gathered by index
+    (``self.w1[expert_indices]``, ``[T, A, out, in]``) and applied by einsum. ``finfo``: a line symbolic
+    tracing cannot follow (the torch.export route, where the gather is ``aten.index.Tensor``)."""
+
+    def __init__(self, finfo: bool = False, experts: int = 4, dim: int = 16, hidden: int = 24) -> None:
+        super().__init__()
+        self.gate, self.finfo = nn.Linear(dim, experts, bias=False), finfo
+        self.w1 = nn.Parameter(torch.randn(experts, hidden, dim) * dim**-0.5)
+        self.w3 = nn.Parameter(torch.randn(experts, hidden, dim) * dim**-0.5)
+        self.w2 = nn.Parameter(torch.randn(experts, dim, hidden) * hidden**-0.5)
+
+    def forward(self, x):  # [T, dim]
+        weights, idx = torch.topk(torch.softmax(self.gate(x), -1), 2, dim=-1)
+        if self.finfo:
+            weights = weights.clamp_min(torch.finfo(x.dtype).tiny)
+        weights = weights / weights.sum(-1, keepdim=True)
+        h = torch.nn.functional.silu(torch.einsum("ti,taoi->tao", x, self.w1[idx])) * torch.einsum("ti,taoi->tao", x, self.w3[idx])
+        return torch.einsum("tai,ta->ti", torch.einsum("tao,taio->tai", h, self.w2[idx]), weights)
+
+
+@pytest.mark.parametrize("finfo", [False, True], ids=["symbolic_trace", "torch.export"])
+def test_expert_matrices_gathered_by_index_are_weights(finfo, tmp_path):
+    """The gathered matrices got per-tensor uint8 activation quantizers, and the parameters themselves
+    (two thirds of the model) no weight quantizer: they stayed float in the files, and nothing said so.
+    Each parameter is now int8 weight-only before the gather, one scale per (expert, output row)."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    model, x = GatheredExperts(finfo).eval(), torch.randn(12, 16, generator=g)
+    qm = qgraph.quantize(model, x, "w8a8", [torch.randn(12, 16, generator=g) for _ in range(3)])
+    assert qm.qgraph.capture.route == ("torch.export" if finfo else "symbolic_trace")
+    weights = {n: q for n, q in qm.quantizers().items() if q.role == "weight"}
+    assert set(weights) == {"w1_quantizer", "w2_quantizer", "w3_quantizer"}, sorted(weights)
+    assert tuple(weights["w1_quantizer"].scale.shape) == (4, 24, 1) and tuple(weights["w2_quantizer"].scale.shape) == (4, 16, 1)
+    quantized = [n.args[0] for n in qm.qgraph.graph.nodes if n.op == "call_module" and n.target in qm.quantizers()]
+    assert quantized and not any(gathered_from(v) is not None for v in quantized)  # no activation quantizer on a gathered matrix
+    res = qm.export(str(tmp_path / "gathered"))
+    assert res.max_abs_error <= res.tolerance
+    int8 = sorted(tuple(i.dims) for i in onnx.load(res.onnx_path).graph.initializer if i.data_type == onnx.TensorProto.INT8)
+    assert int8.count((4, 24, 16)) == 2 and (4, 16, 24) in int8, int8
+    loaded = qgraph.load(res.qpack_path, GatheredExperts(finfo).eval())
+    with torch.no_grad(), qm.frozen(), loaded.frozen():
+        assert torch.equal(loaded(x), qm(x))
