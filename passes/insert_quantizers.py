@@ -314,7 +314,7 @@ class ActivationQuantizer(FakeQuantize):
             for t in transforms:
                 w = gm.get_submodule(t)(w)
             w = w.detach().float().transpose(0, axis).flatten(1).abs().amax(1)
-            s_w = (w / qmax).clamp_min(1e-30)
+            s_w = torch.where(w > 0, w / qmax, 1.0)  # as the weight quantizer scales a channel of zeros (FakeQuantize)
             if s_w.numel() != b.numel():
                 continue
             floor = max(floor, float((b.detach().float().abs() / s_w).max()) / self.LIMIT)

@@ -104,16 +104,25 @@ class FakeQuantize(nn.Module):
                     "the calibration batches never reached this part of the model"
                 )
         else:
-            self.set_qparams(*self.observer.compute())
+            self.set_qparams(*self._zero_rows_unit(*self.observer.compute()))
         self.observer = None
         self.mode = "quantize"
+
+    def _zero_rows_unit(self, scale: torch.Tensor, zero_point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A weight channel of zeros only (pruned, or a spatial transformer's zero-initialised head) gets
+        scale 1 instead of the smallest scale: its codes are 0 either way, and ONNX Runtime's int32 bias
+        ``b / (s_x · s_w)`` of such a channel overflowed unless the input's scale was raised to ~1e20,
+        which wiped out every other layer reading that input."""
+        if self.role == "weight":
+            scale = torch.where(scale <= MIN_SCALE, torch.ones_like(scale), scale)
+        return scale, zero_point
 
     @torch.no_grad()
     def init_from(self, x: torch.Tensor) -> None:
         """Calibrate from one tensor (weights are calibrated from themselves)."""
         obs = Observer(self.spec)
         obs.update(x)
-        self.set_qparams(*obs.compute())
+        self.set_qparams(*self._zero_rows_unit(*obs.compute()))
         self.mode = "quantize"
         self.observer = None
 

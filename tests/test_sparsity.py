@@ -304,9 +304,10 @@ def test_a_replicate_padded_conv_gets_its_mask(tmp_path):
 
 def test_a_zero_weight_layer_under_a_mask_keeps_its_bias_in_int32(tmp_path):
     """A spatial transformer's head starts with zero weights and the identity as its bias. Its weight
-    scale is then ~1e-30, and ONNX Runtime's int32 bias ``b / (s_x · s_w)`` overflowed unless the input
-    scale was raised to fit (the bias floor). The floor was set only where the weight quantizer reads
-    the parameter directly: under an N:M mask it was skipped, and the file's theta was garbage."""
+    scale was then 1e-30, and ONNX Runtime's int32 bias ``b / (s_x · s_w)`` overflowed unless the input
+    scale was raised to fit (the bias floor): to ~1e20, which wiped out the other layer reading that
+    input. Under an N:M mask the floor was skipped and the file's theta was garbage. A channel of
+    zeros now gets weight scale 1 (its codes are 0 either way), and the floor reads masked weights."""
     class Net(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -320,8 +321,14 @@ def test_a_zero_weight_layer_under_a_mask_keeps_its_bias_in_int32(tmp_path):
             return self.head(h) * self.side(h)
 
     torch.manual_seed(0)
-    x = torch.randn(4, 8)
-    qm = qgraph.quantize(Net().eval(), x, "nm(2,4)+w8a8", [torch.randn(4, 8) for _ in range(2)])
-    assert any(c.action == "masked" and c.module_path == "head" for c in qm.changes)
-    res = qm.export(str(tmp_path / "stn"), formats=("onnx",))
-    assert res.max_abs_error <= res.tolerance
+    x, model = torch.randn(4, 8), Net().eval()
+    for recipe in ("w8a8", "nm(2,4)+w8a8"):
+        qm = qgraph.quantize(model, x, recipe, [torch.randn(4, 8) for _ in range(2)])
+        assert any(c.action == "masked" and c.module_path == "head" for c in qm.changes) == (recipe != "w8a8")
+        res = qm.export(str(tmp_path / "stn"), formats=("onnx",))
+        assert res.max_abs_error <= res.tolerance
+        assert all(getattr(q, "raised_from", None) is None for q in qm.quantizers().values())  # calibrated grids kept
+        if recipe == "w8a8":  # (N:M prunes `side`: the float model is no reference there)
+            with torch.no_grad():
+                want = model(x)
+                assert 10 * torch.log10(want.pow(2).sum() / (qm(x) - want).pow(2).sum()) > 30
