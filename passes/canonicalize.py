@@ -3,8 +3,9 @@
 Rewrite rules:
 
 1. ``call_module Conv{1,2,3}d`` (also a parametrized one, e.g. weight-normed) → ``get_attr weight``
-   (+ ``get_attr bias``) → ``call_function F.conv{n}d(x, weight, bias, stride, padding, dilation, groups)``. A ``padding_mode`` other than
-   ``"zeros"`` (``reflect``, ``replicate``, ``circular``) becomes what ``nn.Conv`` itself runs:
+   (+ ``get_attr bias``) → ``call_function F.conv{n}d(x, weight, bias, stride, padding, dilation,
+   groups)``. A ``padding_mode`` other than ``"zeros"`` (``reflect``, ``replicate``, ``circular``)
+   becomes what ``nn.Conv`` itself runs:
    ``F.pad(x, pads, mode)`` and the conv with no padding, so every pass sees the conv as it sees
    any other (before, such a conv stayed a module call, quantized by swapping it for a wrapper).
 2. ``call_module Linear`` → ``F.linear(x, weight, bias)``. Rules 1 and 2 also take the input
