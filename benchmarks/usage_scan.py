@@ -36,7 +36,14 @@ audio code: HiFi-GAN, EnCodec's residual VQ, a log-mel front end, a Whisper KV-c
 Tacotron 2 attention, streaming state, SpecAugment, CTC greedy decoding, SincNet, a length regulator, QuartzNet, CREPE,
 DCCRN), and the fifteenth's in ``usage_models_science.py`` (scientific ML and recommenders: SchNet, EGNN, MeshGraphNets, spherical harmonics, periodic
 minimum images, a nonzero radius graph, DimeNet's Bessel basis, a circular 1-D U-Net, a PINN, Uni-Mol, DCN-v2, DIN, SASRec,
-two towers, hashed bags with offsets, DLRM's mixed-dimension and QR embeddings, MMoE, wide & deep, xDeepFM's CIN).
+two towers, hashed bags with offsets, DLRM's mixed-dimension and QR embeddings, MMoE, wide & deep, xDeepFM's CIN), and the
+sixteenth's in ``usage_models_llm.py`` (LLM inference idioms: static, rolling, paged and sink KV caches, repeat_kv, RoPE
+scaling, ALiBi, logits processors, greedy, beam-search and speculative-decoding steps, Medusa heads, Gemma-2 soft-capping,
+QK-norm, LoRA adapters, left-padding position_ids, gpt-fast and Mixtral MoE), and the seventeenth's in
+``usage_models_geometry.py`` (3-D vision, point clouds, NeRF and geometry: PointNet's T-Nets, PointNet++ ball query and
+feature propagation, DGCNN's dynamic graph, Point Transformer, NeRF's raw2outputs, a HashNeRF hash grid, pytorch-3dunet,
+PointPillars and batched BEV scatters, monodepth2 warping, PIFu projection, quaternion, SE(3) and 6-D rotations, a
+Laplacian-smoothed mesh GCN, Occupancy Networks' CBN, NeuS's SDF, FoldingNet's chamfer head, 3-D grid_sample, range images).
 Every case goes through the default path:
 ``quantize(model, example, "w8a8", calib)``, ``export`` with its default dynamic batch (ONNX Runtime
 verification included), then, where the batch stayed dynamic, the ONNX file is run at batch 3 (and,
@@ -72,6 +79,8 @@ from benchmarks.usage_models_deploy import CASES as DEPLOY_CASES
 from benchmarks.usage_models_examples import CASES as EXAMPLE_CASES
 from benchmarks.usage_models_framework import CASES as FRAMEWORK_CASES
 from benchmarks.usage_models_generative import CASES as GENERATIVE_CASES
+from benchmarks.usage_models_geometry import CASES as GEOMETRY_CASES
+from benchmarks.usage_models_llm import CASES as LLM_CASES
 from benchmarks.usage_models_more import CASES as BLOCK_CASES
 from benchmarks.usage_models_ops import CASES as OPS_CASES
 from benchmarks.usage_models_repos import CASES as REPO_CASES
@@ -276,6 +285,8 @@ CASES.update(GENERATIVE_CASES)  # the twelfth: generative models and numerics-he
 CASES.update(VIDEO_CASES)  # the thirteenth: video models and torchvision.ops blocks (benchmarks/usage_models_video.py)
 CASES.update(AUDIO_CASES)  # the fourteenth: speech and audio models (benchmarks/usage_models_audio.py)
 CASES.update(SCIENCE_CASES)  # the fifteenth: scientific ML and recommenders (benchmarks/usage_models_science.py)
+CASES.update(LLM_CASES)  # the sixteenth: LLM inference idioms (benchmarks/usage_models_llm.py)
+CASES.update(GEOMETRY_CASES)  # the seventeenth: 3-D vision, point clouds, NeRF and geometry (benchmarks/usage_models_geometry.py)
 SINGLE_SAMPLE = {"llama_bf16", "t5"}
 SKIP = {"torch_compile": ["fc"]}  # module paths as in the model itself, not behind the wrapper's _orig_mod.  # their example is one sample; calibration uses batches of 4
 
