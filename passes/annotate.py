@@ -7,8 +7,8 @@ Rules:
 2. Per-group weight specs apply along the input dimension of 2-D (linear) weights; convs, and
    linear layers whose input size is not a multiple of the group, fall back to per-channel (recorded).
 3. Transposed convs keep output channels on weight axis 1 (with ``groups == 1``; else per-tensor).
-4. A ``call_module`` Conv/Linear that stayed a module (an auto-leaf's child, an unusual padding
-   mode) is annotated too; the insert pass swaps it for a quantized wrapper.
+4. A ``call_module`` Conv/Linear/ConvTranspose that stayed a module (an auto-leaf's child, a
+   transposed conv) is annotated too; the insert pass swaps it for a quantized wrapper.
 5. A residual add is quantized only when its sum reaches a conv/linear/matmul input through ops
    ONNX Runtime keeps in integers (:func:`qgraph.ops.reaches_integer_op`); a transformer's residual
    stream, which only feeds LayerNorm, stays float (recorded as ``kept float``).

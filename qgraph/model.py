@@ -395,10 +395,10 @@ class QModel(nn.Module):
         from qgraph.backends import ort as ort_backend
         from qgraph.backends.onnx_export import batch_is_dynamic, export_onnx
 
-        args = self._example_inputs
-        with torch.no_grad():  # on copies: a model that writes into its inputs (a static KV cache's index_copy_)
-            expected = self(*_copies(args))  # returns them, and the later runs would overwrite what is compared
-        model = export_onnx(self.lowered(), _copies(args), onnx_path, dynamic_batch=dynamic_batch, batch_axes=batch_axes)
+        args = self._example_inputs  # each read a fresh copy: a model may write into its inputs (QModel._example_inputs)
+        with torch.no_grad():
+            expected = self(*self._example_inputs)
+        model = export_onnx(self.lowered(), self._example_inputs, onnx_path, dynamic_batch=dynamic_batch, batch_axes=batch_axes)
         result.onnx_path, result.onnx_bytes, result.dynamic_batch = onnx_path, os.path.getsize(onnx_path), batch_is_dynamic(model)
         if not verify:
             return None, None
@@ -412,7 +412,7 @@ class QModel(nn.Module):
             raise ExportError(f"ONNX Runtime could not {step} the exported file on the example inputs: {first[:600]}. "
                               f"{_low_precision_hint(model, first)}The file is at {onnx_path}") from e
         if tolerance is None:
-            default = export_tolerance(self, _copies(args), expected)
+            default = export_tolerance(self, self._example_inputs, expected)
             tolerance, result.drift = default.value, default.drift
         result.tolerance = tolerance
         try:
