@@ -15,7 +15,8 @@ numbered after the folding rules 1 to 4 of :mod:`qgraph.backends.onnx_fold`:
    ``QuantizeLinear`` after it (a linear whose result stays float, e.g. a classifier head): as Sum
    it runs as ``MatMulIntegerToFloat``; as Gemm, ONNX Runtime 1.32 fuses no QDQ Gemm without an
    output ``Q`` and runs a float Gemm.
-7. A weight-only conv's per-channel ``DequantizeLinear`` becomes ``Mul(Cast(codes → float), scale)``
+7. A weight-only conv's per-channel ``DequantizeLinear`` (and one that a MatMul of two weights reads)
+   becomes ``Mul(Cast(codes → float), scale)``
    (with a ``Sub`` of the zero point when it is not 0): the same float arithmetic, but plain ops that
    ONNX Runtime constant-folds when it loads the model, so the conv runs at FP32 speed on float
    weights while the file keeps the integer codes. ONNX Runtime never folds a DequantizeLinear (it
@@ -23,15 +24,21 @@ numbered after the folding rules 1 to 4 of :mod:`qgraph.backends.onnx_fold`:
    otherwise run at every inference (ResNet-18 w4a16: 0.54× FP32 speed). A conv whose input is
    dequantized behind a zero ``Pad`` (``padding='same'`` with an even kernel) is not weight-only:
    ONNX Runtime folds the Pad into the Conv, and then re-quantizes float weights per tensor.
+   A MatMul of two dequantized weights (an LSTM's ``W_hh @ W_hr`` with projections) is folded
+   whole the same way; ONNX Runtime otherwise fused it into ``MatMulIntegerToFloat``, whose
+   per-row zero point of the left weight it refuses at run time in its exact int8 mode (rule 14).
 8. An int2/uint2 weight of a weight-only MatMul whose column count is not a multiple of 4 is stored
    in an int4/uint4 container instead: ONNX Runtime 1.32 fuses it into ``MatMulNBits(bits=2)`` and
    then computes wrong results (a classifier head with 10 outputs came out 100% off); int4 is right.
    So is an int2/uint2 table whose dequantized values a Transpose reads (GPT-2's tied embedding and
    LM head, bit switching at 2 bits): ONNX Runtime 1.32 failed to load that file, constant-folding
    the transposed int2 values ("Element type mismatch between tensor proto and ortvalue_initializer").
-9. The all-zero zero point of a symmetric weight-only MatMul weight is left out (0 is
+9. The all-zero zero point of a symmetric weight-only MatMul weight on 4 or 2 bits is left out (0 is
    DequantizeLinear's default): MatMulNBits then has no zero-point input, as in the files ONNX
-   Runtime's own 4-bit quantizer writes, and a group-32 int4 file is 2.5% smaller.
+   Runtime's own 4-bit quantizer writes, and a group-32 int4 file is 2.5% smaller. An int8 weight
+   keeps it: ONNX Runtime's exact int8 mode (rule 14) gives a per-channel int8 DequantizeLinear with
+   no zero point a scalar one of 128, and then refuses to run it ("x_zero_point must be null or 1D
+   tensor with size 10").
 
 10. A Conv, ConvTranspose or Gemm whose input and weight are both dequantized and whose bias is a float initializer
     gets the bias added by an ``Add`` after it, where its activations are on fewer than 8 bits (a
@@ -68,7 +75,17 @@ numbered after the folding rules 1 to 4 of :mod:`qgraph.backends.onnx_fold`:
     DequantizeLinear: the output came back rounded to the matmul input's 8-bit grid (a Sinkhorn
     layer's transport plan, returned and multiplied transposed, 0.00067 off, half a step).
 
-Rules 5 to 13 depend on what ONNX Runtime does; the file stays valid ONNX that any runtime can run.
+14. Every int8 weight's ``DequantizeLinear`` reads a zero point of its own (the exporter shares
+    identical initializers, and all-zero per-channel zero points of equal length are identical). On
+    x86 CPUs without VNNI, ONNX Runtime's u8·s8 kernels add pairs of products in int16 with
+    saturation; its exact mode (``session.x64quantprecision``, what qgraph's checks run:
+    :func:`qgraph.backends.ort.session`) converts each fused op's int8 weight and zero point to
+    uint8 under the name ``<initializer>_s8_2_u8``, and ONNX Runtime 1.32 refused to load a file whose
+    zero point two ops shared ("Attempt to replace the existing tensor"). Applied last. A weight
+    tensor that several ops read (one parameter used twice) stays shared; for such files the exact
+    mode cannot load and the session falls back to the default kernels.
+
+Rules 5 to 14 depend on what ONNX Runtime does; the file stays valid ONNX that any runtime can run.
 """
 
 from __future__ import annotations
@@ -92,7 +109,7 @@ _GEMM_ACTIVATIONS = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Har
 
 
 def prepare_for_onnxruntime(model: onnx.ModelProto, float_biases: bool = False) -> dict[str, int]:
-    """Rules 5 to 13 (module docstring), in place; returns how many weights or nodes each rule changed.
+    """Rules 5 to 14 (module docstring), in place; returns how many weights or nodes each rule changed.
     ``float_biases``: rule 10 for every integer Conv/ConvTranspose/Gemm and biased MatMul (a bit-switch
     model's fixed-bits copy)."""
     return {
@@ -105,6 +122,7 @@ def prepare_for_onnxruntime(model: onnx.ModelProto, float_biases: bool = False) 
         "zero_point_dropped": _drop_zero_points_of_matmul_weights(model),
         "float_bias": _exact_float_bias(model, everywhere=float_biases),
         "output_identity": _outputs_read_transposed(model),
+        "own_zero_point": _own_weight_zero_points(model),
     }
 
 
@@ -268,12 +286,15 @@ def _foldable_weight_only_convs(model: onnx.ModelProto) -> int:
     before: dict[int, list[onnx.NodeProto]] = {}
     drop: set[int] = set()
     for idx, dq in enumerate(gr.g.node):
-        w = gr.weight_dq(dq, _RANGE)
-        if w is None or _attr(dq, "block_size", 0):
+        if dq.op_type != "DequantizeLinear" or _attr(dq, "block_size", 0):
             continue
-        readers = gr.users[dq.output[0]]
-        if any(r.op_type not in ("Conv", "ConvTranspose") or gr.dequantized(r.input[0]) for r in readers):
-            continue
+        w, readers = gr.weight_dq(dq, _RANGE), gr.users.get(dq.output[0], [])
+        conv = w is not None and all(r.op_type in ("Conv", "ConvTranspose") and not gr.dequantized(r.input[0]) for r in readers)
+        constant = [r for r in readers if _of_constants(gr, r)]
+        if not conv:
+            w = gr.inits.get(dq.input[0])
+            if w is None or w.data_type not in _RANGE or dq.output[0] in gr.outputs or not constant:
+                continue
         scale_t = gr.inits.get(dq.input[1])
         zp_t = gr.inits.get(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
         if scale_t is None or (len(dq.input) > 2 and dq.input[2] and zp_t is None):
@@ -281,26 +302,49 @@ def _foldable_weight_only_convs(model: onnx.ModelProto) -> int:
         shape = [1] * len(w.dims)
         if _to_numpy(scale_t).size > 1:
             shape[_attr(dq, "axis", 1) % len(w.dims)] = -1
-        before[idx] = _float_dequantize(gr, dq, scale_t, zp_t, shape)
-        drop.add(idx)
+        if conv or len(constant) == len(readers):
+            before[idx] = _float_dequantize(gr, dq, scale_t, zp_t, shape)
+            drop.add(idx)
+            continue
+        out = f"{dq.output[0]}_float"  # a float copy for the products of weights; the other readers keep the DequantizeLinear
+        before[idx] = _float_dequantize(gr, dq, scale_t, zp_t, shape, out)
+        for r in constant:
+            r.input[:] = [out if i == dq.output[0] else i for i in r.input]
     if before:
         gr.replace_nodes(before, drop)
     return len(before)
 
 
+def _of_constants(gr: _Graph, node: onnx.NodeProto) -> bool:
+    """A MatMul or Gemm whose inputs are all initializers or their ``DequantizeLinear``: a product of
+    two weights (an LSTM's recurrent weight times its projection), the same at every run."""
+    if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
+        return False
+    for i in node.input:
+        p = gr.producer.get(i)
+        if i and i not in gr.inits and not (p is not None and p.op_type == "DequantizeLinear" and p.input[0] in gr.inits):
+            return False
+    return True
+
+
 def _float_dequantize(gr: _Graph, dq: onnx.NodeProto, scale_t: onnx.TensorProto, zp_t: onnx.TensorProto | None,
-                      shape: list[int]) -> list[onnx.NodeProto]:
+                      shape: list[int], out: str | None = None) -> list[onnx.NodeProto]:
     """``DequantizeLinear(q, scale, zp)`` as ``Mul(Sub(Cast(q → float), zp), scale)`` (no ``Sub`` for
-    a zero ``zp``), with scale and zero point reshaped to ``shape`` to broadcast along the axis."""
+    a zero ``zp``), with scale and zero point reshaped to ``shape`` to broadcast along the axis; its
+    result is named ``out`` (by default the DequantizeLinear's output)."""
     scale = _to_numpy(scale_t)
-    out = dq.output[0]
+    keep = out is not None  # the DequantizeLinear stays: its scale and zero point too
+    out = out or dq.output[0]
+
+    def reshaped(name: str, value: np.ndarray, suffix: str) -> str:
+        return gr.add_initializer(value, f"{name}_{suffix}") if keep else gr.rewrite_initializer(name, value, suffix)
     nodes = [onnx.helper.make_node("Cast", [dq.input[0]], [f"{out}_codes"], to=scale_t.data_type)]
     codes = f"{out}_codes"
     if zp_t is not None and np.any(_to_numpy(zp_t) != 0):
-        zp = gr.rewrite_initializer(zp_t.name, _to_numpy(zp_t).astype(scale.dtype).reshape(shape), "float")
+        zp = reshaped(zp_t.name, _to_numpy(zp_t).astype(scale.dtype).reshape(shape), "float")
         nodes.append(onnx.helper.make_node("Sub", [codes, zp], [f"{out}_centered"]))
         codes = f"{out}_centered"
-    s = gr.rewrite_initializer(scale_t.name, scale.reshape(shape), "broadcast")
+    s = reshaped(scale_t.name, scale.reshape(shape), "broadcast")
     nodes.append(onnx.helper.make_node("Mul", [codes, s], [out]))
     return nodes
 
@@ -412,9 +456,9 @@ def _int2_read_through_transpose(gr: _Graph, dq: onnx.NodeProto) -> onnx.TensorP
 
 
 def _drop_zero_points_of_matmul_weights(model: onnx.ModelProto) -> int:
-    """Rule 9: no zero-point input for signed weight-only MatMul weights whose zero points are all 0."""
+    """Rule 9: no zero-point input for signed packed weight-only MatMul weights whose zero points are all 0."""
     gr = _Graph(model.graph)
-    signed = {t for t, (lo, _) in _RANGE.items() if lo < 0}
+    signed = {t for t, (lo, _) in _RANGE.items() if lo < 0 and t != TensorProto.INT8}
     changed = 0
     for dq in gr.g.node:
         w = gr.weight_dq(dq, signed)
@@ -542,3 +586,35 @@ def _subtracted_matmul_bias(gr: _Graph, add: onnx.NodeProto, everywhere: bool) -
         add.input[:] = [mm.output[0], negated]
         return 1
     return 0
+
+
+def _own_weight_zero_points(model: onnx.ModelProto) -> int:
+    """Rule 14: a copy of the zero point for each int8 weight ``DequantizeLinear`` whose zero point
+    another node reads too. The weight is an int8 initializer, or one that a ``Cast`` to int8 reads
+    (rule 5)."""
+    gr = _Graph(model.graph)
+    taken: set[str] = set()
+    changed = 0
+    for dq in gr.g.node:
+        if dq.op_type != "DequantizeLinear" or dq.domain not in ("", "ai.onnx") or len(dq.input) < 3 or not dq.input[2]:
+            continue
+        zp = gr.inits.get(dq.input[2])
+        cast = gr.producer.get(dq.input[0])
+        w = gr.inits.get(dq.input[0] if cast is None else cast.input[0] if cast.op_type == "Cast" else "")
+        if zp is None or w is None or zp.data_type != TensorProto.INT8 or len(gr.users[zp.name]) < 2:
+            continue
+        if zp.name not in taken:  # its first reader keeps it
+            taken.add(zp.name)
+            continue
+        copy = onnx.TensorProto()
+        copy.CopyFrom(zp)
+        base, i = f"{zp.name}_{dq.output[0]}", 1
+        copy.name = base
+        while copy.name in gr.inits:
+            i += 1
+            copy.name = f"{base}_{i}"
+        gr.inits[copy.name] = copy
+        gr.g.initializer.append(copy)
+        dq.input[2] = copy.name
+        changed += 1
+    return changed

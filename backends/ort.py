@@ -11,9 +11,28 @@ import onnxruntime as ort
 import torch
 from torch.utils import _pytree as pytree
 
+EXACT_INT8 = "session.x64quantprecision"  # ONNX Runtime's session entry for u8·u8 kernels where u8·s8 ones saturate
+_SHARED_WEIGHT = "Attempt to replace the existing tensor"  # ONNX Runtime 1.32's load failure in that mode (see session)
 
-def session(path: str, threads: int = 1, optimized_path: str | None = None, matmulnbits_accuracy_level: int | None = None) -> ort.InferenceSession:
+
+def session(path: str, threads: int = 1, optimized_path: str | None = None, matmulnbits_accuracy_level: int | None = None,
+            exact_int8: bool = False) -> ort.InferenceSession:
     """An ONNX Runtime CPU session.
+
+    ``exact_int8``: compute integer convolutions and matmuls exactly on every x86 CPU. Without VNNI
+    (AVX2, AVX-512 without VNNI), ONNX Runtime's u8·s8 kernels add each pair of products in int16
+    with saturation (``vpmaddubsw``), so uint8 activations near the top of their range against int8
+    weights of large magnitude come out off (random-weight AlexNet w8a8: 5.2e-4 on logits up to
+    0.022, 2.3× the export check's tolerance; exact mode 5.6e-9). Exact mode (the session entry
+    ``session.x64quantprecision``) converts those weights to uint8 when the file loads and runs
+    slower u8·u8 kernels; it changes nothing on CPUs with VNNI. :func:`int8_saturates` tells whether
+    this CPU is affected. ONNX Runtime 1.32 cannot convert an int8 tensor that several nodes read (a
+    tied embedding and LM head, one conv applied twice) and fails to load such a file in this mode;
+    the session then runs a copy of the model with one such tensor per reader (the same values).
+    Where ONNX Runtime's own rewrites share one (the experts of a stacked MoE weight), it runs the
+    file at the basic optimization level instead: no QDQ fusions, DequantizeLinear and float ops.
+    ``sess.exact_int8`` says whether the session computes int8 exactly (False only on such a CPU
+    without ``exact_int8``).
 
     ``matmulnbits_accuracy_level``: how the fused ``MatMulNBits`` kernel (weight-only linears, 2/4/8
     bits) computes; ONNX Runtime reads it from the session, not from the file. Its default (4)
@@ -22,15 +41,109 @@ def session(path: str, threads: int = 1, optimized_path: str | None = None, matm
     rounding (2.6× faster than FP32 for one token, no faster for 32; for 8-bit weights a slow
     reference path). Verification uses 0. See docs/architecture.md, "MatMulNBits accuracy level".
     """
+    if not exact_int8:
+        sess = ort.InferenceSession(path, _options(threads, optimized_path, matmulnbits_accuracy_level, False),
+                                    providers=["CPUExecutionProvider"])
+        sess.exact_int8 = not int8_saturates()
+        return sess
+    options = _options(threads, optimized_path, matmulnbits_accuracy_level, True)
+    for model in (path, _unshared_int8):
+        try:
+            sess = ort.InferenceSession(model if isinstance(model, str) else model(path), options, providers=["CPUExecutionProvider"])
+            sess.exact_int8 = True
+            return sess
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            if _SHARED_WEIGHT not in str(e):
+                raise
+    # ONNX Runtime's own rewrites shared a tensor (a DequantizeLinear moved past the Gather of each
+    # expert of a stacked weight): no QDQ fusions, so no integer kernels, DequantizeLinear and float ops
+    options = _options(threads, optimized_path, matmulnbits_accuracy_level, False)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    sess.exact_int8 = True
+    return sess
+
+
+def _options(threads: int, optimized_path: str | None, matmulnbits_accuracy_level: int | None, exact_int8: bool) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     if matmulnbits_accuracy_level is not None:
         opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(matmulnbits_accuracy_level))
+    if exact_int8:
+        opts.add_session_config_entry(EXACT_INT8, "1")
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4 if exact_int8 else 3  # a load failure in exact mode is handled, not logged
     if optimized_path:
         opts.optimized_model_filepath = optimized_path
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    return opts
+
+
+def _unshared_int8(path: str) -> bytes:
+    """The model at ``path``, serialized, with every int8 initializer that several nodes read (a tied
+    embedding and LM head, one conv applied twice, a shared zero point) copied once per reader, and
+    every ``DequantizeLinear`` of one copied once per consumer. The values are the same; ONNX Runtime
+    1.32's exact int8 mode converts each copy on its own (``session``)."""
+    import onnx
+
+    model = onnx.load(path)
+    g = model.graph
+    int8 = {t.name: t for t in g.initializer if t.data_type == onnx.TensorProto.INT8}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    outputs = {o.name for o in g.output}
+    nodes, extra, count = [], [], 0
+
+    def own(name: str) -> str:
+        nonlocal count
+        count += 1
+        copy = onnx.TensorProto()
+        copy.CopyFrom(int8[name])
+        copy.name = f"{name}__reader{count}"
+        extra.append(copy)
+        return copy.name
+
+    for n in g.node:
+        shared = [k for k, i in enumerate(n.input) if i in int8 and len(consumers[i]) > 1]
+        readers = consumers.get(n.output[0], []) if n.op_type == "DequantizeLinear" and n.output else []
+        if n.op_type == "DequantizeLinear" and n.input[0] in int8 and len(readers) > 1 and n.output[0] not in outputs:
+            for r, reader in enumerate(readers):  # one DequantizeLinear per consumer, each on its own tensors
+                dq = onnx.NodeProto()
+                dq.CopyFrom(n)
+                dq.name, dq.output[0] = f"{n.name}__reader{r}", f"{n.output[0]}__reader{r}"
+                for k, i in enumerate(n.input):
+                    if i in int8:
+                        dq.input[k] = own(i)
+                reader.input[:] = [dq.output[0] if i == n.output[0] else i for i in reader.input]
+                nodes.append(dq)
+            continue
+        for k in shared:
+            n.input[k] = own(n.input[k])
+        nodes.append(n)
+    del g.node[:]
+    g.node.extend(nodes)
+    g.initializer.extend(extra)
+    used = {i for n in g.node for i in n.input}
+    keep = [t for t in g.initializer if t.name in used or t.name in outputs]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return model.SerializeToString()
+
+
+def int8_saturates() -> bool:
+    """Whether ONNX Runtime's default u8·s8 kernels may saturate on this CPU: x86 without VNNI
+    (read from ``/proc/cpuinfo``; False where it cannot be read)."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx2" in flags and not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
 
 
 def feeds(sess: ort.InferenceSession, args: tuple) -> dict:

@@ -47,7 +47,7 @@ def measure(name: str, batch: int, side: int, out_dir: str) -> dict:
         path = f"{out_dir}/{name}.onnx"
         lowered = qm.lowered()
         export, _ = _seconds(lambda: export_onnx(lowered, x, path))
-    sess = ort_backend.session(path, matmulnbits_accuracy_level=0)
+    sess = ort_backend.session(path, matmulnbits_accuracy_level=0, exact_int8=True)
     ort_run, _ = _seconds(lambda: ort_backend.run(sess, x))
     return {"model": name, "input": f"{batch}x3x{side}x{side}", "forward": forward, "drift": drift, "export": export, "ort": ort_run,
             "tolerance": tol.value}

@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from qgraph.backends import ort as ort_backend
 
 from benchmarks.zoo_models import WARMUP_MODES, bn_warmup, zoo
 from benchmarks.zoo_worker import CALIB_BATCHES
@@ -36,6 +37,8 @@ from qgraph.export_tolerance import DRIFT_TRIALS, export_tolerance, rounding_dri
 
 
 def _session(path: str, optimize: bool) -> ort.InferenceSession:
+    if optimize:  # the export check's session: fused integer kernels, exact on CPUs without VNNI
+        return ort_backend.session(path, exact_int8=True)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.log_severity_level = 1, 3
     if not optimize:

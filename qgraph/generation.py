@@ -284,7 +284,7 @@ class OnnxLM:
         if config.get("format") != "qgraph.generation/1":
             raise InputError(f"{path}: unknown format {config.get('format')!r}")
         self.layers = int(config["layers"])
-        self.sessions = {n: ort.session(os.path.join(directory, config["graphs"][n])) for n in GRAPHS}
+        self.sessions = {n: ort.session(os.path.join(directory, config["graphs"][n]), exact_int8=True) for n in GRAPHS}
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple:
         return self._run("prefill", input_ids, attention_mask)

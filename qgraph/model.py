@@ -404,7 +404,7 @@ class QModel(nn.Module):
             return None, None
         step = "load"
         try:  # ONNX Runtime's own failures (a fusion it cannot build, a kernel that refuses shapes) name the file
-            sess = ort_backend.session(onnx_path, matmulnbits_accuracy_level=0)
+            sess = ort_backend.session(onnx_path, matmulnbits_accuracy_level=0, exact_int8=True)
             step = "run"
             outputs = ort_backend.run(sess, args)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
@@ -537,7 +537,7 @@ class QModel(nn.Module):
         original = onnx.load(result.onnx_path)
         _rename_batch_dims(result.onnx_path, own, outputs)
         try:
-            renamed = ort_backend.session(result.onnx_path, matmulnbits_accuracy_level=0)
+            renamed = ort_backend.session(result.onnx_path, matmulnbits_accuracy_level=0, exact_int8=True)
             ok = all(ort_backend.compare(e, ort_backend.run(renamed, a), tie_tolerance=result.tolerance).max_abs_error
                      <= result.tolerance for a, e in trials)
         except Exception:  # noqa: BLE001 - the graph itself ties the sizes: keep the file as it was

@@ -12,9 +12,17 @@ import torch
 
 
 def ort_session(path, optimized_path: str | None = None, level=None, exact_int4: bool = False) -> ort.InferenceSession:
-    """A one-thread CPU session. ``exact_int4``: the fused int4 MatMulNBits kernel computes in float
-    (by default ONNX Runtime quantizes its activations to int8 on the fly)."""
+    """A one-thread CPU session with exact int8 kernels on CPUs without VNNI, as qgraph's export check
+    runs (``qgraph.backends.ort.session``). ``exact_int4``: the fused int4 MatMulNBits kernel
+    computes in float (by default ONNX Runtime quantizes its activations to int8 on the fly).
+    ``level``: a graph optimization level other than ONNX Runtime's default (all)."""
+    from qgraph.backends import ort as ort_backend
+
+    if level is None:
+        return ort_backend.session(str(path), optimized_path=None if optimized_path is None else str(optimized_path),
+                                   matmulnbits_accuracy_level=0 if exact_int4 else None, exact_int8=True)
     so = ort.SessionOptions()
+    so.add_session_config_entry("session.x64quantprecision", "1")
     if exact_int4:
         so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
     so.intra_op_num_threads = 1
@@ -22,8 +30,7 @@ def ort_session(path, optimized_path: str | None = None, level=None, exact_int4:
     so.log_severity_level = 3
     if optimized_path is not None:
         so.optimized_model_filepath = str(optimized_path)
-    if level is not None:
-        so.graph_optimization_level = level
+    so.graph_optimization_level = level
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 

@@ -39,7 +39,7 @@ def test_w8a8_bert_keeps_its_digits_accuracy_in_pytorch_and_onnx(trained, tmp_pa
 
     result = qm.export(str(tmp_path / "bert"))
     assert result.dynamic_batch and result.max_abs_error <= result.tolerance
-    sess = session(result.onnx_path)
+    sess = session(result.onnx_path, exact_int8=True)
     correct = 0
     for i in range(0, len(x_te), 100):  # other batch sizes and sequence lengths than the example's
         enc = tokenize(x_te[i:i + 100])

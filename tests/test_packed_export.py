@@ -111,7 +111,7 @@ def test_packed_sequences_export_as_onnx_recurrent_ops(build, inputs, example, o
     assert len(int8) >= 2 * sum(ops.values()), int8  # the recurrent weight matrices stay int8 codes
     # the padded length is dynamic: it was the example's (a batch padded to another length was refused)
     assert "sequence" in [d.dim_param for d in file.graph.input[0].type.tensor_type.shape.dim]
-    sess = ort_backend.session(res.onnx_path)
+    sess = ort_backend.session(res.onnx_path, exact_int8=True)
     # another batch size, rows shorter than the padded input, and a batch padded longer than the example
     for lengths, steps in ((example, None), (other, None), ([11] + other, 12)):
         x = inputs(lengths, seed=3, **({"steps": steps} if steps else {}))

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime
 import pytest
 import torch
+from qgraph.backends import ort as ort_backend
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -121,7 +121,7 @@ def test_sequence_first_inputs_export_with_a_dynamic_batch_on_dim_1(case, tmp_pa
     assert res.dynamic_batch and res.fixed_shapes is None and res.batch_dims[0] == 1, res
     file = onnx.load(res.onnx_path)
     assert all(i.type.tensor_type.shape.dim[1].dim_param == "batch" for i in file.graph.input)
-    sess = onnxruntime.InferenceSession(res.onnx_path)
+    sess = ort_backend.session(res.onnx_path, exact_int8=True)
     flat = [t.numpy() for t in torch.utils._pytree.tree_leaves(other)]
     got = sess.run(None, {i.name: v for i, v in zip(sess.get_inputs(), flat)})
     with torch.no_grad(), qm.frozen():
@@ -173,7 +173,7 @@ def test_packed_sequences_capture_and_quantize_their_recurrent_weights(build, tm
     other = _lengths_batch(n=3, seed=4)
     with torch.no_grad(), qm.frozen():
         want = qm(*other).numpy()
-    got = onnxruntime.InferenceSession(res.onnx_path).run(None, {"ids": other[0].numpy(), "lengths": other[1].numpy()})[0]
+    got = ort_backend.session(res.onnx_path, exact_int8=True).run(None, {"ids": other[0].numpy(), "lengths": other[1].numpy()})[0]
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 

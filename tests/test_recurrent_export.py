@@ -24,7 +24,7 @@ def _dims(v) -> list:
 
 
 def _run_and_compare(qm, path: str, inputs: tuple) -> None:
-    sess = ort_backend.session(path)
+    sess = ort_backend.session(path, exact_int8=True)
     flat = [t.numpy() for t in pytree.tree_leaves(inputs)]
     got = sess.run(None, {i.name: v for i, v in zip(sess.get_inputs(), flat)})
     with torch.no_grad(), qm.frozen():
@@ -240,7 +240,7 @@ def test_the_float_export_of_a_recurrent_model_takes_any_length(build, example, 
     out_dims = [d.dim_param or d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim]
     assert out_dims == (["batch", "sequence", 5] if build is _TokenTagger else ["batch", 2])
     assert {"LSTM", "GRU"} & {n.op_type for n in proto.graph.node}
-    sess = ort_backend.session(path)
+    sess = ort_backend.session(path, exact_int8=True)
     got = sess.run(None, {sess.get_inputs()[0].name: x2.numpy()})[0]
     with torch.no_grad():
         np.testing.assert_allclose(got, model(x2).numpy(), rtol=1e-5, atol=1e-5)
