@@ -82,8 +82,9 @@ numbered after the folding rules 1 to 4 of :mod:`qgraph.backends.onnx_fold`:
     :func:`qgraph.backends.ort.session`) converts each fused op's int8 weight and zero point to
     uint8 under the name ``<initializer>_s8_2_u8``, and ONNX Runtime 1.32 refused to load a file whose
     zero point two ops shared ("Attempt to replace the existing tensor"). Applied last. A weight
-    tensor that several ops read (one parameter used twice) stays shared; for such files the exact
-    mode cannot load and the session falls back to the default kernels.
+    tensor that several ops read (one parameter used twice, a tied embedding and LM head) stays
+    shared in the file, which would double it; :func:`qgraph.backends.ort.session` loads a copy
+    with one per reader instead.
 
 Rules 5 to 14 depend on what ONNX Runtime does; the file stays valid ONNX that any runtime can run.
 """

@@ -47,7 +47,7 @@ def session(path: str, threads: int = 1, optimized_path: str | None = None, matm
         sess.exact_int8 = not int8_saturates()
         return sess
     options = _options(threads, optimized_path, matmulnbits_accuracy_level, True)
-    for model in (path, _unshared_int8):
+    for model in (path, _unshared_int8):  # the file, then its copy with one int8 tensor per reader
         try:
             sess = ort.InferenceSession(model if isinstance(model, str) else model(path), options, providers=["CPUExecutionProvider"])
             sess.exact_int8 = True

@@ -121,3 +121,23 @@ def test_int8_saturates_reads_the_cpu_flags(monkeypatch, tmp_path, flags, satura
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(builtins, "open", lambda f, *a, **k: real_open(cpuinfo if f == "/proc/cpuinfo" else f, *a, **k))
     assert ort_backend.int8_saturates() is saturates
+
+
+def test_the_per_reader_copy_computes_the_same_and_shares_no_int8_tensor(tmp_path):
+    """What ``session`` loads where ONNX Runtime's exact mode refuses a shared weight, checked on any CPU."""
+    import numpy as np
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 32, 4, 4) * 4
+    qm = qgraph.quantize(SharedConv().eval(), (x,), "w8a8", calib_data=[(torch.rand(2, 32, 4, 4) * 4,) for _ in range(4)])
+    res = qm.export(str(tmp_path / "m"), formats=("onnx",), verify=False)
+    copy = onnx.load_from_string(ort_backend._unshared_int8(res.onnx_path))
+    int8 = {t.name for t in copy.graph.initializer if t.data_type == onnx.TensorProto.INT8}
+    reads = [i for n in copy.graph.node for i in n.input if i in int8]
+    assert len(reads) == len(set(reads)) and len(reads) >= 4, reads  # each conv's weight and zero point its own
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # DequantizeLinear + float Conv
+    want = ort.InferenceSession(res.onnx_path, plain).run(None, {"x": x.numpy()})[0]
+    got = ort.InferenceSession(copy.SerializeToString(), plain).run(None, {"x": x.numpy()})[0]
+    np.testing.assert_array_equal(got, want)
