@@ -17,6 +17,7 @@ import torch
 from qgraph.backends.onnx_fold import fold_constant_quantization
 from qgraph.backends.onnx_ops import INT2_OPSET, is_2bit, translation_table
 from qgraph.backends.onnx_runtime_rules import prepare_for_onnxruntime
+from qgraph.backends.onnx_uint8_weights import uint8_weights as to_uint8_weights
 
 from qgraph.batch_dim import batch_dynamic_shapes, doubled, single_sample
 from qgraph.errors import ExportError
@@ -94,7 +95,7 @@ def _complex_node(gm: torch.nn.Module) -> str | None:
 
 
 def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None = None, dynamic_batch: bool = True,
-                kwargs: dict | None = None, batch_axes: list[int | None] | None = None) -> onnx.ModelProto:
+                kwargs: dict | None = None, batch_axes: list[int | None] | None = None, uint8_weights: bool = False) -> onnx.ModelProto:
     """Export ``gm`` on ``args`` to ``path`` (one self-contained file) and return the model.
 
     ``opset``: by default 21, or 25 when the graph dequantizes 2-bit weights (INT2 initializers);
@@ -107,6 +108,9 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
     ``kwargs``: inputs given by name (``args`` is then empty), which the file's inputs are named after.
     ``batch_axes``: the batch dim of each tensor input where it is not dim 0 (sequence-first models:
     :func:`qgraph.batch_dim.sequence_first_axes`); a token input's sequence is then its other dim.
+    ``uint8_weights``: store the int8 weights of integer kernels as uint8 with zero point 128 (rule 15,
+    :mod:`qgraph.backends.onnx_uint8_weights`): ONNX Runtime then computes them exactly under any session
+    options, also on x86 CPUs without VNNI.
     """
     _refuse_sparse_inputs(gm, args, kwargs)
     if _has_recurrent_layers(gm):
@@ -174,6 +178,8 @@ def export_onnx(gm: torch.nn.Module, args: tuple, path: str, opset: int | None =
     _name_outputs(model)
     fold_constant_quantization(model)
     prepare_for_onnxruntime(model, float_biases=bool(getattr(gm, "meta", {}).get(FLOAT_BIASES_KEY)))
+    if uint8_weights:
+        to_uint8_weights(model)
     strip_debug_info(model)
     model.ir_version = IR_FOR_OPSET.get(opset, IR_VERSION)
     onnx.checker.check_model(model)

@@ -86,7 +86,10 @@ numbered after the folding rules 1 to 4 of :mod:`qgraph.backends.onnx_fold`:
     shared in the file, which would double it; :func:`qgraph.backends.ort.session` loads a copy
     with one per reader instead.
 
-Rules 5 to 14 depend on what ONNX Runtime does; the file stays valid ONNX that any runtime can run.
+15. Optional, after these (``export(uint8_weights=True)``): int8 weights of integer kernels stored as uint8
+    with zero point + 128, exact under any ONNX Runtime session options (:mod:`qgraph.backends.onnx_uint8_weights`).
+
+Rules 5 to 15 depend on what ONNX Runtime does; the file stays valid ONNX that any runtime can run.
 """
 
 from __future__ import annotations

@@ -146,6 +146,19 @@ def int8_saturates() -> bool:
     return "avx2" in flags and not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
 
 
+def default_session_error(model, path: str, args: tuple, expected) -> float | None:
+    """How far ONNX Runtime with default session options computes the file at ``path`` (its
+    ``onnx.ModelProto`` is ``model``) from ``expected`` on ``args``, where those options compute it
+    differently from exact mode: on this CPU int8 kernels saturate (:func:`int8_saturates`) and the
+    file has int8 weights that integer kernels multiply. None elsewhere: there the default session
+    is the exact one."""
+    from qgraph.backends.onnx_uint8_weights import integer_kernel_weights
+
+    if not int8_saturates() or not integer_kernel_weights(model):
+        return None
+    return compare(expected, run(session(path, matmulnbits_accuracy_level=0), args)).max_abs_error
+
+
 def feeds(sess: ort.InferenceSession, args: tuple) -> dict:
     tensors = [a for a in pytree.tree_leaves(args) if isinstance(a, torch.Tensor)]
     names = [i.name for i in sess.get_inputs()]

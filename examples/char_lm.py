@@ -122,6 +122,8 @@ def next_char_accuracy(prefill, decode_step, text: torch.Tensor) -> float:
 
 def run(out_dir: str = "out/char_lm", recipe: str = "w8a8", steps: int = STEPS) -> dict:
     """Train (cached), quantize for generation, export; the held-out accuracies, file sizes and two samples."""
+    from qgraph.backends.ort import int8_saturates
+
     import qgraph
     from qgraph.generation import Decode, Prefill
 
@@ -130,7 +132,7 @@ def run(out_dir: str = "out/char_lm", recipe: str = "w8a8", steps: int = STEPS) 
     qlm = qgraph.quantize_for_generation(model, calibration_prompts(), recipe)
     with qlm.prefill.frozen(), qlm.decode.frozen():
         quant_acc = next_char_accuracy(qlm.prefill, qlm.decode, text)
-    qlm.export(out_dir)
+    qlm.export(out_dir, uint8_weights=int8_saturates())  # exact under any session options on this CPU (examples/quickstart.py)
     onnx_lm = qgraph.OnnxLM(out_dir)
     prompt = encode("The data set contains ")[None]
     return {

@@ -237,7 +237,7 @@ def load_bitswitch(path: str, pack, model: nn.Module, example_inputs, bits=None)
 
 
 def export_bitswitch(qm: QModel, path: str, *, formats=("onnx", "qpack"), verify: bool = True, tolerance=None,
-                     min_top1: float = 0.99, dynamic_batch: bool = True) -> ExportResult:
+                     min_top1: float = 0.99, dynamic_batch: bool = True, uint8_weights: bool = False) -> ExportResult:
     """``qm.export`` for bit-switch models: ``path.qpack`` (INT8, every bit width) and ``path.onnx`` at the
     model's current bits (``qm.at_bits(...).export(...)`` for another precision)."""
     from qgraph.model import EXPORT_FORMATS
@@ -250,7 +250,7 @@ def export_bitswitch(qm: QModel, path: str, *, formats=("onnx", "qpack"), verify
     qm.eval()
     if "onnx" in formats:
         result = materialize(qm).export(base + ".onnx", formats=("onnx",), verify=verify, tolerance=tolerance,
-                                        min_top1=min_top1, dynamic_batch=dynamic_batch)
+                                        min_top1=min_top1, dynamic_batch=dynamic_batch, uint8_weights=uint8_weights)
     else:
         result = ExportResult(onnx_path=None, report_path=base + ".report.json", onnx_bytes=0, max_abs_error=float("nan"),
                               tolerance=0.0, top1_agreement=None)

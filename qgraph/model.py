@@ -7,6 +7,7 @@ import copy
 import io
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -36,6 +37,9 @@ class ExportResult:
     drift: float | None = None  # the model's own rounding drift behind a default tolerance (qgraph.export_tolerance)
     fixed_shapes: str | None = None  # why the file has the example's input shapes although a dynamic batch was asked for
     batch_dims: list[int | None] | None = None  # each tensor input's batch dim, where the file's batch is not dim 0 of every input
+    uint8_weights: bool = False  # the file's integer-kernel weights are uint8 (export(uint8_weights=True))
+    # ONNX Runtime's error with default session options, where they compute the file differently (a CPU without VNNI)
+    default_session_error: float | None = None
 
     def __str__(self) -> str:
         parts = []
@@ -48,9 +52,18 @@ class ExportResult:
         if self.batch_dims:
             parts.append(f"the batch is dim {', '.join('-' if d is None else str(d) for d in self.batch_dims)} "
                          "of the tensor inputs, in order")
+        if self.default_session_error is not None and self.default_session_error > self.tolerance:
+            parts.append(default_session_warning(self.default_session_error, self.tolerance))
         if self.qpack_path:
             parts.append(f"{self.qpack_path} ({self.qpack_bytes / 1024:.1f} KiB)")
         return "; ".join(parts)
+
+
+def default_session_warning(error: float, tolerance: float) -> str:
+    return (f"with default session options, ONNX Runtime computes this file {error:.3g} off on this CPU (tolerance "
+            f"{tolerance:.3g}): without VNNI its u8·s8 kernels saturate. Open sessions with "
+            f"qgraph.backends.ort.session(path, exact_int8=True) (session option session.x64quantprecision=1), "
+            f"or export with uint8_weights=True for a file that is exact under any options")
 
 
 class SummaryText(str):
@@ -234,7 +247,7 @@ class QModel(nn.Module):
 
     def export(self, path: str, *, formats: tuple[str, ...] | str = ("onnx", "qpack"), verify: bool = True,
                tolerance: float | None = None, min_top1: float = 0.99, dynamic_batch: bool = True,
-               task: str | None = None) -> ExportResult:
+               task: str | None = None, uint8_weights: bool = False) -> ExportResult:
         """Write ``path.onnx`` and/or ``path.qpack`` (``formats``), plus ``path.report.json``.
 
         ONNX: ONNX Runtime runs the file on the example inputs; if its outputs differ from this
@@ -250,6 +263,12 @@ class QModel(nn.Module):
         the graph), the file gets the example's shapes: ``ExportResult.fixed_shapes`` says why).
         qpack: the file is read back and every rebuilt weight must equal this model's fake-quantized
         weight bit for bit.
+        ``uint8_weights``: store the int8 weights of integer kernels as uint8 with zero point 128 (the same
+        values). On x86 CPUs without VNNI, ONNX Runtime's default u8·s8 kernels saturate and compute an
+        int8 file wrongly unless the session sets ``session.x64quantprecision``; a uint8 file is exact
+        under any session options, and slower on CPUs with VNNI. Where this CPU is such a CPU, the check
+        also runs the int8 file with default options and records the error in
+        ``ExportResult.default_session_error`` (a warning when it is above the tolerance).
         Task-specific scales: the ONNX file is for ``task`` (default: the active task), the qpack holds
         every task's scales. Learned group gains (QSLAW) are folded into the codes first, and the biases
         of layers ONNX Runtime runs as integer kernels are put back on their int32 grid ``s_x · s_w``
@@ -261,7 +280,7 @@ class QModel(nn.Module):
             from qgraph.bitswitch_export import export_bitswitch
 
             return export_bitswitch(self, path, formats=formats, verify=verify, tolerance=tolerance, min_top1=min_top1,
-                                    dynamic_batch=dynamic_batch)
+                                    dynamic_batch=dynamic_batch, uint8_weights=uint8_weights)
         unknown = set(formats) - set(EXPORT_FORMATS)
         if unknown or not formats:
             raise ExportError(f"unknown export format(s) {sorted(unknown) or formats}; known: {', '.join(EXPORT_FORMATS)}")
@@ -272,7 +291,7 @@ class QModel(nn.Module):
         base = path[:-5] if path.endswith(".onnx") else path[:-6] if path.endswith(".qpack") else path
         os.makedirs(os.path.dirname(os.path.abspath(base)), exist_ok=True)
         result = ExportResult(onnx_path=None, report_path=base + ".report.json", onnx_bytes=0, max_abs_error=float("nan"),
-                              tolerance=0.0, top1_agreement=None)
+                              tolerance=0.0, top1_agreement=None, uint8_weights=uint8_weights)
         self.eval()
         with self.frozen():
             self.sync_weight_quantizers()
@@ -289,6 +308,8 @@ class QModel(nn.Module):
             self._write_report(result)
         if mismatch is not None:
             raise mismatch
+        if result.default_session_error is not None and result.default_session_error > result.tolerance:
+            warnings.warn(default_session_warning(result.default_session_error, result.tolerance), stacklevel=2)
         return result
 
     def _export_checked_onnx(self, onnx_path, result, verify, tolerance, dynamic_batch, min_top1) -> None:
@@ -398,7 +419,8 @@ class QModel(nn.Module):
         args = self._example_inputs  # each read a fresh copy: a model may write into its inputs (QModel._example_inputs)
         with torch.no_grad():
             expected = self(*self._example_inputs)
-        model = export_onnx(self.lowered(), self._example_inputs, onnx_path, dynamic_batch=dynamic_batch, batch_axes=batch_axes)
+        model = export_onnx(self.lowered(), self._example_inputs, onnx_path, dynamic_batch=dynamic_batch, batch_axes=batch_axes,
+                            uint8_weights=result.uint8_weights)
         result.onnx_path, result.onnx_bytes, result.dynamic_batch = onnx_path, os.path.getsize(onnx_path), batch_is_dynamic(model)
         if not verify:
             return None, None
@@ -420,6 +442,7 @@ class QModel(nn.Module):
         except ValueError as e:  # output count or shapes differ: the file does not compute this model
             raise ExportError(f"ONNX Runtime's outputs do not line up with the model's: {e}. The file is at {onnx_path}") from e
         result.max_abs_error, result.top1_agreement = agreement.max_abs_error, agreement.top1_agreement
+        result.default_session_error = ort_backend.default_session_error(model, onnx_path, args, expected)
         return agreement, sess  # the session, for the other-batch check
 
     def _check_other_batch(self, sess, result, axes: list[int | None] | None = None, first: int = 1) -> None:
