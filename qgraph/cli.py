@@ -106,6 +106,8 @@ def quantize_cmd(
     name: str | None = typer.Option(None, "--name", "-n", help="file stem of the outputs (default: the factory's name)"),
     calib_batches: int | None = typer.Option(None, "--calib-batches", min=1, help="use at most N calibration batches"),
     summary: bool = typer.Option(True, "--summary/--no-summary", help="print the per-node table"),
+    uint8_weights: bool = typer.Option(False, "--uint8-weights", help="store integer-kernel weights as uint8 (zero point 128): "
+                                       "exact in ONNX Runtime under any session options, also on x86 CPUs without VNNI"),
 ) -> None:
     """Quantize the model a factory returns, print its summary, export verified QDQ ONNX to OUT/NAME.onnx."""
     import qgraph
@@ -128,7 +130,7 @@ def quantize_cmd(
         if summary:
             typer.echo(qm.summary())
         stem.parent.mkdir(parents=True, exist_ok=True)
-        res = qm.export(str(stem))
+        res = qm.export(str(stem), uint8_weights=uint8_weights)
     except QGraphError as e:
         raise _fail(f"{type(e).__name__}: {e}", EXIT_QGRAPH_ERROR) from None
     typer.echo(f"recipe          {recipe}")
@@ -138,6 +140,10 @@ def quantize_cmd(
     agree = getattr(res, "top1_agreement", None)
     typer.echo(f"top-1 agreement {'n/a' if agree is None else f'{100 * agree:.2f}%'}")
     typer.echo(f"batch           {'dynamic' if res.dynamic_batch else 'static (as in the example inputs)'}")
+    typer.echo(f"weights         {'uint8 (exact under any ONNX Runtime options)' if res.uint8_weights else 'int8'}")
+    if res.default_session_error is not None:  # this CPU's default int8 kernels saturate
+        typer.echo(f"default options max abs error {res.default_session_error:.3g} on this CPU (x86 without VNNI)"
+                   + ("" if res.default_session_error <= res.tolerance else ": above the tolerance, see --uint8-weights"))
     for line in _onnx_inputs(getattr(res, "onnx_path", None)):
         typer.echo(f"input           {line}")
 

@@ -137,3 +137,20 @@ def test_default_session_error_is_measured_only_where_it_differs(monkeypatch, tm
     else:
         default = _default_session(res.onnx_path).run(None, {"x": x.numpy()})[0]
         assert err == pytest.approx(float((torch.from_numpy(default) - want).abs().max()))
+
+
+def test_cli_writes_uint8_weights(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from qgraph.cli import app
+
+    (tmp_path / "u8factory.py").write_text(
+        "import torch\nfrom test_exact_int8 import Saturating\n\n"
+        "def build():\n    torch.manual_seed(0)\n    return Saturating().eval(), (torch.rand(4, 32, 4, 4) * 4,)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for flag, weights in (["--uint8-weights"], "uint8"), ([], "int8"):
+        res = CliRunner().invoke(app, ["quantize", "u8factory:build", "--out", str(tmp_path / weights), "--no-summary", *flag])
+        assert res.exit_code == 0, res.output
+        assert f"weights         {weights}" in res.output
+        saturating = ort_backend.int8_saturates() and weights == "int8"
+        assert ("above the tolerance, see --uint8-weights" in res.output) is saturating, res.output
