@@ -91,6 +91,10 @@ Rewrite rules:
     type promotion made the int bound a tensor and then found no ``aten.clamp`` overload for a tensor
     beside a number, float files included.
 
+14. ``torch._assert(x.ndim == k)`` where the traced ``x`` has rank ``k`` is dropped (timm's
+    ``BatchNormAct2d``): its rank query was a second reader of the conv result, and the BatchNorm
+    stayed float. ``passes/rank_asserts.py``.
+
 After this, weights are graph values that quantizers can be attached to in both dialects
 (``torch.export`` graphs already have this form). The module stays in the hierarchy and owns its
 parameters, so ``state_dict`` keys do not change, except for cross-attention's split projections
@@ -115,6 +119,7 @@ from qgraph.passes.attention_rewrite import (
 )
 from qgraph.passes.base import QPass
 from qgraph.passes.matmul_rewrite import einsum_linear, einsum_stacked_outputs, linear_of_transposed
+from qgraph.passes.rank_asserts import drop_rank_assert
 from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
 from torch.nn.utils import parametrize
@@ -171,6 +176,10 @@ class CanonicalizePass(QPass):
                 continue
             if _float_clamp_bounds(node):
                 modified = True  # rule 13
+                continue
+            if (removed := drop_rank_assert(gm, node)) is not None:
+                self.record("removed", *removed)
+                modified = True  # rule 14
                 continue
             if _out_of_place(gm, node):
                 self.record("replaced", node, module_path(node), "in-place activation on a conv/linear result made out-of-place, "
