@@ -1,6 +1,7 @@
 """One zoo model in its own process: qgraph per recipe, then the peers; writes one JSON row.
 
     python -m benchmarks.zoo_worker NAME --recipes w8a8,w4a16 --out-dir DIR --result FILE [--no-peers] [--bn-warmup mean|full|none]
+        [--eval-batches N]
 
 The row is rewritten after every step, so a model that times out in a later step keeps what it did.
 """
@@ -237,9 +238,11 @@ def run_ort(model, entry, x: tuple, calib: list, xe: list, ref, out_dir: str) ->
     return r
 
 
-def run_model(name: str, recipes: str, out_dir: str, result: str, peers: bool, warmup: str = "none") -> None:
+def run_model(name: str, recipes: str, out_dir: str, result: str, peers: bool, warmup: str = "none",
+              eval_batches: int = EVAL_BATCHES) -> None:
     """``warmup``: how the BatchNorm statistics are re-estimated on random inputs before any tool sees the
-    model (``zoo_models.bn_warmup``: mean, full, none)."""
+    model (``zoo_models.bn_warmup``: mean, full, none). ``eval_batches``: held-out batches every tool is
+    judged on (more give a top-1 agreement with less sampling noise, at the cost of their forward passes)."""
     from benchmarks.zoo_models import bn_warmup, zoo
 
     entry = zoo()[name]
@@ -261,7 +264,7 @@ def run_model(name: str, recipes: str, out_dir: str, result: str, peers: bool, w
         warmed = bn_warmup(model, make, warmup)
         x = make(0)
         calib = [make(1 + i) for i in range(CALIB_BATCHES)]
-        xe = [make(1 + CALIB_BATCHES + i) for i in range(EVAL_BATCHES)]
+        xe = [make(1 + CALIB_BATCHES + i) for i in range(eval_batches)]
         with torch.no_grad():
             ref = stacked([tensors(model(*b)) for b in xe])  # one tensor per output
     except Exception as e:  # noqa: BLE001
@@ -301,11 +304,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--keep-onnx", action="store_true", help="keep the ONNX files (a full run writes about 20 GB)")
     ap.add_argument("--bn-warmup", default="none", choices=("mean", "full", "none"), help="see zoo_models.bn_warmup")
+    ap.add_argument("--eval-batches", type=int, default=EVAL_BATCHES, help="held-out batches of 8 each tool is judged on")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     if not args.serve:
-        run_model(args.name, args.recipes, args.out_dir, args.result, not args.no_peers, args.bn_warmup)
+        run_model(args.name, args.recipes, args.out_dir, args.result, not args.no_peers, args.bn_warmup, args.eval_batches)
         if not args.keep_onnx:
             drop_onnx(args.out_dir, args.name)
         return 0
@@ -313,7 +317,7 @@ def main(argv=None) -> int:
 
     for line in sys.stdin:
         job = json.loads(line)
-        run_model(job["name"], args.recipes, args.out_dir, job["result"], not args.no_peers, args.bn_warmup)
+        run_model(job["name"], args.recipes, args.out_dir, job["result"], not args.no_peers, args.bn_warmup, args.eval_batches)
         if not args.keep_onnx:
             drop_onnx(args.out_dir, job["name"])
         gc.collect()
