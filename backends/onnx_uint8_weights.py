@@ -63,7 +63,7 @@ def _readers(gr: _Graph, name: str) -> list[tuple[onnx.NodeProto, str]]:
 
 def _feeds_integer_kernel(gr: _Graph, op: onnx.NodeProto, value: str) -> bool:
     """Whether ``op`` reads ``value`` beside a dequantized activation."""
-    others = [i for k, i in enumerate(op.input[:2]) if i and i != value]
+    others = [i for i in op.input[:2] if i and i != value]
     return bool(others) and all(gr.dequantized(i) for i in others)
 
 
