@@ -514,7 +514,7 @@ def _clip_dropped(gr: _Graph, clip: onnx.NodeProto) -> bool:
     QuantizeLinear with a constant scale and zero point whose grid lies within the bounds (up to float32
     epsilon), so that the QuantizeLinear's own saturation clips the same. Without this, a ReLU6 conv
     (MobileNetV2) counted as not requantized, rule 10 moved its bias into an Add, and ONNX Runtime ran
-    35 of its 52 convs in float on dequantized weights (2.2× FP32 latency instead of 1.3×)."""
+    35 of its 52 convs in float on dequantized weights: 2.2× FP32 latency, against 0.63× with all 52 fused."""
     if clip.op_type != "Clip" or clip.domain not in ("", "ai.onnx") or clip.output[0] in gr.outputs:
         return False
     users = gr.users.get(clip.output[0], [])
