@@ -7,10 +7,12 @@ copies its input model, and tests that train make their own quantized model).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `examples` is not installed; plain `pytest` does not add the repo root
@@ -18,6 +20,12 @@ if str(ROOT) not in sys.path:  # `examples` is not installed; plain `pytest` doe
 
 import qgraph  # noqa: E402
 from examples.models import accuracy, calib_batches, load_digits_data, train_digits_cnn  # noqa: E402
+
+# Under pytest-xdist (`-n 2`, scripts/test.sh) each worker gets its share of the cores: two workers
+# each running torch's default of one thread per core would oversubscribe them.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
 
 TRAIN_EPOCHS = 20
 EXAMPLE_BATCH = 32
