@@ -86,10 +86,14 @@ numbered after the folding rules 1 to 4 of :mod:`qgraph.backends.onnx_fold`:
     shared in the file, which would double it; :func:`qgraph.backends.ort.session` loads a copy
     with one per reader instead.
 
+16. The constant ``Mul`` the exporter puts on each side of attention's ``q·kᵀ`` MatMul goes after it, where
+    both sides are dequantized, so that ONNX Runtime fuses ``MatMulIntegerToFloat``
+    (:mod:`qgraph.backends.onnx_attention_scale`). After rule 11, before rule 5.
+
 15. Optional, after these (``export(uint8_weights=True)``): int8 weights of integer kernels stored as uint8
     with zero point + 128, exact under any ONNX Runtime session options (:mod:`qgraph.backends.onnx_uint8_weights`).
 
-Rules 5 to 15 depend on what ONNX Runtime does; the file stays valid ONNX that any runtime can run.
+Rules 5 to 16 depend on what ONNX Runtime does; the file stays valid ONNX that any runtime can run.
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ import ml_dtypes
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
+from qgraph.backends.onnx_attention_scale import scale_after_attention_matmul
 from qgraph.backends.onnx_fold import _RANGE, _attr, _to_numpy, subgraph_reads
 
 # packed weight type -> the 8-bit type ONNX Runtime's integer kernels take
@@ -113,12 +118,13 @@ _GEMM_ACTIVATIONS = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Har
 
 
 def prepare_for_onnxruntime(model: onnx.ModelProto, float_biases: bool = False) -> dict[str, int]:
-    """Rules 5 to 14 (module docstring), in place; returns how many weights or nodes each rule changed.
+    """Rules 5 to 14 and 16 (module docstring), in place; returns how many weights or nodes each rule changed.
     ``float_biases``: rule 10 for every integer Conv/ConvTranspose/Gemm and biased MatMul (a bit-switch
     model's fixed-bits copy)."""
     return {
         "uint8_activations": _signed_activations_in_uint8(model),
         "per_axis_activations": _per_axis_activations_as_float_ops(model),
+        "attention_scale": scale_after_attention_matmul(model, _Graph(model.graph)),
         "int8_compute": _int8_compute_for_packed_weights(model),
         "sum_bias": _keep_matmul_for_matmulnbits(model),
         "foldable_dequantize": _foldable_weight_only_convs(model),

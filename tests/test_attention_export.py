@@ -8,6 +8,10 @@ with shape ... and strides ..."), for every recipe."""
 
 from __future__ import annotations
 
+import collections
+
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
@@ -199,3 +203,54 @@ def test_functional_multi_head_attention_becomes_linears_and_sdpa(case, tmp_path
     assert 10 * torch.log10(want.pow(2).mean() / (got - want).pow(2).mean()) > 25
     res = qm.export(str(tmp_path / case), formats=("onnx",))
     assert res.max_abs_error <= res.tolerance
+
+
+class ScaledAttention(nn.Module):
+    """Pre-norm self-attention with a head size of 8: the exporter's scale on each side, 8 ** -0.25, is
+    no power of two, so moving it changes float rounding and the export check sees that."""
+
+    def __init__(self, dim: int = 32, heads: int = 4, masked: bool = False) -> None:
+        super().__init__()
+        self.heads, self.masked = heads, masked
+        self.ln, self.qkv, self.proj = nn.LayerNorm(dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(self.ln(x)).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        mask = torch.triu(torch.full((n, n), -1e4), 1) if self.masked else None  # additive, like Hugging Face's
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return x + self.proj(o.transpose(1, 2).reshape(b, n, c))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_scores_run_as_an_integer_matmul_in_onnx_runtime(masked, tmp_path):
+    """Rule 16: the exporter wrote ``MatMul(DQ(q) · √s, kᵀ · √s)``, and ONNX Runtime ran the scores as a
+    float ``FusedMatMul`` though q and k are quantized. With the scale after the MatMul it fuses
+    ``MatMulIntegerToFloat``; only ``softmax · v`` (float probabilities) stays a float MatMul."""
+    from helpers import ort_session
+
+    torch.manual_seed(0)
+    model, x = ScaledAttention(masked=masked).eval(), torch.randn(2, 6, 32)
+    qm = qgraph.quantize(model, (x,), "w8a8", [(torch.randn(2, 6, 32),) for _ in range(4)])
+    res = qm.export(str(tmp_path / "attn"), formats=("onnx",), dynamic_batch=False)
+    assert res.max_abs_error <= res.tolerance
+    g = onnx.load(str(tmp_path / "attn.onnx")).graph
+    producer = {o: n for n in g.node for o in n.output}
+    assert not any(producer[i].op_type == "Mul" for n in g.node if n.op_type == "MatMul" for i in n.input if i in producer)
+    assert sum(n.op_type == "Mul" and n.name.endswith("_attention_scale") for n in g.node) == 1
+    ort_session(tmp_path / "attn.onnx", optimized_path=tmp_path / "opt.onnx", level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+    fused = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+    assert fused["FusedMatMul"] == 0 and fused["MatMul"] == 1, fused
+    assert fused["MatMulIntegerToFloat"] == 3, fused  # the qkv and output projections, and q·kᵀ
+
+
+def test_the_attention_scale_stays_where_q_and_k_are_float(tmp_path):
+    """w4a16 quantizes no activation: the scaled q and k are plain float, and the export keeps them."""
+    torch.manual_seed(0)
+    model, x = ScaledAttention().eval(), torch.randn(2, 6, 32)
+    qm = qgraph.quantize(model, (x,), "w4a16", [(torch.randn(2, 6, 32),) for _ in range(2)])
+    qm.export(str(tmp_path / "attn"), formats=("onnx",), dynamic_batch=False)
+    g = onnx.load(str(tmp_path / "attn.onnx")).graph
+    producer = {o: n for n in g.node for o in n.output}
+    assert any(n.op_type == "MatMul" and all(producer[i].op_type == "Mul" for i in n.input) for n in g.node)
+    assert not any(n.name.endswith("_attention_scale") for n in g.node)
