@@ -33,7 +33,7 @@ from qgraph.passes.base import ANNOTATION_KEY, QPass, unique_submodule_name
 from torch import nn
 from torch.fx.passes.infra.pass_base import PassResult
 
-from qgraph.aliasing import returns_itself, settled
+from qgraph.aliasing import returns_itself, settled, writes_to
 from qgraph.granularity import PerChannel, PerGroup, PerTensor
 from qgraph.meta import MODULE_PATH_KEY
 from qgraph.ops import classify, is_fusable_activation, is_passthrough, module_path
@@ -89,7 +89,10 @@ class InsertQuantizersPass(QPass):
             if ann.activation is None:
                 continue
             for i, a in enumerate(info.activations if info else []):
-                if self._is_quantized(gm, a):
+                if self._is_quantized(gm, a) or writes_to(node, {a}):
+                    # an in-place op's destination (``ctx += self.conv(v)`` kept as ``aten.add_`` by torch.export):
+                    # a quantizer on it would come after the write (its value is complete only then) and
+                    # feed nothing; the value's own quantizer after the write covers what its readers see
                     continue
                 if a not in input_q:
                     name = self._name(path, node, "input_quantizer" if len(info.activations) == 1 else f"input_quantizer_{i}")

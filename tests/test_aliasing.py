@@ -47,3 +47,36 @@ def test_the_quantizer_reads_the_filled_value():
     with torch.no_grad():
         assert sqnr_db(model(x), qm(x)) > 30
 
+
+
+class ConvSkipInPlace(nn.Module):
+    """Hugging Face Nystromformer's ``context_layer += self.conv(value_layer)`` on an attention product,
+    behind a shape-dependent branch that symbolic tracing cannot take, so torch.export keeps ``aten.add_``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 4, 3, padding=1, groups=4, bias=False)
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        ctx = torch.matmul(torch.softmax(x @ x.transpose(-1, -2), -1), x)
+        if x.shape[-1] > 4:
+            ctx += self.conv(x)
+        return self.fc(ctx)
+
+
+def test_an_in_place_add_into_a_product_gets_no_dangling_input_quantizer(tmp_path):
+    """The add's input quantizer on the value it writes into was placed after the write and read by
+    nobody: dead-code elimination dropped its node, its module stayed, and calibration failed with
+    "activation quantizer at matmul_1 saw no data during calibration"."""
+    torch.manual_seed(0)
+    model, calib = ConvSkipInPlace().eval(), [(torch.randn(4, 4, 8),) for _ in range(3)]
+    qm = qgraph.quantize(model, calib[0], "w8a8", calib)
+    assert qm.qgraph.capture.route == "torch.export"
+    called = {str(n.target) for n in qm.qgraph.graph.nodes if n.op == "call_module"}
+    assert set(qm.quantizers()) <= called, set(qm.quantizers()) - called
+    x = torch.randn(4, 4, 8)
+    with torch.no_grad(), qm.frozen():
+        assert sqnr_db(model(x), qm(x)) > 25
+    res = qm.export(str(tmp_path / "m"), formats=("onnx",))
+    assert res.max_abs_error <= res.tolerance
