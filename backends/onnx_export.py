@@ -60,8 +60,10 @@ def exporter_failure(e: BaseException, gm: torch.nn.Module) -> str:
     complex_at = _complex_node(gm)
     if complex_at:
         text += (f" The graph computes with complex tensors ({complex_at}): ONNX has no complex type, and the exporter "
-                 "translates only some complex ops (FFTs, elementwise arithmetic), not a complex einsum, matmul or slice "
-                 "assignment. The usual way out is to compute such products on the real and imaginary parts as real tensors.")
+                 "translates only some complex ops (FFTs, elementwise arithmetic of two complex tensors), not a complex "
+                 "Python scalar factor (`1j * x`), a complex einsum, matmul or slice assignment. The usual way out is to "
+                 "compute such products on the real and imaginary parts as real tensors; a kernel built from parameters "
+                 "alone (S4D's) can be computed once and stored as a real buffer.")
     text += _leaves_hint(gm, text)
     packing = packing_export_failure(gm) if isinstance(getattr(gm, "graph", None), torch.fx.Graph) else None
     if packing:  # the likely cause, in the user's terms, first
