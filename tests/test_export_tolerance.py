@@ -74,3 +74,19 @@ def test_weight_only_models_have_no_drift_and_a_float_tolerance():
     tol = export_tolerance(qm, (x,), out)
     assert tol.value == tol.grid == pytest.approx(1e-4 * float(out.abs().max()))
     assert grid_tolerance(qm.qgraph, out) == tol.grid
+
+
+def test_drift_jitters_values_near_an_asymmetric_zero_point_in_code_units():
+    """An integer kernel's float error scales with the code ``a/s + z``, not with ``a``: ONNX Runtime's
+    QLinearAdd rounded a FasterNet residual code 4e-6 from a tie the other way. Values 4e-5 steps from a
+    tie and 2.5 steps below a zero point of 100: a jitter of ``|a|·1e-6`` (2.5e-6 steps) never flips
+    them, one of the code's size (1e-4 steps) does, and the drift is one step."""
+    from qgraph.qspec import QSpec
+    from qgraph.quantizer import FakeQuantize
+
+    q = FakeQuantize(QSpec(bits=8, symmetric=False, signed=False), "activation", where="x")
+    q.set_qparams(torch.tensor(0.01), torch.tensor(100.0))
+    q.set_mode("quantize")
+    x = torch.full((4096,), 0.01 * (-2.5 + 4e-5))
+    drift = rounding_drift(torch.nn.Sequential(q), (x,))
+    assert drift == pytest.approx(0.01, rel=1e-3)
