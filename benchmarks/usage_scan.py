@@ -43,7 +43,12 @@ QK-norm, LoRA adapters, left-padding position_ids, gpt-fast and Mixtral MoE), an
 ``usage_models_geometry.py`` (3-D vision, point clouds, NeRF and geometry: PointNet's T-Nets, PointNet++ ball query and
 feature propagation, DGCNN's dynamic graph, Point Transformer, NeRF's raw2outputs, a HashNeRF hash grid, pytorch-3dunet,
 PointPillars and batched BEV scatters, monodepth2 warping, PIFu projection, quaternion, SE(3) and 6-D rotations, a
-Laplacian-smoothed mesh GCN, Occupancy Networks' CBN, NeuS's SDF, FoldingNet's chamfer head, 3-D grid_sample, range images).
+Laplacian-smoothed mesh GCN, Occupancy Networks' CBN, NeuS's SDF, FoldingNet's chamfer head, 3-D grid_sample, range images),
+the eighteenth's in ``usage_models_backbones.py`` (recent vision backbones: FasterNet's partial conv, DINOv2 registers and
+SwiGLU, EVA-02 2-D RoPE, Hiera mask units, RepViT and MobileOne branches, UniRepLKNet dilated kernels, EdgeNeXt XCA,
+VanillaNet, MaxViT and CoAtNet relative biases, InceptionNeXt, CAFormer StarReLU, GhostNetV2 DFC, SAM windowed rel-pos)
+and the nineteenth's in ``usage_models_efficient.py`` (efficient and long-sequence models: Hyena, RetNet, Performer,
+Reformer LSH, Longformer, BigBird, Nystromformer, S4D, H3, MEGA, xLSTM, Linformer, Synthesizer, local attention, GLA).
 Every case goes through the default path:
 ``quantize(model, example, "w8a8", calib)``, ``export`` with its default dynamic batch (ONNX Runtime
 verification included), then, where the batch stayed dynamic, the ONNX file is run at batch 3 (and,
@@ -75,7 +80,9 @@ import qgraph
 from benchmarks.usage_models import CASES as MORE_CASES
 from benchmarks.usage_models_apps import CASES as APP_CASES
 from benchmarks.usage_models_audio import CASES as AUDIO_CASES
+from benchmarks.usage_models_backbones import CASES as BACKBONE_CASES
 from benchmarks.usage_models_deploy import CASES as DEPLOY_CASES
+from benchmarks.usage_models_efficient import CASES as EFFICIENT_CASES
 from benchmarks.usage_models_examples import CASES as EXAMPLE_CASES
 from benchmarks.usage_models_framework import CASES as FRAMEWORK_CASES
 from benchmarks.usage_models_generative import CASES as GENERATIVE_CASES
@@ -287,6 +294,8 @@ CASES.update(AUDIO_CASES)  # the fourteenth: speech and audio models (benchmarks
 CASES.update(SCIENCE_CASES)  # the fifteenth: scientific ML and recommenders (benchmarks/usage_models_science.py)
 CASES.update(LLM_CASES)  # the sixteenth: LLM inference idioms (benchmarks/usage_models_llm.py)
 CASES.update(GEOMETRY_CASES)  # the seventeenth: 3-D vision, point clouds, NeRF and geometry (benchmarks/usage_models_geometry.py)
+CASES.update(BACKBONE_CASES)  # the eighteenth: recent vision backbones (benchmarks/usage_models_backbones.py)
+CASES.update(EFFICIENT_CASES)  # the nineteenth: efficient sequence models (benchmarks/usage_models_efficient.py)
 SINGLE_SAMPLE = {"llama_bf16", "t5"}
 SKIP = {"torch_compile": ["fc"]}  # module paths as in the model itself, not behind the wrapper's _orig_mod.  # their example is one sample; calibration uses batches of 4
 
