@@ -25,7 +25,6 @@ from qgraph.backends.onnx_fold import _to_numpy
 def scale_after_attention_matmul(model: onnx.ModelProto, gr) -> int:
     """Rule 16 (module docstring) on ``model``'s main graph, in place; ``gr`` is a fresh
     ``onnx_runtime_rules._Graph`` of it. Returns how many MatMuls were rewritten."""
-    before: dict[int, list[onnx.NodeProto]] = {}
     after: dict[int, list[onnx.NodeProto]] = {}
     drop: set[int] = set()
     index = {id(n): i for i, n in enumerate(model.graph.node)}
@@ -60,14 +59,14 @@ def scale_after_attention_matmul(model: onnx.ModelProto, gr) -> int:
             if n.op_type == "CastLike" and n.output[0] in dropped_reads and all(
                     index[id(u)] in drop for u in gr.users.get(n.output[0], [])) and n.output[0] not in gr.outputs:
                 drop.add(k)
-        gr.replace_nodes(before, drop, after)
+        gr.replace_nodes({}, drop, after)
     return count
 
 
 def _unscaled(gr, name: str) -> tuple[str, onnx.NodeProto | None, np.float32] | None:
-    """``(x, mul, c)`` where ``name`` is ``Mul(x, c)`` (``mul``; ``c`` a float32 scalar constant, read
-    whose result only one node reads) or ``x`` itself (``mul`` None, ``c`` 1), and ``x`` is dequantized
-    to float32; None otherwise."""
+    """``(x, mul, c)`` where ``name`` is ``mul = Mul(x, c)`` (its result read by one node only; ``c`` a
+    float32 scalar constant) or ``x`` itself (``mul`` None, ``c`` 1), and ``x`` is dequantized to
+    float32; None otherwise."""
     p = gr.producer.get(name)
     if p is not None and p.op_type == "Mul" and p.domain in ("", "ai.onnx") and name not in gr.outputs \
             and len(gr.users.get(name, [])) == 1:

@@ -86,12 +86,12 @@ numbered after the folding rules 1 to 4 of :mod:`qgraph.backends.onnx_fold`:
     shared in the file, which would double it; :func:`qgraph.backends.ort.session` loads a copy
     with one per reader instead.
 
+15. Optional, after these (``export(uint8_weights=True)``): int8 weights of integer kernels stored as uint8
+    with zero point + 128, exact under any ONNX Runtime session options (:mod:`qgraph.backends.onnx_uint8_weights`).
+
 16. The constant ``Mul`` the exporter puts on each side of attention's ``q·kᵀ`` MatMul goes after it, where
     both sides are dequantized, so that ONNX Runtime fuses ``MatMulIntegerToFloat``
     (:mod:`qgraph.backends.onnx_attention_scale`). After rule 11, before rule 5.
-
-15. Optional, after these (``export(uint8_weights=True)``): int8 weights of integer kernels stored as uint8
-    with zero point + 128, exact under any ONNX Runtime session options (:mod:`qgraph.backends.onnx_uint8_weights`).
 
 Rules 5 to 16 depend on what ONNX Runtime does; the file stays valid ONNX that any runtime can run.
 """
