@@ -81,17 +81,9 @@ def _unscaled(gr, name: str) -> tuple[str, onnx.NodeProto | None, np.float32] | 
 
 def _float32_dequantized(gr, name: str) -> bool:
     """``name`` is dequantized (through reshapes and transposes) by a DequantizeLinear with a float32 scale."""
-    for _ in range(16):
-        p = gr.producer.get(name)
-        if p is None:
-            return False
-        if p.op_type == "DequantizeLinear":
-            scale = gr.inits.get(p.input[1]) if len(p.input) > 1 else None
-            return scale is not None and scale.data_type == TensorProto.FLOAT
-        if not gr.passes_through(p):
-            return False
-        name = p.input[0]
-    return False
+    dq = gr.dequantizer(name)
+    scale = gr.inits.get(dq.input[1]) if dq is not None and len(dq.input) > 1 else None
+    return scale is not None and scale.data_type == TensorProto.FLOAT
 
 
 def _scalar(gr, name: str) -> np.float32 | None:

@@ -151,18 +151,20 @@ class _Graph:
                 self.users.setdefault(i, []).append(n)
         self.outputs = {o.name for o in g.output}
 
-    def dequantized(self, name: str) -> bool:
-        """``name`` is computed by a DequantizeLinear, directly or through pass-through ops."""
+    def dequantizer(self, name: str) -> onnx.NodeProto | None:
+        """The DequantizeLinear that computes ``name``, directly or through pass-through ops, or None."""
         for _ in range(16):
             p = self.producer.get(name)
-            if p is None:
-                return False
-            if p.op_type == "DequantizeLinear":
-                return True
+            if p is None or p.op_type == "DequantizeLinear":
+                return p
             if not self.passes_through(p):
-                return False
+                return None
             name = p.input[0]
-        return False
+        return None
+
+    def dequantized(self, name: str) -> bool:
+        """``name`` is computed by a DequantizeLinear, directly or through pass-through ops."""
+        return self.dequantizer(name) is not None
 
     def passes_through(self, node: onnx.NodeProto) -> bool:
         """An op between a DequantizeLinear and its reader that ONNX Runtime's fusions see past: a
@@ -494,17 +496,6 @@ def _narrow_codes(gr: _Graph, dq: onnx.NodeProto | None) -> bool:
     return src is not None and src.op_type == "Clip"
 
 
-def _dequantizer(gr: _Graph, name: str) -> onnx.NodeProto | None:
-    for _ in range(16):
-        p = gr.producer.get(name)
-        if p is None or p.op_type == "DequantizeLinear":
-            return p
-        if not gr.passes_through(p):
-            return None
-        name = p.input[0]
-    return None
-
-
 def _requantized(gr: _Graph, out: str) -> bool:
     """``out`` only feeds QuantizeLinear nodes, directly or through a Relu or a Clip that ONNX Runtime
     removes in front of its QuantizeLinear (:func:`_clip_dropped`: ReLU6 before a uint8 grid that ends
@@ -580,7 +571,7 @@ def _exact_float_bias(model: onnx.ModelProto, everywhere: bool = False) -> int:
             continue
         if n.op_type == "Gemm" and _attr(n, "beta", 1.0) != 1.0:
             continue
-        x_dq, w_dq = _dequantizer(gr, n.input[0]), gr.producer.get(n.input[1])
+        x_dq, w_dq = gr.dequantizer(n.input[0]), gr.producer.get(n.input[1])
         if x_dq is None or w_dq is None or w_dq.op_type != "DequantizeLinear":
             continue
         if not (everywhere or _narrow_codes(gr, x_dq) or not _requantized(gr, n.output[0]) or _off_grid(gr, x_dq, w_dq, bias)):
@@ -617,7 +608,7 @@ def _subtracted_matmul_bias(gr: _Graph, add: onnx.NodeProto, everywhere: bool) -
             continue
         if gr.users.get(mm.output[0], []) != [add] or mm.output[0] in gr.outputs:
             return 0
-        x_dq, w_dq = _dequantizer(gr, mm.input[0]), gr.producer.get(mm.input[1])
+        x_dq, w_dq = gr.dequantizer(mm.input[0]), gr.producer.get(mm.input[1])
         if x_dq is None or w_dq is None or w_dq.op_type != "DequantizeLinear":
             return 0
         if not (everywhere or _narrow_codes(gr, x_dq) or _off_grid(gr, x_dq, w_dq, bias)):

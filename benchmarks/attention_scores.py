@@ -21,7 +21,6 @@ import tempfile
 import warnings
 from unittest import mock
 
-import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,6 +28,7 @@ if ROOT not in sys.path:
     sys.path.append(ROOT)
 
 from benchmarks import common, zoo_worker  # noqa: E402
+from benchmarks.int8_kernels import _error, _first  # noqa: E402
 
 
 def _models() -> dict:
@@ -52,10 +52,6 @@ def _models() -> dict:
     return {"vit_tiny": vit_tiny, "bert128": bert(128), "bert512": bert(512)}
 
 
-def _first(out):
-    return out[0] if isinstance(out, (tuple, list)) else getattr(out, "last_hidden_state", out)
-
-
 def run_model(name: str, build, runs: int, tmp: str) -> dict:
     from qgraph.backends import onnx_runtime_rules
     from qgraph.backends import ort as ort_backend
@@ -72,7 +68,7 @@ def run_model(name: str, build, runs: int, tmp: str) -> dict:
         with mock.patch.object(onnx_runtime_rules, "scale_after_attention_matmul", lambda *a: 0):
             without = qm.export(os.path.join(tmp, f"{name}_no_rule16"), formats="onnx", dynamic_batch=False)
     with torch.no_grad(), qm.frozen():
-        want = _first(qm(*x)).float().numpy()
+        want = _first(qm(*x))
     fp32 = os.path.join(tmp, f"{name}_fp32.onnx")
     zoo_worker.fp32_export(model, x, fp32)
     paths = {"fp32": fp32, "without rule 16": without.onnx_path, "with rule 16": with_rule.onnx_path}
@@ -80,8 +76,7 @@ def run_model(name: str, build, runs: int, tmp: str) -> dict:
     ms = common.interleaved_median_ms({k: common.ort_runner(s, *x) for k, s in sessions.items()}, runs)
     row = {"model": name, "fp32_ms": ms["fp32"]}
     for k in ("without rule 16", "with rule 16"):
-        got = ort_backend.run(sessions[k], x)[0]
-        err = float(np.abs(np.asarray(got, np.float32) - want).max() / max(float(np.abs(want).max()), 1e-30))
+        err = _error(ort_backend.run(sessions[k], x)[0], want)
         fused = common.optimized_op_counts(paths[k])["FusedMatMul"]
         row[k] = (ms[k] / ms["fp32"], fused, err)
     return row

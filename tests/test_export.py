@@ -1001,7 +1001,7 @@ def test_a_layer_called_with_different_input_scales_keeps_an_exact_bias(tmp_path
     float bias onto that op's grid when it loads the file (the usage scan's ``ssm_scan``: one output
     code flipped, 0.0071 off against a tolerance of 1.1e-4). Such biases are now added after the op,
     so every bias an op still carries is on its own grid and the load rounds nothing."""
-    from qgraph.backends.onnx_runtime_rules import _dequantizer, _Graph, _off_grid
+    from qgraph.backends.onnx_runtime_rules import _Graph, _off_grid
 
     from benchmarks.usage_models_more import StateSpaceScan
 
@@ -1012,7 +1012,7 @@ def test_a_layer_called_with_different_input_scales_keeps_an_exact_bias(tmp_path
     res = qm.export(str(tmp_path / "scan"), formats=("onnx",))
     gr = _Graph(onnx.load(res.onnx_path).graph)
     carried = [n for n in gr.g.node if n.op_type == "Gemm" and len(n.input) == 3 and n.input[2] in gr.inits]
-    assert all(not _off_grid(gr, _dequantizer(gr, n.input[0]), gr.producer[n.input[1]], gr.inits[n.input[2]]) for n in carried)
+    assert all(not _off_grid(gr, gr.dequantizer(n.input[0]), gr.producer[n.input[1]], gr.inits[n.input[2]]) for n in carried)
     moved = [n for n in gr.g.node if n.op_type == "Add" and any(i.endswith("_without_bias") for i in n.input)]
     assert len(moved) >= 6, [n.name for n in moved]  # the B calls whose scale is not the one the bias was snapped to
 
